@@ -1,0 +1,168 @@
+"""The one interface every token mixer follows, checked here once for all of them.
+
+Subclasses implement ``_forward`` and, when they decode, ``_init_state`` / ``_step`` (and may
+override ``prefill`` with a faster path). The public methods validate inputs, so each mixer
+sees only well-formed tensors.
+"""
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+from attnarena.registry import MixerInfo
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class Mixer(nn.Module, metaclass=abc.ABCMeta):
+    """Base class of all mixers: (B, L, dim) -> (B, L, dim).
+
+    ``forward(x, context=None, mask=None)``; causal mixers with a recurrent form also offer
+    ``init_state(batch_size)`` and ``step(x_t, state) -> (y_t, state)``.
+    """
+
+    info: MixerInfo  # set by @register_mixer
+
+    def __init__(self, dim: int, heads: int = 1, causal: bool = False):
+        super().__init__()
+        _positive_int(dim, "dim")
+        _positive_int(heads, "heads")
+        if dim % heads:
+            raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool, got {causal!r}")
+        pattern = "causal" if causal else "self"
+        if pattern not in self.info.patterns:
+            raise ValueError(f"mixer {self.info.name!r} does not support the {pattern!r} pattern; "
+                             f"it supports: {', '.join(sorted(self.info.patterns))}")
+        self.dim, self.heads, self.causal = dim, heads, causal
+        self.head_dim = dim // heads
+
+    # -- public interface -------------------------------------------------------------------
+
+    def forward(self, x, context=None, mask=None):
+        """Mix tokens.
+
+        Args:
+            x: (B, L, dim).
+            context: optional (B, S, dim) for cross attention (queries from x).
+            mask: optional (B, L) bool, True = real token; with ``context``, (B, S) over it.
+
+        Returns:
+            (B, L, dim).
+        """
+        self._check_tokens(x, "x")
+        if context is not None:
+            pattern = "causal_cross" if self.causal else "cross"
+            if pattern not in self.info.patterns:
+                raise ValueError(f"mixer {self.info.name!r} does not support the {pattern!r} "
+                                 f"pattern; it supports: {', '.join(sorted(self.info.patterns))}")
+            self._check_tokens(context, "context")
+            if context.shape[0] != x.shape[0]:
+                raise ValueError(f"context batch {context.shape[0]} differs from x batch "
+                                 f"{x.shape[0]}")
+            if context.dtype != x.dtype:
+                raise TypeError(f"context dtype {context.dtype} differs from x dtype {x.dtype}")
+        source = x if context is None else context
+        if mask is not None:
+            self._check_mask(mask, source, "context" if context is not None else "x")
+            # Padded tokens are zeroed once here, so nothing computed from them can leak.
+            source = source.masked_fill(~mask[..., None], 0.0)
+            if context is None:
+                x = source
+            else:
+                context = source
+        return self._forward(x, context, mask)
+
+    def init_state(self, batch_size: int, device=None, dtype=None):
+        """Empty decoding state for ``step`` (causal mixers with a recurrent form)."""
+        self._check_decodes()
+        _positive_int(batch_size, "batch_size")
+        device = device if device is not None else self._param_device()
+        dtype = dtype if dtype is not None else (self._param_dtype() or torch.float32)
+        return self._init_state(batch_size, device, dtype)
+
+    def step(self, x_t, state):
+        """One decoding step: x_t (B, dim) -> (y_t (B, dim), new state)."""
+        self._check_decodes()
+        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[-1] != self.dim:
+            shape = tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
+            raise ValueError(f"step expects x_t of shape (batch, {self.dim}), got {shape}")
+        self._check_tokens(x_t[:, None], "x_t")
+        return self._step(x_t, state)
+
+    def prefill(self, x, state=None):
+        """Run a causal forward over x (B, L, dim) and return (y, state) to continue with step.
+
+        The default loops over ``step``; mixers override it with their parallel forms.
+        """
+        self._check_decodes()
+        self._check_tokens(x, "x")
+        if state is None:
+            state = self.init_state(x.shape[0], x.device, x.dtype)
+        outputs = []
+        for t in range(x.shape[1]):
+            y_t, state = self._step(x[:, t], state)
+            outputs.append(y_t)
+        return torch.stack(outputs, dim=1), state
+
+    # -- for subclasses -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _forward(self, x, context, mask):
+        """(B, L, dim) -> (B, L, dim) on validated inputs with padded tokens zeroed."""
+
+    # Mixers that decode also define ``_init_state(batch_size, device, dtype)`` and
+    # ``_step(x_t, state)``; @register_mixer checks that they do.
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, causal={self.causal}"
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def _check_decodes(self):
+        if not self.info.decodes:
+            raise ValueError(f"mixer {self.info.name!r} has no recurrent form, so no step/"
+                             f"init_state (forms: {', '.join(sorted(self.info.forms))})")
+        if not self.causal:
+            raise ValueError(f"step/init_state need a causal mixer; this {self.info.name!r} was "
+                             "created with causal=False")
+
+    def _param_dtype(self):
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return None
+
+    def _param_device(self):
+        for t in list(self.parameters()) + list(self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    def _check_tokens(self, x, name):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"{name} must have shape (batch, length, {self.dim}), "
+                             f"got {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError(f"{name} must have at least one token, got length 0")
+        expected = self._param_dtype()
+        if expected is not None and x.dtype != expected:
+            raise TypeError(f"{name} has dtype {x.dtype} but the mixer's parameters are "
+                            f"{expected}; convert one with .to()")
+
+    def _check_mask(self, mask, source, name):
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise TypeError(f"mask must be a bool tensor (True = real token), got {got}")
+        if tuple(mask.shape) != tuple(source.shape[:2]):
+            raise ValueError(f"mask must have shape (batch, length) of {name} = "
+                             f"{tuple(source.shape[:2])}, got {tuple(mask.shape)}")

@@ -1,0 +1,34 @@
+"""Shared plumbing of attention-style mixers: q, k, v and output projections, head split."""
+from __future__ import annotations
+
+from torch import nn
+
+from attnarena.mixers.base import Mixer
+
+
+class QKVMixer(Mixer):
+    """A mixer with query/key/value/output projections; keys and values come from the
+    context in cross attention and from x otherwise."""
+
+    def __init__(self, dim: int, heads: int = 1, causal: bool = False, *, bias: bool = True):
+        super().__init__(dim, heads, causal)
+        self.q_proj = nn.Linear(dim, dim, bias=bias)
+        self.k_proj = nn.Linear(dim, dim, bias=bias)
+        self.v_proj = nn.Linear(dim, dim, bias=bias)
+        self.o_proj = nn.Linear(dim, dim, bias=bias)
+
+    def split_heads(self, x):
+        """(B, L, dim) -> (B, H, L, D)"""
+        B, L, _ = x.shape
+        return x.view(B, L, self.heads, self.head_dim).transpose(1, 2)
+
+    def merge_heads(self, x):
+        """(B, H, L, D) -> (B, L, dim)"""
+        B, H, L, D = x.shape
+        return x.transpose(1, 2).reshape(B, L, H * D)
+
+    def project(self, x, context=None):
+        """q from x, k and v from context (or x): each (B, H, *, D)."""
+        source = x if context is None else context
+        return (self.split_heads(self.q_proj(x)), self.split_heads(self.k_proj(source)),
+                self.split_heads(self.v_proj(source)))

@@ -1,0 +1,171 @@
+"""Softmax attention and its sliding-window (local) variant, with a KV cache for decoding."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from attnarena import ops
+from attnarena.mixers.qkv import QKVMixer
+from attnarena.registry import register_mixer
+
+ALL_PATTERNS = ("self", "causal", "cross", "causal_cross")
+
+
+@dataclass
+class KVCache:
+    """Keys and values seen so far, (B, H, capacity, D) buffers filled up to ``length``.
+
+    With ``max_keys`` only the newest ``max_keys`` are kept (sliding window); otherwise the
+    buffers double when full, so appending costs O(1) amortized. Updated in place.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    start: int = 0
+    length: int = 0
+    position: int = 0  # tokens seen in total, for position encodings
+    max_keys: int | None = None
+
+    def append(self, k_new, v_new):
+        """Append (B, H, T, D) keys and values."""
+        T = k_new.shape[2]
+        if self.max_keys is not None and T >= self.max_keys:
+            k_new, v_new = k_new[:, :, -self.max_keys:], v_new[:, :, -self.max_keys:]
+            self.start, self.length = 0, 0
+        elif self.length + k_new.shape[2] > self.k.shape[2]:
+            self._make_room(k_new.shape[2])
+        T2 = k_new.shape[2]
+        self.k[:, :, self.length:self.length + T2] = k_new
+        self.v[:, :, self.length:self.length + T2] = v_new
+        self.length += T2
+        self.position += T
+        if self.max_keys is not None:
+            self.start = max(self.start, self.length - self.max_keys)
+
+    def _make_room(self, extra):
+        kept_k, kept_v = self.keys(), self.values()
+        kept = kept_k.shape[2]
+        capacity = max(2 * (kept + extra), 16)
+        if self.max_keys is not None:
+            capacity = 2 * self.max_keys
+        B, H, _, D = self.k.shape
+        self.k = self.k.new_zeros(B, H, capacity, D)
+        self.v = self.v.new_zeros(B, H, capacity, self.v.shape[-1])
+        self.k[:, :, :kept], self.v[:, :, :kept] = kept_k, kept_v
+        self.start, self.length = 0, kept
+
+    def keys(self):
+        return self.k[:, :, self.start:self.length]
+
+    def values(self):
+        return self.v[:, :, self.start:self.length]
+
+
+class DotProductAttention(QKVMixer):
+    """Softmax attention with optional window, RoPE and ALiBi; shared by softmax and local."""
+
+    window: int | None = None
+
+    def __init__(self, dim, heads=1, causal=False, *, attn_dropout=0.0, rope=False,
+                 rope_base=10000.0, alibi=False, bias=True):
+        super().__init__(dim, heads, causal, bias=bias)
+        if not 0.0 <= attn_dropout < 1.0:
+            raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout!r}")
+        if rope and alibi:
+            raise ValueError("choose at most one of rope and alibi")
+        if rope and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head_dim, got {self.head_dim}")
+        self.attn_dropout, self.rope, self.rope_base = attn_dropout, rope, rope_base
+        if alibi:
+            self.register_buffer("alibi_slopes", ops.alibi_slopes(heads), persistent=False)
+        else:
+            self.alibi_slopes = None
+
+    def _positions(self, q, k, offset=0):
+        if not self.rope:
+            return q, k
+        pq = torch.arange(offset, offset + q.shape[2], device=q.device)
+        pk = torch.arange(offset, offset + k.shape[2], device=k.device)
+        return ops.rotary(q, pq, self.rope_base), ops.rotary(k, pk, self.rope_base)
+
+    def _attend(self, q, k, v, mask):
+        return ops.softmax_attention(
+            q, k, v, causal=self.causal, mask=mask, window=self.window,
+            alibi_slopes=self.alibi_slopes,
+            dropout=self.attn_dropout if self.training else 0.0)
+
+    def _forward(self, x, context, mask):
+        q, k, v = self.project(x, context)
+        q, k = self._positions(q, k)
+        return self.o_proj(self.merge_heads(self._attend(q, k, v, mask)))
+
+    def _init_state(self, batch_size, device, dtype):
+        max_keys = self.window
+        capacity = 2 * max_keys if max_keys else 16
+        shape = (batch_size, self.heads, capacity, self.head_dim)
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype),
+                       torch.zeros(shape, device=device, dtype=dtype), max_keys=max_keys)
+
+    def prefill(self, x, state=None):
+        self._check_decodes()
+        self._check_tokens(x, "x")
+        if state is None:
+            state = self.init_state(x.shape[0], x.device, x.dtype)
+        if state.length > 0:  # continuing a sequence: fall back to token steps
+            return super().prefill(x, state)
+        q, k, v = self.project(x)
+        q, k = self._positions(q, k)
+        y = self.o_proj(self.merge_heads(self._attend(q, k, v, None)))
+        state.append(k, v)
+        return y, state
+
+    def _step(self, x_t, state):
+        q, k, v = self.project(x_t[:, None])  # (B, H, 1, D)
+        q, k = self._positions(q, k, offset=state.position)
+        state.append(k, v)
+        keys, values = state.keys(), state.values()
+        scores = (q @ keys.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, 1, T)
+        if self.alibi_slopes is not None:
+            T = keys.shape[2]
+            distance = torch.arange(T - 1, -1, -1, device=q.device, dtype=q.dtype)
+            scores = scores - self.alibi_slopes.to(q.dtype)[:, None, None] * distance
+        o = torch.softmax(scores, dim=-1) @ values
+        return self.o_proj(self.merge_heads(o))[:, 0], state
+
+
+@register_mixer(
+    "softmax", family="softmax attention",
+    paper="Vaswani et al. 2017, Attention Is All You Need",
+    complexity="O(L^2 D)", patterns=ALL_PATTERNS, forms=("parallel", "recurrent"))
+class SoftmaxAttention(DotProductAttention):
+    """Multi-head scaled dot-product attention (Vaswani et al. 2017, "Attention Is All You
+    Need") through torch's SDPA; decoding keeps a KV cache.
+
+    Options: attn_dropout, rope (RoFormer rotary positions), alibi (ALiBi biases), bias.
+    """
+
+
+@register_mixer(
+    "local", family="sparse attention",
+    paper="Tay et al. 2021, Long Range Arena: A Benchmark for Efficient Transformers "
+          "(local attention baseline)",
+    complexity="O(L W D)", patterns=("self", "causal"), forms=("parallel", "recurrent"))
+class LocalAttention(DotProductAttention):
+    """Sliding-window softmax attention, the local-attention baseline of Long Range Arena
+    (Tay et al. 2021): query i sees keys with |i - j| < window (the ``window`` most recent
+    keys when causal). Long sequences are computed in blocks of ``window`` queries, so cost
+    is O(L * window * D); decoding keeps only the last ``window`` keys.
+    """
+
+    def __init__(self, dim, heads=1, causal=False, *, window=128, attn_dropout=0.0,
+                 rope=False, rope_base=10000.0, alibi=False, bias=True):
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive int, got {window!r}")
+        super().__init__(dim, heads, causal, attn_dropout=attn_dropout, rope=rope,
+                         rope_base=rope_base, alibi=alibi, bias=bias)
+        self.window = window
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, window={self.window}"

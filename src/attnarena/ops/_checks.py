@@ -1,0 +1,52 @@
+"""Input validation shared by the functional kernels: clear errors instead of deep torch ones."""
+from __future__ import annotations
+
+import torch
+
+FORMS = ("parallel", "chunk", "recurrent")
+
+
+def check_qkv(q, k, v, *, same_length: bool = False) -> None:
+    """Check q, k, v are float tensors shaped (B, H, L, Dk), (B, H, S, Dk), (B, H, S, Dv)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape (batch, heads, length, head_dim), "
+                             f"got {t.dim()} dims: {tuple(t.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[:2] != k.shape[:2] or k.shape[:2] != v.shape[:2]:
+        raise ValueError("q, k, v must share batch and heads (dims 0 and 1), got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share head_dim, got {q.shape[-1]} and {k.shape[-1]}")
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"k and v must share length, got {k.shape[2]} and {v.shape[2]}")
+    if same_length and q.shape[2] != k.shape[2]:
+        raise ValueError("this form needs q as long as k and v (causal use aligns positions), "
+                         f"got lengths {q.shape[2]} and {k.shape[2]}")
+
+
+def check_form(form: str) -> None:
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; valid forms: {', '.join(FORMS)}")
+
+
+def check_chunk_size(chunk_size) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def check_state(state, expected: tuple, name: str = "initial_state") -> None:
+    if not isinstance(state, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(state).__name__}")
+    if tuple(state.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(state.shape)}")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision inputs accumulate in float32 so running sums neither overflow nor drift."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

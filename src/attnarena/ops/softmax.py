@@ -1,0 +1,167 @@
+"""Softmax attention (Vaswani et al. 2017, "Attention Is All You Need"), with an optional
+sliding window (local attention, as benchmarked in Long Range Arena, Tay et al. 2021) and
+ALiBi biases (Press et al. 2022, "Train Short, Test Long").
+
+Dense cases go through ``torch.nn.functional.scaled_dot_product_attention``. A sliding window
+over a long self-attention sequence takes a blocked path that costs O(L * window * D).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from attnarena.ops._checks import check_qkv
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """ALiBi's head slopes: a geometric sequence starting at 2^(-8/n) (Press et al. 2022).
+
+    For a head count that is not a power of two, the paper's recipe takes the slopes of the
+    next lower power of two and fills the rest with every other slope of the next higher one.
+    """
+    def powers(n):
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    low = 2 ** math.floor(math.log2(heads))
+    slopes = powers(low)
+    if low < heads:
+        slopes += powers(2 * low)[0::2][: heads - low]
+    return torch.tensor(slopes)
+
+
+def _check_mask(mask, q, k) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError("mask must be a bool tensor (True = attend), got "
+                        f"{getattr(mask, 'dtype', type(mask).__name__)}")
+    B, H, L, _ = q.shape
+    S = k.shape[2]
+    if mask.dim() == 2:
+        if tuple(mask.shape) != (B, S):
+            raise ValueError(f"a 2-D mask is a key mask of shape (batch, key_length) = {(B, S)}, "
+                             f"got {tuple(mask.shape)}")
+        return mask[:, None, None, :]
+    if mask.dim() == 4:
+        try:
+            torch.broadcast_shapes(mask.shape, (B, H, L, S))
+        except RuntimeError:
+            raise ValueError(f"a 4-D mask must broadcast to (B, H, L, S) = {(B, H, L, S)}, "
+                             f"got {tuple(mask.shape)}") from None
+        return mask
+    raise ValueError(f"mask must be (batch, key_length) or broadcastable to (B, H, L, S), "
+                     f"got shape {tuple(mask.shape)}")
+
+
+def _structure_mask(L, S, causal, window, device) -> torch.Tensor | None:
+    """(L, S) bool mask from causality (top-left aligned: key j <= query i) and the window."""
+    if not causal and window is None:
+        return None
+    i = torch.arange(L, device=device)[:, None]
+    j = torch.arange(S, device=device)[None, :]
+    allowed = torch.ones(L, S, dtype=torch.bool, device=device)
+    if causal:
+        allowed &= j <= i
+    if window is not None:
+        allowed &= (i - j).abs() < window
+    return allowed
+
+
+def _alibi_bias(slopes, L, S, causal, device, dtype) -> torch.Tensor:
+    i = torch.arange(L, device=device)[:, None]
+    j = torch.arange(S, device=device)[None, :]
+    distance = (i - j).abs().to(dtype)
+    return -slopes.to(device=device, dtype=dtype)[:, None, None] * distance  # (H, L, S)
+
+
+def softmax_attention(q, k, v, *, causal=False, mask=None, window=None, scale=None,
+                      alibi_slopes=None, dropout=0.0):
+    """Scaled dot-product attention, optionally causal, windowed, masked and ALiBi-biased.
+
+    Args:
+        q: (B, H, L, D) queries.  k: (B, H, S, D) keys.  v: (B, H, S, Dv) values.
+        causal: query i sees keys j <= i (top-left aligned when L != S).
+        mask: bool, True = attend: a key mask (B, S), or a mask broadcastable to (B, H, L, S).
+        window: if set, query i sees only keys with |i - j| < window (with ``causal``, the
+            ``window`` most recent keys, itself included).
+        scale: score scale; default 1/sqrt(D).
+        alibi_slopes: (H,) slopes; adds -slope * |i - j| to the scores.
+        dropout: dropout probability on the attention weights (use only in training).
+
+    Returns:
+        o: (B, H, L, Dv). A query that sees no key at all gets zeros.
+    """
+    check_qkv(q, k, v)
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                               or window < 1):
+        raise ValueError(f"window must be a positive int or None, got {window!r}")
+    B, H, L, D = q.shape
+    S = k.shape[2]
+    if alibi_slopes is not None and tuple(alibi_slopes.shape) != (H,):
+        raise ValueError(f"alibi_slopes must have shape (heads,) = {(H,)}, "
+                         f"got {tuple(alibi_slopes.shape)}")
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    key_or_full = _check_mask(mask, q, k)
+    if window is not None and L == S and L > 2 * window and (mask is None or mask.dim() == 2):
+        key_mask = None if mask is None else mask
+        return _blocked_local(q, k, v, causal, window, key_mask, scale, alibi_slopes, dropout)
+
+    allowed = _structure_mask(L, S, causal, window, q.device)
+    if key_or_full is not None:
+        allowed = key_or_full if allowed is None else allowed & key_or_full
+    if allowed is None and alibi_slopes is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=False,
+                                              scale=scale)
+    if allowed is None:
+        allowed = torch.ones(1, 1, L, S, dtype=torch.bool, device=q.device)
+    allowed = allowed.expand(torch.broadcast_shapes(allowed.shape, (1, 1, L, S)))
+    seen = allowed.any(-1, keepdim=True)
+    # A row with no visible key would be NaN; let it attend anywhere and zero it below.
+    safe = allowed | ~seen
+    attn_mask = torch.zeros(safe.shape, dtype=q.dtype, device=q.device).masked_fill(
+        ~safe, float("-inf"))
+    if alibi_slopes is not None:
+        attn_mask = attn_mask + _alibi_bias(alibi_slopes, L, S, causal, q.device, q.dtype)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout,
+                                       scale=scale)
+    return o * seen.to(o.dtype)
+
+
+def _blocked_local(q, k, v, causal, window, key_mask, scale, alibi_slopes, dropout):
+    """Sliding-window attention in blocks of ``window`` queries, each seeing 3 (or 2) blocks."""
+    B, H, L, D = q.shape
+    w = window
+    n = -(-L // w)
+    pad = n * w - L
+    # Keys get one block of padding on each side so every query block has a left/right block.
+    qb = F.pad(q, (0, 0, 0, pad)).view(B, H, n, w, D)
+    kp = F.pad(k, (0, 0, w, pad + w))
+    vp = F.pad(v, (0, 0, w, pad + w))
+    spans = 2 if causal else 3
+    kb = torch.cat([kp[:, :, s * w:(s + n) * w].view(B, H, n, w, D) for s in range(spans)], 3)
+    vb = torch.cat([vp[:, :, s * w:(s + n) * w].view(B, H, n, w, -1) for s in range(spans)], 3)
+    qpos = torch.arange(n * w, device=q.device).view(n, w, 1)
+    kpos = (torch.arange(n, device=q.device).view(n, 1, 1) - 1) * w + torch.arange(
+        spans * w, device=q.device).view(1, 1, -1)
+    allowed = ((qpos - kpos).abs() < w) & (kpos >= 0) & (kpos < L)
+    if causal:
+        allowed &= kpos <= qpos
+    allowed = allowed.expand(B, 1, n, w, spans * w)
+    if key_mask is not None:
+        km = F.pad(key_mask, (w, pad + w), value=False)
+        kmb = torch.cat([km[:, s * w:(s + n) * w].view(B, n, w) for s in range(spans)], 2)
+        allowed = allowed & kmb[:, None, :, None, :]
+    scores = (qb @ kb.transpose(-1, -2)) * scale  # (B, H, n, w, spans*w)
+    if alibi_slopes is not None:
+        distance = (qpos - kpos).abs().to(scores.dtype)
+        scores = scores - alibi_slopes.to(scores)[:, None, None, None] * distance
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    seen = allowed.any(-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(~seen, 0.0), dim=-1) * seen
+    if dropout > 0:
+        probs = F.dropout(probs, p=dropout)
+    o = (probs @ vb).reshape(B, H, n * w, -1)
+    return o[:, :, :L]

@@ -1,0 +1,125 @@
+"""The mixer registry: names -> mixer classes, with what each one supports.
+
+A mixer class registers itself with ``@register_mixer(...)``; ``create_mixer`` builds one by
+name and validates its options against the class's constructor.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass
+
+PATTERNS = ("self", "causal", "cross", "causal_cross")
+FORMS = ("parallel", "chunk", "recurrent")
+
+
+@dataclass(frozen=True)
+class MixerInfo:
+    """What a registered mechanism is and what it supports.
+
+    Attributes:
+        name: registry name, e.g. ``"linear"``.
+        family: the group of related mechanisms, e.g. ``"linear attention"``.
+        paper: the paper the mechanism comes from (authors, year, title).
+        complexity: time complexity of the training forward, in L (length) and D (width).
+        patterns: subset of {"self", "causal", "cross", "causal_cross"}.
+        forms: algorithms available: "parallel" (quadratic or dense), "chunk" (chunkwise),
+            "recurrent" (token by token through ``step``; a KV cache for softmax attention).
+    """
+
+    name: str
+    family: str
+    paper: str
+    complexity: str
+    patterns: frozenset
+    forms: frozenset
+
+    @property
+    def decodes(self) -> bool:
+        """True when a causal instance offers ``init_state`` / ``step``."""
+        return "causal" in self.patterns and "recurrent" in self.forms
+
+
+_MIXERS: dict[str, type] = {}
+
+
+def register_mixer(name, *, family, paper, complexity, patterns, forms):
+    """Class decorator that adds a mixer class to the registry under ``name``."""
+    patterns = frozenset(patterns)
+    forms = frozenset(forms)
+    bad = (patterns - set(PATTERNS)) | (forms - set(FORMS))
+    if bad or not patterns or not forms:
+        raise ValueError(f"mixer {name!r}: patterns must come from {PATTERNS} and forms from "
+                         f"{FORMS}, both non-empty; got patterns={sorted(patterns)}, "
+                         f"forms={sorted(forms)}")
+
+    def decorate(cls):
+        from attnarena.mixers.base import Mixer
+
+        if name in _MIXERS:
+            raise ValueError(f"mixer {name!r} is already registered by {_MIXERS[name].__qualname__}")
+        if not (isinstance(cls, type) and issubclass(cls, Mixer)):
+            raise TypeError(f"@register_mixer({name!r}) expects a subclass of Mixer, got {cls!r}")
+        info = MixerInfo(name, family, paper, complexity, patterns, forms)
+        if info.decodes and not all(hasattr(cls, m) for m in ("_init_state", "_step")):
+            raise TypeError(f"mixer {name!r} declares a causal recurrent form, so {cls.__name__} "
+                            "must define _init_state and _step")
+        cls.info = info
+        _MIXERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_mixers(pattern: str | None = None) -> list[str]:
+    """Sorted names of registered mixers, optionally filtered by a glob like ``"*linear*"``."""
+    names = sorted(_MIXERS)
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def _mixer_class(name: str) -> type:
+    if not isinstance(name, str):
+        raise TypeError(f"mixer name must be a string, got {type(name).__name__}")
+    if name not in _MIXERS:
+        close = difflib.get_close_matches(name, _MIXERS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown mixer {name!r}{hint}; valid names: {', '.join(list_mixers())}")
+    return _MIXERS[name]
+
+
+def mixer_info(name: str) -> MixerInfo:
+    """The ``MixerInfo`` of a registered mixer."""
+    return _mixer_class(name).info
+
+
+def mixer_options(name: str) -> dict[str, object]:
+    """The options a mixer accepts beyond dim, heads and causal, with their defaults."""
+    cls = _mixer_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    return {p.name: p.default for p in params.values()
+            if p.name not in ("self", "dim", "heads", "causal")
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def create_mixer(name: str, dim: int, heads: int = 1, causal: bool = False, **options):
+    """Build a registered mixer.
+
+    Args:
+        name: a name from ``list_mixers()``.
+        dim: model width; inputs are (B, L, dim).
+        heads: number of heads; must divide ``dim``.
+        causal: True for autoregressive use (position t sees positions <= t).
+        **options: mechanism-specific options (see ``mixer_options(name)``).
+
+    Returns:
+        The mixer, an ``nn.Module`` subclass of ``attnarena.mixers.Mixer``.
+    """
+    cls = _mixer_class(name)
+    valid = mixer_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        listed = ", ".join(sorted(valid)) or "none"
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for mixer {name!r}; "
+                         f"valid options: {listed}")
+    return cls(dim=dim, heads=heads, causal=causal, **options)
