@@ -1,0 +1,7 @@
+"""Backbones that take any registered mixer by name."""
+from attnarena.models.block import MLP, Block
+from attnarena.models.encoder import EncoderClassifier
+from attnarena.models.lm import CausalLM
+from attnarena.models.positions import POSITIONS
+
+__all__ = ["MLP", "POSITIONS", "Block", "CausalLM", "EncoderClassifier"]

@@ -1,0 +1,47 @@
+"""The MetaFormer block (Yu et al. 2022): pre-norm token mixer, then pre-norm MLP."""
+from __future__ import annotations
+
+from torch import nn
+
+from attnarena.registry import create_mixer
+
+
+class MLP(nn.Sequential):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, dim))
+
+
+class Block(nn.Module):
+    """x + mixer(norm(x)), then x + mlp(norm(x)). ``mlp_dim=0`` leaves the MLP out."""
+
+    def __init__(self, dim: int, mixer: str, *, heads: int = 1, causal: bool = False,
+                 mixer_options: dict | None = None, mlp_dim: int | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        mlp_dim = 4 * dim if mlp_dim is None else mlp_dim
+        self.norm1 = nn.LayerNorm(dim)
+        self.mixer = create_mixer(mixer, dim, heads=heads, causal=causal,
+                                  **(mixer_options or {}))
+        self.drop = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(dim) if mlp_dim else None
+        self.mlp = MLP(dim, mlp_dim, dropout) if mlp_dim else None
+
+    def forward(self, x, mask=None):
+        return self._finish(x, self.mixer(self.norm1(x), mask=mask))
+
+    def _finish(self, x, y):
+        x = x + self.drop(y)
+        if self.mlp is not None:
+            x = x + self.drop(self.mlp(self.norm2(x)))
+        return x
+
+    def step(self, x_t, state):
+        """One token: x_t (B, dim) -> (B, dim), with the mixer's decoding state."""
+        y, state = self.mixer.step(self.norm1(x_t), state)
+        return self._finish(x_t, y), state
+
+    def prefill(self, x):
+        """Causal forward over (B, L, dim) that also returns the mixer's decoding state."""
+        y, state = self.mixer.prefill(self.norm1(x))
+        return self._finish(x, y), state
