@@ -1,0 +1,239 @@
+"""The speed and memory harness behind ``attnarena speed``.
+
+A sweep is declarative: mixers (with options), lengths and one pass ("fwd", "fwdbwd" or
+"decode"). Each case builds the mixer at width heads * head_dim, times the median of
+repeated calls and records peak memory. A case that runs out of memory or over the time
+budget is recorded as such, and the mixer's longer lengths are recorded as skipped.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from attnarena.arena.environment import environment
+from attnarena.arena.memory import PeakMemory
+from attnarena.registry import create_mixer, mixer_info
+
+PASSES = ("fwd", "fwdbwd", "decode")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    """A mixer name with options, written ``name:key=value:key=value`` on the command line."""
+
+    name: str
+    options: tuple = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "MixerSpec":
+        name, *pairs = text.strip().split(":")
+        options = []
+        for pair in pairs:
+            if "=" not in pair:
+                raise ValueError(f"mixer option {pair!r} in {text!r} must look like key=value")
+            key, raw = pair.split("=", 1)
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            options.append((key, value))
+        mixer_info(name)  # unknown names fail here, listing the valid ones
+        return cls(name, tuple(options))
+
+    @property
+    def label(self) -> str:
+        return ":".join([self.name] + [f"{k}={v}" for k, v in self.options])
+
+
+def parse_mixers(text: str | list) -> list[MixerSpec]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    specs = [MixerSpec.parse(item) for item in items if str(item).strip()]
+    if not specs:
+        raise ValueError("no mixers given")
+    return specs
+
+
+@dataclass
+class SpeedConfig:
+    mixers: list = field(default_factory=list)  # MixerSpec or "name:k=v" strings
+    lengths: list = field(default_factory=lambda: [1024, 4096, 16384])
+    pass_: str = "fwd"
+    batch: int = 1
+    heads: int = 4
+    head_dim: int = 64
+    dtype: str = "float32"
+    device: str = "cpu"
+    causal: bool = True
+    repeats: int = 5
+    time_budget: float = 60.0  # seconds for one call; past it the case counts as a timeout
+
+    def __post_init__(self):
+        self.mixers = [m if isinstance(m, MixerSpec) else MixerSpec.parse(m)
+                       for m in self.mixers]
+        if self.pass_ not in PASSES:
+            raise ValueError(f"unknown pass {self.pass_!r}; valid: {', '.join(PASSES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        if not self.lengths or any(not isinstance(n, int) or n < 1 for n in self.lengths):
+            raise ValueError(f"lengths must be positive ints, got {self.lengths!r}")
+        for name in ("batch", "heads", "head_dim", "repeats"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.lengths = sorted(set(self.lengths))
+        try:
+            torch.device(self.device)
+        except RuntimeError as error:
+            raise ValueError(f"bad device {self.device!r}: {error}") from None
+        if self.pass_ == "decode" and not self.causal:
+            raise ValueError("the decode pass needs causal mixers")
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _is_oom(error: BaseException) -> bool:
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _state_bytes(state) -> int:
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_state_bytes(v) for v in state)
+    if hasattr(state, "__dict__"):
+        return sum(_state_bytes(v) for v in vars(state).values())
+    return 0
+
+
+def _make_call(spec: MixerSpec, length: int, cfg: SpeedConfig):
+    """Build the mixer and inputs; return (call, extra) where call() runs one pass."""
+    dtype = DTYPES[cfg.dtype]
+    dim = cfg.heads * cfg.head_dim
+    torch.manual_seed(0)
+    mixer = create_mixer(spec.name, dim, heads=cfg.heads, causal=cfg.causal,
+                         **dict(spec.options)).to(cfg.device, dtype)
+    x = torch.randn(cfg.batch, length, dim, device=cfg.device, dtype=dtype)
+    extra = {}
+    if cfg.pass_ == "fwd":
+        mixer.eval()
+
+        def call():
+            with torch.no_grad():
+                mixer(x)
+    elif cfg.pass_ == "fwdbwd":
+        mixer.train()
+        x.requires_grad_(True)
+
+        def call():
+            mixer.zero_grad(set_to_none=True)
+            x.grad = None
+            mixer(x).float().sum().backward()
+    else:
+        if not mixer_info(spec.name).decodes:
+            raise ValueError(f"mixer {spec.name!r} has no recurrent form to decode with")
+        mixer.eval()
+        with torch.no_grad():
+            _, state = mixer.prefill(x)
+        extra["state_mb"] = _state_bytes(state) / 2**20
+        holder = {"state": state}
+        x_t = x[:, -1]
+
+        def call():
+            with torch.no_grad():
+                _, holder["state"] = mixer.step(x_t, holder["state"])
+    return call, extra
+
+
+def measure_case(spec: MixerSpec, length: int, cfg: SpeedConfig) -> dict:
+    """Time and measure one (mixer, length) case; never raises for OOM or timeouts."""
+    row = {"mixer": spec.label, "length": length, "pass": cfg.pass_, "batch": cfg.batch,
+           "heads": cfg.heads, "head_dim": cfg.head_dim, "dtype": cfg.dtype,
+           "causal": cfg.causal, "status": "ok", "median_ms": None, "min_ms": None,
+           "peak_mem_mb": None, "tokens_per_s": None, "state_mb": None}
+    try:
+        call, extra = _make_call(spec, length, cfg)
+        row.update(extra)
+        with PeakMemory(cfg.device) as memory:
+            start = time.perf_counter()
+            call()
+            _sync(cfg.device)
+            first = time.perf_counter() - start
+        row["peak_mem_mb"] = None if memory.peak_bytes is None else memory.peak_bytes / 2**20
+        if first > cfg.time_budget:
+            row.update(status="timeout", median_ms=first * 1e3, min_ms=first * 1e3)
+            return row
+        repeats = max(1, min(cfg.repeats, int(cfg.time_budget / max(first, 1e-9))))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            _sync(cfg.device)
+            times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        tokens = cfg.batch * (1 if cfg.pass_ == "decode" else length)
+        row.update(median_ms=median * 1e3, min_ms=min(times) * 1e3,
+                   tokens_per_s=tokens / median)
+    except Exception as error:  # one failing case must not stop the sweep
+        if _is_oom(error):
+            row["status"] = "oom"
+        else:
+            row["status"] = f"error: {type(error).__name__}: {error}"
+    finally:
+        if torch.device(cfg.device).type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def matmul_gflops(device: str = "cpu", dtype: str = "float32", size: int = 1024) -> float:
+    """This machine's dense matmul throughput (GFLOP/s), for reading the sweep against."""
+    a = torch.randn(size, size, device=device, dtype=DTYPES[dtype])
+    b = torch.randn(size, size, device=device, dtype=DTYPES[dtype])
+    a @ b
+    times = []
+    for _ in range(5):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def run_speed(cfg: SpeedConfig, progress: bool = True) -> dict:
+    """Run the sweep; returns {"meta": {...}, "rows": [...]} (plain data)."""
+    from tqdm import tqdm
+
+    cases = [(spec, n) for spec in cfg.mixers for n in cfg.lengths]
+    rows = []
+    stopped = {}  # mixer label -> why longer lengths are skipped
+    bar = tqdm(cases, disable=not progress, unit="case", dynamic_ncols=True)
+    for spec, length in bar:
+        bar.set_description(f"{spec.label} L={length}")
+        if spec.label in stopped:
+            row = {"mixer": spec.label, "length": length, "pass": cfg.pass_,
+                   "status": f"skipped ({stopped[spec.label]})"}
+        else:
+            row = measure_case(spec, length, cfg)
+            if row["status"] in ("oom", "timeout"):
+                stopped[spec.label] = f"{row['status']} at L={length}"
+        rows.append(row)
+        if row.get("median_ms") is not None:
+            bar.set_postfix(ms=f"{row['median_ms']:.2f}")
+    meta = {"config": {**asdict(cfg), "mixers": [m.label for m in cfg.mixers]},
+            "environment": environment(cfg.device),
+            "matmul_gflops": matmul_gflops(cfg.device, cfg.dtype)}
+    return {"meta": meta, "rows": rows}

@@ -1,0 +1,43 @@
+import os
+
+import pytest
+import torch
+from hypothesis import settings
+
+import attnarena as aa
+
+settings.register_profile("default", deadline=None, max_examples=25, derandomize=True)
+settings.register_profile("thorough", deadline=None, max_examples=300)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Small, test-sized options that exercise a mechanism's own machinery at tiny lengths
+# (a window shorter than the sequence, several chunks). New mechanisms work with their
+# defaults; an entry here only adds coverage.
+TEST_OPTIONS = {
+    "local": {"window": 3},
+    "linear": {"chunk_size": 4},
+    "cosine": {"chunk_size": 4},
+    "performer": {"chunk_size": 4, "features": 16},
+}
+
+
+def make_mixer(name, causal=False, dim=16, heads=2, dtype=torch.float32, seed=0, **options):
+    torch.manual_seed(seed)
+    opts = {**TEST_OPTIONS.get(name, {}), **options}
+    return aa.create_mixer(name, dim=dim, heads=heads, causal=causal, **opts).to(dtype).eval()
+
+
+def pattern_cases():
+    """(mixer name, pattern) for every pattern every registered mixer declares."""
+    return [(name, p) for name in aa.list_mixers() for p in sorted(aa.mixer_info(name).patterns)]
+
+
+def pattern_ids():
+    return [f"{n}-{p}" for n, p in pattern_cases()]
+
+
+@pytest.fixture
+def rng():
+    return torch.Generator().manual_seed(1234)

@@ -1,0 +1,201 @@
+"""The shared mixer contract, run for every registered mixer and every pattern it declares."""
+import pytest
+import torch
+
+import attnarena as aa
+from conftest import make_mixer, pattern_cases, pattern_ids
+
+CASES = pattern_cases()
+DECODERS = [n for n in aa.list_mixers() if aa.mixer_info(n).decodes]
+
+
+def inputs(pattern, B=2, L=11, S=7, dim=16, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, L, dim, generator=g, dtype=torch.float64).to(dtype)
+    context = None
+    if pattern in ("cross", "causal_cross"):
+        context = torch.randn(B, S, dim, generator=g, dtype=torch.float64).to(dtype)
+    return x, context
+
+
+def build(name, pattern, **kw):
+    return make_mixer(name, causal=pattern in ("causal", "causal_cross"), **kw)
+
+
+@pytest.mark.parametrize("name, pattern", CASES, ids=pattern_ids())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_shapes_and_dtypes(name, pattern, dtype):
+    mixer = build(name, pattern, dtype=dtype)
+    for L in (1, 11):
+        x, context = inputs(pattern, L=L, dtype=dtype)
+        y = mixer(x, context=context)
+        assert y.shape == x.shape and y.dtype == dtype
+        assert torch.isfinite(y.float()).all()
+    if dtype == torch.bfloat16:  # close to the float32 computation of the same weights
+        ref = build(name, pattern)
+        x, context = inputs(pattern)
+        y32 = ref(x, context=context)
+        y16 = mixer(x.bfloat16(), context=None if context is None else context.bfloat16())
+        assert (y16.float() - y32).abs().max() < 0.05 * (1 + y32.abs().max())
+
+
+@pytest.mark.parametrize("name, pattern", [c for c in CASES if c[1] in ("causal", "causal_cross")],
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_causality(name, pattern):
+    mixer = build(name, pattern)
+    L = 13
+    x, context = inputs(pattern, L=L, S=L)
+    y = mixer(x, context=context)
+    for t in (0, 4, 9):
+        x2 = x.clone()
+        x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:]) * 3
+        c2 = None
+        if context is not None:
+            c2 = context.clone()
+            c2[:, t + 1:] = torch.randn_like(c2[:, t + 1:]) * 3
+        y2 = mixer(x2, context=c2)
+        torch.testing.assert_close(y2[:, :t + 1], y[:, :t + 1], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(y2[:, t + 1:], y[:, t + 1:], atol=1e-4)
+
+
+@pytest.mark.parametrize("name, pattern", CASES, ids=pattern_ids())
+def test_padding(name, pattern):
+    mixer = build(name, pattern)
+    x, context = inputs(pattern, L=12, S=9)
+    source = x if context is None else context
+    keep = torch.ones(source.shape[:2], dtype=torch.bool)
+    keep[0, -3:] = False  # right padding
+    keep[1, 2] = False  # a hole in the middle
+    y = mixer(x, context=context, mask=keep)
+    noisy = source.clone()
+    noisy[~keep] = torch.randn_like(noisy[~keep]) * 5
+    if context is None:
+        y2 = mixer(noisy, mask=keep)
+        real = keep
+    else:
+        y2 = mixer(x, context=noisy, mask=keep)
+        real = torch.ones(x.shape[:2], dtype=torch.bool)
+    torch.testing.assert_close(y2[real], y[real], rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(y).all()
+
+
+def _forms(name):
+    forms = aa.mixer_info(name).forms
+    return sorted(forms) if "form" in aa.mixer_options(name) else []
+
+
+FORM_CASES = [(n, p, f) for n, p in CASES for f in _forms(n) if f != "parallel"]
+
+
+@pytest.mark.parametrize("name, pattern, form", FORM_CASES,
+                         ids=[f"{n}-{p}-{f}" for n, p, f in FORM_CASES])
+@pytest.mark.parametrize("L", [1, 5, 8, 13])
+def test_forms_agree_with_parallel(name, pattern, form, L):
+    reference = build(name, pattern, form="parallel")
+    other = build(name, pattern, form=form)
+    other.load_state_dict(reference.state_dict())
+    x, context = inputs(pattern, L=L, S=6)
+    keep = None
+    if pattern == "self":
+        keep = torch.ones(x.shape[:2], dtype=torch.bool)
+        keep[0, L // 2:] = False
+    torch.testing.assert_close(other(x, context=context, mask=keep),
+                               reference(x, context=context, mask=keep), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_step_equals_causal_forward(name):
+    mixer = make_mixer(name, causal=True)
+    x, _ = inputs("causal", L=13)
+    y = mixer(x)
+    state = mixer.init_state(batch_size=2)
+    steps = []
+    for t in range(x.shape[1]):
+        y_t, state = mixer.step(x[:, t], state)
+        steps.append(y_t)
+    torch.testing.assert_close(torch.stack(steps, 1), y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+@pytest.mark.parametrize("split", [1, 6, 12])
+def test_prefill_then_step_continues_the_sequence(name, split):
+    mixer = make_mixer(name, causal=True)
+    x, _ = inputs("causal", L=13)
+    y = mixer(x)
+    head, state = mixer.prefill(x[:, :split])
+    tail = []
+    for t in range(split, x.shape[1]):
+        y_t, state = mixer.step(x[:, t], state)
+        tail.append(y_t)
+    got = torch.cat([head] + [t[:, None] for t in tail], dim=1)
+    torch.testing.assert_close(got, y, rtol=1e-5, atol=1e-5)
+
+
+GRAD_CASES = [(n, p, f) for n, p in CASES for f in (_forms(n) or [None])]
+
+
+@pytest.mark.parametrize("name, pattern, form", GRAD_CASES,
+                         ids=[f"{n}-{p}-{f}" for n, p, f in GRAD_CASES])
+def test_gradcheck(name, pattern, form):
+    options = {} if form is None else {"form": form}
+    mixer = build(name, pattern, dim=8, heads=2, dtype=torch.float64, **options)
+    x, context = inputs(pattern, B=1, L=5, S=4, dim=8, dtype=torch.float64)
+    x.requires_grad_(True)
+    args = (x,) if context is None else (x, context.requires_grad_(True))
+    assert torch.autograd.gradcheck(lambda *a: mixer(*a), args, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, pattern", CASES, ids=pattern_ids())
+def test_parameters_get_gradients(name, pattern):
+    mixer = build(name, pattern).train()
+    x, context = inputs(pattern)
+    mixer(x, context=context).square().sum().backward()
+    grads = [p.grad for p in mixer.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", aa.list_mixers())
+def test_bad_input(name):
+    info = aa.mixer_info(name)
+    causal = "self" not in info.patterns
+    mixer = make_mixer(name, causal=causal)
+    x = torch.randn(2, 5, 16)
+    with pytest.raises(ValueError, match=r"shape \(batch, length, 16\)"):
+        mixer(torch.randn(5, 16))
+    with pytest.raises(ValueError, match="16"):
+        mixer(torch.randn(2, 5, 12))
+    with pytest.raises(TypeError, match="floating"):
+        mixer(torch.ones(2, 5, 16, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        mixer([[0.0] * 16])
+    with pytest.raises(TypeError, match="dtype"):
+        mixer(x.double())
+    with pytest.raises(TypeError, match="bool"):
+        mixer(x, mask=torch.ones(2, 5))
+    with pytest.raises(ValueError, match=r"mask must have shape \(batch, length\)"):
+        mixer(x, mask=torch.ones(2, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="at least one token"):
+        mixer(torch.randn(2, 0, 16))
+    cross = "causal_cross" if causal else "cross"
+    if cross in info.patterns:
+        with pytest.raises(ValueError, match="context"):
+            mixer(x, context=torch.randn(2, 4, 12))
+        with pytest.raises(ValueError, match="batch"):
+            mixer(x, context=torch.randn(3, 4, 16))
+        with pytest.raises(ValueError, match=r"mask must have shape .* context"):
+            mixer(x, context=torch.randn(2, 4, 16), mask=torch.ones(2, 5, dtype=torch.bool))
+    else:
+        with pytest.raises(ValueError, match=f"does not support the '{cross}' pattern"):
+            mixer(x, context=torch.randn(2, 4, 16))
+    if not causal:
+        with pytest.raises(ValueError, match="causal"):
+            mixer.init_state(batch_size=2)
+        with pytest.raises(ValueError, match="causal"):
+            mixer.step(x[:, 0], None)
+    if info.decodes:
+        causal_mixer = make_mixer(name, causal=True)
+        state = causal_mixer.init_state(batch_size=2)
+        with pytest.raises(ValueError, match=r"x_t of shape \(batch, 16\)"):
+            causal_mixer.step(x, state)
+        with pytest.raises(ValueError, match="batch_size"):
+            causal_mixer.init_state(batch_size=0)
