@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the main job: speed sweep + short training per mechanism")
     p.add_argument("--mixers", default=None, help="comma-separated names (default: all)")
-    p.add_argument("--steps", type=int, default=300, help="copy-task training steps")
+    p.add_argument("--steps", type=int, default=600, help="copy-task training steps")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="results")
     p.add_argument("--quiet", action="store_true")

@@ -21,14 +21,14 @@ from attnarena.tasks.copy import CopyTask
 @dataclass
 class CopyRun:
     mixer: str
-    steps: int = 300
+    steps: int = 600
     batch: int = 32
     dim: int = 64
     depth: int = 2
     heads: int = 4
     lr: float = 3e-3
     vocab: int = 16
-    length: int = 16
+    length: int = 8
     seed: int = 0
 
 
@@ -66,7 +66,7 @@ def train_copy(run: CopyRun) -> dict:
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def run_quick(out_dir="results", mixers=None, lengths=(256, 1024, 4096), steps=300,
+def run_quick(out_dir="results", mixers=None, lengths=(256, 1024, 4096), steps=600,
               device="cpu", progress=True) -> dict:
     """Speed sweep + copy-task training for each mixer; writes results under out_dir."""
     out = Path(out_dir)

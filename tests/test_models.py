@@ -1,0 +1,148 @@
+import pytest
+import torch
+
+import attnarena as aa
+from attnarena.models import Block, CausalLM, EncoderClassifier
+
+CAUSAL = [n for n in aa.list_mixers() if "causal" in aa.mixer_info(n).patterns]
+
+
+def positions_for(name):
+    options = aa.mixer_options(name)
+    return ["learned", "sinusoidal", "none"] + [p for p in ("rope", "alibi") if p in options]
+
+
+GEN_CASES = [(n, p) for n in CAUSAL for p in positions_for(n)]
+
+
+def greedy_by_full_forwards(model, prompt, n):
+    tokens = prompt
+    with torch.no_grad():
+        for _ in range(n):
+            next_token = model(tokens)[:, -1].argmax(-1, keepdim=True)
+            tokens = torch.cat([tokens, next_token], dim=1)
+    return tokens
+
+
+@pytest.mark.parametrize("name, position", GEN_CASES, ids=[f"{n}-{p}" for n, p in GEN_CASES])
+def test_generate_equals_greedy_full_forwards(name, position):
+    torch.manual_seed(0)
+    model = CausalLM(37, dim=32, depth=2, heads=4, mixer=name, position=position,
+                     max_len=64, mixer_options={"window": 5} if name == "local" else None)
+    model = model.double().eval()
+    prompt = torch.randint(0, 37, (3, 9))
+    out = model.generate(prompt, 25)
+    assert out.shape == (3, 34) and torch.equal(out[:, :9], prompt)
+    assert torch.equal(out, greedy_by_full_forwards(model, prompt, 25))
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_generate_float32(name):
+    torch.manual_seed(1)
+    model = CausalLM(29, dim=32, depth=2, heads=4, mixer=name, max_len=64).eval()
+    prompt = torch.randint(0, 29, (2, 5))
+    assert torch.equal(model.generate(prompt, 12), greedy_by_full_forwards(model, prompt, 12))
+
+
+def test_generate_sampling_is_reproducible_and_respects_top_k():
+    torch.manual_seed(0)
+    model = CausalLM(20, dim=16, depth=1, heads=2, mixer="linear").eval()
+    prompt = torch.randint(0, 20, (2, 3))
+    a = model.generate(prompt, 10, temperature=1.0, top_k=1,
+                       generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, model.generate(prompt, 10))  # top_k=1 is greedy
+    b = model.generate(prompt, 10, temperature=1.5, generator=torch.Generator().manual_seed(5))
+    c = model.generate(prompt, 10, temperature=1.5, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(b, c)
+
+
+def test_generate_bad_input():
+    model = CausalLM(20, dim=16, depth=1, heads=2, max_len=8)
+    with pytest.raises(ValueError, match=r"\[0, 20\)"):
+        model.generate(torch.tensor([[25]]), 2)
+    with pytest.raises(TypeError, match="integer"):
+        model.generate(torch.zeros(1, 3), 2)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), -1)
+    with pytest.raises(ValueError, match="max_len=8"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), 10)
+
+
+def test_in_mixer_positions_need_a_mixer_that_takes_them():
+    with pytest.raises(ValueError, match="mixers that do: local, softmax"):
+        CausalLM(10, dim=16, heads=2, mixer="linear", position="rope")
+    with pytest.raises(ValueError, match="unknown position"):
+        CausalLM(10, dim=16, heads=2, position="relative")
+
+
+def test_rope_makes_attention_depend_on_relative_position_only():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("softmax", dim=16, heads=2, causal=True, rope=True).eval()
+    x = torch.randn(1, 10, 16)
+    shifted = mixer.prefill(torch.cat([torch.randn(1, 3, 16), x], 1))[0][:, 3:]
+    assert not torch.allclose(shifted, mixer(x), atol=1e-4)  # earlier tokens are seen
+    q, k, _ = mixer.project(x)
+    rq, rk = mixer._positions(q, k)
+    rq5, rk5 = mixer._positions(q, k, offset=5)
+    torch.testing.assert_close(rq @ rk.transpose(-1, -2), rq5 @ rk5.transpose(-1, -2),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", aa.list_mixers())
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_encoder_classifier_ignores_padding(name, pooling):
+    torch.manual_seed(0)
+    model = EncoderClassifier(5, vocab_size=30, dim=16, depth=2, heads=2, mixer=name,
+                              pooling=pooling, max_len=20).eval()
+    tokens = torch.randint(1, 30, (3, 12))
+    keep = torch.ones(3, 12, dtype=torch.bool)
+    keep[0, 8:] = False
+    keep[2, 5:] = False
+    logits = model(tokens, mask=keep)
+    assert logits.shape == (3, 5)
+    noisy = tokens.masked_fill(~keep, 7)
+    torch.testing.assert_close(model(noisy, mask=keep), logits, rtol=1e-5, atol=1e-5)
+    short = model(tokens[2:, :5])  # the same sequence without its padding
+    torch.testing.assert_close(short, logits[2:], rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_entry_points_and_patches():
+    model = EncoderClassifier(10, image_size=16, patch_size=4, channels=3, dim=16, depth=3,
+                              heads=2, mixer="performer", pooling="cls").eval()
+    images = torch.rand(2, 3, 16, 16)
+    outputs, _ = model.forward_intermediates(images)
+    assert len(outputs) == 3 and outputs[0].shape == (2, 17, 16)
+    features, mask = model.forward_features(images)
+    pooled = model.forward_head(features, mask, pre_logits=True)
+    assert pooled.shape == (2, 16)
+    torch.testing.assert_close(model.head(pooled), model(images))
+    with pytest.raises(ValueError, match=r"\(batch, 3, 16, 16\)"):
+        model(torch.rand(2, 1, 16, 16))
+
+
+def test_causal_encoder_puts_cls_last():
+    torch.manual_seed(0)
+    model = EncoderClassifier(3, vocab_size=10, dim=16, heads=2, mixer="linear", causal=True,
+                              pooling="cls").eval()
+    tokens = torch.randint(0, 10, (1, 6))
+    changed = tokens.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % 10
+    assert not torch.allclose(model(tokens), model(changed))  # CLS sees the first token
+
+
+def test_encoder_bad_input():
+    with pytest.raises(ValueError, match="exactly one"):
+        EncoderClassifier(2)
+    with pytest.raises(ValueError, match="pooling"):
+        EncoderClassifier(2, vocab_size=5, pooling="max")
+    model = EncoderClassifier(2, vocab_size=5, dim=8, heads=2)
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        model(torch.tensor([[1, 9]]))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        model(torch.tensor([[1, 2]]), mask=torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_block_without_mlp():
+    block = Block(8, "softmax", heads=2, mlp_dim=0)
+    assert block.mlp is None
+    assert block(torch.randn(1, 4, 8)).shape == (1, 4, 8)
