@@ -1,0 +1,136 @@
+"""The delta rule: a linear-attention state that corrects what it stores.
+
+    DeltaNet (Schlag et al. 2021; Yang et al. 2024, "Parallelizing Linear Transformers with
+    the Delta Rule over Sequence Length"):
+        S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T ,   o_t = S_t^T q_t
+    Gated DeltaNet (Yang et al. 2025, "Gated Delta Networks: Improving Mamba2 with Delta
+    Rule"):
+        S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T
+
+Chunkwise form (the WY representation): inside a chunk the state is
+S_t = g_t S_0 + sum_{j<=t} (g_t / g_j) k_j u_j^T with g the cumulative decay, and the
+pseudo-values U solve the unit lower-triangular system
+    (I + tril(diag(beta) (Gamma * K K^T), -1)) U = diag(beta) (V - diag(g) K S_0),
+Gamma_ij = g_i / g_j. Every decay ratio has i >= j, so it is <= 1. The solve is batched
+over chunks; only the (Dk, Dv) state passes from chunk to chunk. The parallel form is one
+chunk spanning the sequence; the recurrent form is the reference loop.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attnarena.ops._checks import (check_chunk_size, check_form, check_qkv, check_state,
+                                   compute_dtype)
+from attnarena.ops.gated import check_log_decay, segment_sums, suffix_sums
+
+
+def _check_beta(beta, shape):
+    if not isinstance(beta, torch.Tensor) or not beta.is_floating_point():
+        raise TypeError(f"beta must be a floating-point tensor, got "
+                        f"{getattr(beta, 'dtype', type(beta).__name__)}")
+    if tuple(beta.shape) != tuple(shape):
+        raise ValueError(f"beta must have shape {tuple(shape)}, got {tuple(beta.shape)}")
+    if torch.isnan(beta).any() or (beta < 0).any() or (beta > 1).any():
+        raise ValueError("beta must lie in [0, 1] (the delta rule's learning rate; 0 skips a "
+                         f"token); got values in [{float(beta.min()):.4g}, "
+                         f"{float(beta.max()):.4g}]")
+
+
+def delta_rule(q, k, v, *, beta, form="chunk", chunk_size=64, initial_state=None,
+               return_state=False):
+    """DeltaNet's recurrence.
+
+    Args:
+        q, k: (B, H, L, Dk); k is used as given (DeltaNet L2-normalizes it first).
+        v: (B, H, L, Dv).
+        beta: (B, H, L) in [0, 1] (the paper's range is (0, 1); 0 leaves the state as is,
+            which is how padding is skipped).
+        form: "recurrent" (reference), "chunk" (WY chunkwise) or "parallel".
+        chunk_size, initial_state (B, H, Dk, Dv), return_state: as in linear_attention.
+
+    Returns:
+        o (B, H, L, Dv) in the dtype of q, or (o, state) with ``return_state``.
+    """
+    return _delta(q, k, v, beta, None, form, chunk_size, initial_state, return_state)
+
+
+def gated_delta_rule(q, k, v, *, log_alpha, beta, form="chunk", chunk_size=64,
+                     initial_state=None, return_state=False):
+    """Gated DeltaNet's recurrence; as ``delta_rule`` plus log_alpha: (B, H, L) <= 0, the
+    log of the per-token decay alpha."""
+    return _delta(q, k, v, beta, log_alpha, form, chunk_size, initial_state, return_state)
+
+
+def _delta(q, k, v, beta, log_alpha, form, chunk_size, initial_state, return_state):
+    check_qkv(q, k, v, same_length=True)
+    check_form(form)
+    check_chunk_size(chunk_size)
+    B, H, L, Dk = q.shape
+    Dv = v.shape[-1]
+    _check_beta(beta, (B, H, L))
+    if log_alpha is not None:
+        check_log_decay(log_alpha, (B, H, L), "log_alpha")
+    if initial_state is not None:
+        check_state(initial_state, (B, H, Dk, Dv))
+    out_dtype = q.dtype
+    dtype = compute_dtype(q.dtype)
+    q, k, v, beta = (t.to(dtype) for t in (q, k, v, beta))
+    log_alpha = (torch.zeros_like(beta) if log_alpha is None else log_alpha.to(dtype))
+    state = (q.new_zeros(B, H, Dk, Dv) if initial_state is None
+             else initial_state.to(dtype))
+    if form == "recurrent":
+        o, state = _recurrent(q, k, v, beta, log_alpha, state)
+    else:
+        o, state = _chunked(q, k, v, beta, log_alpha, state,
+                            L if form == "parallel" else chunk_size)
+    o = o.to(out_dtype)
+    return (o, state) if return_state else o
+
+
+def _recurrent(q, k, v, beta, log_alpha, S):
+    """The reference, token by token."""
+    alpha = log_alpha.exp()
+    outputs = []
+    for t in range(q.shape[2]):
+        k_t = k[:, :, t]  # (B, H, Dk)
+        S = alpha[:, :, t, None, None] * S
+        error = v[:, :, t] - (k_t[:, :, None, :] @ S)[:, :, 0]  # v_t - S^T k_t
+        S = S + beta[:, :, t, None, None] * k_t[..., :, None] * error[..., None, :]
+        outputs.append((q[:, :, t, None, :] @ S)[:, :, 0])
+    return torch.stack(outputs, dim=2), S
+
+
+def _chunked(q, k, v, beta, log_alpha, S, C):
+    B, H, L, Dk = q.shape
+    Dv = v.shape[-1]
+    pad = (-L) % C
+    if pad:  # padded steps: beta = 0 and no decay leave the state untouched
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        beta, log_alpha = F.pad(beta, (0, pad)), F.pad(log_alpha, (0, pad))
+    n = (L + pad) // C
+    qc, kc, vc = (t.reshape(B, H, n, C, -1) for t in (q, k, v))
+    bc = beta.reshape(B, H, n, C, 1)
+    g = log_alpha.reshape(B, H, n, C)
+    prefix = g.cumsum(dim=-1)[..., None]  # (B, H, n, C, 1): log g_i, decay since chunk start
+    ratio = segment_sums(g, dim=-1).exp()  # (B, H, n, C, C): g_i / g_j for i >= j, else 0
+
+    # T = (I + strictly_lower(diag(beta) Gamma K K^T))^-1 diag(beta), batched over chunks.
+    kk = kc @ kc.transpose(-1, -2)
+    system = (bc * ratio * kk).tril(-1) + torch.eye(C, dtype=q.dtype, device=q.device)
+    T = torch.linalg.solve_triangular(system, torch.diag_embed(bc[..., 0]), upper=False,
+                                      unitriangular=True)
+    W = T @ (kc * prefix.exp())  # (B, H, n, C, Dk)
+    U = T @ vc  # (B, H, n, C, Dv)
+    attend = (qc @ kc.transpose(-1, -2)) * ratio  # (B, H, n, C, C), lower incl. diagonal
+    q_from_start = qc * prefix.exp()
+    k_to_end = kc * suffix_sums(g[..., None], dim=3).exp()
+    end_decay = prefix[:, :, :, -1:].exp()  # (B, H, n, 1, 1)
+
+    outputs = []
+    for i in range(n):
+        pseudo = U[:, :, i] - W[:, :, i] @ S  # (B, H, C, Dv)
+        outputs.append(q_from_start[:, :, i] @ S + attend[:, :, i] @ pseudo)
+        S = end_decay[:, :, i] * S + k_to_end[:, :, i].transpose(-1, -2) @ pseudo
+    o = torch.stack(outputs, dim=2).reshape(B, H, n * C, Dv)
+    return o[:, :, :L], S

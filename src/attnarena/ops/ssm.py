@@ -1,0 +1,169 @@
+"""Selective state-space scan (Gu and Dao 2023, "Mamba: Linear-Time Sequence Modeling with
+Selective State Spaces"), with the argument layout of the paper's reference scan.
+
+Per channel d and state index n, with the zero-order-hold style discretization of the
+reference implementation:
+    x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t ,   y_t = C_t . x_t + D u_t ,
+and y gated by silu(z) when z is given.
+
+Forms: ``recurrent`` (the reference loop) and ``chunk``: inside chunks of C tokens the state
+is exp(P_t) (x_0 + sum_{j<=t} exp(-P_j) delta_j B_j u_j) with P the cumulative log decay,
+computed for many chunks at once; only the (d, n) state passes from chunk to chunk. The
+factors stay inside float32's range while a chunk's total log decay is above -60; the few
+chunks that decay more are stepped token by token.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attnarena.ops._checks import check_chunk_size, check_state, compute_dtype
+
+FACTOR_LIMIT = 60.0
+GROUP_TOKENS = 1024  # tokens processed together in the chunk form (bounds memory)
+
+
+def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias):
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a real floating-point tensor, got {t.dtype} "
+                            "(complex A is not supported)")
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, d, length), got {tuple(u.shape)}")
+    b, d, L = u.shape
+    if tuple(delta.shape) != (b, d, L):
+        raise ValueError(f"delta must match u's shape {(b, d, L)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"A must be (d, state) = ({d}, n), got {tuple(A.shape)}")
+    if (A > 0).any():
+        raise ValueError("A must be <= 0 (a stable, decaying state)")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() == 3 and tuple(t.shape) == (b, n, L):
+            continue
+        if t.dim() == 4 and t.shape[0] == b and t.shape[2:] == (n, L) and d % t.shape[1] == 0:
+            continue
+        raise ValueError(f"{name} must be (batch, state, length) = {(b, n, L)} or (batch, "
+                         f"groups, state, length) with groups dividing {d}, "
+                         f"got {tuple(t.shape)}")
+    if D is not None and tuple(D.shape) != (d,):
+        raise ValueError(f"D must be ({d},), got {tuple(D.shape)}")
+    if delta_bias is not None and tuple(delta_bias.shape) != (d,):
+        raise ValueError(f"delta_bias must be ({d},), got {tuple(delta_bias.shape)}")
+    if z is not None and tuple(z.shape) != (b, d, L):
+        raise ValueError(f"z must match u's shape {(b, d, L)}, got {tuple(z.shape)}")
+
+
+def _per_channel(M, d):
+    """(b, n, L) or (b, g, n, L) -> (b, d or 1, L, n) aligned with channels."""
+    if M.dim() == 3:
+        return M.transpose(1, 2)[:, None]
+    g = M.shape[1]
+    return M.repeat_interleave(d // g, dim=1).transpose(2, 3)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, *, initial_state=None, form="chunk",
+                   chunk_size=16):
+    """Mamba's selective scan.
+
+    Args:
+        u, delta: (b, d, l).  A: (d, n), <= 0.  B, C: (b, n, l) or (b, g, n, l).
+        D: (d,) skip connection.  z: (b, d, l) gate, output *= silu(z).
+        delta_bias: (d,) added to delta; delta_softplus: apply softplus to delta.
+        return_last_state: also return the state (b, d, n) after the last token.
+        initial_state: (b, d, n) state to continue from.
+        form: "chunk" or "recurrent" (reference); chunk_size: tokens per chunk.
+
+    Returns:
+        y (b, d, l) in u's dtype, or (y, last_state) with ``return_last_state``.
+    """
+    _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if form not in ("chunk", "recurrent"):
+        raise ValueError(f"unknown form {form!r}; valid forms: chunk, recurrent")
+    check_chunk_size(chunk_size)
+    b, d, L = u.shape
+    n = A.shape[1]
+    if initial_state is not None:
+        check_state(initial_state, (b, d, n))
+    out_dtype = u.dtype
+    dtype = compute_dtype(u.dtype)
+    u, delta, A = u.to(dtype), delta.to(dtype), A.to(dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    Bc, Cc = _per_channel(B.to(dtype), d), _per_channel(C.to(dtype), d)  # (b, d|1, L, n)
+    x = u.new_zeros(b, d, n) if initial_state is None else initial_state.to(dtype)
+    if form == "recurrent":
+        y, x = _scan_recurrent(u, delta, A, Bc, Cc, x)
+    else:
+        y, x = _scan_chunked(u, delta, A, Bc, Cc, x, chunk_size)
+    if D is not None:
+        y = y + u * D.to(dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    y = y.to(out_dtype)
+    return (y, x) if return_last_state else y
+
+
+def _scan_recurrent(u, delta, A, Bc, Cc, x):
+    """The reference loop over tokens. Returns y (b, d, L) and the last state."""
+    ys = []
+    for t in range(u.shape[2]):
+        dt = delta[:, :, t, None]  # (b, d, 1)
+        x = torch.exp(dt * A) * x + dt * Bc[:, :, t] * u[:, :, t, None]
+        ys.append((x * Cc[:, :, t]).sum(-1))
+    return torch.stack(ys, dim=-1), x
+
+
+def _scan_chunked(u, delta, A, Bc, Cc, x, C):
+    b, d, L = u.shape
+    ys = []
+    step = max(C, GROUP_TOKENS // C * C)
+    for start in range(0, L, step):
+        stop = min(L, start + step)
+        y, x = _scan_group(u[:, :, start:stop], delta[:, :, start:stop], A,
+                           Bc[:, :, start:stop], Cc[:, :, start:stop], x, C)
+        ys.append(y)
+    return torch.cat(ys, dim=-1), x
+
+
+def _scan_group(u, delta, A, Bc, Cc, x, C):
+    """Chunks of one group at once; the (b, d, n) state is carried across them in order."""
+    b, d, L = u.shape
+    pad = (-L) % C
+    if pad:  # padded steps: delta = 0, so no decay and no input
+        u, delta = F.pad(u, (0, pad)), F.pad(delta, (0, pad))
+        Bc, Cc = F.pad(Bc, (0, 0, 0, pad)), F.pad(Cc, (0, 0, 0, pad))
+    m = (L + pad) // C
+    log_a = (delta[..., None] * A[:, None, :]).reshape(b, d, m, C, -1)  # (b, d, m, C, n)
+    inputs = (delta[..., None] * Bc * u[..., None]).reshape(b, d, m, C, -1)
+    P = log_a.cumsum(dim=3)
+    # Within each chunk, from a zero state: exp(P_t) * sum_{j<=t} exp(-P_j) inputs_j.
+    local = P.exp() * (inputs * (-P).clamp(max=FACTOR_LIMIT).exp()).cumsum(dim=3)
+    strong = (P[:, :, :, -1] < -FACTOR_LIMIT).any(dim=-1)  # (b, d, m)
+    if bool(strong.any()):
+        idx = strong.nonzero(as_tuple=True)
+        local[idx] = _steps_from_zero(log_a[idx], inputs[idx])
+    end_decay = P[:, :, :, -1].exp()  # (b, d, m, n)
+    starts = []
+    for i in range(m):
+        starts.append(x)
+        x = end_decay[:, :, i] * x + local[:, :, i, -1]
+    states = local + P.exp() * torch.stack(starts, dim=2)[:, :, :, None]
+    y = (states * Cc.reshape(*Cc.shape[:2], m, C, -1)).sum(-1).reshape(b, d, m * C)
+    return y[:, :, :L], x
+
+
+def _steps_from_zero(log_a, inputs):
+    """States of chunks (N, C, n) stepped token by token from zero: exact for any decay."""
+    decay = log_a.exp()
+    x = torch.zeros_like(inputs[:, 0])
+    out = []
+    for t in range(inputs.shape[1]):
+        x = decay[:, t] * x + inputs[:, t]
+        out.append(x)
+    return torch.stack(out, dim=1)
