@@ -20,6 +20,12 @@ TEST_OPTIONS = {
     "linear": {"chunk_size": 4},
     "cosine": {"chunk_size": 4},
     "performer": {"chunk_size": 4, "features": 16},
+    "retention": {"chunk_size": 4},
+    "gla": {"chunk_size": 4},
+    "deltanet": {"chunk_size": 4},
+    "gated_deltanet": {"chunk_size": 4},
+    "mamba": {"chunk_size": 4, "state_size": 4},
+    "mamba2": {"chunk_size": 4, "state_size": 8},
 }
 
 

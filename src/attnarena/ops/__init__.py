@@ -1,6 +1,10 @@
 """Functional kernels: the math of each mechanism, in every form, on (B, H, L, D) tensors."""
+from attnarena.ops.delta import delta_rule, gated_delta_rule
+from attnarena.ops.gated import gla, retention, scalar_gated
 from attnarena.ops.linear import linear_attention
 from attnarena.ops.rotary import rotary
 from attnarena.ops.softmax import alibi_slopes, softmax_attention
+from attnarena.ops.ssm import selective_scan
 
-__all__ = ["alibi_slopes", "linear_attention", "rotary", "softmax_attention"]
+__all__ = ["alibi_slopes", "delta_rule", "gated_delta_rule", "gla", "linear_attention",
+           "retention", "rotary", "scalar_gated", "selective_scan", "softmax_attention"]

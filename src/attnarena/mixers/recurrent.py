@@ -1,0 +1,116 @@
+"""Shared machinery of mixers built on a causal recurrence (decayed linear attention, delta
+rule, state-space models).
+
+A subclass defines ``_sequence(x, state, mask, form) -> (y, state)``: one causal pass over
+(B, L, dim) starting from a decoding state (None = empty). From it this base derives:
+causal forward, bidirectional forward (a forward scan plus a scan over the reversed
+sequence, summed, with shared weights: the standard bidirectional use of a causal
+recurrence, as in bidirectional Mamba and LION), ``prefill`` and ``step``. Padded tokens
+must leave the state untouched (no write, no decay) inside ``_sequence``.
+"""
+from __future__ import annotations
+
+import abc
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnarena.mixers.base import Mixer
+from attnarena.ops._checks import compute_dtype
+
+PATTERNS = ("self", "causal")
+FORMS = ("parallel", "chunk", "recurrent")
+
+
+class RecurrentMixer(Mixer):
+    def __init__(self, dim, heads=1, causal=False, *, form="chunk", chunk_size=64):
+        super().__init__(dim, heads, causal)
+        if form not in self.info.forms:
+            raise ValueError(f"form must be one of {sorted(self.info.forms)}, got {form!r}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        self.form, self.chunk_size = form, chunk_size
+
+    @abc.abstractmethod
+    def _sequence(self, x, state, mask, form):
+        """Causal pass over x (B, L, dim) from ``state`` -> (y (B, L, dim), final state)."""
+
+    def _forward(self, x, context, mask):
+        y, _ = self._sequence(x, None, mask, self.form)
+        if self.causal:
+            return y
+        flipped_mask = None if mask is None else mask.flip(1)
+        back, _ = self._sequence(x.flip(1), None, flipped_mask, self.form)
+        return y + back.flip(1)
+
+    def prefill(self, x, state=None):
+        self._check_decodes()
+        self._check_tokens(x, "x")
+        return self._sequence(x, state, None, self.form)
+
+    def _step(self, x_t, state):
+        y, state = self._sequence(x_t[:, None], state, None, "recurrent")
+        return y[:, 0], state
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, form={self.form!r}, chunk_size={self.chunk_size}"
+
+
+class ShortConv(nn.Module):
+    """Causal depthwise convolution over time (kernel ``kernel``), with a decoding state
+    holding the last kernel - 1 inputs."""
+
+    def __init__(self, channels: int, kernel: int = 4, bias: bool = True):
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(channels, channels, kernel, groups=channels, bias=bias)
+
+    def forward(self, x, state=None):
+        """x: (B, L, C), state: (B, kernel - 1, C) or None -> (y (B, L, C), new state)."""
+        history = (x.new_zeros(x.shape[0], self.kernel - 1, x.shape[2]) if state is None
+                   else state.to(x.dtype))
+        full = torch.cat([history, x], dim=1)  # (B, K - 1 + L, C)
+        y = self.conv(full.transpose(1, 2)).transpose(1, 2)
+        return y, full[:, full.shape[1] - (self.kernel - 1):]
+
+
+class HeadNorm(nn.Module):
+    """RMS norm over each head's channels, with a learned scale (the output norms of GLA,
+    DeltaNet and Mamba-2)."""
+
+    def __init__(self, heads: int, head_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.heads, self.eps = heads, eps
+        self.weight = nn.Parameter(torch.ones(heads * head_dim))
+
+    def forward(self, x):
+        """x: (B, L, heads * head_dim)."""
+        shape = x.shape
+        h = x.reshape(*shape[:-1], self.heads, -1)
+        wide = h.to(compute_dtype(h.dtype))
+        h = h * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps).to(h.dtype)
+        return h.reshape(shape) * self.weight.to(x.dtype)
+
+
+def split_heads(x, heads):
+    """(B, L, H * D) -> (B, H, L, D)"""
+    B, L, _ = x.shape
+    return x.view(B, L, heads, -1).transpose(1, 2)
+
+
+def merge_heads(x):
+    """(B, H, L, D) -> (B, L, H * D)"""
+    B, H, L, D = x.shape
+    return x.transpose(1, 2).reshape(B, L, H * D)
+
+
+def keep_mask(mask, x):
+    """(B, L) float mask, 1 = real token; ones when no mask."""
+    if mask is None:
+        return x.new_ones(x.shape[:2])
+    return mask.to(x.dtype)
+
+
+def l2_normalize(x, eps=1e-6):
+    return F.normalize(x, dim=-1, eps=eps)
