@@ -1,0 +1,285 @@
+"""Decayed linear attention, the delta rule and the selective scan: every form against a
+plain loop written here from the papers' equations, in float64."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attnarena import ops
+
+FORMS = ["parallel", "chunk", "recurrent"]
+
+
+def loop_gated(q, k, v, decay):
+    """S_t = diag(decay_t) S_{t-1} + k_t v_t^T; o_t = S_t^T q_t. decay: (B, H, L, Dk)."""
+    B, H, L, Dk = q.shape
+    S = torch.zeros(B, H, Dk, v.shape[-1], dtype=torch.float64)
+    out = []
+    for t in range(L):
+        S = decay[:, :, t, :, None] * S + torch.einsum("bhk,bhv->bhkv", k[:, :, t], v[:, :, t])
+        out.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], S))
+    return torch.stack(out, 2), S
+
+
+def loop_delta(q, k, v, beta, alpha):
+    """S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T."""
+    B, H, L, Dk = q.shape
+    S = torch.zeros(B, H, Dk, v.shape[-1], dtype=torch.float64)
+    eye = torch.eye(Dk, dtype=torch.float64)
+    out = []
+    for t in range(L):
+        kt = k[:, :, t]
+        transition = eye - beta[:, :, t, None, None] * torch.einsum("bhi,bhj->bhij", kt, kt)
+        S = alpha[:, :, t, None, None] * transition @ S \
+            + beta[:, :, t, None, None] * torch.einsum("bhk,bhv->bhkv", kt, v[:, :, t])
+        out.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], S))
+    return torch.stack(out, 2), S
+
+
+def tensors(B, H, L, Dk, Dv, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, L, Dk, generator=g, dtype=torch.float64)
+    k = torch.randn(B, H, L, Dk, generator=g, dtype=torch.float64)
+    v = torch.randn(B, H, L, Dv, generator=g, dtype=torch.float64)
+    return q.to(dtype), k.to(dtype), v.to(dtype), g
+
+
+shapes = st.fixed_dictionaries({
+    "B": st.integers(1, 2), "H": st.integers(1, 2), "L": st.integers(1, 45),
+    "Dk": st.integers(1, 6), "Dv": st.integers(1, 6), "chunk": st.integers(1, 20),
+    "seed": st.integers(0, 9999),
+    "strength": st.sampled_from([1e-3, 0.1, 1.0, 8.0, 60.0]),  # weak to strong decay
+})
+
+
+def close(a, b, dtype):
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * (1 + b.abs().max()))
+
+
+@given(shapes, st.sampled_from(FORMS), st.sampled_from([torch.float32, torch.float64]))
+def test_gla_forms_equal_the_loop(s, form, dtype):
+    q, k, v, g = tensors(s["B"], s["H"], s["L"], s["Dk"], s["Dv"], s["seed"])
+    log_g = -torch.rand(q.shape, generator=g, dtype=torch.float64) * s["strength"]
+    ref, ref_state = loop_gated(q, k, v, log_g.exp())
+    out, state = ops.gla(q.to(dtype), k.to(dtype), v.to(dtype), log_g=log_g.to(dtype),
+                         form=form, chunk_size=s["chunk"], return_state=True)
+    close(out, ref, dtype)
+    close(state, ref_state, dtype)
+
+
+@given(shapes, st.sampled_from(FORMS), st.sampled_from([torch.float32, torch.float64]))
+def test_scalar_decays_equal_the_loop(s, form, dtype):
+    q, k, v, g = tensors(s["B"], s["H"], s["L"], s["Dk"], s["Dv"], s["seed"])
+    log_a = -torch.rand(s["B"], s["H"], s["L"], generator=g, dtype=torch.float64) * s["strength"]
+    ref, _ = loop_gated(q, k, v, log_a.exp()[..., None].expand(q.shape))
+    out = ops.scalar_gated(q.to(dtype), k.to(dtype), v.to(dtype), log_a=log_a.to(dtype),
+                           form=form, chunk_size=s["chunk"])
+    close(out, ref, dtype)
+    log_decay = -torch.rand(s["H"], generator=g, dtype=torch.float64) * s["strength"]
+    ref, _ = loop_gated(q, k, v, log_decay.exp()[None, :, None, None].expand(q.shape))
+    out = ops.retention(q.to(dtype), k.to(dtype), v.to(dtype), log_decay=log_decay.to(dtype),
+                        form=form, chunk_size=s["chunk"])
+    close(out, ref, dtype)
+
+
+@given(shapes, st.sampled_from(FORMS), st.sampled_from([torch.float32, torch.float64]),
+       st.booleans())
+def test_delta_rules_equal_the_loop(s, form, dtype, gated):
+    q, k, v, g = tensors(s["B"], s["H"], s["L"], s["Dk"], s["Dv"], s["seed"])
+    k = F.normalize(k, dim=-1)
+    beta = torch.rand(s["B"], s["H"], s["L"], generator=g, dtype=torch.float64)
+    log_alpha = -torch.rand(beta.shape, generator=g, dtype=torch.float64) * s["strength"]
+    alpha = log_alpha.exp() if gated else torch.ones_like(beta)
+    ref, ref_state = loop_delta(q, k, v, beta, alpha)
+    args = (q.to(dtype), k.to(dtype), v.to(dtype))
+    kw = dict(beta=beta.to(dtype), form=form, chunk_size=s["chunk"], return_state=True)
+    if gated:
+        out, state = ops.gated_delta_rule(*args, log_alpha=log_alpha.to(dtype), **kw)
+    else:
+        out, state = ops.delta_rule(*args, **kw)
+    close(out, ref, dtype)
+    close(state, ref_state, dtype)
+
+
+def _call(name, q, k, v, aux, **kw):
+    if name == "gla":
+        return ops.gla(q, k, v, log_g=aux["log_g"], **kw)
+    if name == "retention":
+        return ops.retention(q, k, v, log_decay=aux["log_decay"], **kw)
+    if name == "delta_rule":
+        return ops.delta_rule(q, k, v, beta=aux["beta"], **kw)
+    return ops.gated_delta_rule(q, k, v, log_alpha=aux["log_alpha"], beta=aux["beta"], **kw)
+
+
+def _aux(q, g, strength=1.0):
+    B, H, L, Dk = q.shape
+    return {"log_g": -torch.rand(q.shape, generator=g, dtype=q.dtype) * strength,
+            "log_decay": -torch.rand(H, generator=g, dtype=q.dtype) * strength,
+            "beta": torch.rand(B, H, L, generator=g, dtype=q.dtype),
+            "log_alpha": -torch.rand(B, H, L, generator=g, dtype=q.dtype) * strength}
+
+
+OPS = ["gla", "retention", "delta_rule", "gated_delta_rule"]
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("cut", [0, 5, 11, 23])
+def test_split_with_initial_state_equals_one_call(name, form, cut):
+    q, k, v, g = tensors(2, 2, 23, 4, 3, seed=cut)
+    k = F.normalize(k, dim=-1)
+    aux = _aux(q, g)
+    whole, final = _call(name, q, k, v, aux, form="recurrent", return_state=True)
+
+    def part(t, lo, hi):
+        return t if t.dim() == 1 else t[:, :, lo:hi]
+
+    parts, state = [], None
+    for lo, hi in ((0, cut), (cut, 23)):
+        if hi > lo:
+            sub = {key: part(val, lo, hi) for key, val in aux.items()}
+            o, state = _call(name, q[:, :, lo:hi], k[:, :, lo:hi], v[:, :, lo:hi], sub,
+                             form=form, chunk_size=4, initial_state=state, return_state=True)
+            parts.append(o)
+    torch.testing.assert_close(torch.cat(parts, 2), whole, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, final, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("form", FORMS)
+def test_gradcheck(name, form):
+    q, k, v, g = tensors(1, 2, 7, 3, 2, seed=1)
+    k = F.normalize(k, dim=-1)
+    aux = _aux(q, g)
+    state = torch.randn(1, 2, 3, 2, dtype=torch.float64, requires_grad=True)
+    leaves = [t.requires_grad_(True) for t in (q, k, v)]
+    names = list(aux)
+    for t in aux.values():
+        t.requires_grad_(True)
+
+    def fn(q, k, v, state, *aux_values):
+        return _call(name, q, k, v, dict(zip(names, aux_values)), form=form, chunk_size=3,
+                     initial_state=state, return_state=True)
+
+    # Perturbations must stay in the domain (decays <= 0, beta in [0, 1]).
+    with torch.no_grad():
+        for key in ("log_g", "log_decay", "log_alpha"):
+            aux[key].clamp_(max=-0.05)
+        aux["beta"].clamp_(0.05, 0.95)
+    assert torch.autograd.gradcheck(fn, (*leaves, state, *aux.values()))
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 0.1)])
+def test_long_sequence_with_decay_near_zero(name, dtype, tolerance):
+    """Length 4096, decays near 0 (log decay down to -40): finite, and close to float64.
+    Stated tolerances: 1e-4 (float32), 0.1 (bfloat16) relative to the output scale."""
+    q, k, v, g = tensors(1, 2, 4096, 8, 8, seed=3)
+    k = F.normalize(k, dim=-1)
+    aux = _aux(q, g, strength=40.0)
+    ref = _call(name, q, k, v, aux, form="chunk")
+    out = _call(name, q.to(dtype), k.to(dtype), v.to(dtype),
+                {key: val.to(dtype) for key, val in aux.items()}, form="chunk")
+    assert torch.isfinite(out).all()
+    assert (out.double() - ref).abs().max() <= tolerance * (1 + ref.abs().max())
+
+
+def test_chunk_form_handles_strong_per_channel_decay_in_some_chunks():
+    q, k, v, g = tensors(1, 1, 200, 4, 4, seed=9)
+    log_g = -torch.rand(q.shape, generator=g, dtype=torch.float64) * 0.01
+    log_g[:, :, 64:128] = -50.0  # one chunk decays past exp(-30): computed pairwise
+    ref, _ = loop_gated(q, k, v, log_g.exp())
+    for dtype in (torch.float32, torch.float64):
+        out = ops.gla(q.to(dtype), k.to(dtype), v.to(dtype), log_g=log_g.to(dtype))
+        close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda q, k, v: ops.gla(q, k, v, log_g=torch.ones(1, 2, 5, 3)), "<= 0"),
+    (lambda q, k, v: ops.gla(q, k, v, log_g=-torch.ones(1, 2, 5, 4)), "log_g must have shape"),
+    (lambda q, k, v: ops.retention(q, k, v, log_decay=torch.tensor([0.1, -0.1])), "<= 0"),
+    (lambda q, k, v: ops.delta_rule(q, k, v, beta=torch.full((1, 2, 5), 1.5)), r"\[0, 1\]"),
+    (lambda q, k, v: ops.delta_rule(q, k, v, beta=-torch.ones(1, 2, 5)), r"\[0, 1\]"),
+    (lambda q, k, v: ops.gated_delta_rule(q, k, v, beta=torch.rand(1, 2, 5),
+                                          log_alpha=torch.ones(1, 2, 5)), "<= 0"),
+    (lambda q, k, v: ops.delta_rule(q, k[..., :2], v, beta=torch.rand(1, 2, 5)), "head_dim"),
+    (lambda q, k, v: ops.gla(q, k, v, log_g=-torch.ones(1, 2, 5, 3), form="fast"), "forms"),
+    (lambda q, k, v: ops.delta_rule(q, k, v, beta=torch.rand(1, 2, 5),
+                                    initial_state=torch.zeros(1, 2, 3, 3)), "initial_state"),
+])
+def test_bad_input(call, match):
+    q, k, v = torch.randn(1, 2, 5, 3), torch.randn(1, 2, 5, 3), torch.randn(1, 2, 5, 2)
+    with pytest.raises(ValueError, match=match):
+        call(q, k, v)
+
+
+# -- selective scan -------------------------------------------------------------------------
+
+def loop_scan(u, delta, A, B, C, D, z, x):
+    """Mamba's recurrence per channel d and state n, written out with explicit loops."""
+    b, d, L = u.shape
+    y = torch.zeros(b, d, L, dtype=torch.float64)
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    for t in range(L):
+        for c in range(d):
+            g = c // (d // groups)
+            Bt = B[:, :, t] if B.dim() == 3 else B[:, g, :, t]
+            Ct = C[:, :, t] if C.dim() == 3 else C[:, g, :, t]
+            x[:, c] = torch.exp(delta[:, c, t, None] * A[c]) * x[:, c] \
+                + delta[:, c, t, None] * Bt * u[:, c, t, None]
+            y[:, c, t] = (x[:, c] * Ct).sum(-1) + D[c] * u[:, c, t]
+    return y * F.silu(z), x
+
+
+@pytest.mark.parametrize("form", ["chunk", "recurrent"])
+@pytest.mark.parametrize("groups", [0, 1, 2])
+@pytest.mark.parametrize("strength", [0.1, 30.0])
+def test_selective_scan_equals_the_loop(form, groups, strength):
+    g = torch.Generator().manual_seed(groups)
+    b, d, L, n = 2, 4, 19, 3
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    u, z, raw = r(b, d, L), r(b, d, L), r(b, d, L)
+    A = -torch.rand(d, n, generator=g, dtype=torch.float64) * 4
+    B = r(b, n, L) if groups == 0 else r(b, groups, n, L)
+    C = r(b, n, L) if groups == 0 else r(b, groups, n, L)
+    D, bias, x0 = r(d), r(d), r(b, d, n)
+    delta = F.softplus(raw * strength + bias[:, None])
+    ref, ref_state = loop_scan(u, delta, A, B, C, D, z, x0.clone())
+    out, state = ops.selective_scan(u, raw * strength, A, B, C, D, z, delta_bias=bias,
+                                    delta_softplus=True, return_last_state=True,
+                                    initial_state=x0, form=form, chunk_size=4)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, ref_state, rtol=1e-10, atol=1e-10)
+    out32 = ops.selective_scan(u.float(), (raw * strength).float(), A.float(), B.float(),
+                               C.float(), D.float(), z.float(), delta_bias=bias.float(),
+                               delta_softplus=True, initial_state=x0.float(), form=form)
+    torch.testing.assert_close(out32.double(), ref, rtol=1e-5, atol=1e-5 * (1 + ref.abs().max()))
+
+
+@pytest.mark.parametrize("form", ["chunk", "recurrent"])
+def test_selective_scan_gradcheck(form):
+    g = torch.Generator().manual_seed(0)
+    u, delta = (torch.randn(1, 2, 6, generator=g, dtype=torch.float64, requires_grad=True)
+                for _ in range(2))
+    A = (-torch.rand(2, 3, generator=g, dtype=torch.float64)).requires_grad_(True)
+    B, C = (torch.randn(1, 3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+            for _ in range(2))
+    assert torch.autograd.gradcheck(
+        lambda *a: ops.selective_scan(*a, delta_softplus=True, form=form, chunk_size=4,
+                                      return_last_state=True), (u, delta, A, B, C))
+
+
+def test_selective_scan_bad_input():
+    u = torch.randn(1, 4, 6)
+    with pytest.raises(ValueError, match="A must be <= 0"):
+        ops.selective_scan(u, u, torch.ones(4, 2), torch.randn(1, 2, 6), torch.randn(1, 2, 6))
+    with pytest.raises(ValueError, match=r"B must be"):
+        ops.selective_scan(u, u, -torch.ones(4, 2), torch.randn(1, 3, 6), torch.randn(1, 2, 6))
+    with pytest.raises(ValueError, match="delta must match"):
+        ops.selective_scan(u, u[:, :2], -torch.ones(4, 2), torch.randn(1, 2, 6),
+                           torch.randn(1, 2, 6))
+    with pytest.raises(TypeError, match="complex A"):
+        ops.selective_scan(u, u, -torch.ones(4, 2, dtype=torch.cfloat), torch.randn(1, 2, 6),
+                           torch.randn(1, 2, 6))
