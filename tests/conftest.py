@@ -26,6 +26,7 @@ TEST_OPTIONS = {
     "gated_deltanet": {"chunk_size": 4},
     "mamba": {"chunk_size": 4, "state_size": 4},
     "mamba2": {"chunk_size": 4, "state_size": 8},
+    "mlstm": {"chunk_size": 4},
 }
 
 

@@ -283,3 +283,116 @@ def test_selective_scan_bad_input():
     with pytest.raises(TypeError, match="complex A"):
         ops.selective_scan(u, u, -torch.ones(4, 2, dtype=torch.cfloat), torch.randn(1, 2, 6),
                            torch.randn(1, 2, 6))
+
+
+# -- mLSTM ----------------------------------------------------------------------------------
+
+def loop_mlstm(q, k, v, ig, fg):
+    """Unstabilized mLSTM in float64 (safe at these sizes): C, n and the max(|n.q|, 1) readout."""
+    B, H, L, Dk = q.shape
+    C = torch.zeros(B, H, Dk, v.shape[-1], dtype=torch.float64)
+    n = torch.zeros(B, H, Dk, dtype=torch.float64)
+    out = []
+    for t in range(L):
+        f, i = torch.sigmoid(fg[:, :, t])[..., None], torch.exp(ig[:, :, t])[..., None]
+        C = f[..., None] * C + i[..., None] * torch.einsum("bhk,bhv->bhkv", k[:, :, t],
+                                                            v[:, :, t])
+        n = f * n + i * k[:, :, t]
+        num = torch.einsum("bhk,bhkv->bhv", q[:, :, t], C)
+        den = torch.einsum("bhk,bhk->bh", q[:, :, t], n).abs().clamp(min=1)[..., None]
+        out.append(num / den)
+    return torch.stack(out, 2)
+
+
+@given(shapes, st.sampled_from(FORMS), st.sampled_from([torch.float32, torch.float64]))
+def test_mlstm_forms_equal_the_loop(s, form, dtype):
+    q, k, v, g = tensors(s["B"], s["H"], s["L"], s["Dk"], s["Dv"], s["seed"])
+    ig = torch.randn(s["B"], s["H"], s["L"], generator=g, dtype=torch.float64) * 3
+    fg = torch.randn(ig.shape, generator=g, dtype=torch.float64) * s["strength"] ** 0.5 + 1
+    ref = loop_mlstm(q, k, v, ig, fg)
+    out = ops.mlstm(q.to(dtype), k.to(dtype), v.to(dtype), input_gate=ig.to(dtype),
+                    forget_gate=fg.to(dtype), form=form, chunk_size=s["chunk"])
+    close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_mlstm_large_input_gates_do_not_overflow(form):
+    q, k, v, g = tensors(1, 2, 300, 4, 4, seed=2, dtype=torch.float32)
+    ig = torch.full((1, 2, 300), 200.0)  # exp(200) overflows float32 without the stabilizer
+    fg = torch.randn(1, 2, 300, generator=g)
+    out = ops.mlstm(q, k, v, input_gate=ig, forget_gate=fg, form=form)
+    ref = ops.mlstm(q.double(), k.double(), v.double(), input_gate=ig.double(),
+                    forget_gate=fg.double(), form="recurrent")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("cut", [0, 6, 13])
+def test_mlstm_split_and_gradcheck(form, cut):
+    q, k, v, g = tensors(1, 2, 13, 3, 2, seed=cut)
+    ig = torch.randn(1, 2, 13, generator=g, dtype=torch.float64)
+    fg = torch.randn(1, 2, 13, generator=g, dtype=torch.float64)
+    whole = ops.mlstm(q, k, v, input_gate=ig, forget_gate=fg, form="recurrent")
+    parts, state = [], None
+    for lo, hi in ((0, cut), (cut, 13)):
+        if hi > lo:
+            o, state = ops.mlstm(q[:, :, lo:hi], k[:, :, lo:hi], v[:, :, lo:hi],
+                                 input_gate=ig[:, :, lo:hi], forget_gate=fg[:, :, lo:hi],
+                                 form=form, chunk_size=4, initial_state=state,
+                                 return_state=True)
+            parts.append(o)
+    torch.testing.assert_close(torch.cat(parts, 2), whole, rtol=1e-10, atol=1e-10)
+    if cut == 0:
+        leaves = [t[:, :, :6].clone().requires_grad_(True) for t in (q, k, v, ig, fg)]
+        assert torch.autograd.gradcheck(
+            lambda q, k, v, i, f: ops.mlstm(q, k, v, input_gate=i, forget_gate=f, form=form,
+                                            chunk_size=4), leaves)
+
+
+# -- S4D ------------------------------------------------------------------------------------
+
+def _s4d_system(H=3, N=4, L=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.complex(-torch.rand(H, N, generator=g, dtype=torch.float64) - 0.1,
+                      torch.randn(H, N, generator=g, dtype=torch.float64) * 3)
+    C = torch.complex(torch.randn(H, N, generator=g, dtype=torch.float64),
+                      torch.randn(H, N, generator=g, dtype=torch.float64))
+    log_dt = torch.rand(H, generator=g, dtype=torch.float64) * -3
+    u = torch.randn(2, H, L, generator=g, dtype=torch.float64)
+    return u, A, C, log_dt, torch.randn(H, generator=g, dtype=torch.float64)
+
+
+def test_s4d_convolution_equals_the_recurrence():
+    u, A, C, log_dt, D = _s4d_system()
+    dt = log_dt.exp()[:, None]
+    decay, gain = torch.exp(dt * A), (torch.exp(dt * A) - 1) / A
+    x = torch.zeros(2, 3, 4, dtype=torch.complex128)
+    ref = []
+    for t in range(u.shape[-1]):
+        x = decay * x + gain * u[:, :, t, None]
+        ref.append(2 * (C * x).sum(-1).real + D * u[:, :, t])
+    ref = torch.stack(ref, -1)
+    for form in ("parallel", "recurrent"):
+        out, state = ops.s4d(u, A, C, log_dt, D, form=form, return_state=True)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(state, x, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("form", ["parallel", "recurrent"])
+def test_s4d_split_with_initial_state(form):
+    u, A, C, log_dt, D = _s4d_system(seed=1)
+    whole = ops.s4d(u, A, C, log_dt, D, form="recurrent")
+    head, state = ops.s4d(u[..., :7], A, C, log_dt, D, form=form, return_state=True)
+    tail = ops.s4d(u[..., 7:], A, C, log_dt, D, form=form, initial_state=state)
+    torch.testing.assert_close(torch.cat([head, tail], -1), whole, rtol=1e-10, atol=1e-10)
+
+
+def test_s4d_bad_input():
+    u, A, C, log_dt, D = _s4d_system()
+    with pytest.raises(ValueError, match="negative real part"):
+        ops.s4d(u, -A, C, log_dt)
+    with pytest.raises(ValueError, match="complex"):
+        ops.s4d(u, A.real, C, log_dt)
+    with pytest.raises(ValueError, match="log_dt"):
+        ops.s4d(u, A, C, log_dt[:2])

@@ -7,7 +7,7 @@ import torch
 import attnarena as aa
 from conftest import make_mixer
 
-RECURRENT = ["retention", "gla", "deltanet", "gated_deltanet", "mamba", "mamba2"]
+RECURRENT = ["retention", "gla", "deltanet", "gated_deltanet", "mamba", "mamba2", "mlstm", "s4d"]
 
 
 @pytest.mark.parametrize("name", RECURRENT)

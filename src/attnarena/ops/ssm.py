@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from attnarena.ops._checks import check_chunk_size, check_state, compute_dtype
 
 FACTOR_LIMIT = 60.0
-GROUP_TOKENS = 1024  # tokens processed together in the chunk form (bounds memory)
+GROUP_TOKENS = 256  # tokens processed together in the chunk form (cache-sized)
 
 
 def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias):
@@ -132,30 +132,49 @@ def _scan_chunked(u, delta, A, Bc, Cc, x, C):
 
 
 def _scan_group(u, delta, A, Bc, Cc, x, C):
-    """Chunks of one group at once; the (b, d, n) state is carried across them in order."""
+    """Chunks of one group at once; the (b, d, n) state is carried across them in order.
+    Works in place on one (b, d, m, C, n) buffer to keep memory traffic low."""
     b, d, L = u.shape
     pad = (-L) % C
     if pad:  # padded steps: delta = 0, so no decay and no input
         u, delta = F.pad(u, (0, pad)), F.pad(delta, (0, pad))
         Bc, Cc = F.pad(Bc, (0, 0, 0, pad)), F.pad(Cc, (0, 0, 0, pad))
     m = (L + pad) // C
-    log_a = (delta[..., None] * A[:, None, :]).reshape(b, d, m, C, -1)  # (b, d, m, C, n)
-    inputs = (delta[..., None] * Bc * u[..., None]).reshape(b, d, m, C, -1)
-    P = log_a.cumsum(dim=3)
-    # Within each chunk, from a zero state: exp(P_t) * sum_{j<=t} exp(-P_j) inputs_j.
-    local = P.exp() * (inputs * (-P).clamp(max=FACTOR_LIMIT).exp()).cumsum(dim=3)
-    strong = (P[:, :, :, -1] < -FACTOR_LIMIT).any(dim=-1)  # (b, d, m)
+    n = A.shape[1]
+    dt = delta.reshape(b, d, m, C, 1)
+    Bm = Bc.reshape(*Bc.shape[:2], m, C, n)
+    um = u.reshape(b, d, m, C, 1)
+    # In place when no gradient is needed (the memory traffic is the cost on a CPU).
+    inplace = not (torch.is_grad_enabled()
+                   and any(t.requires_grad for t in (u, delta, A, Bc, Cc, x)))
+
+    def apply(t, name, *args):
+        return getattr(t, name + "_" if inplace else name)(*args)
+
+    P = apply(dt * A[:, None, None, :], "cumsum", 3)  # (b, d, m, C, n) log decay so far
+    end = P[:, :, :, -1].clone()  # (b, d, m, n)
+    decay = P.exp()
+    # From a zero state: exp(P_t) * sum_{j<=t} exp(-P_j) dt_j B_j u_j, built in P's buffer.
+    acc = apply(apply(apply(P, "neg"), "clamp", None, FACTOR_LIMIT), "exp")
+    acc = apply(apply(apply(apply(acc, "mul", dt), "mul", Bm), "mul", um), "cumsum", 3)
+    last = decay[:, :, :, -1] * acc[:, :, :, -1]  # state at each chunk end, from zero
+    strong = (end < -FACTOR_LIMIT).any(dim=-1)  # chunks that decay past exp(-60): stepped
     if bool(strong.any()):
         idx = strong.nonzero(as_tuple=True)
-        local[idx] = _steps_from_zero(log_a[idx], inputs[idx])
-    end_decay = P[:, :, :, -1].exp()  # (b, d, m, n)
+        b_idx = (idx[0], idx[1] if Bm.shape[1] > 1 else torch.zeros_like(idx[1]), idx[2])
+        stepped = _steps_from_zero(dt[idx] * A[idx[1]][:, None, :], dt[idx] * Bm[b_idx] * um[idx])
+        last = last.index_put(idx, stepped[:, -1])
+    end_decay = end.exp()
     starts = []
     for i in range(m):
         starts.append(x)
-        x = end_decay[:, :, i] * x + local[:, :, i, -1]
-    states = local + P.exp() * torch.stack(starts, dim=2)[:, :, :, None]
-    y = (states * Cc.reshape(*Cc.shape[:2], m, C, -1)).sum(-1).reshape(b, d, m * C)
-    return y[:, :, :L], x
+        x = end_decay[:, :, i] * x + last[:, :, i]
+    starts = torch.stack(starts, dim=2)[:, :, :, None]  # (b, d, m, 1, n)
+    states = apply(apply(acc, "add", starts), "mul", decay)
+    if bool(strong.any()):
+        states = states.index_put(idx, stepped + decay[idx] * starts[idx])
+    y = (states * Cc.reshape(*Cc.shape[:2], m, C, n)).sum(-1)
+    return y.reshape(b, d, m * C)[:, :, :L], x
 
 
 def _steps_from_zero(log_a, inputs):

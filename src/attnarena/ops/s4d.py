@@ -1,0 +1,89 @@
+"""Diagonal state space layer S4D (Gu et al. 2022, "On the Parameterization and
+Initialization of Diagonal State Space Models").
+
+Per channel h, N complex modes, zero-order hold with step dt:
+    x_t = exp(dt A) x_{t-1} + ((exp(dt A) - 1) / A) u_t ,   y_t = 2 Re(C . x_t) + D u_t
+(B is folded into C, the conjugate modes into the factor 2).
+
+Forms: ``parallel`` (convolution with the kernel K_l = 2 Re(C (exp(dt A) - 1) / A
+exp(dt A)^l), by FFT in O(L log L)) and ``recurrent`` (the reference loop, and decoding).
+"""
+from __future__ import annotations
+
+import torch
+
+from attnarena.ops._checks import check_state
+
+
+def _check(u, A, C, log_dt, D):
+    if not isinstance(u, torch.Tensor) or not u.is_floating_point() or u.dim() != 3:
+        raise ValueError(f"u must be a real float tensor (batch, channels, length), got "
+                         f"{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u)}")
+    H = u.shape[1]
+    for name, t in (("A", A), ("C", C)):
+        if not isinstance(t, torch.Tensor) or not t.is_complex() or t.dim() != 2 \
+                or t.shape[0] != H:
+            raise ValueError(f"{name} must be a complex tensor (channels={H}, modes)")
+    if A.shape != C.shape:
+        raise ValueError(f"A and C must share a shape, got {tuple(A.shape)}, {tuple(C.shape)}")
+    if (A.real >= 0).any():
+        raise ValueError("A must have a negative real part (a stable system)")
+    if tuple(log_dt.shape) != (H,):
+        raise ValueError(f"log_dt must be ({H},), got {tuple(log_dt.shape)}")
+    if D is not None and tuple(D.shape) != (H,):
+        raise ValueError(f"D must be ({H},), got {tuple(D.shape)}")
+
+
+def s4d(u, A, C, log_dt, D=None, *, form="parallel", initial_state=None, return_state=False):
+    """Run S4D over u.
+
+    Args:
+        u: (B, H, L) real input, one SSM per channel.
+        A: (H, N) complex, negative real part.  C: (H, N) complex.  log_dt: (H,).
+        D: (H,) skip connection.
+        form: "parallel" (FFT convolution) or "recurrent" (reference).
+        initial_state: (B, H, N) complex state to continue from.
+
+    Returns:
+        y (B, H, L) in u's dtype, or (y, state (B, H, N) complex) with ``return_state``.
+    """
+    _check(u, A, C, log_dt, D)
+    if form not in ("parallel", "recurrent"):
+        raise ValueError(f"unknown form {form!r}; valid forms: parallel, recurrent")
+    B_, H, L = u.shape
+    N = A.shape[1]
+    cdtype = torch.complex128 if u.dtype == torch.float64 else torch.complex64
+    rdtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    out_dtype = u.dtype
+    u = u.to(rdtype)
+    dtA = log_dt.to(rdtype).exp()[:, None] * A.to(cdtype)  # (H, N)
+    decay = dtA.exp()
+    gain = (decay - 1) / A.to(cdtype)  # ZOH input matrix
+    C = C.to(cdtype)
+    if initial_state is not None:
+        check_state(initial_state, (B_, H, N))
+        state = initial_state.to(cdtype)
+    else:
+        state = torch.zeros(B_, H, N, dtype=cdtype, device=u.device)
+    if form == "recurrent":
+        outputs = []
+        for t in range(L):
+            state = decay * state + gain * u[:, :, t, None]
+            outputs.append(2 * (C * state).sum(-1).real)
+        y = torch.stack(outputs, dim=-1)
+    else:
+        powers = dtA[..., None] * torch.arange(L, device=u.device, dtype=rdtype)  # (H, N, L)
+        vandermonde = powers.exp()
+        kernel = 2 * torch.einsum("hn,hnl->hl", C * gain, vandermonde).real  # (H, L)
+        n_fft = 2 * L
+        y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft) * torch.fft.rfft(kernel, n=n_fft),
+                            n=n_fft)[..., :L]
+        if initial_state is not None:  # the carried state decays into every output
+            y = y + 2 * torch.einsum("bhn,hnl->bhl", C * state * decay, vandermonde).real
+        # state after the last token: decay^L x0 + sum_j decay^(L-1-j) gain u_j
+        tail = vandermonde.flip(-1)  # decay^(L-1-j)
+        state = state * decay ** L + gain * torch.einsum("bhl,hnl->bhn", u.to(cdtype), tail)
+    if D is not None:
+        y = y + D.to(rdtype)[:, None] * u
+    y = y.to(out_dtype)
+    return (y, state) if return_state else y
