@@ -1,0 +1,97 @@
+"""Op-level timing of every form of the recurrent kernels, side by side in one run.
+
+Usage: python benchmarks/recurrent_forms.py [--length 16384] [--heads 4] [--head-dim 64]
+
+Prints, per kernel, the median time of each form, the chunk form's speed-up over the
+recurrent form, and the chunk form's arithmetic rate (matmul FLOPs it performs / time)
+next to this machine's float32 matmul throughput measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from attnarena import ops
+from attnarena.arena.environment import environment
+from attnarena.arena.speed import matmul_gflops
+
+
+def timed(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cases(B, H, L, D, N):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, L, D, generator=g) for _ in range(3))
+    kn = F.normalize(k, dim=-1)
+    log_g = -torch.rand(B, H, L, D, generator=g) * 0.1
+    log_a = -torch.rand(B, H, L, generator=g) * 0.1
+    beta = torch.rand(B, H, L, generator=g)
+    d = H * D * 2  # Mamba's inner width for model width H * D, expand 2
+    u, delta = torch.randn(B, d, L, generator=g), torch.rand(B, d, L, generator=g) * 0.1
+    A = -torch.arange(1, N + 1).float().repeat(d, 1)
+    Bm, Cm = torch.randn(B, N, L, generator=g), torch.randn(B, N, L, generator=g)
+    C = 64
+    # Matmul FLOPs of the chunk forms (per batch and head): intra-chunk scores and their
+    # product with values, chunk state writes and reads.
+    linear_flops = B * H * 2 * L * (C * 2 * D + 2 * D * D)
+    delta_flops = B * H * 2 * L * (C * 2 * D + 2 * D * D + 3 * C * D + C * C / 6 + D * D)
+    return {
+        "linear_attention": (lambda form: ops.linear_attention(q.abs(), k.abs(), v, causal=True,
+                                                               form=form), linear_flops),
+        "retention": (lambda form: ops.retention(q, k, v, log_decay=torch.full((H,), -0.05),
+                                                 form=form), linear_flops),
+        "scalar_gated": (lambda form: ops.scalar_gated(q, k, v, log_a=log_a, form=form),
+                         linear_flops),
+        "gla": (lambda form: ops.gla(q, k, v, log_g=log_g, form=form), linear_flops),
+        "delta_rule": (lambda form: ops.delta_rule(q, kn, v, beta=beta, form=form), delta_flops),
+        "gated_delta_rule": (lambda form: ops.gated_delta_rule(q, kn, v, beta=beta,
+                                                               log_alpha=log_a, form=form),
+                             delta_flops),
+        "mlstm": (lambda form: ops.mlstm(q, k, v, input_gate=log_a, forget_gate=log_a + 3,
+                                         form=form), linear_flops),
+        "selective_scan": (lambda form: ops.selective_scan(u, delta, A, Bm, Cm, form=form),
+                           None),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--length", type=int, default=16384)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--state", type=int, default=16, help="Mamba's state size")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    env = environment()
+    peak = matmul_gflops()
+    print(f"{env['hardware']}, {env['threads']} threads, torch {env['torch']}; "
+          f"float32 matmul {peak:.1f} GFLOP/s")
+    print(f"B={args.batch} H={args.heads} L={args.length} D={args.head_dim} "
+          f"(Mamba: d={2 * args.heads * args.head_dim}, N={args.state}), causal, float32")
+    print(f"{'kernel':<18} {'chunk ms':>9} {'recurrent ms':>13} {'speed-up':>9} "
+          f"{'chunk GFLOP/s':>14} {'of matmul':>10}")
+    with torch.no_grad():
+        for name, (run, flops) in cases(args.batch, args.heads, args.length, args.head_dim,
+                                        args.state).items():
+            chunk = timed(lambda: run("chunk"), args.repeats)
+            recurrent = timed(lambda: run("recurrent"), max(1, args.repeats - 2))
+            rate = "-" if flops is None else f"{flops / chunk / 1e9:.1f}"
+            share = "-" if flops is None else f"{flops / chunk / 1e9 / peak:.0%}"
+            print(f"{name:<18} {chunk * 1e3:9.1f} {recurrent * 1e3:13.1f} "
+                  f"{recurrent / chunk:8.1f}x {rate:>14} {share:>10}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
