@@ -78,13 +78,8 @@ def test_unknown_mixer_is_one_clear_error(capsys):
     err = capsys.readouterr().err
     assert err.startswith("attnarena speed: error: unknown mixer 'nope'")
     assert main(["run", "--mixers", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attnarena run: error:") and "unknown mixer 'nope'" in err
+    assert len(err.strip().splitlines()) == 1
 
 
-def test_run_writes_its_outputs(tmp_path):
-    assert main(["run", "--mixers", "softmax,linear", "--steps", "3", "--out", str(tmp_path),
-                 "--quiet"]) == 0
-    for name in ("speed-fwd.csv", "speed-fwd.png", "speed-decode.csv", "copy.csv",
-                 "leaderboard.md"):
-        assert (tmp_path / name).exists(), name
-    board = (tmp_path / "leaderboard.md").read_text()
-    assert "| softmax |" in board and "| linear |" in board

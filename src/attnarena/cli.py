@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from attnarena.registry import list_mixers, mixer_info
 
@@ -53,17 +55,88 @@ def cmd_speed(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from attnarena.arena.quick import run_quick
+    from attnarena.arena.runner import run_suite
 
-    mixers = args.mixers.split(",") if args.mixers else None
-    for name in mixers or []:
-        mixer_info(name)
-    paths = run_quick(args.out, mixers=mixers, steps=args.steps, device=args.device,
-                      progress=not args.quiet)
-    print(paths["leaderboard"].read_text())
-    print("wrote " + ", ".join(str(p) for group in paths.values()
-                               for p in (group.values() if isinstance(group, dict) else [group])))
+    counts = run_suite(args.suite, store_path=args.store, out_dir=args.out,
+                       mixers=_names(args.mixers), tasks=_names(args.tasks), device=args.device,
+                       rerun=args.rerun, progress=not args.quiet)
+    print(f"runs: {counts['trained']} trained, {counts['reused']} already in the store, "
+          f"{counts['failed']} failed; speed cases: {counts['speed_measured']} measured, "
+          f"{counts['speed_reused']} reused")
+    board = Path(args.out) / "leaderboard.md"
+    if board.exists():
+        print(board.read_text())
+    print("store: " + str(args.store))
+    print("wrote " + ", ".join(counts.get("reports", [])))
+    return 1 if counts["failed"] else 0
+
+
+def cmd_train(args) -> int:
+    import json
+
+    from attnarena.arena.config import RunConfig
+    from attnarena.arena.environment import environment
+    from attnarena.arena.store import Store
+    from attnarena.arena.train import train
+
+    train_overrides = {k: v for k, v in (("steps", args.steps), ("batch", args.batch),
+                                         ("lr", args.lr)) if v is not None}
+    config = RunConfig(task=args.task, mixer=args.mixer, preset=args.preset, seed=args.seed,
+                       mixer_options=_options(args.option), train=train_overrides,
+                       device=args.device)
+    resolved = config.resolve()
+    run_id = config.run_id()
+    lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
+    store = Store(args.store) if args.store and lead else None
+    if store:
+        store.start_run(run_id, resolved, None, environment(args.device))
+    checkpoints = Path(args.out) / "checkpoints" / run_id
+    metrics = train(resolved, checkpoint_dir=checkpoints, progress=not args.quiet)
+    if store:
+        store.finish_run(run_id, metrics)
+    summary = {k: v for k, v in metrics.items() if k != "history"}
+    if not lead:
+        return 0
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": resolved, "metrics": metrics},
+                                              indent=2))
+    print(json.dumps({"id": run_id, **summary}, indent=2))
     return 0
+
+
+def cmd_report(args) -> int:
+    from attnarena.arena.report import build_reports, format_rows, leaderboard_rows
+    from attnarena.arena.store import Store
+
+    if not Path(args.store).exists():
+        raise ValueError(f"no results store at {args.store}; run `attnarena run` first")
+    store = Store(args.store)
+    if args.format in ("csv", "json"):
+        print(format_rows(leaderboard_rows(store), args.format), end="")
+        return 0
+    paths = build_reports(store, args.out)
+    print(paths[0].read_text())
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _names(text):
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def _options(pairs):
+    import json
+
+    options = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--option expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,13 +167,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_speed)
 
-    p = sub.add_parser("run", help="the main job: speed sweep + short training per mechanism")
-    p.add_argument("--mixers", default=None, help="comma-separated names (default: all)")
-    p.add_argument("--steps", type=int, default=600, help="copy-task training steps")
+    p = sub.add_parser("run", help="the main job: a suite of runs -> store -> report")
+    p.add_argument("--suite", default="quick", help="built-in suite name or a .toml file")
+    p.add_argument("--mixers", default=None, help="only these mixers (comma-separated)")
+    p.add_argument("--tasks", default=None, help="only these tasks (comma-separated)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="results")
+    p.add_argument("--store", default="results/arena.sqlite")
+    p.add_argument("--out", default="results", help="reports and checkpoints go here")
+    p.add_argument("--rerun", action="store_true", help="repeat runs already in the store")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="one training run")
+    p.add_argument("--task", required=True)
+    p.add_argument("--mixer", required=True)
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None, help="global batch")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--option", action="append", help="mixer option key=value (repeatable)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--store", default=None, help="also record the run in this store")
+    p.add_argument("--out", default="results", help="checkpoints go here")
+    p.add_argument("--json", default=None, help="write config and metrics to this file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("report", help="leaderboard and plots from the store")
+    p.add_argument("--store", default="results/arena.sqlite")
+    p.add_argument("--out", default="results")
+    p.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

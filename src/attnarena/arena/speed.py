@@ -218,8 +218,12 @@ def matmul_gflops(device: str = "cpu", dtype: str = "float32", size: int = 1024)
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def run_speed(cfg: SpeedConfig, progress: bool = True) -> dict:
-    """Run the sweep; returns {"meta": {...}, "rows": [...]} (plain data)."""
+def run_speed(cfg: SpeedConfig, progress: bool = True, known=None, on_row=None) -> dict:
+    """Run the sweep; returns {"meta": {...}, "rows": [...]} (plain data).
+
+    ``known(spec, length)`` may return an earlier row for a case, which is then reused;
+    ``on_row(spec, length, row)`` is called after each newly measured case.
+    """
     from tqdm import tqdm
 
     cases = [(spec, n) for spec in cfg.mixers for n in cfg.lengths]
@@ -227,14 +231,19 @@ def run_speed(cfg: SpeedConfig, progress: bool = True) -> dict:
     stopped = {}  # mixer label -> why longer lengths are skipped
     bar = tqdm(cases, disable=not progress, unit="case", dynamic_ncols=True)
     for spec, length in bar:
-        bar.set_description(f"{spec.label} L={length}")
-        if spec.label in stopped:
+        bar.set_description(f"{cfg.pass_} {spec.label} L={length}")
+        earlier = known(spec, length) if known else None
+        if earlier is not None:
+            row = earlier
+        elif spec.label in stopped:
             row = {"mixer": spec.label, "length": length, "pass": cfg.pass_,
                    "status": f"skipped ({stopped[spec.label]})"}
         else:
             row = measure_case(spec, length, cfg)
-            if row["status"] in ("oom", "timeout"):
-                stopped[spec.label] = f"{row['status']} at L={length}"
+            if on_row:
+                on_row(spec, length, row)
+        if row["status"] in ("oom", "timeout"):
+            stopped[spec.label] = f"{row['status']} at L={length}"
         rows.append(row)
         if row.get("median_ms") is not None:
             bar.set_postfix(ms=f"{row['median_ms']:.2f}")

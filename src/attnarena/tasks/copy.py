@@ -9,9 +9,12 @@ from dataclasses import dataclass
 
 import torch
 
+from attnarena.tasks.base import Task, register_task
 
+
+@register_task
 @dataclass(frozen=True)
-class CopyTask:
+class CopyTask(Task):
     """Sequences ``s SEP s`` with s drawn uniformly from ``vocab`` symbols.
 
     Token ids: 0..vocab-1 symbols, ``vocab`` = separator. The model is scored on the second
@@ -19,7 +22,15 @@ class CopyTask:
     """
 
     vocab: int = 16
-    length: int = 16
+    length: int = 8
+
+    name = "copy"
+    presets = {
+        "cpu": {"task": {"vocab": 16, "length": 8},
+                "model": {"dim": 64, "depth": 2, "heads": 4, "position": "learned"},
+                "train": {"steps": 600, "batch": 32, "lr": 3e-3, "warmup": 60,
+                          "schedule": "cosine", "weight_decay": 0.0, "eval_every": 200}},
+    }
 
     @property
     def vocab_size(self) -> int:

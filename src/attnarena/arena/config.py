@@ -1,0 +1,92 @@
+"""Run configuration: a task, a preset and a mixer, resolved to every value a run uses."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from attnarena.registry import mixer_info, mixer_options
+from attnarena.tasks import create_task, task_presets
+
+SCHEDULES = ("cosine", "rsqrt", "constant")
+MODEL_KEYS = ("dim", "depth", "heads", "mlp_dim", "position", "dropout")
+TRAIN_KEYS = ("steps", "batch", "lr", "warmup", "schedule", "weight_decay", "eval_every",
+              "clip", "eval_examples")
+TRAIN_DEFAULTS = {"clip": 1.0, "eval_examples": 512}
+MODEL_DEFAULTS = {"mlp_dim": None, "dropout": 0.0, "position": "learned"}
+
+
+@dataclass
+class RunConfig:
+    """One training run. ``model`` and ``train`` override the preset's values."""
+
+    task: str
+    mixer: str
+    preset: str = "cpu"
+    seed: int = 0
+    mixer_options: dict = field(default_factory=dict)
+    task_options: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def resolve(self) -> dict:
+        """Every value the run uses, validated, as plain data (written next to results)."""
+        presets = task_presets(self.task)
+        if self.preset not in presets:
+            raise ValueError(f"task {self.task!r} has no preset {self.preset!r}; presets: "
+                             f"{', '.join(sorted(presets))}")
+        info = mixer_info(self.mixer)
+        if "causal" not in info.patterns:
+            raise ValueError(f"mixer {self.mixer!r} has no causal pattern, which the "
+                             f"{self.task!r} task's language model needs")
+        valid = mixer_options(self.mixer)
+        unknown = sorted(set(self.mixer_options) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for mixer {self.mixer!r}; valid "
+                             f"options: {', '.join(sorted(valid))}")
+        base = copy.deepcopy(presets[self.preset])
+        for section, given, allowed in (("model", self.model, MODEL_KEYS),
+                                        ("train", self.train, TRAIN_KEYS)):
+            bad = sorted(set(given) - set(allowed))
+            if bad:
+                raise ValueError(f"unknown {section} setting(s) {bad}; valid: "
+                                 f"{', '.join(allowed)}")
+        model = {**MODEL_DEFAULTS, **base["model"], **self.model}
+        train = {**TRAIN_DEFAULTS, **base["train"], **self.train}
+        task_options = {**base["task"], **self.task_options}
+        create_task(self.task, **task_options)  # validates the options
+        if train["schedule"] not in SCHEDULES:
+            raise ValueError(f"unknown schedule {train['schedule']!r}; valid: "
+                             f"{', '.join(SCHEDULES)}")
+        for key in ("steps", "batch", "eval_every"):
+            if not isinstance(train[key], int) or train[key] < 1:
+                raise ValueError(f"train.{key} must be a positive int, got {train[key]!r}")
+        return {"task": self.task, "preset": self.preset, "mixer": self.mixer,
+                "mixer_options": dict(self.mixer_options), "task_options": task_options,
+                "model": model, "train": train, "seed": self.seed, "device": self.device,
+                "dtype": self.dtype}
+
+    def run_id(self) -> str:
+        return run_id(self.resolve())
+
+
+def run_id(resolved: dict) -> str:
+    """Stable id of a resolved config; the device is not part of what a run computes."""
+    key = {k: v for k, v in resolved.items() if k != "device"}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{resolved['task']}-{resolved['mixer']}-s{resolved['seed']}-{digest}"
+
+
+def from_dict(data: dict) -> RunConfig:
+    known = set(RunConfig.__dataclass_fields__)
+    bad = sorted(set(data) - known)
+    if bad:
+        raise ValueError(f"unknown run setting(s) {bad}; valid: {', '.join(sorted(known))}")
+    return RunConfig(**data)
+
+
+def to_dict(config: RunConfig) -> dict:
+    return asdict(config)

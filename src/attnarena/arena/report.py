@@ -1,0 +1,191 @@
+"""Reports from the store only: the leaderboard, plots, and machine-readable tables."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from attnarena.arena.speed_report import plot_speed
+
+COLUMNS = ["task", "mixer", "preset", "seed", "test_accuracy", "best_val_accuracy",
+           "tokens_per_s", "peak_mem_mb", "params", "steps", "train_seconds", "id"]
+
+
+def leaderboard_rows(store) -> list[dict]:
+    rows = []
+    for run in store.runs(status="done"):
+        m = run["metrics"]
+        rows.append({"task": run["task"], "mixer": run["mixer"], "preset": run["preset"],
+                     "seed": run["seed"], "test_accuracy": m["test_accuracy"],
+                     "best_val_accuracy": m["best_val_accuracy"],
+                     "tokens_per_s": m["tokens_per_s"], "peak_mem_mb": m["peak_mem_mb"],
+                     "params": m["params"], "steps": m["steps"],
+                     "train_seconds": m["train_seconds"], "id": run["id"]})
+    return rows
+
+
+def averages(rows) -> list[tuple]:
+    """LRA-style average test accuracy per (mixer, preset) over the tasks it ran on all of."""
+    tasks = sorted({r["task"] for r in rows})
+    by_mixer = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_mixer[(r["mixer"], r["preset"])][r["task"]].append(r["test_accuracy"])
+    out = []
+    for (mixer, preset), per_task in by_mixer.items():
+        if set(per_task) == set(tasks):
+            means = [sum(v) / len(v) for v in per_task.values()]
+            out.append((mixer, preset, sum(means) / len(means)))
+    return sorted(out, key=lambda t: -t[2])
+
+
+def format_rows(rows, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def leaderboard_markdown(store) -> str:
+    rows = leaderboard_rows(store)
+    lines = ["# attnarena leaderboard", ""]
+    failed = store.runs(status="failed")
+    if not rows:
+        lines.append("No finished runs in the store yet.")
+    for task in sorted({r["task"] for r in rows}):
+        lines += [f"## {task}", "",
+                  "| mixer | preset | seed | test acc | best val acc | train tokens/s | "
+                  "peak MiB | params |", "|---|---|---|---|---|---|---|---|"]
+        for r in sorted((r for r in rows if r["task"] == task),
+                        key=lambda r: -r["test_accuracy"]):
+            lines.append(f"| {r['mixer']} | {r['preset']} | {r['seed']} | "
+                         f"{r['test_accuracy']:.3f} | {r['best_val_accuracy']:.3f} | "
+                         f"{_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(r['peak_mem_mb'], '.0f')} | "
+                         f"{r['params']:,} |")
+        lines.append("")
+    avg = averages(rows)
+    if avg and len({r["task"] for r in rows}) > 1:
+        lines += ["## Average over tasks (LRA-style)", "", "| mixer | preset | mean test acc |",
+                  "|---|---|---|"]
+        lines += [f"| {m} | {p} | {a:.3f} |" for m, p, a in avg]
+        lines.append("")
+    speed = store.speed_rows()
+    for pass_ in sorted({r["pass"] for r in speed}):
+        mine = [r for r in speed if r["pass"] == pass_]
+        lengths = sorted({r["length"] for r in mine})
+        env = mine[0]["environment"]
+        lines += [f"## Speed: {pass_} (median ms; batch {mine[0].get('batch')}, "
+                  f"{mine[0].get('heads')} heads x {mine[0].get('head_dim')}, "
+                  f"{mine[0].get('dtype')}, {env.get('hardware')}, "
+                  f"{env.get('threads')} threads)", "",
+                  "| mixer | " + " | ".join(f"L={n}" for n in lengths) + " |",
+                  "|---" * (len(lengths) + 1) + "|"]
+        for mixer in sorted({r["mixer"] for r in mine}):
+            cells = []
+            for n in lengths:
+                row = next((r for r in mine if r["mixer"] == mixer and r["length"] == n), None)
+                cells.append("-" if row is None else (f"{row['median_ms']:.2f}"
+                                                      if row["status"] == "ok" else row["status"]))
+            lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if failed:
+        lines += ["## Failed runs", ""]
+        lines += [f"- {r['id']}: {(r['error'] or '').splitlines()[0]}" for r in failed]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def build_reports(store, out_dir) -> list[Path]:
+    """Write leaderboard.md and the PNG plots under out_dir; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "leaderboard.md"]
+    paths[0].write_text(leaderboard_markdown(store))
+    rows = leaderboard_rows(store)
+    if rows:
+        paths += [_plot_quality_vs_speed(rows, out / "quality_vs_speed.png"),
+                  _plot_curves(store, out / "training_curves.png")]
+    speed = store.speed_rows()
+    for pass_ in sorted({r["pass"] for r in speed}):
+        mine = [r for r in speed if r["pass"] == pass_]
+        first = mine[0]
+        result = {"rows": mine, "meta": {
+            "config": {"pass_": pass_, "causal": first.get("causal", True),
+                       "batch": first.get("batch"), "heads": first.get("heads"),
+                       "head_dim": first.get("head_dim"), "dtype": first.get("dtype")},
+            "environment": first["environment"]}}
+        path = out / f"speed-{pass_}.png"
+        plot_speed(result, path)
+        paths.append(path)
+    return paths
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_quality_vs_speed(rows, path):
+    """Mean test accuracy over tasks against training throughput, with the Pareto front."""
+    plt = _pyplot()
+    by_mixer = defaultdict(lambda: {"acc": [], "speed": []})
+    for r in rows:
+        by_mixer[r["mixer"]]["acc"].append(r["test_accuracy"])
+        by_mixer[r["mixer"]]["speed"].append(r["tokens_per_s"])
+    points = sorted((sum(v["speed"]) / len(v["speed"]), sum(v["acc"]) / len(v["acc"]), m)
+                    for m, v in by_mixer.items())
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for speed, acc, mixer in points:
+        ax.scatter(speed, acc, s=40)
+        ax.annotate(mixer, (speed, acc), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    front, best = [], -1.0
+    for speed, acc, _ in sorted(points, key=lambda p: -p[0]):
+        if acc > best:
+            front.append((speed, acc))
+            best = acc
+    if len(front) > 1:
+        ax.plot(*zip(*sorted(front)), linestyle="--", color="gray", label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training throughput (tokens/s, mean over tasks)")
+    ax.set_ylabel("test accuracy (mean over tasks)")
+    ax.set_title(f"Quality against speed ({len({r['task'] for r in rows})} tasks)")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_curves(store, path):
+    plt = _pyplot()
+    runs = store.runs(status="done")
+    tasks = sorted({r["task"] for r in runs})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for run in (r for r in runs if r["task"] == task):
+            history = run["metrics"].get("history", [])
+            if history:
+                ax.plot([h["step"] for h in history], [h["val_accuracy"] for h in history],
+                        marker="o", markersize=3, label=f"{run['mixer']} s{run['seed']}")
+        ax.set_title(f"{task}: validation accuracy")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("accuracy")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,146 @@
+"""Suites: lists of (mixer, task, preset, seed) runs plus speed sweeps, in a TOML file.
+
+    name = "mine"
+    [[runs]]                       # any number of run groups; each is a product
+    tasks = ["copy", "mqar"]       # or "all"
+    mixers = ["softmax", "gla"]    # or "all" (every mechanism with a causal pattern)
+    preset = "cpu"                 # optional, default "cpu"
+    seeds = [0, 1]                 # optional, default [0]
+    mixer_options = {}             # optional, passed to every mixer of the group
+    model = {}                     # optional overrides of the preset's model settings
+    train = {}                     # optional overrides of the preset's training settings
+    [speed]                        # optional
+    mixers = ["softmax", "gla"]    # or "all"; options as "name:key=value"
+    lengths = [1024, 4096]
+    passes = ["fwd", "decode"]     # fwd, fwdbwd, decode
+    batch = 1, heads = 4, head_dim = 64, causal = true   (optional)
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from attnarena.arena.config import RunConfig
+from attnarena.arena.speed import PASSES, SpeedConfig, parse_mixers
+from attnarena.registry import list_mixers, mixer_info
+from attnarena.tasks import list_tasks
+
+RUN_KEYS = {"tasks", "mixers", "preset", "seeds", "mixer_options", "model", "train"}
+SPEED_KEYS = {"mixers", "lengths", "passes", "batch", "heads", "head_dim", "causal", "dtype",
+              "repeats", "time_budget"}
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot be read or does not describe a valid suite."""
+
+
+@dataclass
+class Suite:
+    name: str
+    runs: list = field(default_factory=list)  # RunConfig
+    speed: list = field(default_factory=list)  # SpeedConfig, one per pass
+
+
+def builtin_suites() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("attnarena.suites").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_suite(name_or_path: str, mixers=None, tasks=None, device: str = "cpu") -> Suite:
+    """Read a built-in suite by name or a TOML file by path; ``mixers`` / ``tasks`` keep
+    only those. Everything is validated here, before anything runs."""
+    path = Path(name_or_path)
+    if name_or_path in builtin_suites():
+        text = resources.files("attnarena.suites").joinpath(f"{name_or_path}.toml").read_text()
+        source = f"built-in suite {name_or_path!r}"
+    elif path.suffix == ".toml" or path.exists():
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise SuiteError(f"cannot read suite file {path}: {error.strerror}") from None
+        source = f"suite file {path}"
+    else:
+        raise SuiteError(f"unknown suite {name_or_path!r}; built-in suites: "
+                         f"{', '.join(builtin_suites())}, or give a path to a .toml file")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SuiteError(f"{source} is not valid TOML: {error}") from None
+    try:
+        return _build(data, mixers, tasks, device)
+    except (ValueError, TypeError) as error:
+        raise SuiteError(f"{source}: {error}") from None
+
+
+def _names(value, valid, what):
+    if value == "all":
+        return list(valid)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what} must be a list of names or \"all\", got {value!r}")
+    return value
+
+
+def _build(data, mixer_filter, task_filter, device):
+    unknown = sorted(set(data) - {"name", "runs", "speed"})
+    if unknown:
+        raise ValueError(f"unknown top-level key(s) {unknown}; valid: name, runs, speed")
+    causal_mixers = [m for m in list_mixers() if "causal" in mixer_info(m).patterns]
+    for name in mixer_filter or []:
+        mixer_info(name)
+    for name in task_filter or []:
+        if name not in list_tasks():
+            raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(list_tasks())}")
+    suite = Suite(name=str(data.get("name", "custom")))
+    groups = data.get("runs", [])
+    if not isinstance(groups, list):
+        raise ValueError("runs must be an array of tables ([[runs]])")
+    seen = set()
+    for group in groups:
+        bad = sorted(set(group) - RUN_KEYS)
+        if bad:
+            raise ValueError(f"unknown run key(s) {bad}; valid: {', '.join(sorted(RUN_KEYS))}")
+        tasks = _names(group.get("tasks", []), list_tasks(), "tasks")
+        mixers = _names(group.get("mixers", []), causal_mixers, "mixers")
+        seeds = group.get("seeds", [0])
+        if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+            raise ValueError(f"seeds must be a list of ints, got {seeds!r}")
+        for task in tasks:
+            if task_filter and task not in task_filter:
+                continue
+            for mixer in mixers:
+                if mixer_filter and mixer not in mixer_filter:
+                    continue
+                for seed in seeds:
+                    config = RunConfig(task=task, mixer=mixer, preset=group.get("preset", "cpu"),
+                                       seed=seed, mixer_options=group.get("mixer_options", {}),
+                                       model=group.get("model", {}),
+                                       train=group.get("train", {}), device=device)
+                    run_id = config.run_id()  # resolves: validates names, presets, options
+                    if run_id not in seen:
+                        seen.add(run_id)
+                        suite.runs.append(config)
+    speed = data.get("speed")
+    if speed:
+        bad = sorted(set(speed) - SPEED_KEYS)
+        if bad:
+            raise ValueError(f"unknown speed key(s) {bad}; valid: {', '.join(sorted(SPEED_KEYS))}")
+        specs = parse_mixers(_names(speed.get("mixers", []), list_mixers(), "speed.mixers"))
+        if mixer_filter:
+            specs = [s for s in specs if s.name in mixer_filter]
+        passes = speed.get("passes", ["fwd"])
+        for pass_ in passes:
+            if pass_ not in PASSES:
+                raise ValueError(f"unknown pass {pass_!r}; valid: {', '.join(PASSES)}")
+            chosen = [s for s in specs if pass_ != "decode" or mixer_info(s.name).decodes]
+            if chosen:
+                suite.speed.append(SpeedConfig(
+                    mixers=chosen, lengths=speed.get("lengths", [1024, 4096]), pass_=pass_,
+                    batch=speed.get("batch", 1), heads=speed.get("heads", 4),
+                    head_dim=speed.get("head_dim", 64), dtype=speed.get("dtype", "float32"),
+                    device=device, causal=speed.get("causal", True),
+                    repeats=speed.get("repeats", 5), time_budget=speed.get("time_budget", 60.0)))
+    if not suite.runs and not suite.speed:
+        raise ValueError("the suite selects no runs and no speed cases")
+    return suite

@@ -1,0 +1,171 @@
+"""The training and evaluation loop: a pure function of a resolved run config.
+
+AdamW with linear warmup then cosine or inverse-square-root decay, gradient clipping,
+validation every ``eval_every`` steps, and the test metric of the best validation
+checkpoint at the end. Batches come from a generator seeded by (seed, step), so a run is
+deterministic given its seed, and a run resumed from a checkpoint continues exactly where
+it stopped. Under ``torchrun`` each rank trains on its slice of every global batch
+(DistributedDataParallel; gloo on CPU, nccl on CUDA) and only rank 0 writes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from attnarena.arena.checkpoint import load_checkpoint, save_checkpoint
+from attnarena.arena.memory import PeakMemory
+from attnarena.arena.speed import DTYPES
+from attnarena.models import CausalLM
+from attnarena.tasks import create_task
+
+
+def lr_at(step: int, train: dict) -> float:
+    """Learning rate at 0-based ``step``: linear warmup, then the schedule's decay."""
+    lr, warmup, total = train["lr"], train["warmup"], train["steps"]
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    if train["schedule"] == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if train["schedule"] == "rsqrt":
+        return lr * math.sqrt(max(1, warmup) / max(step + 1, warmup, 1))
+    return lr
+
+
+def _distributed():
+    """(rank, world size), initializing the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def build_model(resolved: dict, task) -> CausalLM:
+    m = resolved["model"]
+    return CausalLM(task.vocab_size, dim=m["dim"], depth=m["depth"], heads=m["heads"],
+                    mixer=resolved["mixer"], mixer_options=resolved["mixer_options"],
+                    mlp_dim=m["mlp_dim"], position=m["position"],
+                    max_len=task.sequence_length, dropout=m["dropout"])
+
+
+def _loss(model, inputs, targets, weights):
+    logits = model(inputs)
+    per_token = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
+    return (per_token * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+@torch.no_grad()
+def evaluate(model, task, examples: int, seed: int, device) -> dict:
+    """Loss and accuracy over weighted positions of a fixed set of ``examples``."""
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    correct = total = loss_sum = 0.0
+    remaining = examples
+    while remaining > 0:
+        size = min(256, remaining)
+        inputs, targets, weights = (t.to(device) for t in task.batch(size, generator))
+        logits = model(inputs).float()
+        per_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        loss_sum += float((per_token * weights).sum())
+        correct += float(((logits.argmax(-1) == targets).float() * weights).sum())
+        total += float(weights.sum())
+        remaining -= size
+    model.train(was_training)
+    return {"loss": loss_sum / max(total, 1.0), "accuracy": correct / max(total, 1.0)}
+
+
+def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
+    """Train and evaluate one run; returns plain metrics.
+
+    Args:
+        resolved: ``RunConfig.resolve()`` output.
+        checkpoint_dir: where checkpoints go; a run finds its own there and resumes.
+        progress: show a progress bar with loss, accuracy and tokens/s.
+    """
+    from tqdm import tqdm
+
+    rank, world = _distributed()
+    train_cfg, seed = resolved["train"], resolved["seed"]
+    device = torch.device(resolved["device"])
+    dtype = DTYPES[resolved["dtype"]]
+    if train_cfg["batch"] % world:
+        raise ValueError(f"batch {train_cfg['batch']} does not split over {world} processes")
+    task = create_task(resolved["task"], **resolved["task_options"])
+    torch.manual_seed(seed)
+    model = build_model(resolved, task).to(device=device, dtype=dtype)
+    params = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train_cfg["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=train_cfg["lr"])
+    state = {"step": 0, "history": [], "best_accuracy": -1.0, "train_seconds": 0.0,
+             "tokens": 0}
+    best = None
+    loaded = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if loaded is not None:
+        weights, best, state = loaded
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state.pop("optimizer"))
+        torch.set_rng_state(state.pop("rng"))
+    wrapped = model
+    if world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    steps, every = train_cfg["steps"], train_cfg["eval_every"]
+    local = train_cfg["batch"] // world
+    bar = tqdm(total=steps, initial=state["step"], disable=not progress or rank != 0,
+               desc=f"{resolved['task']}/{resolved['mixer']}", dynamic_ncols=True)
+    model.train()
+    with PeakMemory(device) as memory:
+        while state["step"] < steps:
+            step = state["step"]
+            start = time.perf_counter()
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+            batch = task.batch(train_cfg["batch"], generator)
+            inputs, targets, weights = (t[rank * local:(rank + 1) * local].to(device)
+                                        for t in batch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, train_cfg)
+            loss = _loss(wrapped, inputs, targets, weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if train_cfg["clip"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg["clip"])
+            optimizer.step()
+            state["train_seconds"] += time.perf_counter() - start
+            state["tokens"] += inputs.numel() * world
+            state["step"] = step + 1
+            bar.update(1)
+            if state["step"] % every == 0 or state["step"] == steps:
+                metrics = evaluate(model, task, train_cfg["eval_examples"], seed + 1, device)
+                state["history"].append({"step": state["step"], "train_loss": loss.item(),
+                                         "val_loss": metrics["loss"],
+                                         "val_accuracy": metrics["accuracy"]})
+                if metrics["accuracy"] > state["best_accuracy"]:
+                    state["best_accuracy"] = metrics["accuracy"]
+                    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{metrics['accuracy']:.3f}",
+                                tok_s=f"{state['tokens'] / state['train_seconds']:.0f}")
+                if checkpoint_dir and rank == 0:
+                    save_checkpoint(checkpoint_dir, model, best,
+                                    {**state, "optimizer": optimizer.state_dict(),
+                                     "rng": torch.get_rng_state()})
+    bar.close()
+    if best is not None:
+        model.load_state_dict(best)
+    test = evaluate(model, task, train_cfg["eval_examples"], seed + 2, device)
+    return {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
+            "best_val_accuracy": state["best_accuracy"], "steps": state["step"],
+            "train_seconds": state["train_seconds"],
+            "tokens_per_s": state["tokens"] / max(state["train_seconds"], 1e-9),
+            "peak_mem_mb": None if memory.peak_bytes is None else memory.peak_bytes / 2**20,
+            "params": params, "history": state["history"], "world_size": world}

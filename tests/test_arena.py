@@ -1,0 +1,236 @@
+"""The arena: run configs, the training loop, the store, suites, reports, resumption."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnarena.arena.config import RunConfig
+from attnarena.arena.report import format_rows, leaderboard_rows
+from attnarena.arena.runner import run_suite
+from attnarena.arena.store import Store, StoreError
+from attnarena.arena.suite import SuiteError, builtin_suites, load_suite
+from attnarena.arena.train import lr_at, train
+from attnarena.cli import main
+
+TINY = """
+name = "tiny"
+[[runs]]
+tasks = ["copy"]
+mixers = ["softmax", "linear"]
+train = { steps = %(steps)d, eval_every = %(every)d, eval_examples = 64, batch = 8 }
+model = { dim = 16, depth = 1, heads = 2 }
+[speed]
+mixers = ["linear"]
+lengths = [32, 64]
+passes = ["fwd"]
+repeats = 1
+"""
+
+
+def tiny_suite(tmp_path, steps=12, every=4):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY % {"steps": steps, "every": every})
+    return str(path)
+
+
+def test_lr_schedules():
+    train_cfg = {"lr": 1.0, "warmup": 10, "steps": 110, "schedule": "cosine"}
+    assert lr_at(0, train_cfg) == pytest.approx(0.1)
+    assert lr_at(9, train_cfg) == pytest.approx(1.0)
+    assert lr_at(60, train_cfg) == pytest.approx(0.5)
+    assert lr_at(109, train_cfg) == pytest.approx(0.0, abs=1e-3)
+    rsqrt = {**train_cfg, "schedule": "rsqrt"}
+    assert lr_at(39, rsqrt) == pytest.approx((10 / 40) ** 0.5)
+
+
+def test_config_resolution_and_errors():
+    resolved = RunConfig(task="mqar", mixer="gla", train={"steps": 7}).resolve()
+    assert resolved["train"]["steps"] == 7 and resolved["model"]["heads"] == 1
+    assert resolved["task_options"] == {"vocab": 64, "length": 32, "pairs": 4}
+    with pytest.raises(ValueError, match="valid tasks"):
+        RunConfig(task="lsitops", mixer="gla").resolve()
+    with pytest.raises(ValueError, match="presets: cpu, paper"):
+        RunConfig(task="mqar", mixer="gla", preset="gpu").resolve()
+    with pytest.raises(ValueError, match="unknown train setting"):
+        RunConfig(task="mqar", mixer="gla", train={"epochs": 3}).resolve()
+    with pytest.raises(ValueError, match="valid options"):
+        RunConfig(task="mqar", mixer="gla", mixer_options={"window": 3}).resolve()
+    a = RunConfig(task="copy", mixer="gla").run_id()
+    assert a == RunConfig(task="copy", mixer="gla", device="cuda").run_id()
+    assert a != RunConfig(task="copy", mixer="gla", seed=1).run_id()
+
+
+def test_training_is_deterministic_and_learns_copy():
+    config = RunConfig(task="copy", mixer="softmax", train={"eval_every": 200})
+    first = train(config.resolve(), progress=False)
+    second = train(config.resolve(), progress=False)
+    assert first["history"] == second["history"]
+    assert first["test_accuracy"] == second["test_accuracy"]
+    assert first["test_accuracy"] > 0.5  # chance is 1/16
+    assert first["params"] > 0 and first["tokens_per_s"] > 0
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path, monkeypatch):
+    import attnarena.arena.train as loop
+    from attnarena.arena.checkpoint import save_checkpoint
+
+    resolved = RunConfig(task="copy", mixer="linear", model={"dim": 16, "depth": 1},
+                         train={"steps": 20, "eval_every": 5, "batch": 8}).resolve()
+    whole = train(resolved, progress=False)
+
+    saves = []
+
+    def crash_after_second_save(*args, **kwargs):
+        save_checkpoint(*args, **kwargs)
+        saves.append(args[3]["step"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # the process dies right after its step-10 checkpoint
+
+    monkeypatch.setattr(loop, "save_checkpoint", crash_after_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(resolved, checkpoint_dir=tmp_path, progress=False)
+    assert saves == [5, 10]
+    monkeypatch.setattr(loop, "save_checkpoint", save_checkpoint)
+    resumed = train(resolved, checkpoint_dir=tmp_path, progress=False)
+    assert resumed["history"] == whole["history"]
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+
+
+def test_store_is_transactional_and_keeps_runs(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    resolved = RunConfig(task="copy", mixer="gla").resolve()
+    store.start_run("a", resolved, "x", {"torch": "t"})
+    assert store.run("a")["status"] == "running"
+    store.finish_run("a", {"test_accuracy": 0.5, "params": 3})
+    store.start_run("b", resolved, "x", {})
+    store.fail_run("b", "boom")
+    assert sorted(r["status"] for r in store.runs()) == ["done", "failed"]
+    store.close()
+    again = Store(tmp_path / "s.sqlite")
+    assert again.run("a")["metrics"]["test_accuracy"] == 0.5
+
+
+def test_unwritable_store_is_one_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="cannot open the results store"):
+        Store(blocker / "arena.sqlite")
+    assert main(["run", "--suite", tiny_suite(tmp_path), "--store",
+                 str(blocker / "arena.sqlite"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot open the results store" in err[0]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("name = [", "not valid TOML"),
+    ("colour = 1", "unknown top-level key"),
+    ("[[runs]]\ntasks = ['copy']\nmixers = ['softmx']", "unknown mixer 'softmx'"),
+    ("[[runs]]\ntasks = ['cpy']\nmixers = ['softmax']", "unknown task 'cpy'"),
+    ("[[runs]]\ntasks = ['copy']\nmixers = ['softmax']\nepochs = 3", "unknown run key"),
+    ("[[runs]]\ntasks = ['copy']\nmixers = ['softmax']\npreset = 'gpu'", "no preset 'gpu'"),
+    ("[speed]\nmixers = ['linear']\npasses = ['bwd']", "unknown pass"),
+    ("name = 'empty'", "selects no runs"),
+])
+def test_bad_suites_change_nothing(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    store_path = tmp_path / "arena.sqlite"
+    with pytest.raises(SuiteError, match=match):
+        run_suite(str(path), store_path=store_path, out_dir=tmp_path, progress=False)
+    assert not store_path.exists()
+
+
+def test_unknown_suite_and_filters():
+    assert {"quick", "cpu"} <= set(builtin_suites())
+    with pytest.raises(SuiteError, match="built-in suites"):
+        load_suite("quik")
+    quick = load_suite("quick")
+    assert len(quick.runs) == 16 and {c.task for c in quick.runs} == {"copy", "mqar"}
+    only = load_suite("quick", mixers=["gla"], tasks=["copy"])
+    assert [(c.task, c.mixer) for c in only.runs] == [("copy", "gla")]
+    with pytest.raises(SuiteError, match="unknown task"):
+        load_suite("quick", tasks=["imdb"])
+
+
+def test_suite_runs_once_then_reuses_and_reports(tmp_path, capsys):
+    suite, store = tiny_suite(tmp_path), tmp_path / "arena.sqlite"
+    first = run_suite(suite, store_path=store, out_dir=tmp_path, progress=False)
+    assert first["trained"] == 2 and first["speed_measured"] == 2
+    second = run_suite(suite, store_path=store, out_dir=tmp_path, progress=False)
+    assert second["trained"] == 0 and second["reused"] == 2 and second["speed_reused"] == 2
+    third = run_suite(suite, store_path=store, out_dir=tmp_path, progress=False, rerun=True)
+    assert third["trained"] == 2
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+    for name in ("leaderboard.md", "quality_vs_speed.png", "training_curves.png",
+                 "speed-fwd.png"):
+        assert (tmp_path / name).exists()
+    assert "| softmax | cpu | 0 |" in (tmp_path / "leaderboard.md").read_text()
+    rows = leaderboard_rows(Store(store))
+    assert json.loads(format_rows(rows, "json"))[0]["task"] == "copy"
+    assert format_rows(rows, "csv").splitlines()[0].startswith("task,mixer,preset")
+    assert main(["report", "--store", str(store), "--out", str(tmp_path), "--format",
+                 "csv"]) == 0
+    assert "copy,linear,cpu,0," in capsys.readouterr().out
+
+
+def _run_cli(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "attnarena.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+
+
+def test_killed_suite_resumes_with_same_results(tmp_path):
+    suite = tiny_suite(tmp_path, steps=400, every=10)
+    reference = tmp_path / "reference.sqlite"
+    run_suite(suite, store_path=reference, out_dir=tmp_path / "ref", progress=False)
+
+    store, out = tmp_path / "arena.sqlite", tmp_path / "out"
+    args = ["run", "--suite", suite, "--store", str(store), "--out", str(out), "--quiet"]
+    process = _run_cli(args)
+    deadline = time.time() + 120
+    while not list(out.glob("checkpoints/*/state.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with sqlite3.connect(store) as db:
+        statuses = [r[0] for r in db.execute("SELECT status FROM runs")]
+    assert "running" in statuses  # killed mid-run
+    assert _run_cli(args).wait() == 0
+    with sqlite3.connect(store) as db, sqlite3.connect(reference) as ref:
+        got = {r[0]: (r[1], json.loads(r[2])) for r in
+               db.execute("SELECT id, status, metrics FROM runs")}
+        want = {r[0]: json.loads(r[1]) for r in ref.execute("SELECT id, metrics FROM runs")}
+        assert db.execute("SELECT COUNT(*) FROM speed").fetchone()[0] == 2
+    assert set(got) == set(want)
+    for run_id, (status, metrics) in got.items():
+        assert status == "done"
+        assert metrics["test_accuracy"] == want[run_id]["test_accuracy"]
+        assert metrics["history"] == want[run_id]["history"]
+
+
+def test_torchrun_two_processes_equal_one(tmp_path):
+    common = ["--task", "copy", "--mixer", "linear", "--steps", "12", "--batch", "8",
+              "--quiet", "--out", str(tmp_path)]
+    single = tmp_path / "single.json"
+    assert main(["train", *common, "--json", str(single)]) == 0
+    double = tmp_path / "double.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "attnarena.cli", "train", *common, "--json", str(double)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = (json.loads(Path(p).read_text())["metrics"] for p in (single, double))
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    for a, b in zip(one["history"], two["history"]):
+        assert a["step"] == b["step"]
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert one["test_loss"] == pytest.approx(two["test_loss"], rel=1e-4)
