@@ -152,7 +152,7 @@ def test_unknown_suite_and_filters():
     with pytest.raises(SuiteError, match="built-in suites"):
         load_suite("quik")
     quick = load_suite("quick")
-    assert len(quick.runs) == 16 and {c.task for c in quick.runs} == {"copy", "mqar"}
+    assert len(quick.runs) == 14 and {c.task for c in quick.runs} == {"copy", "mqar"}
     only = load_suite("quick", mixers=["gla"], tasks=["copy"])
     assert [(c.task, c.mixer) for c in only.runs] == [("copy", "gla")]
     with pytest.raises(SuiteError, match="unknown task"):

@@ -147,9 +147,11 @@ def _plot_quality_vs_speed(rows, path):
     points = sorted((sum(v["speed"]) / len(v["speed"]), sum(v["acc"]) / len(v["acc"]), m)
                     for m, v in by_mixer.items())
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    for speed, acc, mixer in points:
+    for i, (speed, acc, mixer) in enumerate(points):
         ax.scatter(speed, acc, s=40)
-        ax.annotate(mixer, (speed, acc), textcoords="offset points", xytext=(5, 4), fontsize=9)
+        # alternate label offsets so neighbouring points stay readable
+        ax.annotate(mixer, (speed, acc), textcoords="offset points",
+                    xytext=(5, 4 if i % 2 else -11), fontsize=9)
     front, best = [], -1.0
     for speed, acc, _ in sorted(points, key=lambda p: -p[0]):
         if acc > best:

@@ -123,7 +123,8 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
     steps, every = train_cfg["steps"], train_cfg["eval_every"]
     local = train_cfg["batch"] // world
     bar = tqdm(total=steps, initial=state["step"], disable=not progress or rank != 0,
-               desc=f"{resolved['task']}/{resolved['mixer']}", dynamic_ncols=True)
+               desc=f"{resolved['task']}/{resolved['mixer']}", dynamic_ncols=True,
+               mininterval=0.5)
     model.train()
     with PeakMemory(device) as memory:
         while state["step"] < steps:

@@ -37,7 +37,7 @@ class MQAR(Task):
         "cpu": {"task": {"vocab": 64, "length": 32, "pairs": 4},
                 "model": {"dim": 64, "depth": 2, "heads": 1, "mlp_dim": 0,
                           "position": "learned"},
-                "train": {"steps": 1000, "batch": 64, "lr": 3e-3, "warmup": 50,
+                "train": {"steps": 1500, "batch": 64, "lr": 3e-3, "warmup": 50,
                           "schedule": "cosine", "weight_decay": 0.0, "eval_every": 250}},
     }
 
