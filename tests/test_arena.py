@@ -195,7 +195,7 @@ def test_killed_suite_resumes_with_same_results(tmp_path):
     args = ["run", "--suite", suite, "--store", str(store), "--out", str(out), "--quiet"]
     process = _run_cli(args)
     deadline = time.time() + 120
-    while not list(out.glob("checkpoints/*/state.pt")) and time.time() < deadline:
+    while not list(out.glob("checkpoints/*/step-*/state.pt")) and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
     process.send_signal(signal.SIGKILL)

@@ -1,50 +1,71 @@
-"""Checkpoints that survive a kill at any instant: weights in safetensors, optimizer state,
-step, history and random states beside them, each file written to a temporary name and
-renamed into place (an atomic step on POSIX file systems)."""
+"""Checkpoints that survive a kill at any instant.
+
+Each checkpoint is a directory ``step-NNNNNNNN`` holding the weights (safetensors), the best
+weights so far, and the optimizer state, step, history and random state. It is written
+under a temporary name and renamed into place, an atomic step on POSIX file systems, so a
+reader sees either a whole checkpoint or none; older checkpoints are removed after.
+"""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as handle:
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def save_checkpoint(directory, model, best_weights, state: dict) -> None:
-    """Write weights (and the best weights so far), then the state that points at them."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic(directory / "model.safetensors", lambda p: save_file(_untie(weights), str(p)))
-    if best_weights is not None:
-        _atomic(directory / "best.safetensors", lambda p: save_file(_untie(best_weights), str(p)))
-    _atomic(directory / "state.pt", lambda p: torch.save(state, p))
 
 
 def _untie(weights: dict) -> dict:
     """safetensors refuses shared storage (tied embeddings): store independent copies."""
     seen, out = set(), {}
     for name, tensor in weights.items():
-        ptr = tensor.data_ptr()
-        out[name] = tensor.clone() if ptr in seen else tensor
-        seen.add(ptr)
+        tensor = tensor.detach().contiguous().cpu()
+        out[name] = tensor.clone() if tensor.data_ptr() in seen else tensor
+        seen.add(tensor.data_ptr())
     return out
 
 
-def load_checkpoint(directory):
-    """(weights, best weights or None, state) or None when there is no complete checkpoint."""
+def _complete(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("step-*")
+                  if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def save_checkpoint(directory, model, best_weights, state: dict) -> None:
+    """Write one complete checkpoint for ``state['step']``, then drop older ones."""
     directory = Path(directory)
-    if not (directory / "state.pt").exists() or not (directory / "model.safetensors").exists():
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{state['step']:08d}"
+    tmp = directory / (final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_untie(model.state_dict()), str(tmp / "model.safetensors"))
+    if best_weights is not None:
+        save_file(_untie(best_weights), str(tmp / "best.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    for path in tmp.iterdir():
+        _fsync(path)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for older in _complete(directory):
+        if older != final:
+            shutil.rmtree(older, ignore_errors=True)
+
+
+def load_checkpoint(directory):
+    """(weights, best weights or None, state) of the newest complete checkpoint, or None."""
+    directory = Path(directory)
+    if not directory.is_dir():
         return None
-    state = torch.load(directory / "state.pt", weights_only=False)
-    best = directory / "best.safetensors"
-    return (load_file(str(directory / "model.safetensors")),
+    complete = _complete(directory)
+    if not complete:
+        return None
+    newest = complete[-1]
+    state = torch.load(newest / "state.pt", weights_only=False)
+    best = newest / "best.safetensors"
+    return (load_file(str(newest / "model.safetensors")),
             load_file(str(best)) if best.exists() else None, state)
