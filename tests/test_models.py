@@ -12,6 +12,10 @@ def positions_for(name):
     return ["learned", "sinusoidal", "none"] + [p for p in ("rope", "alibi") if p in options]
 
 
+# Mixers whose view of a real token depends on the padded length by design: a DFT over the
+# whole sequence, projections or landmarks over its length, random blocks drawn per length.
+LENGTH_DEPENDENT = {"fnet", "linformer", "nystromformer", "bigbird"}
+
 GEN_CASES = [(n, p) for n in CAUSAL for p in positions_for(n)]
 
 
@@ -102,8 +106,9 @@ def test_encoder_classifier_ignores_padding(name, pooling):
     assert logits.shape == (3, 5)
     noisy = tokens.masked_fill(~keep, 7)
     torch.testing.assert_close(model(noisy, mask=keep), logits, rtol=1e-5, atol=1e-5)
-    short = model(tokens[2:, :5])  # the same sequence without its padding
-    torch.testing.assert_close(short, logits[2:], rtol=1e-5, atol=1e-5)
+    if name not in LENGTH_DEPENDENT:
+        short = model(tokens[2:, :5])  # the same sequence without its padding
+        torch.testing.assert_close(short, logits[2:], rtol=1e-5, atol=1e-5)
 
 
 def test_encoder_entry_points_and_patches():

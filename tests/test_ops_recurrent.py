@@ -396,3 +396,28 @@ def test_s4d_bad_input():
         ops.s4d(u, A.real, C, log_dt)
     with pytest.raises(ValueError, match="log_dt"):
         ops.s4d(u, A, C, log_dt[:2])
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 0.1)])
+def test_long_mlstm_and_scan_with_strong_forgetting(dtype, tolerance):
+    """Length 4096 with forget gates near 0 and large input gates (mLSTM), and decays
+    reaching exp(-40) per token (selective scan): finite, and close to float64 run on the
+    same (rounded) inputs, which isolates the kernel's own precision."""
+    q, k, v, g = tensors(1, 2, 4096, 8, 8, seed=4)
+    ig = torch.randn(1, 2, 4096, generator=g, dtype=torch.float64) * 20
+    fg = torch.randn(1, 2, 4096, generator=g, dtype=torch.float64) * 10 - 5
+    q, k, v, ig, fg = (t.to(dtype) for t in (q, k, v, ig, fg))
+    out = ops.mlstm(q, k, v, input_gate=ig, forget_gate=fg)
+    ref = ops.mlstm(q.double(), k.double(), v.double(), input_gate=ig.double(),
+                    forget_gate=fg.double())
+    assert torch.isfinite(out).all()
+    assert (out.double() - ref).abs().max() <= tolerance * (1 + ref.abs().max())
+    u = torch.randn(1, 8, 4096, generator=g, dtype=torch.float64)
+    delta = torch.rand(1, 8, 4096, generator=g, dtype=torch.float64) * 5
+    A = -torch.rand(8, 4, generator=g, dtype=torch.float64) * 8
+    B, C = (torch.randn(1, 4, 4096, generator=g, dtype=torch.float64) for _ in range(2))
+    rounded = [t.to(dtype) for t in (u, delta, A, B, C)]
+    out = ops.selective_scan(*rounded)
+    ref = ops.selective_scan(*(t.double() for t in rounded))
+    assert torch.isfinite(out).all()
+    assert (out.double() - ref).abs().max() <= tolerance * (1 + ref.abs().max())

@@ -7,6 +7,7 @@ and CPU-sized ("cpu") model and training configurations.
 """
 from __future__ import annotations
 
+import abc
 import difflib
 
 import torch
@@ -14,23 +15,25 @@ import torch
 _TASKS: dict[str, type] = {}
 
 
-class Task:
-    """Base class. Subclasses set ``name``, ``presets`` and implement ``batch``."""
+class Task(abc.ABC):
+    """Base class. Subclasses set ``name``, ``presets`` and implement the rest."""
 
     name: str = ""
     presets: dict = {}
 
     @property
+    @abc.abstractmethod
     def vocab_size(self) -> int:
-        raise TypeError(f"{type(self).__name__} must define vocab_size")
+        """Number of token ids."""
 
     @property
+    @abc.abstractmethod
     def sequence_length(self) -> int:
-        raise TypeError(f"{type(self).__name__} must define sequence_length")
+        """Length of every example."""
 
+    @abc.abstractmethod
     def batch(self, size: int, generator: torch.Generator):
         """(inputs, targets, weights), each (size, sequence_length)."""
-        raise TypeError(f"{type(self).__name__} must define batch")
 
 
 def register_task(cls):

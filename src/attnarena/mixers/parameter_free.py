@@ -1,0 +1,46 @@
+"""Token mixers without attention: FNet's Fourier mixing and PoolFormer's pooling."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attnarena.mixers.base import Mixer
+from attnarena.registry import register_mixer
+
+
+@register_mixer(
+    "fnet", family="parameter-free mixing",
+    paper="Lee-Thorp et al. 2022, FNet: Mixing Tokens with Fourier Transforms",
+    complexity="O(L log L D)", patterns=("self",), forms=("parallel",))
+class FNet(Mixer):
+    """FNet (Lee-Thorp et al. 2022): y = Re(FFT_seq(FFT_hidden(x))), no parameters."""
+
+    def _forward(self, x, context, mask):
+        wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        return torch.fft.fft2(wide, dim=(-2, -1)).real.to(x.dtype)
+
+
+@register_mixer(
+    "pooling", family="parameter-free mixing",
+    paper="Yu et al. 2022, MetaFormer Is Actually What You Need for Vision",
+    complexity="O(L D)", patterns=("self",), forms=("parallel",))
+class Pooling(Mixer):
+    """PoolFormer's token mixer (Yu et al. 2022): average pooling over ``pool_size``
+    neighbouring tokens minus the token itself; padding is not counted in the average."""
+
+    def __init__(self, dim, heads=1, causal=False, *, pool_size=3):
+        super().__init__(dim, heads, causal)
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1 \
+                or pool_size % 2 == 0:
+            raise ValueError(f"pool_size must be a positive odd int, got {pool_size!r}")
+        self.pool_size = pool_size
+
+    def _forward(self, x, context, mask):
+        keep = (torch.ones_like(x[..., :1]) if mask is None
+                else mask[..., None].to(x.dtype))  # (B, L, 1)
+        pad = self.pool_size // 2
+        sums = F.avg_pool1d((x * keep).transpose(1, 2), self.pool_size, stride=1, padding=pad,
+                            count_include_pad=True) * self.pool_size
+        counts = F.avg_pool1d(keep.transpose(1, 2), self.pool_size, stride=1, padding=pad,
+                              count_include_pad=True) * self.pool_size
+        return (sums / counts.clamp_min(1.0)).transpose(1, 2) - x

@@ -1,0 +1,135 @@
+"""Fixed sparsity patterns over softmax attention: the Sparse Transformer, Longformer and
+BigBird. Each builds its (L, S) boolean pattern and runs softmax attention under it, so
+each equals softmax attention with that explicit mask (checked in the tests)."""
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from attnarena import ops
+from attnarena.mixers.softmax import DotProductAttention
+from attnarena.registry import register_mixer
+
+
+def _positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class PatternAttention(DotProductAttention):
+    """Softmax attention restricted to ``pattern(L, device)``; no decoding form."""
+
+    @abc.abstractmethod
+    def pattern(self, L, device) -> torch.Tensor:
+        """(L, L) bool: True where query i may attend to key j."""
+
+    def _attend(self, q, k, v, mask):
+        L = q.shape[2]
+        allowed = self.pattern(L, q.device)[None, None]  # (1, 1, L, L)
+        if self.causal:
+            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+        if mask is not None:
+            allowed = allowed & mask[:, None, None, :]
+        return ops.softmax_attention(q, k, v, mask=allowed, alibi_slopes=self.alibi_slopes,
+                                     dropout=self.attn_dropout if self.training else 0.0)
+
+
+@register_mixer(
+    "sparse", family="sparse attention",
+    paper="Child et al. 2019, Generating Long Sequences with Sparse Transformers",
+    complexity="O(L sqrt(L) D)", patterns=("self", "causal"), forms=("parallel",))
+class SparseAttention(PatternAttention):
+    """Sparse Transformer factorized attention (Child et al. 2019), both factors merged in
+    one pattern. ``strided``: the previous ``block`` positions and every ``block``-th one
+    before them. ``fixed``: positions in the same block of ``block`` tokens, and the last
+    ``summary`` positions of every block. Noncausal use mirrors the pattern.
+
+    Options: kind ("strided" or "fixed"), block, summary.
+    """
+
+    def __init__(self, dim, heads=1, causal=False, *, kind="fixed", block=32, summary=4,
+                 attn_dropout=0.0):
+        super().__init__(dim, heads, causal, attn_dropout=attn_dropout)
+        if kind not in ("strided", "fixed"):
+            raise ValueError(f"kind must be 'strided' or 'fixed', got {kind!r}")
+        _positive(block, "block")
+        _positive(summary, "summary")
+        if summary > block:
+            raise ValueError(f"summary ({summary}) cannot exceed block ({block})")
+        self.kind, self.block, self.summary = kind, block, summary
+
+    def pattern(self, L, device):
+        i = torch.arange(L, device=device)[:, None]
+        j = torch.arange(L, device=device)[None, :]
+        if self.kind == "strided":
+            return ((i - j).abs() < self.block) | ((i - j) % self.block == 0)
+        return (i // self.block == j // self.block) | (j % self.block >= self.block - self.summary)
+
+
+@register_mixer(
+    "longformer", family="sparse attention",
+    paper="Beltagy et al. 2020, Longformer: The Long-Document Transformer",
+    complexity="O(L (W + G) D)", patterns=("self",), forms=("parallel",))
+class Longformer(PatternAttention):
+    """Longformer (Beltagy et al. 2020): sliding-window attention over ``window`` keys
+    centred on each query, plus ``global_tokens`` leading positions that attend to and are
+    attended by every position.
+
+    Options: window (keys per query, centred), global_tokens.
+    """
+
+    def __init__(self, dim, heads=1, causal=False, *, window=64, global_tokens=1,
+                 attn_dropout=0.0):
+        super().__init__(dim, heads, causal, attn_dropout=attn_dropout)
+        _positive(window, "window")
+        if isinstance(global_tokens, bool) or not isinstance(global_tokens, int) \
+                or global_tokens < 0:
+            raise ValueError(f"global_tokens must be an int >= 0, got {global_tokens!r}")
+        self.window, self.global_tokens = window, global_tokens
+
+    def pattern(self, L, device):
+        i = torch.arange(L, device=device)[:, None]
+        j = torch.arange(L, device=device)[None, :]
+        g = self.global_tokens
+        return ((i - j).abs() <= self.window // 2) | (i < g) | (j < g)
+
+
+@register_mixer(
+    "bigbird", family="sparse attention",
+    paper="Zaheer et al. 2020, Big Bird: Transformers for Longer Sequences",
+    complexity="O(L (3 + G + R) B D)", patterns=("self",), forms=("parallel",))
+class BigBird(PatternAttention):
+    """BigBird (Zaheer et al. 2020) block-sparse attention over blocks of ``block`` tokens:
+    each query block sees its own and the two neighbouring blocks, ``global_blocks``
+    leading blocks (which see everything), and ``random_blocks`` random key blocks drawn
+    once per sequence length from ``seed`` (fixed, so the layer is deterministic).
+
+    Options: block, global_blocks, random_blocks, seed.
+    """
+
+    def __init__(self, dim, heads=1, causal=False, *, block=16, global_blocks=1,
+                 random_blocks=2, seed=0, attn_dropout=0.0):
+        super().__init__(dim, heads, causal, attn_dropout=attn_dropout)
+        _positive(block, "block")
+        for name, value in (("global_blocks", global_blocks), ("random_blocks", random_blocks)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        self.block, self.global_blocks, self.random_blocks, self.seed = (
+            block, global_blocks, random_blocks, seed)
+
+    def block_pattern(self, n):
+        """(n, n) bool over blocks."""
+        bi = torch.arange(n)[:, None]
+        bj = torch.arange(n)[None, :]
+        allowed = ((bi - bj).abs() <= 1) | (bi < self.global_blocks) | (bj < self.global_blocks)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + n)
+        for row in range(n):
+            picks = torch.randperm(n, generator=generator)[:self.random_blocks]
+            allowed[row, picks] = True
+        return allowed
+
+    def pattern(self, L, device):
+        n = -(-L // self.block)
+        blocks = torch.arange(L) // self.block
+        return self.block_pattern(n)[blocks[:, None], blocks[None, :]].to(device)

@@ -1,0 +1,120 @@
+"""Sparse-pattern, low-rank and parameter-free mixers against independent computations."""
+import math
+
+import pytest
+import torch
+
+import attnarena as aa
+
+
+def softmax_under(mixer, x, allowed):
+    """The mixer's own projections, attention written out under an explicit (L, L) mask."""
+    q, k, v = mixer.project(x)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    return mixer.o_proj(mixer.merge_heads(weights @ v))
+
+
+def mask_from(rule, L):
+    return torch.tensor([[rule(i, j) for j in range(L)] for i in range(L)])
+
+
+@pytest.mark.parametrize("kind", ["strided", "fixed"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_sparse_transformer_patterns(kind, causal):
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("sparse", dim=16, heads=2, causal=causal, kind=kind, block=4,
+                            summary=1).eval()
+    L = 19
+    if kind == "strided":
+        rule = lambda i, j: abs(i - j) < 4 or (i - j) % 4 == 0  # noqa: E731
+    else:
+        rule = lambda i, j: i // 4 == j // 4 or j % 4 == 3  # noqa: E731
+    allowed = mask_from(lambda i, j: rule(i, j) and (j <= i or not causal), L)
+    x = torch.randn(2, L, 16)
+    torch.testing.assert_close(mixer(x), softmax_under(mixer, x, allowed), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_longformer_window_plus_global():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("longformer", dim=16, heads=2, window=4, global_tokens=2).eval()
+    L = 17
+    allowed = mask_from(lambda i, j: abs(i - j) <= 2 or i < 2 or j < 2, L)
+    x = torch.randn(2, L, 16)
+    torch.testing.assert_close(mixer(x), softmax_under(mixer, x, allowed), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_bigbird_blocks():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("bigbird", dim=16, heads=2, block=3, global_blocks=1,
+                            random_blocks=1, seed=7).eval()
+    L = 20
+    n = 7
+    blocks = mixer.block_pattern(n)
+    # window and global blocks are always there; each row has at most one extra block
+    for r in range(n):
+        must = {c for c in range(n) if abs(r - c) <= 1 or r == 0 or c == 0}
+        got = set(blocks[r].nonzero().flatten().tolist())
+        assert must <= got and len(got - must) <= 1
+    allowed = mask_from(lambda i, j: bool(blocks[i // 3, j // 3]), L)
+    x = torch.randn(1, L, 16)
+    torch.testing.assert_close(mixer(x), softmax_under(mixer, x, allowed), rtol=1e-5,
+                               atol=1e-5)
+    assert torch.equal(mixer.block_pattern(n), blocks)  # fixed for a given length
+
+
+def test_linformer_with_identity_projections_is_softmax():
+    torch.manual_seed(0)
+    L = 12
+    mixer = aa.create_mixer("linformer", dim=16, heads=2, proj_len=L, max_len=L).eval()
+    with torch.no_grad():
+        mixer.E.copy_(torch.eye(L))
+        mixer.F.copy_(torch.eye(L))
+    x = torch.randn(2, L, 16)
+    torch.testing.assert_close(mixer(x), softmax_under(mixer, x, torch.ones(L, L).bool()),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="max_len=12"):
+        mixer(torch.randn(1, 13, 16))
+
+
+@pytest.mark.parametrize("pinv", ["exact", "iterative"])
+def test_nystromformer_with_all_landmarks_is_softmax(pinv):
+    torch.manual_seed(0)
+    L = 10
+    mixer = aa.create_mixer("nystromformer", dim=16, heads=2, landmarks=L, pinv=pinv,
+                            conv_kernel=0).double().eval()
+    x = torch.randn(2, L, 16, dtype=torch.float64) * 0.5
+    expected = softmax_under(mixer, x, torch.ones(L, L).bool())
+    if pinv == "exact":
+        torch.testing.assert_close(mixer(x), expected, rtol=1e-8, atol=1e-8)
+    else:  # the paper's 6 Newton-Schulz steps: an approximation
+        assert (mixer(x) - expected).abs().max() < 0.02
+
+
+def test_iterative_pinv_converges_to_the_pseudo_inverse():
+    from attnarena.mixers.lowrank import iterative_pinv
+
+    m = torch.softmax(torch.randn(3, 10, 10, dtype=torch.float64), dim=-1)
+    torch.testing.assert_close(iterative_pinv(m, iterations=40), torch.linalg.pinv(m),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_fnet_is_the_real_part_of_a_2d_dft():
+    x = torch.randn(2, 6, 8, dtype=torch.float64)
+    mixer = aa.create_mixer("fnet", dim=8)
+
+    def dft(n):
+        idx = torch.arange(n, dtype=torch.float64)
+        return torch.exp(-2j * math.pi * idx[:, None] * idx[None, :] / n)
+
+    expected = (dft(6) @ x.to(torch.complex128) @ dft(8)).real
+    torch.testing.assert_close(mixer(x), expected)
+
+
+def test_pooling_is_neighbour_average_minus_self():
+    x = torch.randn(1, 7, 4)
+    mixer = aa.create_mixer("pooling", dim=4, pool_size=3)
+    expected = torch.stack([x[0, max(0, i - 1):i + 2].mean(0) - x[0, i] for i in range(7)])
+    torch.testing.assert_close(mixer(x)[0], expected)
