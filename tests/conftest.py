@@ -27,6 +27,15 @@ TEST_OPTIONS = {
     "mamba": {"chunk_size": 4, "state_size": 4},
     "mamba2": {"chunk_size": 4, "state_size": 8},
     "mlstm": {"chunk_size": 4},
+    "sparse": {"block": 4, "summary": 1},
+    "longformer": {"window": 4, "global_tokens": 1},
+    "bigbird": {"block": 3, "random_blocks": 1},
+    "linformer": {"proj_len": 8, "max_len": 32},
+    "nystromformer": {"landmarks": 4, "conv_kernel": 3},
+    "synthesizer": {"max_len": 32},
+    "agent": {"agents": 4},
+    "flatten": {"chunk_size": 4},
+    "hedgehog": {"chunk_size": 4},
 }
 
 

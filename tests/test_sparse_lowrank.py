@@ -118,3 +118,66 @@ def test_pooling_is_neighbour_average_minus_self():
     mixer = aa.create_mixer("pooling", dim=4, pool_size=3)
     expected = torch.stack([x[0, max(0, i - 1):i + 2].mean(0) - x[0, i] for i in range(7)])
     torch.testing.assert_close(mixer(x)[0], expected)
+
+
+def test_random_synthesizer_is_softmax_of_its_learned_scores():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("synthesizer", dim=16, heads=2, causal=True, kind="random",
+                            max_len=10).eval()
+    x = torch.randn(2, 7, 16)
+    scores = mixer.scores[:, :7, :7].masked_fill(~torch.ones(7, 7).bool().tril(), float("-inf"))
+    v = mixer.v_proj(x).view(2, 7, 2, 8).transpose(1, 2)
+    expected = mixer.o_proj((torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(2, 7, 16))
+    torch.testing.assert_close(mixer(x), expected)
+
+
+def test_agent_attention_with_one_agent_per_token():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("agent", dim=16, heads=2, agents=9, conv_kernel=0).eval()
+    x = torch.randn(2, 9, 16)
+    q, k, v = mixer.project(x)
+    scale = 1 / math.sqrt(8)
+    agent_values = torch.softmax(q @ k.transpose(-1, -2) * scale, -1) @ v  # agents = queries
+    o = torch.softmax(q @ q.transpose(-1, -2) * scale, -1) @ agent_values
+    torch.testing.assert_close(mixer(x), mixer.o_proj(mixer.merge_heads(o)))
+
+
+def test_moh_routes_each_token_to_shared_plus_top_k_heads():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("moh", dim=32, heads=8, shared_heads=2, top_k=3).eval()
+    weights = mixer.head_weights(torch.randn(2, 5, 32))
+    assert weights.shape == (2, 5, 8)
+    assert ((weights[..., :2] > 0).sum(-1) == 2).all()
+    assert ((weights[..., 2:] > 0).sum(-1) == 3).all()
+
+
+def test_focusing_function_keeps_the_norm_and_sharpens():
+    from attnarena.mixers.linear import focused
+
+    x = torch.tensor([[3.0, 1.0, -2.0]])
+    f = focused(x, 3.0)
+    torch.testing.assert_close(f.norm(), torch.relu(x).norm(), rtol=1e-5, atol=1e-5)
+    assert f[0, 0] / f[0, 1] > 3.0 / 1.0  # larger entries grow relative to smaller ones
+
+
+def test_hedgehog_feature_maps_learn_to_mimic_softmax():
+    """Training the feature maps on the distillation loss shrinks the KL divergence from
+    softmax attention (the loss minus the teacher's own entropy)."""
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("hedgehog", dim=16, heads=2, causal=True)
+    x = torch.randn(8, 12, 16) * 2
+    with torch.no_grad():
+        q, k, _ = mixer.project(x)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(8)
+        teacher = torch.softmax(scores.masked_fill(~torch.ones(12, 12).bool().tril(),
+                                                   float("-inf")), -1)
+        entropy = float(-(teacher * teacher.clamp_min(1e-12).log()).sum(-1).mean())
+    optimizer = torch.optim.Adam([mixer.feature_weight], lr=0.05)
+    before = mixer.distillation_loss(x).item() - entropy
+    for _ in range(100):
+        loss = mixer.distillation_loss(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = mixer.distillation_loss(x).item() - entropy
+    assert 0 <= after < 0.5 * before

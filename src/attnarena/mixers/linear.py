@@ -77,7 +77,13 @@ class LinearAttentionBase(QKVMixer):
             counts = keep.to(q.dtype).sum(-1)[:, None, None, None].expand(-1, 1, L, 1)
         o = ops.linear_attention(q, k, v, causal=self.causal, normalize=self.normalize,
                                  form=self.form, chunk_size=self.chunk_size)
-        return self.o_proj(self.merge_heads(self.rescale(o, counts)))
+        o = self.merge_heads(self.rescale(o, counts))
+        local = self.local_term(x, mask)
+        return self.o_proj(o if local is None else o + local)
+
+    def local_term(self, x, mask):
+        """An extra (B, L, dim) term added before the output projection, or None."""
+        return None
 
     def _init_state(self, batch_size, device, dtype):
         width = self.head_dim + (1 if self.normalize else 0)
@@ -168,3 +174,101 @@ class CosineAttention(LinearAttentionBase):
     def rescale(self, o, counts):
         power = torch.sigmoid(self.length_power).to(o.dtype)[None, :, None, None]
         return o / counts.clamp_min(1.0).to(o.dtype) ** power
+
+
+def focused(x, power):
+    """Focused Linear Attention's focusing function: relu, then raise each entry to
+    ``power`` and rescale to the original norm, sharpening the feature direction."""
+    x = F.relu(x) + 1e-6
+    powered = x ** power
+    return powered * (x.norm(dim=-1, keepdim=True) / powered.norm(dim=-1, keepdim=True))
+
+
+@register_mixer(
+    "flatten", family="linear attention",
+    paper="Han et al. 2023, FLatten Transformer: Vision Transformer using Focused Linear "
+          "Attention",
+    complexity="O(L D^2)", patterns=("self", "causal"), forms=("parallel", "chunk"))
+class FocusedLinearAttention(LinearAttentionBase):
+    """Focused linear attention (Han et al. 2023): features f_p(relu(x)) that sharpen the
+    attention distribution (p = 3 by default), normalized linear attention, and a
+    depthwise convolution over the values added to the output to restore feature
+    diversity (causal when the mixer is causal).
+
+    Options: focusing_power, conv_kernel, form, chunk_size.
+    """
+
+    def __init__(self, dim, heads=1, causal=False, *, focusing_power=3.0, conv_kernel=5,
+                 form="chunk", chunk_size=64):
+        super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
+        if focusing_power <= 0:
+            raise ValueError(f"focusing_power must be > 0, got {focusing_power}")
+        if isinstance(conv_kernel, bool) or not isinstance(conv_kernel, int) or conv_kernel < 1:
+            raise ValueError(f"conv_kernel must be a positive int, got {conv_kernel!r}")
+        self.focusing_power, self.conv_kernel = focusing_power, conv_kernel
+        self.conv = torch.nn.Conv1d(dim, dim, conv_kernel, groups=dim)
+
+    def features(self, q, k):
+        return focused(q, self.focusing_power), focused(k, self.focusing_power)
+
+    def local_term(self, x, mask):
+        values = self.v_proj(x)
+        if mask is not None:
+            values = values * mask[..., None].to(values.dtype)
+        K = self.conv_kernel
+        left = K - 1 if self.causal else K // 2
+        padded = F.pad(values.transpose(1, 2), (left, K - 1 - left))
+        return self.conv(padded).transpose(1, 2)
+
+
+@register_mixer(
+    "hedgehog", family="linear attention",
+    paper="Zhang et al. 2024, The Hedgehog & the Porcupine: Expressive Linear Attentions with "
+          "Softmax Mimicry",
+    complexity="O(L D^2)", patterns=ALL_PATTERNS, forms=ALL_FORMS)
+class Hedgehog(LinearAttentionBase):
+    """Hedgehog (Zhang et al. 2024): a learnable feature map per head,
+    phi(x) = [softmax(W x), softmax(-W x)] (W initialized to the identity), trained so
+    that normalized linear attention mimics softmax attention; ``distillation_loss``
+    is the paper's attention-distillation objective (cross-entropy from the softmax
+    attention weights to the linear ones).
+
+    Options: form, chunk_size.
+    """
+
+    def __init__(self, dim, heads=1, causal=False, *, form="chunk", chunk_size=64):
+        super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
+        eye = torch.eye(self.head_dim).repeat(heads, 1, 1)
+        self.feature_weight = torch.nn.Parameter(eye)  # (H, D, D)
+
+    @property
+    def feature_dim(self) -> int:
+        return 2 * self.head_dim
+
+    def _phi(self, x):
+        projected = torch.einsum("bhld,hed->bhle", x, self.feature_weight.to(x.dtype))
+        return torch.cat([torch.softmax(projected, -1), torch.softmax(-projected, -1)], -1)
+
+    def features(self, q, k):
+        return self._phi(q), self._phi(k)
+
+    def distillation_loss(self, x, mask=None):
+        """Cross-entropy between softmax attention weights (the teacher, no gradient) and
+        the normalized linear attention weights of the feature maps, over (B, L, dim)."""
+        q, k, _ = self.project(x)
+        L = q.shape[2]
+        allowed = torch.ones(L, L, dtype=torch.bool, device=x.device)
+        if self.causal:
+            allowed = allowed.tril()
+        allowed = allowed[None, None]
+        if mask is not None:
+            allowed = allowed & mask[:, None, None, :]
+        scores = (q @ k.transpose(-1, -2)) / self.head_dim ** 0.5
+        teacher = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1).detach()
+        fq, fk = self.features(q, k)
+        similarity = (fq @ fk.transpose(-1, -2)) * allowed
+        student = similarity / similarity.sum(-1, keepdim=True).clamp_min(1e-12)
+        loss = -(teacher * torch.log(student.clamp_min(1e-12))).sum(-1)
+        if mask is not None:
+            return (loss * mask[:, None, :]).sum() / (mask.sum() * self.heads)
+        return loss.mean()

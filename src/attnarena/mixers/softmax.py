@@ -96,10 +96,14 @@ class DotProductAttention(QKVMixer):
             alibi_slopes=self.alibi_slopes,
             dropout=self.attn_dropout if self.training else 0.0)
 
+    def _output(self, o, x):
+        """Head outputs (B, H, L, D) -> (B, L, dim); x is the mixer's input (B, L, dim)."""
+        return self.o_proj(self.merge_heads(o))
+
     def _forward(self, x, context, mask):
         q, k, v = self.project(x, context)
         q, k = self._positions(q, k)
-        return self.o_proj(self.merge_heads(self._attend(q, k, v, mask)))
+        return self._output(self._attend(q, k, v, mask), x)
 
     def _init_state(self, batch_size, device, dtype):
         max_keys = self.window
@@ -117,7 +121,7 @@ class DotProductAttention(QKVMixer):
             return super().prefill(x, state)
         q, k, v = self.project(x)
         q, k = self._positions(q, k)
-        y = self.o_proj(self.merge_heads(self._attend(q, k, v, None)))
+        y = self._output(self._attend(q, k, v, None), x)
         state.append(k, v)
         return y, state
 
@@ -132,7 +136,7 @@ class DotProductAttention(QKVMixer):
             distance = torch.arange(T - 1, -1, -1, device=q.device, dtype=q.dtype)
             scores = scores - self.alibi_slopes.to(q.dtype)[:, None, None] * distance
         o = torch.softmax(scores, dim=-1) @ values
-        return self.o_proj(self.merge_heads(o))[:, 0], state
+        return self._output(o, x_t[:, None])[:, 0], state
 
 
 @register_mixer(

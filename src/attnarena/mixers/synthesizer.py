@@ -1,0 +1,59 @@
+"""Synthesizer (Tay et al. 2021, "Synthesizer: Rethinking Self-Attention for Transformer
+Models"): attention weights that do not come from query-key dot products."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnarena.mixers.base import Mixer
+from attnarena.registry import register_mixer
+
+
+@register_mixer(
+    "synthesizer", family="synthetic attention",
+    paper="Tay et al. 2021, Synthesizer: Rethinking Self-Attention for Transformer Models",
+    complexity="O(L^2 D)", patterns=("self", "causal"), forms=("parallel",))
+class Synthesizer(Mixer):
+    """Synthesizer (Tay et al. 2021). Dense: scores B_i = W2 relu(W1 x_i) over positions,
+    per head; random: a learned (max_len, max_len) score matrix per head, independent of
+    the input. Output softmax(B) V with V = x W_v; causal use masks future positions.
+
+    Options: kind ("dense" or "random"), max_len.
+    """
+
+    def __init__(self, dim, heads=1, causal=False, *, kind="dense", max_len=512):
+        super().__init__(dim, heads, causal)
+        if kind not in ("dense", "random"):
+            raise ValueError(f"kind must be 'dense' or 'random', got {kind!r}")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        self.kind, self.max_len = kind, max_len
+        if kind == "dense":
+            self.scorer = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(),
+                                        nn.Linear(dim, heads * max_len))
+        else:
+            self.scores = nn.Parameter(torch.randn(heads, max_len, max_len) * 0.02)
+        self.v_proj = nn.Linear(dim, dim)
+        self.o_proj = nn.Linear(dim, dim)
+
+    def _forward(self, x, context, mask):
+        B, L, _ = x.shape
+        if L > self.max_len:
+            raise ValueError(f"synthesizer was built for max_len={self.max_len}, got length {L}")
+        if self.kind == "dense":
+            scores = self.scorer(x).view(B, L, self.heads, self.max_len)[..., :L]
+            scores = scores.permute(0, 2, 1, 3)  # (B, H, L, L)
+        else:
+            scores = self.scores[None, :, :L, :L].expand(B, -1, -1, -1)
+        allowed = torch.ones(L, L, dtype=torch.bool, device=x.device)
+        if self.causal:
+            allowed = allowed.tril()
+        allowed = allowed[None, None].expand(B, 1, L, L)
+        if mask is not None:
+            allowed = allowed & mask[:, None, None, :]
+        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        weights = torch.nan_to_num(weights)  # a query with no visible key reads nothing
+        v = self.v_proj(x).view(B, L, self.heads, -1).transpose(1, 2)
+        o = (weights @ v).transpose(1, 2).reshape(B, L, -1)
+        return self.o_proj(o)
