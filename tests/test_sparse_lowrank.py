@@ -181,3 +181,69 @@ def test_hedgehog_feature_maps_learn_to_mimic_softmax():
         optimizer.step()
     after = mixer.distillation_loss(x).item() - entropy
     assert 0 <= after < 0.5 * before
+
+
+def _weighted_softmax(mixer, x, counts):
+    """softmax attention where key j counts counts[i, j] times for query i."""
+    q, k, v = mixer.project(x)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    weights = counts * torch.exp(scores - scores.amax(-1, keepdim=True))
+    weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-30)
+    return mixer.o_proj(mixer.merge_heads(weights @ v))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dilated_attention_equals_softmax_over_its_branch_masks(causal):
+    torch.manual_seed(0)
+    L, heads = 13, 2
+    mixer = aa.create_mixer("dilated", dim=16, heads=heads, causal=causal,
+                            segment_lengths=(4, 8), dilation_rates=(1, 2)).eval()
+    counts = torch.zeros(heads, L, L)
+    for w, r in ((4, 1), (8, 2)):
+        for h in range(heads):
+            picked = [p for p in range(L) if (p % w) % r == h % r]
+            for i in picked:
+                for j in picked:
+                    if i // w == j // w and (j <= i or not causal):
+                        counts[h, i, j] += 1
+    x = torch.randn(2, L, 16)
+    torch.testing.assert_close(mixer(x), _weighted_softmax(mixer, x, counts), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reformer_with_one_bucket_is_shared_qk_softmax(causal):
+    torch.manual_seed(0)
+    L = 11
+    mixer = aa.create_mixer("reformer", dim=16, heads=2, causal=causal, buckets=1,
+                            chunk_size=16).eval()
+    x = torch.randn(2, L, 16)
+    qk = mixer.qk_proj(x).view(2, L, 2, 8).transpose(1, 2)
+    v = mixer.v_proj(x).view(2, L, 2, 8).transpose(1, 2)
+    keys = torch.nn.functional.normalize(qk, dim=-1)
+    scores = qk @ keys.transpose(-1, -2) / math.sqrt(8)
+    eye = torch.eye(L, dtype=torch.bool)
+    scores = scores.masked_fill(eye, -1e5)  # itself only when nothing else is visible
+    if causal:
+        scores = scores.masked_fill(~torch.ones(L, L).bool().tril(), float("-inf"))
+    o = torch.softmax(scores, -1) @ v
+    expected = mixer.o_proj(o.transpose(1, 2).reshape(2, L, 16))
+    torch.testing.assert_close(mixer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_reformer_attends_within_buckets():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("reformer", dim=16, heads=1, buckets=4, chunk_size=64).eval()
+    x = torch.randn(1, 20, 16)
+    qk = mixer.qk_proj(x).view(1, 20, 1, 16).transpose(1, 2)
+    buckets = mixer.hashes(qk, 0)[0, 0]
+    # changing a token leaves outputs of tokens in other buckets (that do not see it) alone
+    target = 7
+    x2 = x.clone()
+    x2[0, target] += 0.01 * torch.randn(16)
+    qk2 = mixer.qk_proj(x2).view(1, 20, 1, 16).transpose(1, 2)
+    if not torch.equal(mixer.hashes(qk2, 0)[0, 0], buckets):
+        pytest.skip("the perturbation moved a token across buckets")
+    changed = (mixer(x2) - mixer(x)).abs().amax(-1)[0] > 1e-7
+    others = buckets != buckets[target]
+    assert not changed[others].any()

@@ -1,7 +1,7 @@
 """Token mixers. Importing this package registers every mechanism."""
-from attnarena.mixers import (agent, deltanet, gla, linear, lowrank, mamba, mlstm,  # noqa: F401
-                              moh, parameter_free, performer, retention, s4d, softmax, sparse,
-                              synthesizer)
+from attnarena.mixers import (  # noqa: F401  (registration)
+    agent, deltanet, dilated, gla, linear, lowrank, mamba, mlstm, moh, parameter_free,
+    performer, reformer, retention, s4d, softmax, sparse, synthesizer)
 from attnarena.mixers.base import Mixer
 
 __all__ = ["Mixer"]
