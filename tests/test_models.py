@@ -14,8 +14,8 @@ def positions_for(name):
 
 # Mixers whose view of a real token depends on the padded length by design: a DFT over the
 # whole sequence, projections, landmarks or agents pooled over its length, random blocks
-# drawn per length.
-LENGTH_DEPENDENT = {"fnet", "linformer", "nystromformer", "bigbird", "agent"}
+# drawn per length, hash chunks that padded tokens also fill.
+LENGTH_DEPENDENT = {"fnet", "linformer", "nystromformer", "bigbird", "agent", "reformer"}
 
 GEN_CASES = [(n, p) for n in CAUSAL for p in positions_for(n)]
 
