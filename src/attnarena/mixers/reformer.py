@@ -64,7 +64,8 @@ class LSHAttention(Mixer):
             o, lse = self._round(qk, keys, v, keep, self.hashes(qk, round_index))
             outs.append(o)
             lses.append(lse)
-        weights = torch.softmax(torch.stack(lses), dim=0)[..., None]
+        # a query that sees nothing in any round (a padded one) reads zeros
+        weights = torch.softmax(torch.stack(lses), dim=0).nan_to_num()[..., None]
         o = (weights * torch.stack(outs)).sum(0)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, H * D))
 
