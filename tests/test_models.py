@@ -152,3 +152,57 @@ def test_block_without_mlp():
     block = Block(8, "softmax", heads=2, mlp_dim=0)
     assert block.mlp is None
     assert block(torch.randn(1, 4, 8)).shape == (1, 4, 8)
+
+
+CROSS = [n for n in aa.list_mixers() if "cross" in aa.mixer_info(n).patterns]
+
+
+@pytest.mark.parametrize("cross", CROSS)
+def test_encoder_decoder_uses_its_source_causally_and_ignores_padding(cross):
+    from attnarena.models import EncoderDecoder
+
+    torch.manual_seed(0)
+    model = EncoderDecoder(11, 13, dim=16, depth=2, heads=2, encoder_mixer="linear",
+                           decoder_mixer="gla", cross_mixer=cross, max_len=32,
+                           mixer_options=None).eval()
+    src = torch.randint(0, 11, (2, 9))
+    tgt = torch.randint(0, 13, (2, 7))
+    keep = torch.ones(2, 9, dtype=torch.bool)
+    keep[1, 6:] = False
+    logits = model(src, tgt, keep)
+    assert logits.shape == (2, 7, 13)
+    other = src.clone()
+    other[0, 0] = (other[0, 0] + 1) % 11
+    assert not torch.allclose(model(other, tgt, keep)[0], logits[0])  # it reads the source
+    noisy = src.masked_fill(~keep, 3)
+    torch.testing.assert_close(model(noisy, tgt, keep), logits, rtol=1e-5, atol=1e-5)
+    later = tgt.clone()
+    later[:, 4:] = (later[:, 4:] + 1) % 13
+    torch.testing.assert_close(model(src, later, keep)[:, :4], logits[:, :4], rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_encoder_decoder_learns_to_reverse():
+    from attnarena.models import EncoderDecoder
+
+    torch.manual_seed(0)
+    model = EncoderDecoder(8, 9, dim=32, depth=1, heads=2, max_len=16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(250):
+        src = torch.randint(0, 8, (32, 6))
+        tgt = torch.cat([torch.full((32, 1), 8), src.flip(1)], dim=1)  # 8 = start token
+        loss = torch.nn.functional.cross_entropy(model(src, tgt[:, :-1]).transpose(1, 2),
+                                                 tgt[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    src = torch.randint(0, 8, (64, 6))
+    out = model.generate(src, torch.full((64, 1), 8), 6)[:, 1:]
+    assert (out == src.flip(1)).float().mean() > 0.9
+
+
+def test_encoder_decoder_rejects_a_cross_mixer_without_cross_pattern():
+    from attnarena.models import EncoderDecoder
+
+    with pytest.raises(ValueError, match="no cross pattern"):
+        EncoderDecoder(5, 5, dim=8, heads=2, cross_mixer="mamba")

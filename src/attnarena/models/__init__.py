@@ -3,5 +3,7 @@ from attnarena.models.block import MLP, Block
 from attnarena.models.encoder import EncoderClassifier
 from attnarena.models.lm import CausalLM
 from attnarena.models.positions import POSITIONS
+from attnarena.models.seq2seq import DecoderBlock, EncoderDecoder
 
-__all__ = ["MLP", "POSITIONS", "Block", "CausalLM", "EncoderClassifier"]
+__all__ = ["MLP", "POSITIONS", "Block", "CausalLM", "DecoderBlock", "EncoderClassifier",
+           "EncoderDecoder"]
