@@ -38,6 +38,7 @@ TEST_OPTIONS = {
     "hedgehog": {"chunk_size": 4},
     "dilated": {"segment_lengths": (4, 8), "dilation_rates": (1, 2)},
     "reformer": {"chunk_size": 4, "buckets": 4, "rounds": 2},
+    "gaam": {"gaussians": 2},
 }
 
 

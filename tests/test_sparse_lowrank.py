@@ -247,3 +247,27 @@ def test_reformer_attends_within_buckets():
     changed = (mixer(x2) - mixer(x)).abs().amax(-1)[0] > 1e-7
     others = buckets != buckets[target]
     assert not changed[others].any()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gaam_gates_by_gaussian_densities_of_token_statistics(causal):
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("gaam", dim=8, heads=2, causal=causal, gaussians=2).double().eval()
+    with torch.no_grad():
+        mixer.mean_offset.copy_(torch.tensor([[0.1, -0.2], [0.3, 0.0]]))
+        mixer.raw_scale.copy_(torch.tensor([[0.5, -0.5], [1.0, 0.2]]))
+    x = torch.randn(2, 6, 8, dtype=torch.float64)
+    v = mixer.v_proj(x)
+    expected = torch.zeros_like(v)
+    xi = torch.nn.functional.softplus(mixer.raw_scale) + 1e-3
+    for t in range(6):
+        seen = v[:, :t + 1] if causal else v
+        mean, var = seen.mean(1), seen.var(1, unbiased=False)
+        gate = torch.ones_like(v[:, t])
+        for g in range(2):
+            for h in range(2):
+                cols = slice(4 * h, 4 * h + 4)
+                z = v[:, t, cols] - (mean[:, cols] + mixer.mean_offset[g, h])
+                gate[:, cols] *= torch.exp(-z ** 2 / (2 * xi[g, h] * (var[:, cols] + 1e-5)))
+        expected[:, t] = v[:, t] * gate
+    torch.testing.assert_close(mixer(x), mixer.o_proj(expected))

@@ -1,6 +1,6 @@
 """Token mixers. Importing this package registers every mechanism."""
 from attnarena.mixers import (  # noqa: F401  (registration)
-    agent, deltanet, dilated, gla, linear, lowrank, mamba, mlstm, moh, parameter_free,
+    agent, deltanet, dilated, gaam, gla, linear, lowrank, mamba, mlstm, moh, parameter_free,
     performer, reformer, retention, s4d, softmax, sparse, synthesizer)
 from attnarena.mixers.base import Mixer
 
