@@ -90,12 +90,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         check_state(initial_state, (b, d, n))
     out_dtype = u.dtype
     dtype = compute_dtype(u.dtype)
-    u, delta, A = u.to(dtype), delta.to(dtype), A.to(dtype)
+    # contiguous inputs keep the chunk form's buffers in scan order (strided cumsums crawl)
+    u, delta, A = u.to(dtype).contiguous(), delta.to(dtype).contiguous(), A.to(dtype)
     if delta_bias is not None:
         delta = delta + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    Bc, Cc = _per_channel(B.to(dtype), d), _per_channel(C.to(dtype), d)  # (b, d|1, L, n)
+    Bc = _per_channel(B.to(dtype), d).contiguous()  # (b, d|1, L, n)
+    Cc = _per_channel(C.to(dtype), d).contiguous()
     x = u.new_zeros(b, d, n) if initial_state is None else initial_state.to(dtype)
     if form == "recurrent":
         y, x = _scan_recurrent(u, delta, A, Bc, Cc, x)
