@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena.mixers.qkv import QKVMixer
 from attnarena.registry import register_mixer
 
@@ -28,8 +29,7 @@ class AgentAttention(QKVMixer):
 
     def __init__(self, dim, heads=1, causal=False, *, agents=49, conv_kernel=3):
         super().__init__(dim, heads, causal)
-        if isinstance(agents, bool) or not isinstance(agents, int) or agents < 1:
-            raise ValueError(f"agents must be a positive int, got {agents!r}")
+        check_int(agents, "agents")
         if conv_kernel and conv_kernel % 2 == 0:
             raise ValueError(f"conv_kernel must be odd or 0, got {conv_kernel}")
         self.agents = agents

@@ -11,12 +11,8 @@ import abc
 import torch
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena.registry import MixerInfo
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class Mixer(nn.Module, metaclass=abc.ABCMeta):
@@ -30,8 +26,8 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False):
         super().__init__()
-        _positive_int(dim, "dim")
-        _positive_int(heads, "heads")
+        check_int(dim, "dim")
+        check_int(heads, "heads")
         if dim % heads:
             raise ValueError(f"dim must be divisible by heads, got dim={dim}, heads={heads}")
         if not isinstance(causal, bool):
@@ -82,7 +78,7 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     def init_state(self, batch_size: int, device=None, dtype=None):
         """Empty decoding state for ``step`` (causal mixers with a recurrent form)."""
         self._check_decodes()
-        _positive_int(batch_size, "batch_size")
+        check_int(batch_size, "batch_size")
         device = device if device is not None else self._param_device()
         dtype = dtype if dtype is not None else (self._param_dtype() or torch.float32)
         return self._init_state(batch_size, device, dtype)

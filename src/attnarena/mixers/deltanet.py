@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena import ops
 from attnarena.mixers.recurrent import (FORMS, PATTERNS, HeadNorm, RecurrentMixer, ShortConv,
                                         keep_mask, l2_normalize, merge_heads, split_heads)
@@ -20,8 +21,7 @@ class _DeltaBase(RecurrentMixer):
 
     def __init__(self, dim, heads=1, causal=False, *, conv_size=4, form="chunk", chunk_size=64):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
-        if isinstance(conv_size, bool) or not isinstance(conv_size, int) or conv_size < 1:
-            raise ValueError(f"conv_size must be a positive int, got {conv_size!r}")
+        check_int(conv_size, "conv_size")
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, dim, bias=False)
                                                  for _ in range(3))
         self.q_conv, self.k_conv, self.v_conv = (ShortConv(dim, conv_size) for _ in range(3))

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena.mixers.base import Mixer
 from attnarena.ops._checks import compute_dtype
 from attnarena.registry import register_mixer
@@ -30,8 +31,7 @@ class GaussianAdaptiveAttention(Mixer):
 
     def __init__(self, dim, heads=1, causal=False, *, gaussians=1, eps=1e-5):
         super().__init__(dim, heads, causal)
-        if isinstance(gaussians, bool) or not isinstance(gaussians, int) or gaussians < 1:
-            raise ValueError(f"gaussians must be a positive int, got {gaussians!r}")
+        check_int(gaussians, "gaussians")
         self.gaussians, self.eps = gaussians, eps
         self.mean_offset = nn.Parameter(torch.zeros(gaussians, heads))
         self.raw_scale = nn.Parameter(torch.zeros(gaussians, heads))  # softplus -> xi > 0

@@ -10,6 +10,7 @@ import abc
 import torch
 import torch.nn.functional as F
 
+from attnarena._validate import check_int
 from attnarena import ops
 from attnarena.mixers.qkv import QKVMixer
 from attnarena.registry import register_mixer
@@ -43,8 +44,7 @@ class LinearAttentionBase(QKVMixer):
         super().__init__(dim, heads, causal, bias=bias)
         if form not in self.info.forms:
             raise ValueError(f"form must be one of {sorted(self.info.forms)}, got {form!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        check_int(chunk_size, "chunk_size")
         self.form, self.chunk_size = form, chunk_size
 
     @property
@@ -203,8 +203,7 @@ class FocusedLinearAttention(LinearAttentionBase):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
         if focusing_power <= 0:
             raise ValueError(f"focusing_power must be > 0, got {focusing_power}")
-        if isinstance(conv_kernel, bool) or not isinstance(conv_kernel, int) or conv_kernel < 1:
-            raise ValueError(f"conv_kernel must be a positive int, got {conv_kernel!r}")
+        check_int(conv_kernel, "conv_kernel")
         self.focusing_power, self.conv_kernel = focusing_power, conv_kernel
         self.conv = torch.nn.Conv1d(dim, dim, conv_kernel, groups=dim)
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena.mixers.qkv import QKVMixer
 from attnarena.registry import register_mixer
 
@@ -27,8 +28,7 @@ class Linformer(QKVMixer):
     def __init__(self, dim, heads=1, causal=False, *, proj_len=128, max_len=4096):
         super().__init__(dim, heads, causal)
         for name, value in (("proj_len", proj_len), ("max_len", max_len)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(value, name)
         self.proj_len, self.max_len = proj_len, max_len
         self.E = nn.Parameter(torch.randn(proj_len, max_len) / math.sqrt(proj_len))
         self.F = nn.Parameter(torch.randn(proj_len, max_len) / math.sqrt(proj_len))
@@ -78,8 +78,7 @@ class Nystromformer(QKVMixer):
     def __init__(self, dim, heads=1, causal=False, *, landmarks=64, pinv="iterative",
                  conv_kernel=33):
         super().__init__(dim, heads, causal)
-        if isinstance(landmarks, bool) or not isinstance(landmarks, int) or landmarks < 1:
-            raise ValueError(f"landmarks must be a positive int, got {landmarks!r}")
+        check_int(landmarks, "landmarks")
         if pinv not in ("iterative", "exact"):
             raise ValueError(f"pinv must be 'iterative' or 'exact', got {pinv!r}")
         self.landmarks, self.pinv = landmarks, pinv

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena import ops
 from attnarena.mixers.recurrent import PATTERNS, HeadNorm, RecurrentMixer, ShortConv, keep_mask
 from attnarena.ops._checks import compute_dtype
@@ -39,8 +40,7 @@ class Mamba(RecurrentMixer):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
         for name, value in (("state_size", state_size), ("expand", expand),
                             ("conv_size", conv_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(value, name)
         inner = expand * dim
         self.inner, self.state_size = inner, state_size
         self.dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
@@ -97,8 +97,7 @@ class Mamba2(RecurrentMixer):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
         for name, value in (("state_size", state_size), ("expand", expand),
                             ("conv_size", conv_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(value, name)
         inner = expand * dim
         self.inner, self.state_size, self.head_width = inner, state_size, inner // heads
         self.in_proj = nn.Linear(dim, 2 * inner + 2 * state_size + heads, bias=False)

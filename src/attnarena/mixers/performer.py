@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from attnarena._validate import check_int
 from attnarena.mixers.linear import ALL_FORMS, ALL_PATTERNS, LinearAttentionBase
 from attnarena.registry import register_mixer
 
@@ -58,8 +59,7 @@ class Performer(LinearAttentionBase):
         d = self.head_dim
         if features is None:
             features = max(1, int(d * math.log(d))) if d > 1 else 1
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"features must be a positive int, got {features!r}")
+        check_int(features, "features")
         if redraw_interval is not None and (isinstance(redraw_interval, bool) or
                                             not isinstance(redraw_interval, int)
                                             or redraw_interval < 1):

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena.mixers.base import Mixer
 from attnarena.ops._checks import compute_dtype
 
@@ -28,8 +29,7 @@ class RecurrentMixer(Mixer):
         super().__init__(dim, heads, causal)
         if form not in self.info.forms:
             raise ValueError(f"form must be one of {sorted(self.info.forms)}, got {form!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        check_int(chunk_size, "chunk_size")
         self.form, self.chunk_size = form, chunk_size
 
     @abc.abstractmethod

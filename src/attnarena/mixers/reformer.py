@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena.mixers.base import Mixer
 from attnarena.registry import register_mixer
 
@@ -34,8 +35,7 @@ class LSHAttention(Mixer):
         super().__init__(dim, heads, causal)
         for name, value in (("buckets", buckets), ("rounds", rounds),
                             ("chunk_size", chunk_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(value, name)
         if buckets > 1 and buckets % 2:
             raise ValueError(f"buckets must be 1 or even (rotations give +-xR), got {buckets}")
         self.buckets, self.rounds, self.chunk_size, self.seed = buckets, rounds, chunk_size, seed

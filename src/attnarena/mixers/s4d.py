@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena import ops
 from attnarena.mixers.recurrent import PATTERNS, RecurrentMixer
 from attnarena.ops._checks import compute_dtype
@@ -31,8 +32,7 @@ class S4D(RecurrentMixer):
 
     def __init__(self, dim, heads=1, causal=False, *, state_size=32, form="parallel"):
         super().__init__(dim, heads, causal, form=form)
-        if isinstance(state_size, bool) or not isinstance(state_size, int) or state_size < 1:
-            raise ValueError(f"state_size must be a positive int, got {state_size!r}")
+        check_int(state_size, "state_size")
         self.state_size = state_size
         self.log_dt = nn.Parameter(torch.rand(dim) * (math.log(0.1) - math.log(1e-3))
                                    + math.log(1e-3))

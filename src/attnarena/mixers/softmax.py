@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attnarena._validate import check_int
 from attnarena import ops
 from attnarena.mixers.qkv import QKVMixer
 from attnarena.registry import register_mixer
@@ -165,8 +166,7 @@ class LocalAttention(DotProductAttention):
 
     def __init__(self, dim, heads=1, causal=False, *, window=128, attn_dropout=0.0,
                  rope=False, rope_base=10000.0, alibi=False, bias=True):
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be a positive int, got {window!r}")
+        check_int(window, "window")
         super().__init__(dim, heads, causal, attn_dropout=attn_dropout, rope=rope,
                          rope_base=rope_base, alibi=alibi, bias=bias)
         self.window = window

@@ -7,14 +7,10 @@ import abc
 
 import torch
 
+from attnarena._validate import check_int
 from attnarena import ops
 from attnarena.mixers.softmax import DotProductAttention
 from attnarena.registry import register_mixer
-
-
-def _positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class PatternAttention(DotProductAttention):
@@ -53,8 +49,8 @@ class SparseAttention(PatternAttention):
         super().__init__(dim, heads, causal, attn_dropout=attn_dropout)
         if kind not in ("strided", "fixed"):
             raise ValueError(f"kind must be 'strided' or 'fixed', got {kind!r}")
-        _positive(block, "block")
-        _positive(summary, "summary")
+        check_int(block, "block")
+        check_int(summary, "summary")
         if summary > block:
             raise ValueError(f"summary ({summary}) cannot exceed block ({block})")
         self.kind, self.block, self.summary = kind, block, summary
@@ -82,10 +78,8 @@ class Longformer(PatternAttention):
     def __init__(self, dim, heads=1, causal=False, *, window=64, global_tokens=1,
                  attn_dropout=0.0):
         super().__init__(dim, heads, causal, attn_dropout=attn_dropout)
-        _positive(window, "window")
-        if isinstance(global_tokens, bool) or not isinstance(global_tokens, int) \
-                or global_tokens < 0:
-            raise ValueError(f"global_tokens must be an int >= 0, got {global_tokens!r}")
+        check_int(window, "window")
+        check_int(global_tokens, "global_tokens", minimum=0)
         self.window, self.global_tokens = window, global_tokens
 
     def pattern(self, L, device):
@@ -111,10 +105,9 @@ class BigBird(PatternAttention):
     def __init__(self, dim, heads=1, causal=False, *, block=16, global_blocks=1,
                  random_blocks=2, seed=0, attn_dropout=0.0):
         super().__init__(dim, heads, causal, attn_dropout=attn_dropout)
-        _positive(block, "block")
+        check_int(block, "block")
         for name, value in (("global_blocks", global_blocks), ("random_blocks", random_blocks)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+            check_int(value, name, minimum=0)
         self.block, self.global_blocks, self.random_blocks, self.seed = (
             block, global_blocks, random_blocks, seed)
 

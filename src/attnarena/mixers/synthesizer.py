@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena.mixers.base import Mixer
 from attnarena.registry import register_mixer
 
@@ -26,8 +27,7 @@ class Synthesizer(Mixer):
         super().__init__(dim, heads, causal)
         if kind not in ("dense", "random"):
             raise ValueError(f"kind must be 'dense' or 'random', got {kind!r}")
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        check_int(max_len, "max_len")
         self.kind, self.max_len = kind, max_len
         if kind == "dense":
             self.scorer = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(),

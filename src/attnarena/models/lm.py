@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena.models.block import Block
 from attnarena.models.embedding import check_tokens
 from attnarena.models.positions import build_positions
@@ -75,9 +76,7 @@ class CausalLM(nn.Module):
         restricted to the ``top_k`` most likely tokens when given.
         """
         check_tokens(prompt, self.vocab_size, "prompt")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
-                or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        check_int(max_new_tokens, "max_new_tokens", minimum=0)
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         was_training = self.training

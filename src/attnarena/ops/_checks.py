@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from attnarena._validate import check_int
+
 FORMS = ("parallel", "chunk", "recurrent")
 
 
@@ -36,8 +38,7 @@ def check_form(form: str) -> None:
 
 
 def check_chunk_size(chunk_size) -> None:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_int(chunk_size, "chunk_size")
 
 
 def check_state(state, expected: tuple, name: str = "initial_state") -> None:
