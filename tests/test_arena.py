@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from attnarena.arena.config import RunConfig
 from attnarena.arena.report import format_rows, leaderboard_rows

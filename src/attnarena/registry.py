@@ -58,7 +58,8 @@ def register_mixer(name, *, family, paper, complexity, patterns, forms):
         from attnarena.mixers.base import Mixer
 
         if name in _MIXERS:
-            raise ValueError(f"mixer {name!r} is already registered by {_MIXERS[name].__qualname__}")
+            raise ValueError(f"mixer {name!r} is already registered by "
+                             f"{_MIXERS[name].__qualname__}")
         if not (isinstance(cls, type) and issubclass(cls, Mixer)):
             raise TypeError(f"@register_mixer({name!r}) expects a subclass of Mixer, got {cls!r}")
         info = MixerInfo(name, family, paper, complexity, patterns, forms)

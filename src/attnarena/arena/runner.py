@@ -60,12 +60,10 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
             def known(spec, length, cfg=cfg):
                 if rerun:
                     return None
-                row = store.db.execute("SELECT row FROM speed WHERE id = ?",
-                                       (speed_case_id(cfg, spec, length, env),)).fetchone()
+                row = store.speed_row(speed_case_id(cfg, spec, length, env))
                 if row is not None:
                     counts["speed_reused"] += 1
-                    return json.loads(row[0])
-                return None
+                return row
 
             def record(spec, length, row, cfg=cfg):
                 store.add_speed(speed_case_id(cfg, spec, length, env), row, suite.name, env)

@@ -106,8 +106,10 @@ class Store:
 
     # -- speed --------------------------------------------------------------------------------
 
-    def has_speed(self, case_id):
-        return self.db.execute("SELECT 1 FROM speed WHERE id = ?", (case_id,)).fetchone() is not None
+    def speed_row(self, case_id):
+        """The stored row of a speed case, or None."""
+        found = self.db.execute("SELECT row FROM speed WHERE id = ?", (case_id,)).fetchone()
+        return None if found is None else json.loads(found[0])
 
     def add_speed(self, case_id, row, suite, environment):
         self._write(

@@ -133,7 +133,9 @@ def _build(data, mixer_filter, task_filter, device):
         for pass_ in passes:
             if pass_ not in PASSES:
                 raise ValueError(f"unknown pass {pass_!r}; valid: {', '.join(PASSES)}")
-            chosen = [s for s in specs if pass_ != "decode" or mixer_info(s.name).decodes]
+            pattern = "causal" if speed.get("causal", True) else "self"
+            chosen = [s for s in specs if pattern in mixer_info(s.name).patterns
+                      and (pass_ != "decode" or mixer_info(s.name).decodes)]
             if chosen:
                 suite.speed.append(SpeedConfig(
                     mixers=chosen, lengths=speed.get("lengths", [1024, 4096]), pass_=pass_,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from attnarena.mixers.qkv import QKVMixer
 from attnarena.registry import register_mixer

@@ -3,7 +3,6 @@ Models"): attention weights that do not come from query-key dot products."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnarena._validate import check_int

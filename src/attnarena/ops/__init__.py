@@ -9,4 +9,5 @@ from attnarena.ops.softmax import alibi_slopes, softmax_attention
 from attnarena.ops.ssm import selective_scan
 
 __all__ = ["alibi_slopes", "delta_rule", "gated_delta_rule", "gla", "linear_attention",
-           "mlstm", "retention", "rotary", "s4d", "scalar_gated", "selective_scan", "softmax_attention"]
+           "mlstm", "retention", "rotary", "s4d", "scalar_gated", "selective_scan",
+           "softmax_attention"]
