@@ -39,6 +39,7 @@ TEST_OPTIONS = {
     "dilated": {"segment_lengths": (4, 8), "dilation_rates": (1, 2)},
     "reformer": {"chunk_size": 4, "buckets": 4, "rounds": 2},
     "gaam": {"gaussians": 2},
+    "sinkhorn": {"block": 4, "max_len": 32},
 }
 
 

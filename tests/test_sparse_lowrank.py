@@ -271,3 +271,32 @@ def test_gaam_gates_by_gaussian_densities_of_token_statistics(causal):
                 gate[:, cols] *= torch.exp(-z ** 2 / (2 * xi[g, h] * (var[:, cols] + 1e-5)))
         expected[:, t] = v[:, t] * gate
     torch.testing.assert_close(mixer(x), mixer.o_proj(expected))
+
+
+def test_sinkhorn_normalization_is_doubly_stochastic():
+    from attnarena.mixers.sinkhorn import sinkhorn
+
+    P = sinkhorn(torch.randn(3, 5, 5, dtype=torch.float64), iterations=50)
+    torch.testing.assert_close(P.sum(-1), torch.ones(3, 5, dtype=torch.float64))
+    torch.testing.assert_close(P.sum(-2), torch.ones(3, 5, dtype=torch.float64))
+
+
+def test_sinkhorn_attention_reads_its_block_and_the_sorted_block():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("sinkhorn", dim=16, heads=2, block=3, max_len=12).double().eval()
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    P = mixer.sort_matrix(x)  # (B, H, 4, 4)
+    q, k, v = mixer.project(x)
+    out = torch.zeros_like(q)
+    for i in range(12):
+        blk = i // 3
+        own = slice(3 * blk, 3 * blk + 3)
+        kb = k.view(2, 2, 4, 3, 8)
+        vb = v.view(2, 2, 4, 3, 8)
+        sorted_k = torch.einsum("bhj,bhjtd->bhtd", P[:, :, blk], kb)
+        sorted_v = torch.einsum("bhj,bhjtd->bhtd", P[:, :, blk], vb)
+        keys = torch.cat([k[:, :, own], sorted_k], 2)
+        values = torch.cat([v[:, :, own], sorted_v], 2)
+        w = torch.softmax((q[:, :, i:i + 1] @ keys.transpose(-1, -2)) / math.sqrt(8), -1)
+        out[:, :, i] = (w @ values)[:, :, 0]
+    torch.testing.assert_close(mixer(x), mixer.o_proj(mixer.merge_heads(out)))
