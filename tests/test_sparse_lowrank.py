@@ -300,3 +300,34 @@ def test_sinkhorn_attention_reads_its_block_and_the_sorted_block():
         w = torch.softmax((q[:, :, i:i + 1] @ keys.transpose(-1, -2)) / math.sqrt(8), -1)
         out[:, :, i] = (w @ values)[:, :, 0]
     torch.testing.assert_close(mixer(x), mixer.o_proj(mixer.merge_heads(out)))
+
+
+def fenwick_segments(t):
+    """Segments of [0, t) from t's binary digits, largest first: [(start, end), ...]."""
+    segments, start = [], 0
+    for bit in reversed(range(t.bit_length())):
+        if t >> bit & 1:
+            segments.append((start, start + (1 << bit), bit + 1))
+            start += 1 << bit
+    return segments
+
+
+def test_log_linear_reads_fenwick_segments_with_level_weights():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("log_linear", dim=16, heads=2, causal=True,
+                            form="parallel").double().eval()
+    L = 13
+    x = torch.randn(1, L, 16, dtype=torch.float64)
+    q, k, v = mixer.project(x)
+    q = q / math.sqrt(8)
+    lam = torch.nn.functional.softplus(mixer.level_weights(x)).view(1, L, 2, -1)
+    out = torch.zeros_like(q)
+    for t in range(L):
+        out[:, :, t] = (q[:, :, t] * k[:, :, t]).sum(-1, keepdim=True) * v[:, :, t] \
+            * lam[:, t, :, 0, None]
+        for start, end, level in fenwick_segments(t):
+            state = k[:, :, start:end].transpose(-1, -2) @ v[:, :, start:end]  # (1, H, D, D)
+            out[:, :, t] += (q[:, :, t, None] @ state)[:, :, 0] * lam[:, t, :, level, None]
+    expected = mixer.o_proj(mixer.norm(mixer.merge_heads(out)))
+    torch.testing.assert_close(mixer(x), expected)
+    assert [s[:2] for s in fenwick_segments(7)] == [(0, 4), (4, 6), (6, 7)]
