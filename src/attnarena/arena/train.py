@@ -23,6 +23,11 @@ from attnarena.models import CausalLM
 from attnarena.tasks import create_task
 
 
+# Validation and test sets come from their own seed ranges, disjoint from the training
+# batches' seeds (seed * 1_000_003 + step), so no evaluation example is a training batch.
+VAL_SEEDS, TEST_SEEDS = 1 << 40, 1 << 41
+
+
 def lr_at(step: int, train: dict) -> float:
     """Learning rate at 0-based ``step``: linear warmup, then the schedule's decay."""
     lr, warmup, total = train["lr"], train["warmup"], train["steps"]
@@ -147,7 +152,8 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
             state["step"] = step + 1
             bar.update(1)
             if state["step"] % every == 0 or state["step"] == steps:
-                metrics = evaluate(model, task, train_cfg["eval_examples"], seed + 1, device)
+                metrics = evaluate(model, task, train_cfg["eval_examples"], VAL_SEEDS + seed,
+                                   device)
                 state["history"].append({"step": state["step"], "train_loss": loss.item(),
                                          "val_loss": metrics["loss"],
                                          "val_accuracy": metrics["accuracy"]})
@@ -163,7 +169,7 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
     bar.close()
     if best is not None:
         model.load_state_dict(best)
-    test = evaluate(model, task, train_cfg["eval_examples"], seed + 2, device)
+    test = evaluate(model, task, train_cfg["eval_examples"], TEST_SEEDS + seed, device)
     return {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
             "best_val_accuracy": state["best_accuracy"], "steps": state["step"],
             "train_seconds": state["train_seconds"],
