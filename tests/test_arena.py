@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from attnarena.arena.config import RunConfig
 from attnarena.arena.report import format_rows, leaderboard_rows
@@ -47,6 +48,23 @@ def test_lr_schedules():
     assert lr_at(109, train_cfg) == pytest.approx(0.0, abs=1e-3)
     rsqrt = {**train_cfg, "schedule": "rsqrt"}
     assert lr_at(39, rsqrt) == pytest.approx((10 / 40) ** 0.5)
+
+
+def test_evaluation_sets_are_not_training_batches():
+    from attnarena.arena.train import batch_seed, eval_seed
+    from attnarena.tasks import create_task
+
+    task = create_task("copy")
+
+    def draw(seed):
+        return task.batch(64, torch.Generator().manual_seed(seed))[0]
+
+    val, test = draw(eval_seed(0, "val")), draw(eval_seed(0, "test"))
+    assert not torch.equal(val, test)
+    for step in range(3):
+        assert not torch.equal(draw(batch_seed(0, step))[:8], val[:8])
+    with pytest.raises(ValueError, match="seed"):
+        RunConfig(task="copy", mixer="gla", seed=-1).resolve()
 
 
 def test_config_resolution_and_errors():

@@ -61,6 +61,9 @@ class RunConfig:
         if train["schedule"] not in SCHEDULES:
             raise ValueError(f"unknown schedule {train['schedule']!r}; valid: "
                              f"{', '.join(SCHEDULES)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed < 1 << 30:
+            raise ValueError(f"seed must be an int in [0, 2^30), got {self.seed!r}")
         for key in ("steps", "batch", "eval_every"):
             if not isinstance(train[key], int) or train[key] < 1:
                 raise ValueError(f"train.{key} must be a positive int, got {train[key]!r}")

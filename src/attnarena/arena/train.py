@@ -23,9 +23,15 @@ from attnarena.models import CausalLM
 from attnarena.tasks import create_task
 
 
-# Validation and test sets come from their own seed ranges, disjoint from the training
-# batches' seeds (seed * 1_000_003 + step), so no evaluation example is a training batch.
-VAL_SEEDS, TEST_SEEDS = 1 << 40, 1 << 41
+# torch's CPU generator keeps only the low 32 bits of a seed. Training batches use seeds in
+# [0, 2^31); validation and test sets use 2^31 + 2 * seed and 2^31 + 2 * seed + 1, so no
+# evaluation set is a training batch and validation differs from test.
+def batch_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (1 << 31)
+
+
+def eval_seed(seed: int, split: str) -> int:
+    return (1 << 31) + 2 * seed + (1 if split == "test" else 0)
 
 
 def lr_at(step: int, train: dict) -> float:
@@ -135,7 +141,7 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
         while state["step"] < steps:
             step = state["step"]
             start = time.perf_counter()
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+            generator = torch.Generator().manual_seed(batch_seed(seed, step))
             batch = task.batch(train_cfg["batch"], generator)
             inputs, targets, weights = (t[rank * local:(rank + 1) * local].to(device)
                                         for t in batch)
@@ -152,8 +158,8 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
             state["step"] = step + 1
             bar.update(1)
             if state["step"] % every == 0 or state["step"] == steps:
-                metrics = evaluate(model, task, train_cfg["eval_examples"], VAL_SEEDS + seed,
-                                   device)
+                metrics = evaluate(model, task, train_cfg["eval_examples"],
+                                   eval_seed(seed, "val"), device)
                 state["history"].append({"step": state["step"], "train_loss": loss.item(),
                                          "val_loss": metrics["loss"],
                                          "val_accuracy": metrics["accuracy"]})
@@ -169,7 +175,7 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
     bar.close()
     if best is not None:
         model.load_state_dict(best)
-    test = evaluate(model, task, train_cfg["eval_examples"], TEST_SEEDS + seed, device)
+    test = evaluate(model, task, train_cfg["eval_examples"], eval_seed(seed, "test"), device)
     return {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
             "best_val_accuracy": state["best_accuracy"], "steps": state["step"],
             "train_seconds": state["train_seconds"],
