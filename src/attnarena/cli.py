@@ -76,13 +76,14 @@ def cmd_train(args) -> int:
 
     from attnarena.arena.config import RunConfig
     from attnarena.arena.environment import environment
+    from attnarena.arena.speed import parse_options
     from attnarena.arena.store import Store
     from attnarena.arena.train import train
 
     train_overrides = {k: v for k, v in (("steps", args.steps), ("batch", args.batch),
                                          ("lr", args.lr)) if v is not None}
     config = RunConfig(task=args.task, mixer=args.mixer, preset=args.preset, seed=args.seed,
-                       mixer_options=_options(args.option), train=train_overrides,
+                       mixer_options=parse_options(args.option), train=train_overrides,
                        device=args.device)
     resolved = config.resolve()
     run_id = config.run_id()
@@ -122,21 +123,6 @@ def cmd_report(args) -> int:
 
 def _names(text):
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
-
-
-def _options(pairs):
-    import json
-
-    options = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"--option expects key=value, got {pair!r}")
-        key, raw = pair.split("=", 1)
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    return options
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,20 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
           "float16": torch.float16}
 
 
+def parse_options(pairs, where: str = "") -> dict:
+    """["key=value", ...] -> {key: value}; values read as JSON when they parse, else text."""
+    options = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"option {pair!r}{where} must look like key=value")
+        key, raw = pair.split("=", 1)
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
 @dataclass(frozen=True)
 class MixerSpec:
     """A mixer name with options, written ``name:key=value:key=value`` on the command line."""
@@ -33,18 +47,8 @@ class MixerSpec:
     @classmethod
     def parse(cls, text: str) -> "MixerSpec":
         name, *pairs = text.strip().split(":")
-        options = []
-        for pair in pairs:
-            if "=" not in pair:
-                raise ValueError(f"mixer option {pair!r} in {text!r} must look like key=value")
-            key, raw = pair.split("=", 1)
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
-            options.append((key, value))
         mixer_info(name)  # unknown names fail here, listing the valid ones
-        return cls(name, tuple(options))
+        return cls(name, tuple(parse_options(pairs, where=f" in {text!r}").items()))
 
     @property
     def label(self) -> str:

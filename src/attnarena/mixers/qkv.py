@@ -6,6 +6,18 @@ from torch import nn
 from attnarena.mixers.base import Mixer
 
 
+def split_heads(x, heads):
+    """(B, L, H * D) -> (B, H, L, D)"""
+    B, L, _ = x.shape
+    return x.view(B, L, heads, -1).transpose(1, 2)
+
+
+def merge_heads(x):
+    """(B, H, L, D) -> (B, L, H * D)"""
+    B, H, L, D = x.shape
+    return x.transpose(1, 2).reshape(B, L, H * D)
+
+
 class QKVMixer(Mixer):
     """A mixer with query/key/value/output projections; keys and values come from the
     context in cross attention and from x otherwise."""
@@ -19,13 +31,11 @@ class QKVMixer(Mixer):
 
     def split_heads(self, x):
         """(B, L, dim) -> (B, H, L, D)"""
-        B, L, _ = x.shape
-        return x.view(B, L, self.heads, self.head_dim).transpose(1, 2)
+        return split_heads(x, self.heads)
 
     def merge_heads(self, x):
         """(B, H, L, D) -> (B, L, dim)"""
-        B, H, L, D = x.shape
-        return x.transpose(1, 2).reshape(B, L, H * D)
+        return merge_heads(x)
 
     def project(self, x, context=None):
         """q from x, k and v from context (or x): each (B, H, *, D)."""

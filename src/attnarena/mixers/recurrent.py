@@ -18,6 +18,7 @@ from torch import nn
 
 from attnarena._validate import check_int
 from attnarena.mixers.base import Mixer
+from attnarena.mixers.qkv import merge_heads, split_heads  # noqa: F401  (re-exported)
 from attnarena.ops._checks import compute_dtype
 
 PATTERNS = ("self", "causal")
@@ -91,18 +92,6 @@ class HeadNorm(nn.Module):
         wide = h.to(compute_dtype(h.dtype))
         h = h * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps).to(h.dtype)
         return h.reshape(shape) * self.weight.to(x.dtype)
-
-
-def split_heads(x, heads):
-    """(B, L, H * D) -> (B, H, L, D)"""
-    B, L, _ = x.shape
-    return x.view(B, L, heads, -1).transpose(1, 2)
-
-
-def merge_heads(x):
-    """(B, H, L, D) -> (B, L, H * D)"""
-    B, H, L, D = x.shape
-    return x.transpose(1, 2).reshape(B, L, H * D)
 
 
 def keep_mask(mask, x):
