@@ -57,7 +57,7 @@ def test_evaluation_sets_are_not_training_batches():
     task = create_task("copy")
 
     def draw(seed):
-        return task.batch(64, torch.Generator().manual_seed(seed))[0]
+        return task.batch(64, torch.Generator().manual_seed(seed))["inputs"]
 
     val, test = draw(eval_seed(0, "val")), draw(eval_seed(0, "test"))
     assert not torch.equal(val, test)

@@ -10,7 +10,8 @@ from attnarena.registry import mixer_info, mixer_options
 from attnarena.tasks import create_task, task_presets
 
 SCHEDULES = ("cosine", "rsqrt", "constant")
-MODEL_KEYS = ("dim", "depth", "heads", "mlp_dim", "position", "dropout")
+MODEL_KEYS = ("dim", "depth", "heads", "mlp_dim", "position", "dropout", "pooling",
+              "mixer_dim", "norm")
 TRAIN_KEYS = ("steps", "batch", "lr", "warmup", "schedule", "weight_decay", "eval_every",
               "clip", "eval_examples")
 TRAIN_DEFAULTS = {"clip": 1.0, "eval_examples": 512}
@@ -39,9 +40,6 @@ class RunConfig:
             raise ValueError(f"task {self.task!r} has no preset {self.preset!r}; presets: "
                              f"{', '.join(sorted(presets))}")
         info = mixer_info(self.mixer)
-        if "causal" not in info.patterns:
-            raise ValueError(f"mixer {self.mixer!r} has no causal pattern, which the "
-                             f"{self.task!r} task's language model needs")
         valid = mixer_options(self.mixer)
         unknown = sorted(set(self.mixer_options) - set(valid))
         if unknown:
@@ -57,7 +55,11 @@ class RunConfig:
         model = {**MODEL_DEFAULTS, **base["model"], **self.model}
         train = {**TRAIN_DEFAULTS, **base["train"], **self.train}
         task_options = {**base["task"], **self.task_options}
-        create_task(self.task, **task_options)  # validates the options
+        task = create_task(self.task, **task_options)  # validates the options
+        if task.needs_causal and "causal" not in info.patterns:
+            raise ValueError(f"mixer {self.mixer!r} has no causal pattern, which the "
+                             f"{self.task!r} task's model needs")
+        task.check_data()  # a missing or malformed data directory fails before training
         if train["schedule"] not in SCHEDULES:
             raise ValueError(f"unknown schedule {train['schedule']!r}; valid: "
                              f"{', '.join(SCHEDULES)}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from attnarena.arena.speed_report import plot_speed
 
-COLUMNS = ["task", "mixer", "preset", "seed", "test_accuracy", "best_val_accuracy",
+COLUMNS = ["task", "mixer", "preset", "seed", "metric", "test", "best_val",
            "tokens_per_s", "peak_mem_mb", "params", "steps", "train_seconds", "id"]
 
 
@@ -17,21 +17,33 @@ def leaderboard_rows(store) -> list[dict]:
     rows = []
     for run in store.runs(status="done"):
         m = run["metrics"]
+        metric = m.get("metric", "accuracy")
         rows.append({"task": run["task"], "mixer": run["mixer"], "preset": run["preset"],
-                     "seed": run["seed"], "test_accuracy": m["test_accuracy"],
-                     "best_val_accuracy": m["best_val_accuracy"],
+                     "seed": run["seed"], "metric": metric, "test": m[f"test_{metric}"],
+                     "best_val": m[f"best_val_{metric}"],
                      "tokens_per_s": m["tokens_per_s"], "peak_mem_mb": m["peak_mem_mb"],
                      "params": m["params"], "steps": m["steps"],
                      "train_seconds": m["train_seconds"], "id": run["id"]})
     return rows
 
 
+def _accuracy_rows(rows):
+    return [r for r in rows if r["metric"] == "accuracy"]
+
+
+def _order(row):
+    """Best first: highest accuracy, lowest error."""
+    return -row["test"] if row["metric"] == "accuracy" else row["test"]
+
+
 def averages(rows) -> list[tuple]:
-    """LRA-style average test accuracy per (mixer, preset) over the tasks it ran on all of."""
+    """LRA-style average test accuracy per (mixer, preset) over the tasks it ran on all of
+    (tasks scored by accuracy only)."""
+    rows = _accuracy_rows(rows)
     tasks = sorted({r["task"] for r in rows})
     by_mixer = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        by_mixer[(r["mixer"], r["preset"])][r["task"]].append(r["test_accuracy"])
+        by_mixer[(r["mixer"], r["preset"])][r["task"]].append(r["test"])
     out = []
     for (mixer, preset), per_task in by_mixer.items():
         if set(per_task) == set(tasks):
@@ -61,18 +73,19 @@ def leaderboard_markdown(store) -> str:
     if not rows:
         lines.append("No finished runs in the store yet.")
     for task in sorted({r["task"] for r in rows}):
+        mine = sorted((r for r in rows if r["task"] == task), key=_order)
+        metric = mine[0]["metric"]
         lines += [f"## {task}", "",
-                  "| mixer | preset | seed | test acc | best val acc | train tokens/s | "
-                  "peak MiB | params |", "|---|---|---|---|---|---|---|---|"]
-        for r in sorted((r for r in rows if r["task"] == task),
-                        key=lambda r: -r["test_accuracy"]):
+                  f"| mixer | preset | seed | test {metric} | best val {metric} | "
+                  "train tokens/s | peak MiB | params |", "|---|---|---|---|---|---|---|---|"]
+        for r in mine:
             lines.append(f"| {r['mixer']} | {r['preset']} | {r['seed']} | "
-                         f"{r['test_accuracy']:.3f} | {r['best_val_accuracy']:.3f} | "
+                         f"{r['test']:.4g} | {r['best_val']:.4g} | "
                          f"{_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(r['peak_mem_mb'], '.0f')} | "
                          f"{r['params']:,} |")
         lines.append("")
     avg = averages(rows)
-    if avg and len({r["task"] for r in rows}) > 1:
+    if avg and len({r["task"] for r in _accuracy_rows(rows)}) > 1:
         lines += ["## Average over tasks (LRA-style)", "", "| mixer | preset | mean test acc |",
                   "|---|---|---|"]
         lines += [f"| {m} | {p} | {a:.3f} |" for m, p, a in avg]
@@ -110,7 +123,7 @@ def build_reports(store, out_dir) -> list[Path]:
     paths = [out / "leaderboard.md"]
     paths[0].write_text(leaderboard_markdown(store))
     rows = leaderboard_rows(store)
-    if rows:
+    if _accuracy_rows(rows):
         paths += [_plot_quality_vs_speed(rows, out / "quality_vs_speed.png"),
                   _plot_curves(store, out / "training_curves.png")]
     speed = store.speed_rows()
@@ -140,9 +153,10 @@ def _pyplot():
 def _plot_quality_vs_speed(rows, path):
     """Mean test accuracy over tasks against training throughput, with the Pareto front."""
     plt = _pyplot()
+    rows = _accuracy_rows(rows)
     by_mixer = defaultdict(lambda: {"acc": [], "speed": []})
     for r in rows:
-        by_mixer[r["mixer"]]["acc"].append(r["test_accuracy"])
+        by_mixer[r["mixer"]]["acc"].append(r["test"])
         by_mixer[r["mixer"]]["speed"].append(r["tokens_per_s"])
     points = sorted((sum(v["speed"]) / len(v["speed"]), sum(v["acc"]) / len(v["acc"]), m)
                     for m, v in by_mixer.items())
@@ -177,14 +191,16 @@ def _plot_curves(store, path):
     tasks = sorted({r["task"] for r in runs})
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
+        metric = "accuracy"
         for run in (r for r in runs if r["task"] == task):
+            metric = run["metrics"].get("metric", "accuracy")
             history = run["metrics"].get("history", [])
             if history:
-                ax.plot([h["step"] for h in history], [h["val_accuracy"] for h in history],
+                ax.plot([h["step"] for h in history], [h[f"val_{metric}"] for h in history],
                         marker="o", markersize=3, label=f"{run['mixer']} s{run['seed']}")
-        ax.set_title(f"{task}: validation accuracy")
+        ax.set_title(f"{task}: validation {metric}")
         ax.set_xlabel("training step")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -2,7 +2,10 @@
 
 AdamW with linear warmup then cosine or inverse-square-root decay, gradient clipping,
 validation every ``eval_every`` steps, and the test metric of the best validation
-checkpoint at the end. Batches come from a generator seeded by (seed, step), so a run is
+checkpoint at the end. Every task kind (language modelling, classification, matching, regression) goes through
+the task's own ``build_model`` and ``score``; the best checkpoint is the one with the best
+validation metric (highest accuracy, lowest error). Batches come from a generator seeded
+by (seed, step), so a run is
 deterministic given its seed, and a run resumed from a checkpoint continues exactly where
 it stopped. Under ``torchrun`` each rank trains on its slice of every global batch
 (DistributedDataParallel; gloo on CPU, nccl on CUDA) and only rank 0 writes.
@@ -19,7 +22,6 @@ import torch.nn.functional as F
 from attnarena.arena.checkpoint import load_checkpoint, save_checkpoint
 from attnarena.arena.memory import PeakMemory
 from attnarena.arena.speed import DTYPES
-from attnarena.models import CausalLM
 from attnarena.tasks import create_task
 
 
@@ -59,39 +61,36 @@ def _distributed():
     return dist.get_rank(), world
 
 
-def build_model(resolved: dict, task) -> CausalLM:
-    m = resolved["model"]
-    return CausalLM(task.vocab_size, dim=m["dim"], depth=m["depth"], heads=m["heads"],
-                    mixer=resolved["mixer"], mixer_options=resolved["mixer_options"],
-                    mlp_dim=m["mlp_dim"], position=m["position"],
-                    max_len=task.sequence_length, dropout=m["dropout"])
+def build_model(resolved: dict, task):
+    return task.build_model(resolved["mixer"], resolved["mixer_options"], resolved["model"])
 
 
-def _loss(model, inputs, targets, weights):
-    logits = model(inputs)
-    per_token = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
-    return (per_token * weights).sum() / weights.sum().clamp_min(1.0)
+def _to(batch: dict, device, rows=None) -> dict:
+    return {k: (v if rows is None else v[rows]).to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
-def evaluate(model, task, examples: int, seed: int, device) -> dict:
-    """Loss and accuracy over weighted positions of a fixed set of ``examples``."""
-    generator = torch.Generator().manual_seed(seed)
+def evaluate(model, task, examples: int, seed: int, device, split: str = "val") -> dict:
+    """Loss and the task's metric over a fixed evaluation set of ``split``."""
     was_training = model.training
     model.eval()
-    correct = total = loss_sum = 0.0
-    remaining = examples
-    while remaining > 0:
-        size = min(256, remaining)
-        inputs, targets, weights = (t.to(device) for t in task.batch(size, generator))
-        logits = model(inputs).float()
-        per_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        loss_sum += float((per_token * weights).sum())
-        correct += float(((logits.argmax(-1) == targets).float() * weights).sum())
-        total += float(weights.sum())
-        remaining -= size
+    totals: dict = {}
+    for batch in task.eval_batches(split, examples, seed):
+        _, stats = task.score(model, _to(batch, device))
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0.0) + value
     model.train(was_training)
-    return {"loss": loss_sum / max(total, 1.0), "accuracy": correct / max(total, 1.0)}
+    count = max(totals.get("count", 0.0), 1.0)
+    return {"loss": totals.get("loss", 0.0) / count, "metric": task.value(totals),
+            "count": totals.get("count", 0.0)}
+
+
+def _tokens(batch: dict) -> int:
+    """Real tokens in a batch: masked positions do not count."""
+    if "mask" in batch:
+        return int(batch["mask"].sum()) + int(batch.get("mask2", batch["mask"][:0]).sum())
+    inputs = batch["inputs"]
+    return inputs.shape[0] * inputs.shape[1]
 
 
 def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
@@ -119,7 +118,8 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train_cfg["weight_decay"]},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=train_cfg["lr"])
-    state = {"step": 0, "history": [], "best_accuracy": -1.0, "train_seconds": 0.0,
+    sign = 1.0 if task.higher_is_better else -1.0
+    state = {"step": 0, "history": [], "best_score": -math.inf, "train_seconds": 0.0,
              "tokens": 0}
     best = None
     loaded = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
@@ -142,32 +142,32 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
             step = state["step"]
             start = time.perf_counter()
             generator = torch.Generator().manual_seed(batch_seed(seed, step))
-            batch = task.batch(train_cfg["batch"], generator)
-            inputs, targets, weights = (t[rank * local:(rank + 1) * local].to(device)
-                                        for t in batch)
+            batch = _to(task.batch(train_cfg["batch"], generator, "train"), device,
+                        slice(rank * local, (rank + 1) * local))
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, train_cfg)
-            loss = _loss(wrapped, inputs, targets, weights)
+            loss, _ = task.score(wrapped, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if train_cfg["clip"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg["clip"])
             optimizer.step()
             state["train_seconds"] += time.perf_counter() - start
-            state["tokens"] += inputs.numel() * world
+            state["tokens"] += _tokens(batch) * world
             state["step"] = step + 1
             bar.update(1)
             if state["step"] % every == 0 or state["step"] == steps:
                 metrics = evaluate(model, task, train_cfg["eval_examples"],
-                                   eval_seed(seed, "val"), device)
+                                   eval_seed(seed, "val"), device, "val")
                 state["history"].append({"step": state["step"], "train_loss": loss.item(),
                                          "val_loss": metrics["loss"],
-                                         "val_accuracy": metrics["accuracy"]})
-                if metrics["accuracy"] > state["best_accuracy"]:
-                    state["best_accuracy"] = metrics["accuracy"]
+                                         f"val_{task.metric}": metrics["metric"]})
+                if sign * metrics["metric"] > state["best_score"]:
+                    state["best_score"] = sign * metrics["metric"]
                     best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{metrics['accuracy']:.3f}",
-                                tok_s=f"{state['tokens'] / state['train_seconds']:.0f}")
+                bar.set_postfix({"loss": f"{loss.item():.3f}",
+                                 task.metric: f"{metrics['metric']:.3f}",
+                                 "tok_s": f"{state['tokens'] / state['train_seconds']:.0f}"})
                 if checkpoint_dir and rank == 0:
                     save_checkpoint(checkpoint_dir, model, best,
                                     {**state, "optimizer": optimizer.state_dict(),
@@ -175,9 +175,12 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
     bar.close()
     if best is not None:
         model.load_state_dict(best)
-    test = evaluate(model, task, train_cfg["eval_examples"], eval_seed(seed, "test"), device)
-    return {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
-            "best_val_accuracy": state["best_accuracy"], "steps": state["step"],
+    test = evaluate(model, task, train_cfg["eval_examples"], eval_seed(seed, "test"), device,
+                    "test")
+    best_val = sign * state["best_score"]
+    return {"metric": task.metric, f"test_{task.metric}": test["metric"],
+            "test_loss": test["loss"], f"best_val_{task.metric}": best_val,
+            "test_examples": test["count"], "steps": state["step"],
             "train_seconds": state["train_seconds"],
             "tokens_per_s": state["tokens"] / max(state["train_seconds"], 1e-9),
             "peak_mem_mb": None if memory.peak_bytes is None else memory.peak_bytes / 2**20,

@@ -13,22 +13,29 @@ class MLP(nn.Sequential):
 
 
 class Block(nn.Module):
-    """x + mixer(norm(x)), then x + mlp(norm(x)). ``mlp_dim=0`` leaves the MLP out."""
+    """x + mixer(norm(x)), then x + mlp(norm(x)). ``mlp_dim=0`` leaves the MLP out.
+
+    ``norm=False`` leaves the layer norms out. ``mixer_dim`` (LRA's ``qkv_dim``) runs the mixer at another width: a linear map from
+    ``dim`` into it and one back out.
+    """
 
     def __init__(self, dim: int, mixer: str, *, heads: int = 1, causal: bool = False,
                  mixer_options: dict | None = None, mlp_dim: int | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, mixer_dim: int | None = None, norm: bool = True):
         super().__init__()
         mlp_dim = 4 * dim if mlp_dim is None else mlp_dim
-        self.norm1 = nn.LayerNorm(dim)
-        self.mixer = create_mixer(mixer, dim, heads=heads, causal=causal,
+        self.norm1 = nn.LayerNorm(dim) if norm else nn.Identity()
+        inner = dim if mixer_dim is None else mixer_dim
+        self.down = nn.Linear(dim, inner, bias=False) if inner != dim else nn.Identity()
+        self.up = nn.Linear(inner, dim, bias=False) if inner != dim else nn.Identity()
+        self.mixer = create_mixer(mixer, inner, heads=heads, causal=causal,
                                   **(mixer_options or {}))
         self.drop = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(dim) if mlp_dim else None
+        self.norm2 = (nn.LayerNorm(dim) if norm else nn.Identity()) if mlp_dim else None
         self.mlp = MLP(dim, mlp_dim, dropout) if mlp_dim else None
 
     def forward(self, x, mask=None):
-        return self._finish(x, self.mixer(self.norm1(x), mask=mask))
+        return self._finish(x, self.up(self.mixer(self.down(self.norm1(x)), mask=mask)))
 
     def _finish(self, x, y):
         x = x + self.drop(y)
@@ -38,10 +45,10 @@ class Block(nn.Module):
 
     def step(self, x_t, state):
         """One token: x_t (B, dim) -> (B, dim), with the mixer's decoding state."""
-        y, state = self.mixer.step(self.norm1(x_t), state)
-        return self._finish(x_t, y), state
+        y, state = self.mixer.step(self.down(self.norm1(x_t)), state)
+        return self._finish(x_t, self.up(y)), state
 
     def prefill(self, x):
         """Causal forward over (B, L, dim) that also returns the mixer's decoding state."""
-        y, state = self.mixer.prefill(self.norm1(x))
-        return self._finish(x, y), state
+        y, state = self.mixer.prefill(self.down(self.norm1(x)))
+        return self._finish(x, self.up(y)), state

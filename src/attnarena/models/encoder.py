@@ -25,7 +25,8 @@ class EncoderClassifier(nn.Module):
                  dim: int = 64, depth: int = 2, heads: int = 4, mixer: str = "softmax",
                  mixer_options: dict | None = None, mlp_dim: int | None = None,
                  pooling: str = "mean", position: str = "learned", max_len: int = 1024,
-                 dropout: float = 0.0, causal: bool = False):
+                 dropout: float = 0.0, causal: bool = False,
+                 mixer_dim: int | None = None):
         super().__init__()
         if (vocab_size is None) == (image_size is None):
             raise ValueError("give exactly one of vocab_size (token input) or image_size and "
@@ -47,9 +48,10 @@ class EncoderClassifier(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(dim, mixer, heads=heads, causal=causal, mixer_options=options,
-                  mlp_dim=mlp_dim, dropout=dropout) for _ in range(depth))
+                  mlp_dim=mlp_dim, dropout=dropout, mixer_dim=mixer_dim) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
+        # num_classes=0: no head, forward returns the pooled features (dual encoders).
+        self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
 
     def _embed(self, inputs, mask):
         if self.vocab_size is not None:

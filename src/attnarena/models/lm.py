@@ -22,7 +22,8 @@ class CausalLM(nn.Module):
     def __init__(self, vocab_size: int, *, dim: int = 64, depth: int = 2, heads: int = 4,
                  mixer: str = "softmax", mixer_options: dict | None = None,
                  mlp_dim: int | None = None, position: str = "learned", max_len: int = 1024,
-                 dropout: float = 0.0, tie_embeddings: bool = True):
+                 dropout: float = 0.0, tie_embeddings: bool = True,
+                 mixer_dim: int | None = None):
         super().__init__()
         self.vocab_size, self.mixer = vocab_size, mixer
         self.embed = nn.Embedding(vocab_size, dim)
@@ -31,7 +32,7 @@ class CausalLM(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(dim, mixer, heads=heads, causal=True, mixer_options=options, mlp_dim=mlp_dim,
-                  dropout=dropout) for _ in range(depth))
+                  dropout=dropout, mixer_dim=mixer_dim) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         if tie_embeddings:

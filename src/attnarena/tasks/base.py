@@ -1,18 +1,36 @@
 """The task interface and registry.
 
-A task makes batches of (inputs, targets, weights): token ids (B, L), next-token targets
-(B, L) and per-position weights (B, L) saying which predictions count (1) and which do not
-(0). Its metric is accuracy over weighted positions. Presets hold the published ("paper")
-and CPU-sized ("cpu") model and training configurations.
+A task makes batches (dicts of tensors), builds the model it needs around a mixer, and
+scores a model on a batch. Four kinds share the training loop:
+
+- ``LMTask``: token ids ``inputs`` (B, L), next-token ``targets`` (B, L) and ``weights``
+  (B, L) saying which predictions count; a causal language model; accuracy over weighted
+  positions.
+- ``ClassificationTask``: ``inputs`` (B, L) ids with a ``mask`` (B, L) of real tokens, and
+  ``labels`` (B,); an encoder classifier; accuracy.
+- ``MatchingTask``: two sequences (``inputs``/``mask`` and ``inputs2``/``mask2``) and
+  ``labels``; a dual encoder; accuracy.
+- ``RegressionTask``: real vectors ``inputs`` (B, L, D), ``targets`` and ``weights`` (B, L);
+  a sequence regressor; mean squared error (lower is better).
+
+Tasks whose examples come from a fixed dataset (read from a directory or generated once
+from a seed) derive from ``DatasetTask``: training batches draw examples of the train split
+at random, evaluation walks the validation or test split in order. Presets hold the
+published ("paper") and CPU-sized ("cpu") task, model and training settings.
 """
 from __future__ import annotations
 
 import abc
 import difflib
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+
+from attnarena.registry import mixer_info
 
 _TASKS: dict[str, type] = {}
+SPLITS = ("train", "val", "test")
 
 
 class Task(abc.ABC):
@@ -20,20 +38,226 @@ class Task(abc.ABC):
 
     name: str = ""
     presets: dict = {}
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    needs_data: bool = False  # True when the examples must be read from a directory
+    needs_causal: bool = False  # True when the model is causal (every mixer must be)
 
     @property
     @abc.abstractmethod
     def vocab_size(self) -> int:
-        """Number of token ids."""
+        """Number of token ids (0 for tasks over real vectors)."""
 
     @property
     @abc.abstractmethod
     def sequence_length(self) -> int:
-        """Length of every example."""
+        """Longest input a model sees."""
 
     @abc.abstractmethod
-    def batch(self, size: int, generator: torch.Generator):
-        """(inputs, targets, weights), each (size, sequence_length)."""
+    def batch(self, size: int, generator: torch.Generator, split: str = "train") -> dict:
+        """``size`` random examples of ``split`` as a dict of tensors."""
+
+    @abc.abstractmethod
+    def build_model(self, mixer: str, mixer_options: dict, model: dict) -> torch.nn.Module:
+        """The backbone and head this task needs, with ``model`` settings (dim, depth,
+        heads, mlp_dim, position, dropout, pooling, mixer_dim)."""
+
+    @abc.abstractmethod
+    def score(self, model, batch: dict):
+        """(mean loss, {"loss": sum, "correct" or "squared_error": sum, "count": n})."""
+
+    def eval_batches(self, split: str, examples: int, seed: int, batch_size: int = 256):
+        """Batches of a fixed evaluation set: ``examples`` examples drawn with ``seed``."""
+        check_split(split)
+        generator = torch.Generator().manual_seed(seed)
+        remaining = examples
+        while remaining > 0:
+            size = min(batch_size, remaining)
+            yield self.batch(size, generator, split)
+            remaining -= size
+
+    def check_data(self) -> None:
+        """Raises ValueError when the task's data directory is missing or malformed."""
+
+    def value(self, totals: dict) -> float:
+        """The task's metric from summed ``score`` statistics."""
+        count = max(totals.get("count", 0.0), 1.0)
+        if self.metric == "accuracy":
+            return totals["correct"] / count
+        return totals["squared_error"] / count
+
+
+def check_split(split):
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+
+
+def _model_settings(model: dict, keys) -> dict:
+    return {k: model[k] for k in keys if k in model and model[k] is not None}
+
+
+class LMTask(Task):
+    """Next-token prediction scored at weighted positions, with a causal LM."""
+
+    needs_causal = True
+
+    def build_model(self, mixer, mixer_options, model):
+        from attnarena.models import CausalLM
+
+        if "causal" not in mixer_info(mixer).patterns:
+            raise ValueError(f"mixer {mixer!r} has no causal pattern, which the {self.name!r} "
+                             "task's language model needs")
+        return CausalLM(self.vocab_size, mixer=mixer, mixer_options=mixer_options,
+                        max_len=self.sequence_length,
+                        **_model_settings(model, ("dim", "depth", "heads", "mlp_dim",
+                                                  "position", "dropout", "mixer_dim")))
+
+    def score(self, model, batch):
+        logits = model(batch["inputs"]).float()
+        targets, weights = batch["targets"], batch["weights"]
+        per_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        count = weights.sum()
+        loss_sum = (per_token * weights).sum()
+        correct = ((logits.argmax(-1) == targets).float() * weights).sum()
+        return loss_sum / count.clamp_min(1.0), {"loss": float(loss_sum.detach()),
+                                                 "correct": float(correct),
+                                                 "count": float(count)}
+
+
+def encoder_settings(mixer: str, model: dict) -> dict:
+    """EncoderClassifier settings: noncausal when the mixer has a noncausal self pattern,
+    otherwise causal (pooling then reads the last position or a causal mean)."""
+    settings = _model_settings(model, ("dim", "depth", "heads", "mlp_dim", "position",
+                                       "dropout", "pooling", "mixer_dim"))
+    settings["causal"] = "self" not in mixer_info(mixer).patterns
+    return settings
+
+
+class ClassificationTask(Task):
+    """One label per sequence, with an encoder classifier."""
+
+    num_classes: int = 2
+
+    def build_model(self, mixer, mixer_options, model):
+        from attnarena.models import EncoderClassifier
+
+        return EncoderClassifier(self.num_classes, vocab_size=self.vocab_size, mixer=mixer,
+                                 mixer_options=mixer_options, max_len=self.sequence_length,
+                                 **encoder_settings(mixer, model))
+
+    def logits(self, model, batch):
+        return model(batch["inputs"], mask=batch["mask"])
+
+    def score(self, model, batch):
+        logits = self.logits(model, batch).float()
+        labels = batch["labels"]
+        loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+        correct = (logits.argmax(-1) == labels).sum()
+        n = labels.shape[0]
+        return loss_sum / max(n, 1), {"loss": float(loss_sum.detach()), "correct": float(correct),
+                                      "count": float(n)}
+
+
+class MatchingTask(ClassificationTask):
+    """A label per pair of sequences, with a dual encoder (shared weights)."""
+
+    combine: str = "paper"
+
+    def build_model(self, mixer, mixer_options, model):
+        from attnarena.models import DualEncoder
+
+        return DualEncoder(self.num_classes, vocab_size=self.vocab_size, mixer=mixer,
+                           mixer_options=mixer_options, max_len=self.sequence_length,
+                           combine=self.combine, **encoder_settings(mixer, model))
+
+    def logits(self, model, batch):
+        return model(batch["inputs"], batch["inputs2"], mask=batch["mask"],
+                     mask2=batch["mask2"])
+
+
+class RegressionTask(Task):
+    """Real-valued targets at weighted positions; mean squared error."""
+
+    metric = "mse"
+    higher_is_better = False
+    needs_causal = True
+
+    @property
+    def vocab_size(self) -> int:
+        return 0
+
+    def score(self, model, batch):
+        predictions = model(batch["inputs"]).float()
+        weights = batch["weights"]
+        squared = (predictions - batch["targets"]) ** 2
+        count = weights.sum()
+        total = (squared * weights).sum()
+        return total / count.clamp_min(1.0), {"loss": float(total.detach()),
+                                              "squared_error": float(total.detach()),
+                                              "count": float(count)}
+
+
+def pad_sequences(sequences, pad_id: int = 0, multiple: int = 16, length: int | None = None):
+    """Lists of token ids -> (ids (B, L), mask (B, L)); L is ``length`` when given, else the
+    longest sequence rounded up to ``multiple``."""
+    longest = max((len(s) for s in sequences), default=1)
+    if length is None:
+        length = max(multiple, -(-longest // multiple) * multiple)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), length, dtype=torch.bool)
+    for i, seq in enumerate(sequences):
+        n = min(len(seq), length)
+        ids[i, :n] = torch.as_tensor(seq[:n], dtype=torch.long)
+        mask[i, :n] = True
+    return ids, mask
+
+
+class DatasetTask(Task):
+    """A task over fixed splits of examples. Subclasses implement ``load_split`` (a list of
+    examples) and ``collate`` (examples -> batch dict)."""
+
+    @abc.abstractmethod
+    def load_split(self, split: str) -> list:
+        """Every example of ``split``."""
+
+    @abc.abstractmethod
+    def collate(self, examples: list) -> dict:
+        """A batch dict from a list of examples."""
+
+    def split(self, split: str) -> list:
+        check_split(split)
+        cache = self.__dict__.setdefault("_split_cache", {})  # also on frozen dataclasses
+        if split not in cache:
+            examples = self.load_split(split)
+            if not examples:
+                raise ValueError(f"task {self.name!r} has no {split} examples")
+            cache[split] = examples
+        return cache[split]
+
+    def batch(self, size, generator, split="train"):
+        examples = self.split(split)
+        index = torch.randint(0, len(examples), (size,), generator=generator)
+        return self.collate([examples[i] for i in index.tolist()])
+
+    def eval_batches(self, split, examples, seed, batch_size=256):
+        """The first ``examples`` examples of the split in order (all when 0 or more than
+        the split holds); ``seed`` is unused: the split itself is fixed."""
+        data = self.split(split)
+        n = len(data) if not examples else min(examples, len(data))
+        for start in range(0, n, batch_size):
+            yield self.collate(data[start:min(n, start + batch_size)])
+
+
+def data_directory(task: str, data_dir, expected: str) -> Path:
+    """``data_dir`` as an existing directory, or an error saying what belongs there."""
+    if data_dir is None:
+        raise ValueError(f"task {task!r} reads its data from a directory: give data_dir "
+                         f"(`--data DIR` on the command line) holding {expected}")
+    path = Path(data_dir)
+    if not path.is_dir():
+        raise ValueError(f"task {task!r}: data directory {str(path)!r} does not exist; "
+                         f"expected a directory holding {expected}")
+    return path
 
 
 def register_task(cls):
@@ -51,7 +275,7 @@ def list_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-def _task_class(name):
+def task_class(name):
     if name not in _TASKS:
         close = difflib.get_close_matches(str(name), _TASKS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -60,11 +284,11 @@ def _task_class(name):
 
 
 def task_presets(name: str) -> dict:
-    return _task_class(name).presets
+    return task_class(name).presets
 
 
 def create_task(name: str, **options) -> Task:
-    cls = _task_class(name)
+    cls = task_class(name)
     try:
         return cls(**options)
     except TypeError as error:

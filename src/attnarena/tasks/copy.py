@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import torch
 
-from attnarena.tasks.base import Task, register_task
+from attnarena.tasks.base import LMTask, register_task
 
 
 @register_task
 @dataclass(frozen=True)
-class CopyTask(Task):
+class CopyTask(LMTask):
     """Sequences ``s SEP s`` with s drawn uniformly from ``vocab`` symbols.
 
     Token ids: 0..vocab-1 symbols, ``vocab`` = separator. The model is scored on the second
@@ -40,13 +40,13 @@ class CopyTask(Task):
     def sequence_length(self) -> int:
         return 2 * self.length + 1
 
-    def batch(self, size: int, generator: torch.Generator | None = None):
-        """Returns (inputs (B, 2n), targets (B, 2n), weights (B, 2n)): next-token targets,
-        weights 1 where the target is a token of the copy."""
+    def batch(self, size: int, generator: torch.Generator | None = None, split: str = "train"):
+        """inputs (B, 2n), next-token targets (B, 2n), weights (B, 2n): 1 where the target
+        is a token of the copy. Every split is drawn the same way (from other seeds)."""
         s = torch.randint(0, self.vocab, (size, self.length), generator=generator)
         sep = torch.full((size, 1), self.vocab)
         seq = torch.cat([s, sep, s], dim=1)
         inputs, targets = seq[:, :-1], seq[:, 1:]
         weights = torch.zeros_like(targets, dtype=torch.float32)
         weights[:, self.length:] = 1.0
-        return inputs, targets, weights
+        return {"inputs": inputs, "targets": targets, "weights": weights}

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from attnarena.tasks.base import Task, register_task
+from attnarena.tasks.base import LMTask, register_task
 
 
 @register_task
 @dataclass(frozen=True)
-class MQAR(Task):
+class MQAR(LMTask):
     """Key-value pairs k1 v1 k2 v2 ... (distinct keys from [1, V/2), values from [V/2, V)),
     then every key queried once at an even slot of the remaining space, the slot index
     drawn without replacement with p(i) ~ a i^(a - 1), a = 0.01, so queries cluster near
@@ -58,7 +58,7 @@ class MQAR(Task):
     def sequence_length(self) -> int:
         return self.length
 
-    def batch(self, size, generator):
+    def batch(self, size, generator, split="train"):
         V, L, P = self.vocab, self.length, self.pairs
         half = V // 2
         seq = torch.randint(0, V, (size, L + 1), generator=generator)
@@ -74,4 +74,4 @@ class MQAR(Task):
             where = 2 * P + 2 * chosen
             seq[b, where], seq[b, where + 1] = keys, values
             weights[b, where] = 1.0
-        return seq[:, :-1], seq[:, 1:], weights
+        return {"inputs": seq[:, :-1], "targets": seq[:, 1:], "weights": weights}
