@@ -82,9 +82,12 @@ def cmd_train(args) -> int:
 
     train_overrides = {k: v for k, v in (("steps", args.steps), ("batch", args.batch),
                                          ("lr", args.lr)) if v is not None}
+    task_options = parse_options(args.task_option)
+    if args.data:
+        task_options["data_dir"] = str(Path(args.data).resolve())
     config = RunConfig(task=args.task, mixer=args.mixer, preset=args.preset, seed=args.seed,
-                       mixer_options=parse_options(args.option), train=train_overrides,
-                       device=args.device)
+                       mixer_options=parse_options(args.option), task_options=task_options,
+                       train=train_overrides, device=args.device)
     resolved = config.resolve()
     run_id = config.run_id()
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
@@ -96,12 +99,25 @@ def cmd_train(args) -> int:
     if store:
         store.finish_run(run_id, metrics)
     summary = {k: v for k, v in metrics.items() if k != "history"}
+    summary["task"], summary["preset"] = args.task, args.preset
     if not lead:
         return 0
     if args.json:
         Path(args.json).write_text(json.dumps({"config": resolved, "metrics": metrics},
                                               indent=2))
     print(json.dumps({"id": run_id, **summary}, indent=2))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from attnarena.arena.speed import parse_options
+    from attnarena.tasks.data import write_task_data
+
+    paths = write_task_data(args.task, args.out, preset=args.preset,
+                            options=parse_options(args.option), synthetic=args.synthetic,
+                            examples=args.examples)
+    for path in paths:
+        print(f"wrote {path}")
     return 0
 
 
@@ -173,12 +189,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="global batch")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--option", action="append", help="mixer option key=value (repeatable)")
+    p.add_argument("--task-option", action="append",
+                   help="task option key=value (repeatable), e.g. max_length=4096")
+    p.add_argument("--data", default=None,
+                   help="the task's data directory (text, retrieval and image need one; "
+                        "listops and pathfinder read one instead of generating)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--store", default=None, help="also record the run in this store")
     p.add_argument("--out", default="results", help="checkpoints go here")
     p.add_argument("--json", default=None, help="write config and metrics to this file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("data", help="write a task's data to disk in its on-disk format")
+    p.add_argument("task")
+    p.add_argument("--out", required=True, help="directory to write into")
+    p.add_argument("--preset", default="paper",
+                   help="whose task settings (sizes, lengths) to use (default: paper)")
+    p.add_argument("--option", action="append",
+                   help="task option key=value (repeatable), e.g. train_examples=1000")
+    p.add_argument("--synthetic", action="store_true",
+                   help="text, retrieval, image: write a small made-up stand-in in the real "
+                        "layout")
+    p.add_argument("--examples", type=int, default=1000,
+                   help="examples per split for tasks drawn fresh each batch")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("report", help="leaderboard and plots from the store")
     p.add_argument("--store", default="results/arena.sqlite")

@@ -178,7 +178,10 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
     test = evaluate(model, task, train_cfg["eval_examples"], eval_seed(seed, "test"), device,
                     "test")
     best_val = sign * state["best_score"]
-    return {"metric": task.metric, f"test_{task.metric}": test["metric"],
+    extra = {}
+    if hasattr(task, "baselines"):  # closed-form references on the test prompts
+        extra["baselines"] = task.baselines(train_cfg["eval_examples"], eval_seed(seed, "test"))
+    return {**extra, "metric": task.metric, f"test_{task.metric}": test["metric"],
             "test_loss": test["loss"], f"best_val_{task.metric}": best_val,
             "test_examples": test["count"], "steps": state["step"],
             "train_seconds": state["train_seconds"],

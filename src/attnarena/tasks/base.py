@@ -197,18 +197,20 @@ class RegressionTask(Task):
                                               "count": float(count)}
 
 
-def pad_sequences(sequences, pad_id: int = 0, multiple: int = 16, length: int | None = None):
-    """Lists of token ids -> (ids (B, L), mask (B, L)); L is ``length`` when given, else the
-    longest sequence rounded up to ``multiple``."""
+def pad_sequences(sequences, pad_id: int = 0, multiple: int = 16, limit: int | None = None):
+    """Lists of token ids -> (ids (B, L), mask (B, L)): sequences cut to ``limit``, L the
+    longest rounded up to ``multiple`` but never past ``limit``."""
+    if limit is not None:
+        sequences = [s[:limit] for s in sequences]
     longest = max((len(s) for s in sequences), default=1)
-    if length is None:
-        length = max(multiple, -(-longest // multiple) * multiple)
+    length = max(multiple, -(-longest // multiple) * multiple)
+    if limit is not None:
+        length = min(length, limit)
     ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     mask = torch.zeros(len(sequences), length, dtype=torch.bool)
     for i, seq in enumerate(sequences):
-        n = min(len(seq), length)
-        ids[i, :n] = torch.as_tensor(seq[:n], dtype=torch.long)
-        mask[i, :n] = True
+        ids[i, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[i, :len(seq)] = True
     return ids, mask
 
 

@@ -1,0 +1,395 @@
+"""Pathfinder (Linsley et al. 2018, "Learning long-range spatial dependencies with
+horizontal gated recurrent units"; Kim et al. 2020, "Disentangling neural mechanisms for
+perceptual grouping"), as Long Range Arena uses it (Tay et al. 2021): are the two circular
+markers on the same contour?
+
+The generator draws images of the same kind. Two long contours ("snakes") grow from seeds
+``seed_distance`` apart, paddle by paddle: candidate next headings lie around the current
+one, weighted by cos(min(|turn| * continuity, pi/2))^2 and by whether the paddle fits (stays
+on the canvas and clear of every other contour); a snake with nowhere to go is restarted.
+Then short distractor contours. The markers go on the two ends of one snake (label 1) or on
+one end of each (label 0), so both long snakes are always drawn.
+
+Rendering is exact about connectivity, so a label can be checked by flood fill: a pixel is
+drawn when its centre lies within ``max(thickness / 2 + 0.25, 0.75)`` pixels of a paddle
+(intensity falling off with the distance: antialiasing), consecutive paddles of a contour
+join end to end, and different contours keep their centre lines far enough apart that
+their drawn pixels never touch, not even diagonally. The paddles of the original are short
+dashes; here they join, which is what makes the flood-fill check possible.
+
+LRA's 32 x 32 hard setting (``curv_contour_length_14``) is the default: contour length 14
+paddles of length 2, thickness 0.5, marker radius 1.5, seed distance 7, continuity 1.0,
+5 distractors of 14 // 3 = 4 paddles, paddle brightness drawn from [0.75, 1]. Lengths scale
+with the image for 64, 128 (Path-X) and 256.
+
+On disk (LRA's release layout): ``<difficulty>/imgs/<n>/sample_<k>.png`` and
+``<difficulty>/metadata/<n>.npy``, text files whose lines give the image folder, the file
+name, an index and, fourth, the label; examples split 80/10/10 in metadata order.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnarena.tasks.base import ClassificationTask, DatasetTask, data_directory, register_task
+
+DIFFICULTIES = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
+SIZES = (32, 64, 128, 256)
+SAMPLE_STEP = 0.5  # spacing of the points that stand for a centre line in distance checks
+DIAGONAL = math.sqrt(2.0) + 1e-3
+
+
+@dataclass(frozen=True)
+class PathfinderSettings:
+    """Generator settings at 32 x 32; ``scaled`` multiplies the lengths for other sizes."""
+
+    size: int = 32
+    contour_length: int = 14
+    paddle_length: float = 2.0
+    thickness: float = 0.5
+    marker_radius: float = 1.5
+    seed_distance: float = 7.0
+    continuity: float = 1.0
+    distractors: int = 5
+    distractor_length: int = 14 // 3
+    paddle_contrast: float = 0.75
+
+    def scaled(self) -> "PathfinderSettings":
+        f = self.size / 32
+        return PathfinderSettings(self.size, self.contour_length, self.paddle_length * f,
+                                  self.thickness * f, self.marker_radius * f,
+                                  self.seed_distance * f, self.continuity, self.distractors,
+                                  self.distractor_length, self.paddle_contrast)
+
+    @property
+    def reach(self) -> float:
+        """Distance from a centre line within which pixel centres are drawn."""
+        return max(self.thickness / 2 + 0.25, 0.75)
+
+    @property
+    def marker_reach(self) -> float:
+        return self.marker_radius + 0.5
+
+    @property
+    def separation(self) -> float:
+        """Least distance between sampled centre-line points of different contours: drawn
+        pixels then stay more than one diagonal apart (sampling error included)."""
+        return 2 * self.reach + DIAGONAL + SAMPLE_STEP
+
+    @property
+    def marker_separation(self) -> float:
+        return self.marker_reach + self.reach + DIAGONAL + SAMPLE_STEP / 2
+
+
+def _samples(start, end):
+    n = max(2, int(math.ceil(np.linalg.norm(end - start) / SAMPLE_STEP)) + 1)
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    return start[None] * (1 - t) + end[None] * t
+
+
+def _min_distance(points, others):
+    """Smallest distance from each row of points (..., 2) to the (M, 2) others."""
+    if len(others) == 0:
+        return np.full(points.shape[:-1], np.inf)
+    diff = points[..., None, :] - others
+    return np.sqrt((diff ** 2).sum(-1)).min(-1)
+
+
+def _grow(rng, s: PathfinderSettings, start, paddles, obstacles, markers=None):
+    """A contour of ``paddles`` paddles from ``start`` that keeps ``s.separation`` from the
+    ``obstacles`` points and ``s.marker_separation`` from ``markers``; None when stuck.
+
+    Returns the joint points (paddles + 1, 2)."""
+    heading = 0.0
+    joints = [np.asarray(start, dtype=np.float64)]
+    own = [joints[0][None]]
+    margin = s.reach + 0.5
+    sep = s.separation
+    for k in range(paddles):
+        if k == 0:
+            angles = rng.uniform(-math.pi, math.pi, 24)
+            weights = np.ones(24)
+        else:
+            base = np.linspace(-math.pi / 2, math.pi / 2, 13)[1:-1]
+            turns = base + rng.uniform(-1, 1, base.shape) * (base[1] - base[0]) / 2
+            angles = heading + turns
+            weights = np.cos(np.minimum(np.abs(turns) * s.continuity, math.pi / 2)) ** 2
+        ends = joints[-1] + s.paddle_length * np.stack([np.cos(angles), np.sin(angles)], -1)
+        t = np.linspace(0.0, 1.0, int(math.ceil(s.paddle_length / SAMPLE_STEP)) + 1)[1:]
+        pts = joints[-1] + (ends - joints[-1])[:, None, :] * t[None, :, None]  # (K, m, 2)
+        inside = ((pts >= margin) & (pts <= s.size - 1 - margin)).all(axis=(1, 2))
+        clear = _min_distance(pts, obstacles).min(-1) >= sep
+        if markers is not None:
+            clear &= _min_distance(pts, markers).min(-1) >= s.marker_separation
+        earlier = np.concatenate(own[:-3]) if len(own) > 3 else np.zeros((0, 2))
+        clear &= _min_distance(pts, earlier).min(-1) >= sep  # no curling onto itself
+        weights = weights * inside * clear
+        if weights.sum() <= 0:
+            return None
+        pick = rng.choice(len(angles), p=weights / weights.sum())
+        heading = angles[pick]
+        joints.append(ends[pick])
+        own.append(pts[pick])
+    return np.stack(joints)
+
+
+def _points(joints):
+    return np.concatenate([_samples(a, b) for a, b in zip(joints[:-1], joints[1:])])
+
+
+def _render(s: PathfinderSettings, contours, brightness, markers) -> np.ndarray:
+    """uint8 (size, size) image; contours: lists of joints, brightness: per paddle."""
+    ys, xs = np.mgrid[0:s.size, 0:s.size]
+    centres = np.stack([xs, ys], -1).reshape(-1, 2).astype(np.float64)
+    value = np.zeros(len(centres))
+    reach, core = s.reach, s.thickness / 2
+    for joints, bright in zip(contours, brightness):
+        a, b = joints[:-1], joints[1:]
+        ab = b - a
+        t = ((centres[:, None, :] - a) * ab).sum(-1) / (ab * ab).sum(-1).clip(1e-12)
+        nearest = a + t.clip(0, 1)[..., None] * ab
+        d = np.sqrt(((centres[:, None, :] - nearest) ** 2).sum(-1))  # (P, paddles)
+        level = np.clip((reach - d) / max(reach - core, 1e-6), 0, 1)
+        on = d < reach
+        value = np.maximum(value, np.where(on, bright * (0.3 + 0.7 * level), 0).max(-1))
+    for centre in markers:
+        d = np.sqrt(((centres - centre) ** 2).sum(-1))
+        level = np.clip(s.marker_reach - d, 0, 1)
+        value = np.maximum(value, np.where(d < s.marker_reach, 0.3 + 0.7 * level, 0))
+    return np.round(value * 255).astype(np.uint8).reshape(s.size, s.size)
+
+
+def generate_image(rng: np.random.Generator, label: int, settings: PathfinderSettings,
+                   attempts: int = 200):
+    """(image uint8 (size, size), info dict) with markers joined (label 1) or not (0).
+
+    info holds the marker centres (x, y), the contours' joints and how many distractors
+    fit."""
+    s = settings.scaled()
+    for _ in range(attempts):
+        first = rng.uniform(s.size * 0.2, s.size * 0.8, 2)
+        angle = rng.uniform(-math.pi, math.pi)
+        second = first + s.seed_distance * np.array([math.cos(angle), math.sin(angle)])
+        snake_a = _grow(rng, s, first, s.contour_length, np.zeros((0, 2)))
+        if snake_a is None:
+            continue
+        snake_b = _grow(rng, s, second, s.contour_length, _points(snake_a))
+        if snake_b is None:
+            continue
+        ends_a = [snake_a[0], snake_a[-1]]
+        ends_b = [snake_b[0], snake_b[-1]]
+        if label:
+            markers = ends_a if rng.random() < 0.5 else ends_b
+        else:
+            markers = [ends_a[rng.integers(2)], ends_b[rng.integers(2)]]
+        pts_a, pts_b = _points(snake_a), _points(snake_b)
+        # every marker stays clear of the long snake it does not sit on
+        ok = True
+        for m in markers:
+            on_a = any(m is e for e in ends_a)
+            other = pts_b if on_a else pts_a
+            if _min_distance(m[None], other)[0] < s.marker_separation:
+                ok = False
+        if not ok:
+            continue
+        contours = [snake_a, snake_b]
+        obstacles = np.concatenate([pts_a, pts_b])
+        marker_array = np.stack(markers)
+        placed = 0
+        for _ in range(s.distractors):
+            for _ in range(20):
+                start = rng.uniform(0, s.size, 2)
+                if _min_distance(start[None], obstacles)[0] < s.separation or \
+                        _min_distance(start[None], marker_array)[0] < s.marker_separation:
+                    continue
+                grown = _grow(rng, s, start, s.distractor_length, obstacles, marker_array)
+                if grown is not None:
+                    contours.append(grown)
+                    obstacles = np.concatenate([obstacles, _points(grown)])
+                    placed += 1
+                    break
+        brightness = [rng.uniform(s.paddle_contrast, 1.0, len(c) - 1) for c in contours]
+        image = _render(s, contours, brightness, markers)
+        return image, {"markers": marker_array, "contours": contours, "distractors": placed}
+    raise RuntimeError(f"could not draw a {s.size} x {s.size} Pathfinder image in "
+                       f"{attempts} attempts; the contours are too long for the canvas")
+
+
+def generate_dataset(count: int, seed: int, settings: PathfinderSettings):
+    """``count`` (image, label) pairs, labels alternating at random, deterministic."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        label = int(rng.integers(2))
+        image, _ = generate_image(rng, label, settings)
+        out.append((image, label))
+    return out
+
+
+def write_pathfinder(out_dir, examples, difficulty: str = "curv_contour_length_14",
+                     per_folder: int = 1000) -> Path:
+    """Write (image, label) pairs in LRA's release layout; returns the difficulty folder."""
+    from PIL import Image
+
+    root = Path(out_dir) / difficulty
+    (root / "metadata").mkdir(parents=True, exist_ok=True)
+    for folder in range(0, max(1, math.ceil(len(examples) / per_folder))):
+        chunk = examples[folder * per_folder:(folder + 1) * per_folder]
+        (root / "imgs" / str(folder)).mkdir(parents=True, exist_ok=True)
+        lines = []
+        for k, (image, label) in enumerate(chunk):
+            name = f"sample_{k}.png"
+            Image.fromarray(image, mode="L").save(root / "imgs" / str(folder) / name)
+            lines.append(f"imgs/{folder} {name} {k} {label}")
+        (root / "metadata" / f"{folder}.npy").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def read_metadata(root: Path) -> list[tuple[Path, int]]:
+    """(image path, label) pairs in metadata order (files by number, lines in order)."""
+    meta = root / "metadata"
+    files = sorted(meta.iterdir(), key=lambda p: (not p.stem.isdigit(),
+                                                  int(p.stem) if p.stem.isdigit() else 0,
+                                                  p.name))
+    examples = []
+    for file in files:
+        for number, line in enumerate(file.read_text(errors="replace").splitlines(), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 4 or fields[3] not in ("0", "1"):
+                raise ValueError(f"{file} line {number}: expected 'folder file index label "
+                                 f"...' with label 0 or 1, got {line[:80]!r}")
+            examples.append((root / fields[0] / fields[1], int(fields[3])))
+    if not examples:
+        raise ValueError(f"task 'pathfinder': no examples listed under {meta}")
+    return examples
+
+
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as error:
+        raise ValueError(f"cannot read Pathfinder image {path}: {error}") from None
+
+
+@register_task
+@dataclass(frozen=True)
+class Pathfinder(DatasetTask, ClassificationTask):
+    """Binary classification of size x size images as pixel sequences (vocabulary 256).
+
+    ``data_dir`` reads LRA's layout (the ``difficulty`` folder inside it); otherwise
+    ``train_examples`` / ``val_examples`` / ``test_examples`` images are generated from
+    ``seed``."""
+
+    data_dir: str | None = None
+    difficulty: str = "curv_contour_length_14"
+    size: int = 32
+    seed: int = 0
+    train_examples: int = 160_000
+    val_examples: int = 20_000
+    test_examples: int = 20_000
+
+    name = "pathfinder"
+    num_classes = 2
+    presets = {
+        # LRA's Transformer config for Pathfinder-32: 4 layers, emb 32, qkv 16, 4 heads,
+        # MLP 32, dropout 0.2, mean pooling, fixed (sinusoidal) positions, batch 512, 200
+        # epochs of 160,000 images (62,500 steps), lr 1e-3, warmup 1 epoch (313 steps),
+        # cosine decay, no weight decay. LRA's attention dropout (0.1) has no counterpart.
+        "paper": {"task": {},
+                  "model": {"dim": 32, "mixer_dim": 16, "depth": 4, "heads": 4, "mlp_dim": 32,
+                            "dropout": 0.2, "pooling": "mean", "position": "sinusoidal"},
+                  "train": {"steps": 62500, "batch": 512, "lr": 1e-3, "warmup": 313,
+                            "schedule": "cosine", "weight_decay": 0.0, "eval_every": 3125,
+                            "eval_examples": 0}},
+        # CPU: 3,600 generated 32 x 32 images (6 paddle contours: the easy setting, about
+        # 40 s to draw) and a small model.
+        "cpu": {"task": {"difficulty": "curv_baseline", "train_examples": 3000,
+                         "val_examples": 300, "test_examples": 300},
+                "model": {"dim": 32, "depth": 2, "heads": 4, "mlp_dim": 64,
+                          "pooling": "mean", "position": "learned"},
+                "train": {"steps": 500, "batch": 16, "lr": 2e-3, "warmup": 50,
+                          "schedule": "cosine", "weight_decay": 0.0, "eval_every": 125,
+                          "eval_examples": 0}},
+    }
+
+    def __post_init__(self):
+        if self.difficulty not in DIFFICULTIES:
+            raise ValueError(f"unknown pathfinder difficulty {self.difficulty!r}; valid: "
+                             f"{', '.join(DIFFICULTIES)}")
+        if self.size not in SIZES:
+            raise ValueError(f"pathfinder size must be one of {SIZES}, got {self.size!r}")
+        for key in ("train_examples", "val_examples", "test_examples"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"pathfinder {key} must be a positive int, got "
+                                 f"{getattr(self, key)!r}")
+
+    @property
+    def vocab_size(self):
+        return 256
+
+    @property
+    def sequence_length(self):
+        return self.size * self.size
+
+    def settings(self) -> PathfinderSettings:
+        length = DIFFICULTIES[self.difficulty]
+        return PathfinderSettings(size=self.size, contour_length=length,
+                                  distractor_length=max(1, length // 3))
+
+    def _root(self) -> Path:
+        expected = (f"LRA's Pathfinder layout: {self.difficulty}/metadata/*.npy and "
+                    f"{self.difficulty}/imgs/*/*.png")
+        path = data_directory(self.name, self.data_dir, expected)
+        if not (path / self.difficulty / "metadata").is_dir():
+            raise ValueError(f"task 'pathfinder': {path} lacks {self.difficulty}/metadata; "
+                             f"expected {expected}")
+        return path / self.difficulty
+
+    def check_data(self):
+        if self.data_dir is not None:
+            self._root()
+
+    def _all_examples(self) -> dict:
+        cache = self.__dict__.setdefault("_examples", {})
+        if cache:
+            return cache
+        if self.data_dir is None:
+            sizes = (self.train_examples, self.val_examples, self.test_examples)
+            data = generate_dataset(sum(sizes), self.seed, self.settings())
+            cut = (sizes[0], sizes[0] + sizes[1])
+        else:
+            listed = read_metadata(self._root())
+            data = []
+            for path, label in listed:
+                image = read_png(path)
+                if image.shape != (self.size, self.size):
+                    raise ValueError(f"{path}: expected a {self.size} x {self.size} image "
+                                     f"(task option size), got {image.shape[1]} x "
+                                     f"{image.shape[0]}")
+                data.append((image, label))
+            cut = (int(0.8 * len(data)), int(0.9 * len(data)))
+        cache.update(train=data[:cut[0]], val=data[cut[0]:cut[1]], test=data[cut[1]:])
+        return cache
+
+    def load_split(self, split):
+        return self._all_examples()[split]
+
+    def collate(self, examples):
+        images = np.stack([e[0] for e in examples]).reshape(len(examples), -1)
+        inputs = torch.from_numpy(images.astype(np.int64))
+        return {"inputs": inputs, "mask": torch.ones(inputs.shape, dtype=torch.bool),
+                "labels": torch.tensor([e[1] for e in examples], dtype=torch.long)}
+
+    def write_data(self, out_dir) -> list[Path]:
+        examples = generate_dataset(self.train_examples + self.val_examples
+                                    + self.test_examples, self.seed, self.settings())
+        return [write_pathfinder(out_dir, examples, self.difficulty)]
