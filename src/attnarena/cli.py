@@ -59,7 +59,7 @@ def cmd_run(args) -> int:
 
     counts = run_suite(args.suite, store_path=args.store, out_dir=args.out,
                        mixers=_names(args.mixers), tasks=_names(args.tasks), device=args.device,
-                       rerun=args.rerun, progress=not args.quiet)
+                       rerun=args.rerun, progress=not args.quiet, data_root=args.data)
     print(f"runs: {counts['trained']} trained, {counts['reused']} already in the store, "
           f"{counts['failed']} failed; speed cases: {counts['speed_measured']} measured, "
           f"{counts['speed_reused']} reused")
@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="results/arena.sqlite")
     p.add_argument("--out", default="results", help="reports and checkpoints go here")
     p.add_argument("--rerun", action="store_true", help="repeat runs already in the store")
+    p.add_argument("--data", default=None,
+                   help="data root with a folder per task that reads data (ROOT/text, "
+                        "ROOT/retrieval, ROOT/image, ROOT/listops, ROOT/pathfinder)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 

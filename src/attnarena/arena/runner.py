@@ -27,9 +27,11 @@ def speed_case_id(cfg, spec, length, env) -> str:
 
 def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
               out_dir="results", mixers=None, tasks=None, device="cpu", rerun=False,
-              progress=True, report=True) -> dict:
-    """Run a suite; returns counts of what ran, was reused and failed."""
-    suite = load_suite(suite_name, mixers=mixers, tasks=tasks, device=device)  # validates all
+              progress=True, report=True, data_root=None) -> dict:
+    """Run a suite; returns counts of what ran, was reused and failed. ``data_root``
+    holds a folder per task that reads data (``ROOT/text``, ``ROOT/image``, ...)."""
+    suite = load_suite(suite_name, mixers=mixers, tasks=tasks, device=device,
+                       data_root=data_root)  # validates all
     store = Store(store_path)
     out = Path(out_dir)
     env = environment(device)

@@ -2,11 +2,13 @@
 
     name = "mine"
     [[runs]]                       # any number of run groups; each is a product
-    tasks = ["copy", "mqar"]       # or "all"
-    mixers = ["softmax", "gla"]    # or "all" (every mechanism with a causal pattern)
+    tasks = ["copy", "mqar"]       # or "all" (tasks that need data only with --data)
+    mixers = ["softmax", "gla"]    # or "all" (every mechanism the task's model can take)
     preset = "cpu"                 # optional, default "cpu"
     seeds = [0, 1]                 # optional, default [0]
     mixer_options = {}             # optional, passed to every mixer of the group
+    task_options = {}              # optional, e.g. {max_length = 4096}
+    skip_without_data = false      # optional: leave out tasks whose data folder is missing
     model = {}                     # optional overrides of the preset's model settings
     train = {}                     # optional overrides of the preset's training settings
     [speed]                        # optional
@@ -14,6 +16,10 @@
     lengths = [1024, 4096]
     passes = ["fwd", "decode"]     # fwd, fwdbwd, decode
     batch = 1, heads = 4, head_dim = 64, causal = true   (optional)
+
+Tasks that read data find it under the data root given to ``load_suite`` (``attnarena
+run --data ROOT``): ``ROOT/<task>``, e.g. ``ROOT/text`` holding ``aclImdb``. ListOps and
+Pathfinder read ``ROOT/<task>`` when it exists and generate their data otherwise.
 """
 from __future__ import annotations
 
@@ -26,8 +32,10 @@ from attnarena.arena.config import RunConfig
 from attnarena.arena.speed import PASSES, SpeedConfig, parse_mixers
 from attnarena.registry import list_mixers, mixer_info
 from attnarena.tasks import list_tasks
+from attnarena.tasks.base import task_class
 
-RUN_KEYS = {"tasks", "mixers", "preset", "seeds", "mixer_options", "model", "train"}
+RUN_KEYS = {"tasks", "mixers", "preset", "seeds", "mixer_options", "task_options", "model",
+            "train", "skip_without_data"}
 SPEED_KEYS = {"mixers", "lengths", "passes", "batch", "heads", "head_dim", "causal", "dtype",
               "repeats", "time_budget"}
 
@@ -48,9 +56,11 @@ def builtin_suites() -> list[str]:
                   if p.name.endswith(".toml"))
 
 
-def load_suite(name_or_path: str, mixers=None, tasks=None, device: str = "cpu") -> Suite:
+def load_suite(name_or_path: str, mixers=None, tasks=None, device: str = "cpu",
+               data_root=None) -> Suite:
     """Read a built-in suite by name or a TOML file by path; ``mixers`` / ``tasks`` keep
-    only those. Everything is validated here, before anything runs."""
+    only those; ``data_root`` holds a folder per task that reads data. Everything is
+    validated here, before anything runs."""
     path = Path(name_or_path)
     if name_or_path in builtin_suites():
         text = resources.files("attnarena.suites").joinpath(f"{name_or_path}.toml").read_text()
@@ -69,7 +79,7 @@ def load_suite(name_or_path: str, mixers=None, tasks=None, device: str = "cpu") 
     except tomllib.TOMLDecodeError as error:
         raise SuiteError(f"{source} is not valid TOML: {error}") from None
     try:
-        return _build(data, mixers, tasks, device)
+        return _build(data, mixers, tasks, device, data_root)
     except (ValueError, TypeError) as error:
         raise SuiteError(f"{source}: {error}") from None
 
@@ -82,11 +92,23 @@ def _names(value, valid, what):
     return value
 
 
-def _build(data, mixer_filter, task_filter, device):
+def _task_data(task: str, data_root) -> dict:
+    """{"data_dir": ROOT/task} when that folder exists and the task reads data."""
+    if data_root is None or "data_dir" not in task_class(task).__dataclass_fields__:
+        return {}
+    folder = Path(data_root) / task
+    return {"data_dir": str(folder.resolve())} if folder.is_dir() else {}
+
+
+def _fits(task: str, mixer: str) -> bool:
+    """Whether the task's model can take the mixer (language models need causal ones)."""
+    return not task_class(task).needs_causal or "causal" in mixer_info(mixer).patterns
+
+
+def _build(data, mixer_filter, task_filter, device, data_root=None):
     unknown = sorted(set(data) - {"name", "runs", "speed"})
     if unknown:
         raise ValueError(f"unknown top-level key(s) {unknown}; valid: name, runs, speed")
-    causal_mixers = [m for m in list_mixers() if "causal" in mixer_info(m).patterns]
     for name in mixer_filter or []:
         mixer_info(name)
     for name in task_filter or []:
@@ -101,8 +123,13 @@ def _build(data, mixer_filter, task_filter, device):
         bad = sorted(set(group) - RUN_KEYS)
         if bad:
             raise ValueError(f"unknown run key(s) {bad}; valid: {', '.join(sorted(RUN_KEYS))}")
+        every_task = group.get("tasks") == "all"
         tasks = _names(group.get("tasks", []), list_tasks(), "tasks")
-        mixers = _names(group.get("mixers", []), causal_mixers, "mixers")
+        if every_task or group.get("skip_without_data", False):
+            # tasks that need data join when the data root has their folder
+            tasks = [t for t in tasks if not task_class(t).needs_data or _task_data(t, data_root)]
+        every_mixer = group.get("mixers") == "all"
+        mixers = _names(group.get("mixers", []), list_mixers(), "mixers")
         seeds = group.get("seeds", [0])
         if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
             raise ValueError(f"seeds must be a list of ints, got {seeds!r}")
@@ -112,10 +139,13 @@ def _build(data, mixer_filter, task_filter, device):
             for mixer in mixers:
                 if mixer_filter and mixer not in mixer_filter:
                     continue
+                if every_mixer and not _fits(task, mixer):
+                    continue
+                task_options = {**_task_data(task, data_root), **group.get("task_options", {})}
                 for seed in seeds:
                     config = RunConfig(task=task, mixer=mixer, preset=group.get("preset", "cpu"),
                                        seed=seed, mixer_options=group.get("mixer_options", {}),
-                                       model=group.get("model", {}),
+                                       task_options=task_options, model=group.get("model", {}),
                                        train=group.get("train", {}), device=device)
                     run_id = config.run_id()  # resolves: validates names, presets, options
                     if run_id not in seen:

@@ -106,6 +106,10 @@ def _grow(rng, s: PathfinderSettings, start, paddles, obstacles, markers=None):
     Returns the joint points (paddles + 1, 2)."""
     heading = 0.0
     joints = [np.asarray(start, dtype=np.float64)]
+    if _min_distance(joints[0][None], obstacles)[0] < s.separation or (
+            markers is not None
+            and _min_distance(joints[0][None], markers)[0] < s.marker_separation):
+        return None
     own = [joints[0][None]]
     margin = s.reach + 0.5
     sep = s.separation
@@ -194,6 +198,9 @@ def generate_image(rng: np.random.Generator, label: int, settings: PathfinderSet
             other = pts_b if on_a else pts_a
             if _min_distance(m[None], other)[0] < s.marker_separation:
                 ok = False
+        if not label and np.linalg.norm(markers[0] - markers[1]) < \
+                2 * s.marker_reach + DIAGONAL:
+            ok = False  # two markers' discs would touch
         if not ok:
             continue
         contours = [snake_a, snake_b]
@@ -203,9 +210,6 @@ def generate_image(rng: np.random.Generator, label: int, settings: PathfinderSet
         for _ in range(s.distractors):
             for _ in range(20):
                 start = rng.uniform(0, s.size, 2)
-                if _min_distance(start[None], obstacles)[0] < s.separation or \
-                        _min_distance(start[None], marker_array)[0] < s.marker_separation:
-                    continue
                 grown = _grow(rng, s, start, s.distractor_length, obstacles, marker_array)
                 if grown is not None:
                     contours.append(grown)
