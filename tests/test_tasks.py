@@ -13,10 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnarena.tasks import create_task, list_tasks
-from attnarena.tasks import listops, pathfinder
+from attnarena.tasks import create_task, list_tasks, listops, pathfinder
 from attnarena.tasks.regression import best_step_size, gd_step_features, prefix_solutions
-
 
 # ListOps -------------------------------------------------------------------------------------
 

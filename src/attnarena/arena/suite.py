@@ -23,10 +23,11 @@ Pathfinder read ``ROOT/<task>`` when it exists and generate their data otherwise
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+import tomllib
 
 from attnarena.arena.config import RunConfig
 from attnarena.arena.speed import PASSES, SpeedConfig, parse_mixers

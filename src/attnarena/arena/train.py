@@ -2,13 +2,13 @@
 
 AdamW with linear warmup then cosine or inverse-square-root decay, gradient clipping,
 validation every ``eval_every`` steps, and the test metric of the best validation
-checkpoint at the end. Every task kind (language modelling, classification, matching, regression) goes through
-the task's own ``build_model`` and ``score``; the best checkpoint is the one with the best
-validation metric (highest accuracy, lowest error). Batches come from a generator seeded
-by (seed, step), so a run is
-deterministic given its seed, and a run resumed from a checkpoint continues exactly where
-it stopped. Under ``torchrun`` each rank trains on its slice of every global batch
-(DistributedDataParallel; gloo on CPU, nccl on CUDA) and only rank 0 writes.
+checkpoint at the end. Every kind of task (language modelling, classification, matching,
+regression) goes through the task's own ``build_model`` and ``score``; the best checkpoint
+is the one with the best validation metric (highest accuracy, lowest error). Batches come
+from a generator seeded by (seed, step), so a run is deterministic given its seed, and a
+run resumed from a checkpoint continues exactly where it stopped. Under ``torchrun`` each
+rank trains on its slice of every global batch (DistributedDataParallel; gloo on CPU, nccl
+on CUDA) and only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
 from attnarena.arena.checkpoint import load_checkpoint, save_checkpoint
 from attnarena.arena.memory import PeakMemory

@@ -15,8 +15,8 @@ class MLP(nn.Sequential):
 class Block(nn.Module):
     """x + mixer(norm(x)), then x + mlp(norm(x)). ``mlp_dim=0`` leaves the MLP out.
 
-    ``norm=False`` leaves the layer norms out. ``mixer_dim`` (LRA's ``qkv_dim``) runs the mixer at another width: a linear map from
-    ``dim`` into it and one back out.
+    ``norm=False`` leaves the layer norms out. ``mixer_dim`` (LRA's ``qkv_dim``) runs the
+    mixer at another width: a linear map from ``dim`` into it and one back out.
     """
 
     def __init__(self, dim: int, mixer: str, *, heads: int = 1, causal: bool = False,

@@ -22,8 +22,13 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnarena.tasks.base import ClassificationTask, DatasetTask, data_directory, pad_sequences, \
-    register_task
+from attnarena.tasks.base import (
+    ClassificationTask,
+    DatasetTask,
+    data_directory,
+    pad_sequences,
+    register_task,
+)
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"

@@ -17,8 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnarena.tasks.base import ClassificationTask, DatasetTask, MatchingTask, \
-    data_directory, pad_sequences, register_task
+from attnarena.tasks.base import (
+    ClassificationTask,
+    DatasetTask,
+    MatchingTask,
+    data_directory,
+    pad_sequences,
+    register_task,
+)
 
 BYTE_VOCAB = 257
 IMDB_SPLITS = {"train": "train", "val": "test", "test": "test"}  # LRA validated on test
