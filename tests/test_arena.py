@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from attnarena.arena.config import RunConfig
-from attnarena.arena.report import format_rows, leaderboard_rows
+from attnarena.arena.report import format_rows, leaderboard_markdown, leaderboard_rows
 from attnarena.arena.runner import run_suite
 from attnarena.arena.store import Store, StoreError
 from attnarena.arena.suite import SuiteError, builtin_suites, load_suite
 from attnarena.arena.train import lr_at, train
 from attnarena.cli import main
+from attnarena.tasks import list_tasks
 
 TINY = """
 name = "tiny"
@@ -251,3 +252,49 @@ def test_torchrun_two_processes_equal_one(tmp_path):
         assert a["step"] == b["step"]
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
     assert one["test_loss"] == pytest.approx(two["test_loss"], rel=1e-4)
+
+
+def test_suites_take_a_data_root_and_skip_tasks_without_data(tmp_path):
+    (tmp_path / "listops").mkdir()
+    for split in ("train", "val", "test"):
+        (tmp_path / "listops" / f"basic_{split}.tsv").write_text("Source\tTarget\n")
+    (tmp_path / "text" / "aclImdb").mkdir(parents=True)
+    for split in ("train", "test"):
+        for label in ("pos", "neg"):
+            (tmp_path / "text" / "aclImdb" / split / label).mkdir(parents=True)
+    bare = load_suite("lra", mixers=["softmax"])
+    assert sorted(c.task for c in bare.runs) == ["listops", "pathfinder"]
+    assert all(c.preset == "paper" for c in bare.runs)
+    with_data = load_suite("lra", mixers=["softmax"], data_root=tmp_path)
+    tasks = {c.task: c for c in with_data.runs}
+    assert sorted(tasks) == ["listops", "pathfinder", "text"]
+    assert tasks["text"].task_options["data_dir"] == str((tmp_path / "text").resolve())
+    assert tasks["listops"].task_options["data_dir"] == str((tmp_path / "listops").resolve())
+    assert "data_dir" not in tasks["pathfinder"].task_options  # no folder: generated
+    cpu = load_suite("cpu", mixers=["softmax", "fnet"])
+    assert {c.task for c in cpu.runs} == {t for t in list_tasks()
+                                          if t not in ("text", "retrieval", "image")}
+    # fnet has no causal form: only the classification tasks take it from "all"
+    assert {c.task for c in cpu.runs if c.mixer == "fnet"} == {"listops", "pathfinder"}
+    suite = tmp_path / "s.toml"
+    suite.write_text("[[runs]]\ntasks = ['text']\nmixers = ['softmax']\n")
+    with pytest.raises(SuiteError, match="--data DIR"):
+        load_suite(str(suite))
+
+
+def test_regression_runs_keep_the_lowest_error_and_report_it(tmp_path):
+    resolved = RunConfig(task="icl_regression", mixer="linear",
+                         model={"dim": 16, "depth": 1, "heads": 2},
+                         train={"steps": 30, "eval_every": 10, "batch": 16,
+                                "eval_examples": 64}).resolve()
+    metrics = train(resolved, progress=False)
+    vals = [h["val_mse"] for h in metrics["history"]]
+    assert metrics["best_val_mse"] == min(vals)
+    assert metrics["metric"] == "mse" and "test_accuracy" not in metrics
+    assert metrics["baselines"]["zero"] > metrics["baselines"]["least_squares"]
+    store = Store(tmp_path / "a.sqlite")
+    config = RunConfig(task="icl_regression", mixer="linear")
+    store.start_run("r", config.resolve(), None, {})
+    store.finish_run("r", metrics)
+    board = leaderboard_markdown(store)
+    assert "test mse" in board and "Average over tasks" not in board

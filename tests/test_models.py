@@ -207,3 +207,40 @@ def test_encoder_decoder_rejects_a_cross_mixer_without_cross_pattern():
 
     with pytest.raises(ValueError, match="no cross pattern"):
         EncoderDecoder(5, 5, dim=8, heads=2, cross_mixer="mamba")
+
+
+@pytest.mark.parametrize("name", ["softmax", "gla", "mamba2"])
+def test_mixer_dim_keeps_generation_exact(name):
+    torch.manual_seed(2)
+    model = CausalLM(23, dim=32, depth=2, heads=2, mixer=name, mixer_dim=16,
+                     max_len=40).double().eval()
+    assert model.blocks[0].mixer.dim == 16
+    prompt = torch.randint(0, 23, (2, 4))
+    assert torch.equal(model.generate(prompt, 10), greedy_by_full_forwards(model, prompt, 10))
+
+
+def test_block_without_norms_is_linear_in_the_mixer_path():
+    from torch import nn
+
+    block = Block(8, "linear", heads=1, mlp_dim=0, norm=False,
+                  mixer_options={"feature_map": "identity", "normalize": False})
+    assert isinstance(block.norm1, nn.Identity)
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    block = block.double()
+    # no norm: scaling the input scales the attention term by the cube of the scale
+    # (q, k and v are each linear, bias included only through the projections)
+    for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        getattr(block.mixer, p).bias.data.zero_()
+    y1, y2 = block(x) - x, block(2 * x) - 2 * x
+    torch.testing.assert_close(y2, 8 * y1)
+
+
+def test_sequence_regressor_checks_its_input():
+    from attnarena.models import SequenceRegressor
+
+    model = SequenceRegressor(4, dim=8, depth=1, heads=2, max_len=6)
+    assert model(torch.randn(3, 6, 4)).shape == (3, 6)
+    with pytest.raises(ValueError, match=r"\(batch, length, 4\)"):
+        model(torch.randn(3, 6, 5))
+    with pytest.raises(ValueError, match="float tensor"):
+        model(torch.ones(3, 6, 4, dtype=torch.long))
