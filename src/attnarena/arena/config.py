@@ -69,6 +69,13 @@ class RunConfig:
         for key in ("steps", "batch", "eval_every"):
             if not isinstance(train[key], int) or train[key] < 1:
                 raise ValueError(f"train.{key} must be a positive int, got {train[key]!r}")
+        from attnarena.tasks.base import DatasetTask
+
+        least = 0 if isinstance(task, DatasetTask) else 1  # 0: a dataset's whole split
+        if not isinstance(train["eval_examples"], int) or train["eval_examples"] < least:
+            raise ValueError(f"train.eval_examples must be an int >= {least} for task "
+                             f"{self.task!r}" + (" (0 evaluates whole splits)" if not least
+                                                 else "") + f", got {train['eval_examples']!r}")
         return {"task": self.task, "preset": self.preset, "mixer": self.mixer,
                 "mixer_options": dict(self.mixer_options), "task_options": task_options,
                 "model": model, "train": train, "seed": self.seed, "device": self.device,

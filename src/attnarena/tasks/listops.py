@@ -22,6 +22,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnarena._validate import check_int
 from attnarena.tasks.base import (
     ClassificationTask,
     DatasetTask,
@@ -196,11 +197,8 @@ class ListOps(DatasetTask, ClassificationTask):
     def __post_init__(self):
         for key in ("train_examples", "val_examples", "test_examples", "max_depth",
                     "max_tokens"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ValueError(f"listops {key} must be a positive int, got "
-                                 f"{getattr(self, key)!r}")
-        if self.max_args < 2:
-            raise ValueError(f"listops max_args must be >= 2, got {self.max_args}")
+            check_int(getattr(self, key), f"listops {key}")
+        check_int(self.max_args, "listops max_args", minimum=2)
 
     @property
     def vocab_size(self) -> int:

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnarena._validate import check_int
 from attnarena.tasks.base import ClassificationTask, DatasetTask, data_directory, register_task
 
 DIFFICULTIES = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
@@ -332,9 +333,7 @@ class Pathfinder(DatasetTask, ClassificationTask):
         if self.size not in SIZES:
             raise ValueError(f"pathfinder size must be one of {SIZES}, got {self.size!r}")
         for key in ("train_examples", "val_examples", "test_examples"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ValueError(f"pathfinder {key} must be a positive int, got "
-                                 f"{getattr(self, key)!r}")
+            check_int(getattr(self, key), f"pathfinder {key}")
 
     @property
     def vocab_size(self):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnarena._validate import check_int
 from attnarena.tasks.base import (
     ClassificationTask,
     DatasetTask,
@@ -30,6 +31,16 @@ BYTE_VOCAB = 257
 IMDB_SPLITS = {"train": "train", "val": "test", "test": "test"}  # LRA validated on test
 AAN_FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv",
              "test": "new_aan_pairs.test.tsv"}
+
+
+# CPU preset of both byte-level tasks: the first 256 bytes of each text, a small model,
+# 1,000 steps.
+BYTES_CPU = {"task": {"max_length": 256},
+             "model": {"dim": 64, "depth": 2, "heads": 4, "mlp_dim": 128, "pooling": "mean",
+                       "position": "learned"},
+             "train": {"steps": 1000, "batch": 32, "lr": 2e-3, "warmup": 100,
+                       "schedule": "cosine", "weight_decay": 0.01, "eval_every": 250,
+                       "eval_examples": 2000}}
 
 
 def encode_bytes(data: bytes, length: int) -> np.ndarray:
@@ -88,18 +99,11 @@ class Text(DatasetTask, ClassificationTask):
                   "train": {"steps": 20000, "batch": 32, "lr": 0.05, "warmup": 8000,
                             "schedule": "rsqrt", "weight_decay": 0.1, "eval_every": 2000,
                             "eval_examples": 0}},
-        # CPU: the first 256 bytes of each review, a small model, 1,000 steps.
-        "cpu": {"task": {"max_length": 256},
-                "model": {"dim": 64, "depth": 2, "heads": 4, "mlp_dim": 128,
-                          "pooling": "mean", "position": "learned"},
-                "train": {"steps": 1000, "batch": 32, "lr": 2e-3, "warmup": 100,
-                          "schedule": "cosine", "weight_decay": 0.01, "eval_every": 250,
-                          "eval_examples": 2000}},
+        "cpu": BYTES_CPU,
     }
 
     def __post_init__(self):
-        if not isinstance(self.max_length, int) or self.max_length < 1:
-            raise ValueError(f"text max_length must be a positive int, got {self.max_length!r}")
+        check_int(self.max_length, "text max_length")
 
     @property
     def vocab_size(self):
@@ -174,19 +178,11 @@ class Retrieval(DatasetTask, MatchingTask):
                   "train": {"steps": 5000, "batch": 32, "lr": 0.05, "warmup": 8000,
                             "schedule": "rsqrt", "weight_decay": 0.1, "eval_every": 1000,
                             "eval_examples": 0}},
-        # CPU: the first 256 bytes of each document, a small model, 1,000 steps.
-        "cpu": {"task": {"max_length": 256},
-                "model": {"dim": 64, "depth": 2, "heads": 4, "mlp_dim": 128,
-                          "pooling": "mean", "position": "learned"},
-                "train": {"steps": 1000, "batch": 32, "lr": 2e-3, "warmup": 100,
-                          "schedule": "cosine", "weight_decay": 0.01, "eval_every": 250,
-                          "eval_examples": 2000}},
+        "cpu": BYTES_CPU,
     }
 
     def __post_init__(self):
-        if not isinstance(self.max_length, int) or self.max_length < 1:
-            raise ValueError(f"retrieval max_length must be a positive int, got "
-                             f"{self.max_length!r}")
+        check_int(self.max_length, "retrieval max_length")
         if self.combine not in ("paper", "concat"):
             raise ValueError(f"retrieval combine must be 'paper' ([u, v, u*v, u-v]) or "
                              f"'concat' ([u, v]), got {self.combine!r}")
