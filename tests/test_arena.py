@@ -282,6 +282,13 @@ def test_suites_take_a_data_root_and_skip_tasks_without_data(tmp_path):
         load_suite(str(suite))
 
 
+def test_model_settings_a_task_cannot_use_are_refused():
+    with pytest.raises(ValueError, match="takes no \\['pooling'\\] setting"):
+        RunConfig(task="mqar", mixer="gla", model={"pooling": "cls"}).resolve()
+    assert RunConfig(task="listops", mixer="gla", model={"pooling": "mean", "norm": False},
+                     train={"steps": 1}).resolve()["model"]["norm"] is False
+
+
 def test_regression_runs_keep_the_lowest_error_and_report_it(tmp_path):
     resolved = RunConfig(task="icl_regression", mixer="linear",
                          model={"dim": 16, "depth": 1, "heads": 2},

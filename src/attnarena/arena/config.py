@@ -56,6 +56,10 @@ class RunConfig:
         train = {**TRAIN_DEFAULTS, **base["train"], **self.train}
         task_options = {**base["task"], **self.task_options}
         task = create_task(self.task, **task_options)  # validates the options
+        unused = sorted(set(model) - set(task.model_keys))
+        if unused:
+            raise ValueError(f"task {self.task!r} builds a model that takes no {unused} "
+                             f"setting; it takes: {', '.join(task.model_keys)}")
         if task.needs_causal and "causal" not in info.patterns:
             raise ValueError(f"mixer {self.mixer!r} has no causal pattern, which the "
                              f"{self.task!r} task's model needs")

@@ -109,6 +109,7 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
     if train_cfg["batch"] % world:
         raise ValueError(f"batch {train_cfg['batch']} does not split over {world} processes")
     task = create_task(resolved["task"], **resolved["task_options"])
+    task.prepare()
     torch.manual_seed(seed)
     model = build_model(resolved, task).to(device=device, dtype=dtype)
     params = sum(p.numel() for p in model.parameters())

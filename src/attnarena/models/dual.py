@@ -24,7 +24,7 @@ class DualEncoder(nn.Module):
             raise ValueError(f"unknown combine {combine!r}; valid: {', '.join(COMBINES)}")
         self.combine = combine
         self.encoder = EncoderClassifier(0, **encoder_settings)
-        dim = self.encoder.norm.normalized_shape[0]
+        dim = self.encoder.dim
         self.classifier = nn.Sequential(nn.Linear(COMBINES[combine] * dim, dim), nn.ReLU(),
                                         nn.Linear(dim, num_classes))
 

@@ -26,7 +26,7 @@ class EncoderClassifier(nn.Module):
                  mixer_options: dict | None = None, mlp_dim: int | None = None,
                  pooling: str = "mean", position: str = "learned", max_len: int = 1024,
                  dropout: float = 0.0, causal: bool = False,
-                 mixer_dim: int | None = None):
+                 mixer_dim: int | None = None, norm: bool = True):
         super().__init__()
         if (vocab_size is None) == (image_size is None):
             raise ValueError("give exactly one of vocab_size (token input) or image_size and "
@@ -34,6 +34,7 @@ class EncoderClassifier(nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
         self.vocab_size, self.pooling, self.causal = vocab_size, pooling, causal
+        self.dim = dim
         if vocab_size is not None:
             self.embed = nn.Embedding(vocab_size, dim)
         else:
@@ -48,8 +49,9 @@ class EncoderClassifier(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(dim, mixer, heads=heads, causal=causal, mixer_options=options,
-                  mlp_dim=mlp_dim, dropout=dropout, mixer_dim=mixer_dim) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
+                  mlp_dim=mlp_dim, dropout=dropout, mixer_dim=mixer_dim, norm=norm)
+            for _ in range(depth))
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
         # num_classes=0: no head, forward returns the pooled features (dual encoders).
         self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
 

@@ -23,7 +23,7 @@ class CausalLM(nn.Module):
                  mixer: str = "softmax", mixer_options: dict | None = None,
                  mlp_dim: int | None = None, position: str = "learned", max_len: int = 1024,
                  dropout: float = 0.0, tie_embeddings: bool = True,
-                 mixer_dim: int | None = None):
+                 mixer_dim: int | None = None, norm: bool = True):
         super().__init__()
         self.vocab_size, self.mixer = vocab_size, mixer
         self.embed = nn.Embedding(vocab_size, dim)
@@ -32,8 +32,8 @@ class CausalLM(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(dim, mixer, heads=heads, causal=True, mixer_options=options, mlp_dim=mlp_dim,
-                  dropout=dropout, mixer_dim=mixer_dim) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
+                  dropout=dropout, mixer_dim=mixer_dim, norm=norm) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
         self.head = nn.Linear(dim, vocab_size, bias=False)
         if tie_embeddings:
             self.head.weight = self.embed.weight

@@ -42,6 +42,9 @@ class Task(abc.ABC):
     higher_is_better: bool = True
     needs_data: bool = False  # True when the examples must be read from a directory
     needs_causal: bool = False  # True when the model is causal (every mixer must be)
+    # model settings ``build_model`` takes
+    model_keys: tuple = ("dim", "depth", "heads", "mlp_dim", "position", "dropout",
+                         "mixer_dim", "norm")
 
     @property
     @abc.abstractmethod
@@ -79,6 +82,10 @@ class Task(abc.ABC):
     def check_data(self) -> None:
         """Raises ValueError when the task's data directory is missing or malformed."""
 
+    def prepare(self) -> None:
+        """Reads or generates whatever the task holds in memory (before training starts,
+        so that it does not count as training time)."""
+
     def value(self, totals: dict) -> float:
         """The task's metric from summed ``score`` statistics."""
         count = max(totals.get("count", 0.0), 1.0)
@@ -109,8 +116,7 @@ class LMTask(Task):
                              "task's language model needs")
         return CausalLM(self.vocab_size, mixer=mixer, mixer_options=mixer_options,
                         max_len=self.sequence_length,
-                        **_model_settings(model, ("dim", "depth", "heads", "mlp_dim",
-                                                  "position", "dropout", "mixer_dim")))
+                        **_model_settings(model, self.model_keys))
 
     def score(self, model, batch):
         logits = model(batch["inputs"]).float()
@@ -127,8 +133,7 @@ class LMTask(Task):
 def encoder_settings(mixer: str, model: dict) -> dict:
     """EncoderClassifier settings: noncausal when the mixer has a noncausal self pattern,
     otherwise causal (pooling then reads the last position or a causal mean)."""
-    settings = _model_settings(model, ("dim", "depth", "heads", "mlp_dim", "position",
-                                       "dropout", "pooling", "mixer_dim"))
+    settings = _model_settings(model, ClassificationTask.model_keys)
     settings["causal"] = "self" not in mixer_info(mixer).patterns
     return settings
 
@@ -137,6 +142,7 @@ class ClassificationTask(Task):
     """One label per sequence, with an encoder classifier."""
 
     num_classes: int = 2
+    model_keys = Task.model_keys + ("pooling",)
 
     def build_model(self, mixer, mixer_options, model):
         from attnarena.models import EncoderClassifier
@@ -235,6 +241,10 @@ class DatasetTask(Task):
                 raise ValueError(f"task {self.name!r} has no {split} examples")
             cache[split] = examples
         return cache[split]
+
+    def prepare(self):
+        for split in SPLITS:
+            self.split(split)
 
     def batch(self, size, generator, split="train"):
         examples = self.split(split)

@@ -129,11 +129,10 @@ class InContextRegression(RegressionTask):
     def build_model(self, mixer, mixer_options, model):
         from attnarena.models import SequenceRegressor
 
-        keys = ("dim", "depth", "heads", "mlp_dim", "position", "dropout", "norm",
-                "mixer_dim")
         return SequenceRegressor(self.input_dim, mixer=mixer, mixer_options=mixer_options,
                                  max_len=self.sequence_length,
-                                 **{k: model[k] for k in keys if model.get(k) is not None})
+                                 **{k: model[k] for k in self.model_keys
+                                    if model.get(k) is not None})
 
     def baselines(self, examples: int, seed: int) -> dict:
         """Mean squared error over every prefix of ``examples`` prompts drawn with ``seed``
