@@ -305,3 +305,39 @@ def test_regression_runs_keep_the_lowest_error_and_report_it(tmp_path):
     store.finish_run("r", metrics)
     board = leaderboard_markdown(store)
     assert "test mse" in board and "Average over tasks" not in board
+
+
+def test_suite_sweeps_expand_and_the_average_takes_the_best_setting(tmp_path):
+    from attnarena.arena.report import averages
+
+    path = tmp_path / "sweep.toml"
+    path.write_text("[[runs]]\ntasks = ['copy']\nmixers = ['gla']\nseeds = [0, 1]\n"
+                    "model = {dim = [16, 32]}\ntrain = {lr = [1e-3, 1e-2], steps = 5}\n")
+    suite = load_suite(str(path))
+    assert len(suite.runs) == 8
+    assert {(c.model["dim"], c.train["lr"], c.seed) for c in suite.runs} == {
+        (d, lr, s) for d in (16, 32) for lr in (1e-3, 1e-2) for s in (0, 1)}
+    assert all(c.train["steps"] == 5 for c in suite.runs)
+    with pytest.raises(SuiteError, match="lists no values"):
+        path.write_text("[[runs]]\ntasks = ['copy']\nmixers = ['gla']\ntrain = {lr = []}\n")
+        load_suite(str(path))
+    store = Store(tmp_path / "a.sqlite")
+    scores = {(16, 1e-3): (0.5, 0.7), (16, 1e-2): (0.9, 0.8), (32, 1e-3): (1.0, 0.2)}
+    for (dim, lr), pair in scores.items():
+        for seed, acc in enumerate(pair):
+            config = RunConfig(task="copy", mixer="gla", seed=seed, model={"dim": dim},
+                               train={"lr": lr})
+            store.start_run(config.run_id(), config.resolve(), None, {})
+            store.finish_run(config.run_id(), {"test_accuracy": acc, "best_val_accuracy": acc,
+                                               "tokens_per_s": 1.0, "peak_mem_mb": 1.0,
+                                               "params": 1, "steps": 1, "train_seconds": 1.0})
+    mqar = RunConfig(task="mqar", mixer="gla", task_options={"length": 64, "pairs": 4})
+    store.start_run(mqar.run_id(), mqar.resolve(), None, {})
+    store.finish_run(mqar.run_id(), {"test_accuracy": 0.3, "best_val_accuracy": 0.3,
+                                     "tokens_per_s": 1.0, "peak_mem_mb": 1.0, "params": 1,
+                                     "steps": 1, "train_seconds": 1.0})
+    # copy: best setting (16, 1e-2) with mean 0.85 over its seeds, not the 1.0 of one seed
+    [(mixer, preset, value)] = averages(leaderboard_rows(store))
+    assert (mixer, preset) == ("gla", "cpu") and value == pytest.approx((0.85 + 0.3) / 2)
+    board = leaderboard_markdown(store)
+    assert "| gla | cpu | 1 | 16 | 0.01 |" in board

@@ -10,7 +10,9 @@
     task_options = {}              # optional, e.g. {max_length = 4096}
     skip_without_data = false      # optional: leave out tasks whose data folder is missing
     model = {}                     # optional overrides of the preset's model settings
-    train = {}                     # optional overrides of the preset's training settings
+    train = {}                     # optional overrides of the preset's training settings;
+                                   # a list in model or train is a sweep: every value runs,
+                                   # e.g. train = {lr = [1e-4, 1e-3]}
     [speed]                        # optional
     mixers = ["softmax", "gla"]    # or "all"; options as "name:key=value"
     lengths = [1024, 4096]
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import itertools
 import tomllib
 
 from attnarena.arena.config import RunConfig
@@ -101,6 +104,23 @@ def _task_data(task: str, data_root) -> dict:
     return {"data_dir": str(folder.resolve())} if folder.is_dir() else {}
 
 
+def _grid(settings, what) -> list[dict]:
+    """A settings table whose list values are alternatives -> every combination."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"{what} must be a table of settings, got {settings!r}")
+    keys = sorted(settings)
+    choices = []
+    for key in keys:
+        value = settings[key]
+        if isinstance(value, list):
+            if not value:
+                raise ValueError(f"{what}.{key} lists no values")
+            choices.append(value)
+        else:
+            choices.append([value])
+    return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
+
+
 def _fits(task: str, mixer: str) -> bool:
     """Whether the task's model can take the mixer (language models need causal ones)."""
     return not task_class(task).needs_causal or "causal" in mixer_info(mixer).patterns
@@ -142,16 +162,19 @@ def _build(data, mixer_filter, task_filter, device, data_root=None):
                     continue
                 if every_mixer and not _fits(task, mixer):
                     continue
-                task_options = {**_task_data(task, data_root), **group.get("task_options", {})}
-                for seed in seeds:
-                    config = RunConfig(task=task, mixer=mixer, preset=group.get("preset", "cpu"),
-                                       seed=seed, mixer_options=group.get("mixer_options", {}),
-                                       task_options=task_options, model=group.get("model", {}),
-                                       train=group.get("train", {}), device=device)
-                    run_id = config.run_id()  # resolves: validates names, presets, options
-                    if run_id not in seen:
-                        seen.add(run_id)
-                        suite.runs.append(config)
+                options = {**_task_data(task, data_root), **group.get("task_options", {})}
+                for model, train in itertools.product(_grid(group.get("model", {}), "model"),
+                                                      _grid(group.get("train", {}), "train")):
+                    for seed in seeds:
+                        config = RunConfig(task=task, mixer=mixer,
+                                           preset=group.get("preset", "cpu"), seed=seed,
+                                           mixer_options=group.get("mixer_options", {}),
+                                           task_options=options, model=model, train=train,
+                                           device=device)
+                        run_id = config.run_id()  # resolves: validates names and options
+                        if run_id not in seen:
+                            seen.add(run_id)
+                            suite.runs.append(config)
     speed = data.get("speed")
     if speed:
         bad = sorted(set(speed) - SPEED_KEYS)
