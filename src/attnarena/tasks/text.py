@@ -117,6 +117,11 @@ class Text(DatasetTask, ClassificationTask):
         imdb_root(self.data_dir)
 
     def load_split(self, split):
+        if split != "train":  # validation and test are the same files: read them once
+            cached = self.__dict__.get("_split_cache", {})
+            for other in ("val", "test"):
+                if other in cached:
+                    return cached[other]
         examples = read_imdb(imdb_root(self.data_dir), IMDB_SPLITS[split], self.max_length)
         if split != "train":
             # A fixed interleaving, so that a capped evaluation sees both classes.
