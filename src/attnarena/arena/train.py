@@ -146,7 +146,7 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
                         slice(rank * local, (rank + 1) * local))
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, train_cfg)
-            loss, _ = task.score(wrapped, batch)
+            loss, _ = task.score(wrapped, batch, stats=False)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if train_cfg["clip"]:

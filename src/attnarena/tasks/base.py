@@ -66,8 +66,9 @@ class Task(abc.ABC):
         heads, mlp_dim, position, dropout, pooling, mixer_dim)."""
 
     @abc.abstractmethod
-    def score(self, model, batch: dict):
-        """(mean loss, {"loss": sum, "correct" or "squared_error": sum, "count": n})."""
+    def score(self, model, batch: dict, stats: bool = True):
+        """(mean loss, {"loss": sum, "correct" or "squared_error": sum, "count": n}); the
+        dict is None when ``stats`` is False (training steps need only the loss)."""
 
     def eval_batches(self, split: str, examples: int, seed: int, batch_size: int = 256):
         """Batches of a fixed evaluation set: ``examples`` examples drawn with ``seed``."""
@@ -118,12 +119,14 @@ class LMTask(Task):
                         max_len=self.sequence_length,
                         **_model_settings(model, self.model_keys))
 
-    def score(self, model, batch):
+    def score(self, model, batch, stats=True):
         logits = model(batch["inputs"]).float()
         targets, weights = batch["targets"], batch["weights"]
         per_token = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
         count = weights.sum()
         loss_sum = (per_token * weights).sum()
+        if not stats:
+            return loss_sum / count.clamp_min(1.0), None
         correct = ((logits.argmax(-1) == targets).float() * weights).sum()
         return loss_sum / count.clamp_min(1.0), {"loss": float(loss_sum.detach()),
                                                  "correct": float(correct),
@@ -154,14 +157,16 @@ class ClassificationTask(Task):
     def logits(self, model, batch):
         return model(batch["inputs"], mask=batch["mask"])
 
-    def score(self, model, batch):
+    def score(self, model, batch, stats=True):
         logits = self.logits(model, batch).float()
         labels = batch["labels"]
         loss_sum = F.cross_entropy(logits, labels, reduction="sum")
-        correct = (logits.argmax(-1) == labels).sum()
         n = labels.shape[0]
-        return loss_sum / max(n, 1), {"loss": float(loss_sum.detach()), "correct": float(correct),
-                                      "count": float(n)}
+        if not stats:
+            return loss_sum / max(n, 1), None
+        correct = (logits.argmax(-1) == labels).sum()
+        return loss_sum / max(n, 1), {"loss": float(loss_sum.detach()),
+                                      "correct": float(correct), "count": float(n)}
 
 
 class MatchingTask(ClassificationTask):
@@ -192,12 +197,14 @@ class RegressionTask(Task):
     def vocab_size(self) -> int:
         return 0
 
-    def score(self, model, batch):
+    def score(self, model, batch, stats=True):
         predictions = model(batch["inputs"]).float()
         weights = batch["weights"]
         squared = (predictions - batch["targets"]) ** 2
         count = weights.sum()
         total = (squared * weights).sum()
+        if not stats:
+            return total / count.clamp_min(1.0), None
         return total / count.clamp_min(1.0), {"loss": float(total.detach()),
                                               "squared_error": float(total.detach()),
                                               "count": float(count)}
