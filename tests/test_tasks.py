@@ -448,6 +448,10 @@ def test_data_command_writes_every_task(tmp_path, capsys):
     assert len(create_task("text", data_dir=str(tmp_path / "text")).split("train")) == 200
     assert len(create_task("retrieval", data_dir=str(tmp_path / "retrieval")).split("val")) > 0
     assert len(create_task("image", data_dir=str(tmp_path / "image")).split("test")) == 100
+    assert main(["data", "copy", "--out", str(tmp_path / "copy-default"), "--examples",
+                 "2"]) == 0  # no paper preset: the cpu one
+    assert main(["data", "copy", "--out", str(tmp_path / "x"), "--preset", "paper"]) == 2
+    assert "no preset 'paper'" in capsys.readouterr().err
     mqar = np.load(tmp_path / "mqar" / "test.npz")
     assert mqar["inputs"].shape[0] == 3 and set(mqar.files) == {"inputs", "targets", "weights"}
     capsys.readouterr()

@@ -207,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="write a task's data to disk in its on-disk format")
     p.add_argument("task")
     p.add_argument("--out", required=True, help="directory to write into")
-    p.add_argument("--preset", default="paper",
-                   help="whose task settings (sizes, lengths) to use (default: paper)")
+    p.add_argument("--preset", default=None,
+                   help="whose task settings (sizes, lengths) to use (default: paper, or cpu "
+                        "for tasks without a paper preset)")
     p.add_argument("--option", action="append",
                    help="task option key=value (repeatable), e.g. train_examples=1000")
     p.add_argument("--synthetic", action="store_true",

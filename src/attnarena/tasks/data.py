@@ -23,15 +23,19 @@ DOWNLOADS = {"text": "IMDB's aclImdb folder (ai.stanford.edu/~amaas/data/sentime
              "image": "CIFAR-10's python version (cifar-10-batches-py)"}
 
 
-def write_task_data(name: str, out_dir, preset: str = "paper", options: dict | None = None,
-                    synthetic: bool = False, examples: int = 1000) -> list[Path]:
-    """Write task ``name``'s data under ``out_dir``; returns the paths written."""
+def write_task_data(name: str, out_dir, preset: str | None = None,
+                    options: dict | None = None, synthetic: bool = False,
+                    examples: int = 1000) -> list[Path]:
+    """Write task ``name``'s data under ``out_dir`` with the task settings of ``preset``
+    (default: "paper" where the task has it, else "cpu") and ``options`` on top; returns
+    the paths written."""
     presets = task_presets(name)
-    base = presets.get(preset, {"task": {}})["task"] if presets else {}
-    if presets and preset not in presets:
+    if preset is None:
+        preset = "paper" if "paper" in presets else "cpu"
+    if preset not in presets:
         raise ValueError(f"task {name!r} has no preset {preset!r}; presets: "
                          f"{', '.join(sorted(presets))}")
-    task = create_task(name, **{**base, **(options or {})})
+    task = create_task(name, **{**presets[preset]["task"], **(options or {})})
     out = Path(out_dir)
     if name in SYNTHETIC:
         if not synthetic:
