@@ -52,6 +52,23 @@ def byte_batch(texts, length: int):
     return pad_sequences([encode_bytes(t, length) for t in texts], limit=length)
 
 
+class ByteLevel:
+    """Bytes as tokens, sequences of at most ``max_length`` bytes."""
+
+    max_length: int
+
+    @property
+    def vocab_size(self):
+        return BYTE_VOCAB
+
+    @property
+    def sequence_length(self):
+        return self.max_length
+
+    def __post_init__(self):
+        check_int(self.max_length, f"{self.name} max_length")
+
+
 def imdb_root(data_dir) -> Path:
     """The aclImdb folder: ``data_dir`` itself or its ``aclImdb`` child."""
     expected = "the aclImdb folders train/pos, train/neg, test/pos, test/neg of .txt reviews"
@@ -79,7 +96,7 @@ def read_imdb(root: Path, split: str, max_bytes: int) -> list[tuple[bytes, int]]
 
 @register_task
 @dataclass(frozen=True)
-class Text(DatasetTask, ClassificationTask):
+class Text(ByteLevel, DatasetTask, ClassificationTask):
     """Byte-level IMDB sentiment (2 classes) from the ``aclImdb`` folder; reviews cut to
     ``max_length`` bytes (1000 in LRA, 4096 as later papers use). As in LRA, the validation
     set is IMDB's test split."""
@@ -101,17 +118,6 @@ class Text(DatasetTask, ClassificationTask):
                             "eval_examples": 0}},
         "cpu": BYTES_CPU,
     }
-
-    def __post_init__(self):
-        check_int(self.max_length, "text max_length")
-
-    @property
-    def vocab_size(self):
-        return BYTE_VOCAB
-
-    @property
-    def sequence_length(self):
-        return self.max_length
 
     def check_data(self):
         imdb_root(self.data_dir)
@@ -161,7 +167,7 @@ def read_aan(path: Path, max_bytes: int) -> list[tuple[bytes, bytes, int]]:
 
 @register_task
 @dataclass(frozen=True)
-class Retrieval(DatasetTask, MatchingTask):
+class Retrieval(ByteLevel, DatasetTask, MatchingTask):
     """Byte-level AAN document matching (2 classes) from LRA's release TSVs
     (``new_aan_pairs.{train,eval,test}.tsv``), ``max_length`` bytes per document, a dual
     encoder; ``combine`` "paper" = [u, v, u*v, u-v] (the LRA paper's head), "concat" =
@@ -187,18 +193,10 @@ class Retrieval(DatasetTask, MatchingTask):
     }
 
     def __post_init__(self):
-        check_int(self.max_length, "retrieval max_length")
+        super().__post_init__()
         if self.combine not in ("paper", "concat"):
             raise ValueError(f"retrieval combine must be 'paper' ([u, v, u*v, u-v]) or "
                              f"'concat' ([u, v]), got {self.combine!r}")
-
-    @property
-    def vocab_size(self):
-        return BYTE_VOCAB
-
-    @property
-    def sequence_length(self):
-        return self.max_length
 
     def _root(self) -> Path:
         expected = ", ".join(AAN_FILES.values()) + " (LRA's tsv_data folder)"
