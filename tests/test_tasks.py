@@ -455,3 +455,19 @@ def test_data_command_writes_every_task(tmp_path, capsys):
     mqar = np.load(tmp_path / "mqar" / "test.npz")
     assert mqar["inputs"].shape[0] == 3 and set(mqar.files) == {"inputs", "targets", "weights"}
     capsys.readouterr()
+
+
+def test_mqar_fixed_training_set():
+    task = create_task("mqar", vocab=64, length=32, pairs=4, train_examples=50)
+    again = create_task("mqar", vocab=64, length=32, pairs=4, train_examples=50)
+    task.prepare()
+    pool = task.__dict__["_pool"]["inputs"]
+    assert pool.shape == (50, 32)
+    batch = again.batch(200, torch.Generator().manual_seed(3))
+    rows = {tuple(r) for r in pool.tolist()}
+    assert all(tuple(r) in rows for r in batch["inputs"].tolist())  # only the fixed set
+    assert len({tuple(r) for r in batch["inputs"].tolist()}) <= 50
+    val = task.batch(50, torch.Generator().manual_seed(3), "val")
+    assert not any(tuple(r) in rows for r in val["inputs"].tolist())  # fresh draws
+    with pytest.raises(ValueError, match="train_examples"):
+        create_task("mqar", train_examples=0)

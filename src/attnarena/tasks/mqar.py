@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from attnarena.tasks.base import LMTask, register_task
+from attnarena._validate import check_int
+from attnarena.tasks.base import LMTask, check_split, register_task
 
 
 @register_task
@@ -17,23 +18,31 @@ class MQAR(LMTask):
     drawn without replacement with p(i) ~ a i^(a - 1), a = 0.01, so queries cluster near
     the pairs. The value follows its query; the model is scored on predicting it. Filler
     positions hold random tokens.
+
+    ``train_examples`` fixes the training set (Zoology's 100k), drawn once from
+    ``data_seed``, and training batches sample it; without it every batch is fresh.
+    Validation and test examples are always fresh draws from their own seeds.
     """
 
     vocab: int = 8192
     length: int = 64
     pairs: int = 4
     power: float = 0.01
+    train_examples: int | None = None
+    data_seed: int = 0
 
     name = "mqar"
     # Zoology's Figure 2: vocab 8192, (length, pairs) in {(64,4), (128,8), (256,16),
     # (512,64)}, 2 layers, 1 head, no MLP, learned positions, widths 64-512, 100k train
     # examples, best of 4 learning rates in logspace(-4, -2).
     presets = {
-        "paper": {"task": {"vocab": 8192, "length": 256, "pairs": 16},
+        "paper": {"task": {"vocab": 8192, "length": 256, "pairs": 16,
+                           "train_examples": 100_000},
                   "model": {"dim": 128, "depth": 2, "heads": 1, "mlp_dim": 0,
                             "position": "learned"},
                   "train": {"steps": 6250, "batch": 64, "lr": 1e-3, "warmup": 300,
-                            "schedule": "cosine", "weight_decay": 0.1, "eval_every": 500}},
+                            "schedule": "cosine", "weight_decay": 0.1, "eval_every": 500,
+                            "eval_examples": 3000}},
         "cpu": {"task": {"vocab": 64, "length": 32, "pairs": 4},
                 "model": {"dim": 64, "depth": 2, "heads": 1, "mlp_dim": 0,
                           "position": "learned"},
@@ -42,6 +51,8 @@ class MQAR(LMTask):
     }
 
     def __post_init__(self):
+        if self.train_examples is not None:
+            check_int(self.train_examples, "mqar train_examples")
         if self.vocab < 4 or self.pairs < 1:
             raise ValueError("mqar needs vocab >= 4 and pairs >= 1")
         if self.pairs > self.vocab // 2 - 1:
@@ -59,6 +70,26 @@ class MQAR(LMTask):
         return self.length
 
     def batch(self, size, generator, split="train"):
+        check_split(split)
+        if split == "train" and self.train_examples:
+            pool = self.__dict__.get("_pool")
+            if pool is None:  # drawn once, in blocks, from the data seed
+                pool = self.__dict__["_pool"] = self._fixed_set()
+            index = torch.randint(0, self.train_examples, (size,), generator=generator)
+            return {k: v[index] for k, v in pool.items()}
+        return self._draw(size, generator)
+
+    def prepare(self):
+        if self.train_examples and "_pool" not in self.__dict__:
+            self.__dict__["_pool"] = self._fixed_set()
+
+    def _fixed_set(self) -> dict:
+        generator = torch.Generator().manual_seed(self.data_seed)
+        parts = [self._draw(min(4096, self.train_examples - start), generator)
+                 for start in range(0, self.train_examples, 4096)]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _draw(self, size, generator):
         V, L, P = self.vocab, self.length, self.pairs
         half = V // 2
         seq = torch.randint(0, V, (size, L + 1), generator=generator)
