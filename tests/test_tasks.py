@@ -461,7 +461,7 @@ def test_mqar_fixed_training_set():
     task = create_task("mqar", vocab=64, length=32, pairs=4, train_examples=50)
     again = create_task("mqar", vocab=64, length=32, pairs=4, train_examples=50)
     task.prepare()
-    pool = task.__dict__["_pool"]["inputs"]
+    pool = task.fixed_set()["inputs"]
     assert pool.shape == (50, 32)
     batch = again.batch(200, torch.Generator().manual_seed(3))
     rows = {tuple(r) for r in pool.tolist()}

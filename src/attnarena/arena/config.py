@@ -39,7 +39,7 @@ class RunConfig:
         if self.preset not in presets:
             raise ValueError(f"task {self.task!r} has no preset {self.preset!r}; presets: "
                              f"{', '.join(sorted(presets))}")
-        info = mixer_info(self.mixer)
+        mixer_info(self.mixer)  # an unknown name fails here, listing the valid ones
         valid = mixer_options(self.mixer)
         unknown = sorted(set(self.mixer_options) - set(valid))
         if unknown:
@@ -60,7 +60,7 @@ class RunConfig:
         if unused:
             raise ValueError(f"task {self.task!r} builds a model that takes no {unused} "
                              f"setting; it takes: {', '.join(task.model_keys)}")
-        if task.needs_causal and "causal" not in info.patterns:
+        if not task.takes(self.mixer):
             raise ValueError(f"mixer {self.mixer!r} has no causal pattern, which the "
                              f"{self.task!r} task's model needs")
         task.check_data()  # a missing or malformed data directory fails before training
@@ -73,9 +73,7 @@ class RunConfig:
         for key in ("steps", "batch", "eval_every"):
             if not isinstance(train[key], int) or train[key] < 1:
                 raise ValueError(f"train.{key} must be a positive int, got {train[key]!r}")
-        from attnarena.tasks.base import DatasetTask
-
-        least = 0 if isinstance(task, DatasetTask) else 1  # 0: a dataset's whole split
+        least = task.min_eval_examples  # 0 for datasets: their whole splits
         if not isinstance(train["eval_examples"], int) or train["eval_examples"] < least:
             raise ValueError(f"train.eval_examples must be an int >= {least} for task "
                              f"{self.task!r}" + (" (0 evaluates whole splits)" if not least

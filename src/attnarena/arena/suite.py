@@ -25,12 +25,11 @@ Pathfinder read ``ROOT/<task>`` when it exists and generate their data otherwise
 """
 from __future__ import annotations
 
+import itertools
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
-import itertools
-import tomllib
 
 from attnarena.arena.config import RunConfig
 from attnarena.arena.speed import PASSES, SpeedConfig, parse_mixers
@@ -98,7 +97,7 @@ def _names(value, valid, what):
 
 def _task_data(task: str, data_root) -> dict:
     """{"data_dir": ROOT/task} when that folder exists and the task reads data."""
-    if data_root is None or "data_dir" not in task_class(task).__dataclass_fields__:
+    if data_root is None or not task_class(task).reads_data:
         return {}
     folder = Path(data_root) / task
     return {"data_dir": str(folder.resolve())} if folder.is_dir() else {}
@@ -119,11 +118,6 @@ def _grid(settings, what) -> list[dict]:
         else:
             choices.append([value])
     return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
-
-
-def _fits(task: str, mixer: str) -> bool:
-    """Whether the task's model can take the mixer (language models need causal ones)."""
-    return not task_class(task).needs_causal or "causal" in mixer_info(mixer).patterns
 
 
 def _build(data, mixer_filter, task_filter, device, data_root=None):
@@ -160,7 +154,7 @@ def _build(data, mixer_filter, task_filter, device, data_root=None):
             for mixer in mixers:
                 if mixer_filter and mixer not in mixer_filter:
                     continue
-                if every_mixer and not _fits(task, mixer):
+                if every_mixer and not task_class(task).takes(mixer):
                     continue
                 options = {**_task_data(task, data_root), **group.get("task_options", {})}
                 for model, train in itertools.product(_grid(group.get("model", {}), "model"),

@@ -86,10 +86,10 @@ def evaluate(model, task, examples: int, seed: int, device, split: str = "val") 
 
 def _tokens(batch: dict) -> int:
     """Real tokens in a batch: masked positions do not count."""
-    if "mask" in batch:
-        return int(batch["mask"].sum()) + int(batch.get("mask2", batch["mask"][:0]).sum())
-    inputs = batch["inputs"]
-    return inputs.shape[0] * inputs.shape[1]
+    masks = [batch[k] for k in ("mask", "mask2") if k in batch]
+    if masks:
+        return sum(int(m.sum()) for m in masks)
+    return batch["inputs"].shape[0] * batch["inputs"].shape[1]
 
 
 def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
@@ -178,9 +178,8 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
     test = evaluate(model, task, train_cfg["eval_examples"], eval_seed(seed, "test"), device,
                     "test")
     best_val = sign * state["best_score"]
-    extra = {}
-    if hasattr(task, "baselines"):  # closed-form references on the test prompts
-        extra["baselines"] = task.baselines(train_cfg["eval_examples"], eval_seed(seed, "test"))
+    baselines = task.baselines(train_cfg["eval_examples"], eval_seed(seed, "test"))
+    extra = {} if baselines is None else {"baselines": baselines}
     return {**extra, "metric": task.metric, f"test_{task.metric}": test["metric"],
             "test_loss": test["loss"], f"best_val_{task.metric}": best_val,
             "test_examples": test["count"], "steps": state["step"],

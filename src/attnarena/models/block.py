@@ -24,14 +24,17 @@ class Block(nn.Module):
                  dropout: float = 0.0, mixer_dim: int | None = None, norm: bool = True):
         super().__init__()
         mlp_dim = 4 * dim if mlp_dim is None else mlp_dim
-        self.norm1 = nn.LayerNorm(dim) if norm else nn.Identity()
+        def layer_norm():
+            return nn.LayerNorm(dim) if norm else nn.Identity()
+
+        self.norm1 = layer_norm()
         inner = dim if mixer_dim is None else mixer_dim
         self.down = nn.Linear(dim, inner, bias=False) if inner != dim else nn.Identity()
         self.up = nn.Linear(inner, dim, bias=False) if inner != dim else nn.Identity()
         self.mixer = create_mixer(mixer, inner, heads=heads, causal=causal,
                                   **(mixer_options or {}))
         self.drop = nn.Dropout(dropout)
-        self.norm2 = (nn.LayerNorm(dim) if norm else nn.Identity()) if mlp_dim else None
+        self.norm2 = layer_norm() if mlp_dim else None
         self.mlp = MLP(dim, mlp_dim, dropout) if mlp_dim else None
 
     def forward(self, x, mask=None):

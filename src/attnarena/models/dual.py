@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnarena.models.embedding import check_mask
 from attnarena.models.encoder import EncoderClassifier
 
 COMBINES = {"paper": 4, "concat": 2}
@@ -40,10 +41,9 @@ class DualEncoder(nn.Module):
         length = max(inputs.shape[1], inputs2.shape[1])
         pair, masks = [], []
         for x, m in ((inputs, mask), (inputs2, mask2)):
+            check_mask(m, x.shape)
             if m is None:
                 m = torch.ones(x.shape, dtype=torch.bool, device=x.device)
-            elif m.shape != x.shape:
-                raise ValueError(f"mask must have shape {tuple(x.shape)}, got {tuple(m.shape)}")
             extra = length - x.shape[1]
             pair.append(nn.functional.pad(x, (0, extra)))
             masks.append(nn.functional.pad(m, (0, extra), value=False))

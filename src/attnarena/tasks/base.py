@@ -40,8 +40,10 @@ class Task(abc.ABC):
     presets: dict = {}
     metric: str = "accuracy"
     higher_is_better: bool = True
-    needs_data: bool = False  # True when the examples must be read from a directory
+    reads_data: bool = False  # True when the task takes a ``data_dir`` option
+    needs_data: bool = False  # True when it cannot run without one
     needs_causal: bool = False  # True when the model is causal (every mixer must be)
+    min_eval_examples: int = 1  # DatasetTask: 0, meaning whole splits
     # model settings ``build_model`` takes
     model_keys: tuple = ("dim", "depth", "heads", "mlp_dim", "position", "dropout",
                          "mixer_dim", "norm")
@@ -67,8 +69,18 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def score(self, model, batch: dict, stats: bool = True):
-        """(mean loss, {"loss": sum, "correct" or "squared_error": sum, "count": n}); the
-        dict is None when ``stats`` is False (training steps need only the loss)."""
+        """(mean loss, {"loss": sum, "total": sum of the metric, "count": n}); the dict is
+        None when ``stats`` is False (training steps need only the loss)."""
+
+    @classmethod
+    def takes(cls, mixer: str) -> bool:
+        """Whether the task's model can be built around ``mixer``."""
+        return not cls.needs_causal or "causal" in mixer_info(mixer).patterns
+
+    def baselines(self, examples: int, seed: int) -> dict | None:
+        """Reference scores computed without a model on the test examples of ``seed``
+        (None when the task has none)."""
+        return None
 
     def eval_batches(self, split: str, examples: int, seed: int, batch_size: int = 256):
         """Batches of a fixed evaluation set: ``examples`` examples drawn with ``seed``."""
@@ -89,10 +101,7 @@ class Task(abc.ABC):
 
     def value(self, totals: dict) -> float:
         """The task's metric from summed ``score`` statistics."""
-        count = max(totals.get("count", 0.0), 1.0)
-        if self.metric == "accuracy":
-            return totals["correct"] / count
-        return totals["squared_error"] / count
+        return totals.get("total", 0.0) / max(totals.get("count", 0.0), 1.0)
 
 
 def check_split(split):
@@ -112,9 +121,6 @@ class LMTask(Task):
     def build_model(self, mixer, mixer_options, model):
         from attnarena.models import CausalLM
 
-        if "causal" not in mixer_info(mixer).patterns:
-            raise ValueError(f"mixer {mixer!r} has no causal pattern, which the {self.name!r} "
-                             "task's language model needs")
         return CausalLM(self.vocab_size, mixer=mixer, mixer_options=mixer_options,
                         max_len=self.sequence_length,
                         **_model_settings(model, self.model_keys))
@@ -129,7 +135,7 @@ class LMTask(Task):
             return loss_sum / count.clamp_min(1.0), None
         correct = ((logits.argmax(-1) == targets).float() * weights).sum()
         return loss_sum / count.clamp_min(1.0), {"loss": float(loss_sum.detach()),
-                                                 "correct": float(correct),
+                                                 "total": float(correct),
                                                  "count": float(count)}
 
 
@@ -166,7 +172,7 @@ class ClassificationTask(Task):
             return loss_sum / max(n, 1), None
         correct = (logits.argmax(-1) == labels).sum()
         return loss_sum / max(n, 1), {"loss": float(loss_sum.detach()),
-                                      "correct": float(correct), "count": float(n)}
+                                      "total": float(correct), "count": float(n)}
 
 
 class MatchingTask(ClassificationTask):
@@ -203,11 +209,11 @@ class RegressionTask(Task):
         squared = (predictions - batch["targets"]) ** 2
         count = weights.sum()
         total = (squared * weights).sum()
+        mean = total / count.clamp_min(1.0)
         if not stats:
-            return total / count.clamp_min(1.0), None
-        return total / count.clamp_min(1.0), {"loss": float(total.detach()),
-                                              "squared_error": float(total.detach()),
-                                              "count": float(count)}
+            return mean, None
+        summed = float(total.detach())
+        return mean, {"loss": summed, "total": summed, "count": float(count)}
 
 
 def pad_sequences(sequences, pad_id: int = 0, multiple: int = 16, limit: int | None = None):
@@ -228,12 +234,16 @@ def pad_sequences(sequences, pad_id: int = 0, multiple: int = 16, limit: int | N
 
 
 class DatasetTask(Task):
-    """A task over fixed splits of examples. Subclasses implement ``load_split`` (a list of
-    examples) and ``collate`` (examples -> batch dict)."""
+    """A task over fixed splits of examples, read from ``data_dir`` or generated. Subclasses
+    implement ``load_splits`` (every split's examples, read or generated once) and
+    ``collate`` (examples -> batch dict)."""
+
+    reads_data = True
+    min_eval_examples = 0
 
     @abc.abstractmethod
-    def load_split(self, split: str) -> list:
-        """Every example of ``split``."""
+    def load_splits(self) -> dict:
+        """{"train": [...], "val": [...], "test": [...]}: every example of each split."""
 
     @abc.abstractmethod
     def collate(self, examples: list) -> dict:
@@ -241,17 +251,17 @@ class DatasetTask(Task):
 
     def split(self, split: str) -> list:
         check_split(split)
-        cache = self.__dict__.setdefault("_split_cache", {})  # also on frozen dataclasses
-        if split not in cache:
-            examples = self.load_split(split)
-            if not examples:
-                raise ValueError(f"task {self.name!r} has no {split} examples")
-            cache[split] = examples
-        return cache[split]
+        splits = self.__dict__.get("_splits")  # cached on the instance, frozen or not
+        if splits is None:
+            splits = self.load_splits()
+            for name in SPLITS:
+                if not splits.get(name):
+                    raise ValueError(f"task {self.name!r} has no {name} examples")
+            self.__dict__["_splits"] = splits
+        return splits[split]
 
     def prepare(self):
-        for split in SPLITS:
-            self.split(split)
+        self.split("train")
 
     def batch(self, size, generator, split="train"):
         examples = self.split(split)
@@ -265,6 +275,20 @@ class DatasetTask(Task):
         n = len(data) if not examples else min(examples, len(data))
         for start in range(0, n, batch_size):
             yield self.collate(data[start:min(n, start + batch_size)])
+
+
+def labelled_batch(inputs, labels, mask=None) -> dict:
+    """A classification batch: ``inputs`` (B, L) ids, ``labels`` (B,) and the ``mask`` of
+    real tokens (all of them when None)."""
+    if mask is None:
+        mask = torch.ones(inputs.shape, dtype=torch.bool)
+    return {"inputs": inputs, "mask": mask, "labels": torch.as_tensor(labels, dtype=torch.long)}
+
+
+def divide(examples: list, train: int, val: int) -> dict:
+    """The first ``train`` examples, the next ``val``, and the rest, as the three splits."""
+    return {"train": examples[:train], "val": examples[train:train + val],
+            "test": examples[train + val:]}
 
 
 def data_directory(task: str, data_dir, expected: str) -> Path:

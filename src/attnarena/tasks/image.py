@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnarena.tasks.base import ClassificationTask, DatasetTask, data_directory, register_task
+from attnarena.tasks.base import ClassificationTask, DatasetTask, data_directory, divide, \
+    labelled_batch, register_task
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -129,28 +130,19 @@ class Image(DatasetTask, ClassificationTask):
             gray = np.floor(gray).astype(np.uint8)
         return torch.from_numpy(gray.reshape(len(gray), -1).astype(np.int64))
 
-    def load_split(self, split):
+    def load_splits(self):
         root = self._root()
-        if split == "test":
-            images, labels = read_cifar_batch(root / TEST_FILE)
-        else:
-            parts = [read_cifar_batch(root / f) for f in TRAIN_FILES]
-            images = np.concatenate([p[0] for p in parts])
-            labels = np.concatenate([p[1] for p in parts])
-            held = self.val_examples if self.val_examples is not None else len(images) // 10
-            cut = len(images) - held
-            if cut <= 0 or held <= 0:
-                raise ValueError(f"task 'image': {len(images)} training images cannot give "
-                                 f"{held} for validation and leave some to train on")
-            images, labels = (images[:cut], labels[:cut]) if split == "train" else \
-                (images[cut:], labels[cut:])
-        pixels = self._pixels(images)
-        return list(zip(pixels, labels.tolist()))
+        parts = [read_cifar_batch(root / f) for f in TRAIN_FILES + (TEST_FILE,)]
+        examples = [list(zip(self._pixels(images), labels.tolist())) for images, labels in parts]
+        training = [e for part in examples[:-1] for e in part]
+        held = self.val_examples if self.val_examples is not None else len(training) // 10
+        if not 0 < held < len(training):
+            raise ValueError(f"task 'image': {len(training)} training images cannot give "
+                             f"{held} for validation and leave some to train on")
+        return {**divide(training, len(training) - held, held), "test": examples[-1]}
 
     def collate(self, examples):
-        inputs = torch.stack([e[0] for e in examples])
-        return {"inputs": inputs, "mask": torch.ones(inputs.shape, dtype=torch.bool),
-                "labels": torch.tensor([e[1] for e in examples], dtype=torch.long)}
+        return labelled_batch(torch.stack([e[0] for e in examples]), [e[1] for e in examples])
 
 
 def write_synthetic_cifar(out_dir, per_batch: int = 100, seed: int = 0) -> Path:

@@ -27,6 +27,8 @@ from attnarena.tasks.base import (
     ClassificationTask,
     DatasetTask,
     data_directory,
+    divide,
+    labelled_batch,
     pad_sequences,
     register_task,
 )
@@ -219,28 +221,23 @@ class ListOps(DatasetTask, ClassificationTask):
 
     def generated_splits(self) -> dict:
         """The three splits drawn from one stream of distinct trees, as LRA splits its set."""
-        sizes = (self.train_examples, self.val_examples, self.test_examples)
-        trees = generate_dataset(sum(sizes), self.seed, self.min_length, self.max_length,
-                                 self.max_depth, self.max_args)
-        return {"train": trees[:sizes[0]], "val": trees[sizes[0]:sizes[0] + sizes[1]],
-                "test": trees[sizes[0] + sizes[1]:]}
+        trees = generate_dataset(self.train_examples + self.val_examples + self.test_examples,
+                                 self.seed, self.min_length, self.max_length, self.max_depth,
+                                 self.max_args)
+        return divide(trees, self.train_examples, self.val_examples)
 
-    def load_split(self, split):
+    def load_splits(self):
         if self.data_dir is None:
-            cache = self.__dict__.setdefault("_generated", {})
-            if not cache:
-                cache.update(self.generated_splits())
-            return [(tokenize(tree_to_string(t)), evaluate_tree(t)) for t in cache[split]]
+            return {split: [(tokenize(tree_to_string(t)), evaluate_tree(t)) for t in trees]
+                    for split, trees in self.generated_splits().items()}
         self.check_data()
-        rows = read_tsv(Path(self.data_dir) / FILES[split])
-        return [(tokenize(source), target) for source, target in rows]
+        return {split: [(tokenize(source), target)
+                        for source, target in read_tsv(Path(self.data_dir) / file)]
+                for split, file in FILES.items()}
 
     def collate(self, examples):
-        import torch
-
         ids, mask = pad_sequences([e[0] for e in examples], limit=self.max_tokens)
-        return {"inputs": ids, "mask": mask,
-                "labels": torch.tensor([e[1] for e in examples], dtype=torch.long)}
+        return labelled_batch(ids, [e[1] for e in examples], mask)
 
     def write_data(self, out_dir) -> list[Path]:
         """The three TSVs in LRA's format."""

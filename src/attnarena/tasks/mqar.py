@@ -72,22 +72,20 @@ class MQAR(LMTask):
     def batch(self, size, generator, split="train"):
         check_split(split)
         if split == "train" and self.train_examples:
-            pool = self.__dict__.get("_pool")
-            if pool is None:  # drawn once, in blocks, from the data seed
-                pool = self.__dict__["_pool"] = self._fixed_set()
             index = torch.randint(0, self.train_examples, (size,), generator=generator)
-            return {k: v[index] for k, v in pool.items()}
+            return {k: v[index] for k, v in self.fixed_set().items()}
         return self._draw(size, generator)
 
     def prepare(self):
-        if self.train_examples and "_pool" not in self.__dict__:
-            self.__dict__["_pool"] = self._fixed_set()
+        if self.train_examples:
+            self.fixed_set()
 
-    def _fixed_set(self) -> dict:
-        generator = torch.Generator().manual_seed(self.data_seed)
-        parts = [self._draw(min(4096, self.train_examples - start), generator)
-                 for start in range(0, self.train_examples, 4096)]
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    def fixed_set(self) -> dict:
+        """The fixed training set, drawn once from ``data_seed`` and kept."""
+        if "_fixed" not in self.__dict__:  # cached on the frozen instance
+            generator = torch.Generator().manual_seed(self.data_seed)
+            self.__dict__["_fixed"] = self._draw(self.train_examples, generator)
+        return self.__dict__["_fixed"]
 
     def _draw(self, size, generator):
         V, L, P = self.vocab, self.length, self.pairs

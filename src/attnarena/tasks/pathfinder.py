@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from attnarena._validate import check_int
-from attnarena.tasks.base import ClassificationTask, DatasetTask, data_directory, register_task
+from attnarena.tasks.base import ClassificationTask, DatasetTask, data_directory, divide, \
+    labelled_batch, register_task
 
 DIFFICULTIES = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
 SIZES = (32, 64, 128, 256)
@@ -362,38 +363,28 @@ class Pathfinder(DatasetTask, ClassificationTask):
         if self.data_dir is not None:
             self._root()
 
-    def _all_examples(self) -> dict:
-        cache = self.__dict__.setdefault("_examples", {})
-        if cache:
-            return cache
-        if self.data_dir is None:
-            sizes = (self.train_examples, self.val_examples, self.test_examples)
-            data = generate_dataset(sum(sizes), self.seed, self.settings())
-            cut = (sizes[0], sizes[0] + sizes[1])
-        else:
-            listed = read_metadata(self._root())
-            data = []
-            for path, label in listed:
-                image = read_png(path)
-                if image.shape != (self.size, self.size):
-                    raise ValueError(f"{path}: expected a {self.size} x {self.size} image "
-                                     f"(task option size), got {image.shape[1]} x "
-                                     f"{image.shape[0]}")
-                data.append((image, label))
-            cut = (int(0.8 * len(data)), int(0.9 * len(data)))
-        cache.update(train=data[:cut[0]], val=data[cut[0]:cut[1]], test=data[cut[1]:])
-        return cache
+    def generated(self) -> list:
+        """(image, label) pairs for the three splits, drawn from ``seed``."""
+        return generate_dataset(self.train_examples + self.val_examples + self.test_examples,
+                                self.seed, self.settings())
 
-    def load_split(self, split):
-        return self._all_examples()[split]
+    def load_splits(self):
+        if self.data_dir is None:
+            return divide(self.generated(), self.train_examples, self.val_examples)
+        data = []
+        for path, label in read_metadata(self._root()):
+            image = read_png(path)
+            if image.shape != (self.size, self.size):
+                raise ValueError(f"{path}: expected a {self.size} x {self.size} image (task "
+                                 f"option size), got {image.shape[1]} x {image.shape[0]}")
+            data.append((image, label))
+        train, val = int(0.8 * len(data)), int(0.9 * len(data)) - int(0.8 * len(data))
+        return divide(data, train, val)  # 80/10/10 in metadata order
 
     def collate(self, examples):
         images = np.stack([e[0] for e in examples]).reshape(len(examples), -1)
-        inputs = torch.from_numpy(images.astype(np.int64))
-        return {"inputs": inputs, "mask": torch.ones(inputs.shape, dtype=torch.bool),
-                "labels": torch.tensor([e[1] for e in examples], dtype=torch.long)}
+        return labelled_batch(torch.from_numpy(images.astype(np.int64)),
+                              [e[1] for e in examples])
 
     def write_data(self, out_dir) -> list[Path]:
-        examples = generate_dataset(self.train_examples + self.val_examples
-                                    + self.test_examples, self.seed, self.settings())
-        return [write_pathfinder(out_dir, examples, self.difficulty)]
+        return [write_pathfinder(out_dir, self.generated(), self.difficulty)]

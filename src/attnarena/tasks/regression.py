@@ -138,16 +138,9 @@ class InContextRegression(RegressionTask):
         """Mean squared error over every prefix of ``examples`` prompts drawn with ``seed``
         (the same prompts as the evaluation of that seed): least squares, ridge, one GD
         step with the best step size, zero. Also the step size."""
-        generator = torch.Generator().manual_seed(seed)
-        xs, ys = [], []
-        remaining = examples
-        while remaining > 0:  # the draws of ``eval_batches``, batch by batch
-            size = min(256, remaining)
-            x, y = self.draw(size, generator)
-            xs.append(x.double())
-            ys.append(y.double())
-            remaining -= size
-        x, y = torch.cat(xs), torch.cat(ys)
+        inputs = torch.cat([b["inputs"] for b in self.eval_batches("test", examples, seed)])
+        pairs = inputs[:, 1::2].double()  # the pair tokens (x_i, y_i)
+        x, y = pairs[..., :self.dim], pairs[..., self.dim]
         ridge = self.ridge if self.ridge is not None else max(self.noise ** 2 * self.dim, 1e-6)
         lstsq, ridged = prefix_solutions(x, y, ridge)
         eta = best_step_size(x, y)

@@ -23,12 +23,12 @@ from attnarena.tasks.base import (
     DatasetTask,
     MatchingTask,
     data_directory,
+    labelled_batch,
     pad_sequences,
     register_task,
 )
 
 BYTE_VOCAB = 257
-IMDB_SPLITS = {"train": "train", "val": "test", "test": "test"}  # LRA validated on test
 AAN_FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv",
              "test": "new_aan_pairs.test.tsv"}
 
@@ -122,22 +122,16 @@ class Text(ByteLevel, DatasetTask, ClassificationTask):
     def check_data(self):
         imdb_root(self.data_dir)
 
-    def load_split(self, split):
-        if split != "train":  # validation and test are the same files: read them once
-            cached = self.__dict__.get("_split_cache", {})
-            for other in ("val", "test"):
-                if other in cached:
-                    return cached[other]
-        examples = read_imdb(imdb_root(self.data_dir), IMDB_SPLITS[split], self.max_length)
-        if split != "train":
-            # A fixed interleaving, so that a capped evaluation sees both classes.
-            random.Random(0).shuffle(examples)
-        return examples
+    def load_splits(self):
+        root = imdb_root(self.data_dir)
+        test = read_imdb(root, "test", self.max_length)
+        random.Random(0).shuffle(test)  # a fixed interleaving: capped evaluations see both
+        return {"train": read_imdb(root, "train", self.max_length), "val": test,
+                "test": test}  # LRA validated on IMDB's test split
 
     def collate(self, examples):
         ids, mask = byte_batch([e[0] for e in examples], self.max_length)
-        return {"inputs": ids, "mask": mask,
-                "labels": torch.tensor([e[1] for e in examples], dtype=torch.long)}
+        return labelled_batch(ids, [e[1] for e in examples], mask)
 
 
 def read_aan(path: Path, max_bytes: int) -> list[tuple[bytes, bytes, int]]:
@@ -210,8 +204,10 @@ class Retrieval(ByteLevel, DatasetTask, MatchingTask):
     def check_data(self):
         self._root()
 
-    def load_split(self, split):
-        return read_aan(self._root() / AAN_FILES[split], self.max_length)
+    def load_splits(self):
+        root = self._root()
+        return {split: read_aan(root / file, self.max_length)
+                for split, file in AAN_FILES.items()}
 
     def collate(self, examples):
         ids, mask = byte_batch([e[0] for e in examples], self.max_length)
