@@ -291,8 +291,11 @@ def divide(examples: list, train: int, val: int) -> dict:
             "test": examples[train + val:]}
 
 
-def data_directory(task: str, data_dir, expected: str) -> Path:
-    """``data_dir`` as an existing directory, or an error saying what belongs there."""
+def data_directory(task: str, data_dir, expected: str, needs=(), inside: str | None = None
+                   ) -> Path:
+    """``data_dir`` as an existing directory holding every path in ``needs`` (its child
+    ``inside`` when it has one: the folder a download unpacks to), or an error saying what
+    belongs there."""
     if data_dir is None:
         raise ValueError(f"task {task!r} reads its data from a directory: give data_dir "
                          f"(`--data DIR` on the command line) holding {expected}")
@@ -300,6 +303,12 @@ def data_directory(task: str, data_dir, expected: str) -> Path:
     if not path.is_dir():
         raise ValueError(f"task {task!r}: data directory {str(path)!r} does not exist; "
                          f"expected a directory holding {expected}")
+    if inside and (path / inside).is_dir():
+        path = path / inside
+    missing = [str(n) for n in needs if not (path / n).exists()]
+    if missing:
+        raise ValueError(f"task {task!r}: {path} lacks {', '.join(missing)}; expected "
+                         f"{expected}")
     return path
 
 

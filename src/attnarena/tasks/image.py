@@ -110,14 +110,8 @@ class Image(DatasetTask, ClassificationTask):
 
     def _root(self) -> Path:
         expected = ", ".join(TRAIN_FILES + (TEST_FILE,)) + " (cifar-10-batches-py)"
-        path = data_directory(self.name, self.data_dir, expected)
-        if (path / "cifar-10-batches-py").is_dir():
-            path = path / "cifar-10-batches-py"
-        missing = [f for f in TRAIN_FILES + (TEST_FILE,) if not (path / f).is_file()]
-        if missing:
-            raise ValueError(f"task 'image': {path} lacks {', '.join(missing)}; expected "
-                             f"{expected}")
-        return path
+        return data_directory(self.name, self.data_dir, expected,
+                              needs=TRAIN_FILES + (TEST_FILE,), inside="cifar-10-batches-py")
 
     def check_data(self):
         self._root()

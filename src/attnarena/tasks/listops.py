@@ -213,11 +213,9 @@ class ListOps(DatasetTask, ClassificationTask):
     def check_data(self):
         if self.data_dir is None:
             return
-        path = data_directory(self.name, self.data_dir, " and ".join(FILES.values()))
-        missing = [f for f in FILES.values() if not (path / f).is_file()]
-        if missing:
-            raise ValueError(f"task 'listops': {path} lacks {', '.join(missing)}; expected "
-                             f"{', '.join(FILES.values())} (LRA's listops-1000 folder)")
+        data_directory(self.name, self.data_dir,
+                       f"{', '.join(FILES.values())} (LRA's listops-1000 folder)",
+                       needs=FILES.values())
 
     def generated_splits(self) -> dict:
         """The three splits drawn from one stream of distinct trees, as LRA splits its set."""

@@ -353,10 +353,8 @@ class Pathfinder(DatasetTask, ClassificationTask):
     def _root(self) -> Path:
         expected = (f"LRA's Pathfinder layout: {self.difficulty}/metadata/*.npy and "
                     f"{self.difficulty}/imgs/*/*.png")
-        path = data_directory(self.name, self.data_dir, expected)
-        if not (path / self.difficulty / "metadata").is_dir():
-            raise ValueError(f"task 'pathfinder': {path} lacks {self.difficulty}/metadata; "
-                             f"expected {expected}")
+        path = data_directory(self.name, self.data_dir, expected,
+                              needs=[f"{self.difficulty}/metadata"])
         return path / self.difficulty
 
     def check_data(self):

@@ -72,14 +72,8 @@ class ByteLevel:
 def imdb_root(data_dir) -> Path:
     """The aclImdb folder: ``data_dir`` itself or its ``aclImdb`` child."""
     expected = "the aclImdb folders train/pos, train/neg, test/pos, test/neg of .txt reviews"
-    path = data_directory("text", data_dir, expected)
-    if (path / "aclImdb").is_dir():
-        path = path / "aclImdb"
-    missing = [f"{s}/{c}" for s in ("train", "test") for c in ("pos", "neg")
-               if not (path / s / c).is_dir()]
-    if missing:
-        raise ValueError(f"task 'text': {path} lacks {', '.join(missing)}; expected {expected}")
-    return path
+    return data_directory("text", data_dir, expected, inside="aclImdb",
+                          needs=[f"{s}/{c}" for s in ("train", "test") for c in ("pos", "neg")])
 
 
 def read_imdb(root: Path, split: str, max_bytes: int) -> list[tuple[bytes, int]]:
@@ -194,12 +188,7 @@ class Retrieval(ByteLevel, DatasetTask, MatchingTask):
 
     def _root(self) -> Path:
         expected = ", ".join(AAN_FILES.values()) + " (LRA's tsv_data folder)"
-        path = data_directory(self.name, self.data_dir, expected)
-        missing = [f for f in AAN_FILES.values() if not (path / f).is_file()]
-        if missing:
-            raise ValueError(f"task 'retrieval': {path} lacks {', '.join(missing)}; expected "
-                             f"{expected}")
-        return path
+        return data_directory(self.name, self.data_dir, expected, needs=AAN_FILES.values())
 
     def check_data(self):
         self._root()
