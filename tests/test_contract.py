@@ -6,6 +6,9 @@ import attnarena as aa
 from conftest import make_mixer, pattern_cases, pattern_ids
 
 CASES = pattern_cases()
+# The tolerance the README states for half precision: mean absolute difference from
+# float32 below relative * mean |float32 output| + absolute.
+HALF_TOLERANCE = {torch.bfloat16: (0.05, 0.01), torch.float16: (0.01, 0.002)}
 DECODERS = [n for n in aa.list_mixers() if aa.mixer_info(n).decodes]
 
 
@@ -23,7 +26,7 @@ def build(name, pattern, **kw):
 
 
 @pytest.mark.parametrize("name, pattern", CASES, ids=pattern_ids())
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_shapes_and_dtypes(name, pattern, dtype):
     mixer = build(name, pattern, dtype=dtype)
     for L in (1, 11):
@@ -31,14 +34,15 @@ def test_shapes_and_dtypes(name, pattern, dtype):
         y = mixer(x, context=context)
         assert y.shape == x.shape and y.dtype == dtype
         assert torch.isfinite(y.float()).all()
-    if dtype == torch.bfloat16:  # close to the float32 computation of the same weights
+    if dtype in HALF_TOLERANCE:  # close to the float32 computation of the same weights
         ref = build(name, pattern)
         x, context = inputs(pattern)
         y32 = ref(x, context=context)
-        y16 = mixer(x.bfloat16(), context=None if context is None else context.bfloat16())
+        y16 = mixer(x.to(dtype), context=None if context is None else context.to(dtype))
         # On average: a per-head RMS norm can flip a near-zero head output's sign under
-        # bfloat16 rounding, so single elements may differ by more.
-        assert (y16.float() - y32).abs().mean() < 0.05 * y32.abs().mean() + 0.01
+        # half-precision rounding, so single elements may differ by more.
+        relative, absolute = HALF_TOLERANCE[dtype]
+        assert (y16.float() - y32).abs().mean() < relative * y32.abs().mean() + absolute
 
 
 @pytest.mark.parametrize("name, pattern", [c for c in CASES if c[1] in ("causal", "causal_cross")],

@@ -1,6 +1,8 @@
 """Small argument checks shared across the package, with messages that say what was given."""
 from __future__ import annotations
 
+import torch
+
 
 def check_int(value, name: str, minimum: int = 1) -> int:
     """Raise ValueError unless ``value`` is an int (not a bool) >= ``minimum``."""
@@ -8,3 +10,17 @@ def check_int(value, name: str, minimum: int = 1) -> int:
         kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
     return value
+
+
+class NonFiniteError(ValueError):
+    """An input holds NaN or infinity."""
+
+
+def check_finite(tensor: torch.Tensor, name: str) -> None:
+    """Refuse NaN and infinity: one rule for every mechanism, so that a non-finite token can
+    never leak into the outputs of earlier positions (0 x NaN is NaN in masked products)."""
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        where = (~finite).nonzero()[0].tolist()
+        raise NonFiniteError(f"{name} holds NaN or infinity (first at index {tuple(where)}); "
+                             "mixers take finite inputs only")

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that exists but cannot be read."""
 
 
 def _fsync(path: Path) -> None:
@@ -32,7 +37,7 @@ def _untie(weights: dict) -> dict:
 
 def _complete(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("step-*")
-                  if p.is_dir() and not p.name.endswith(".tmp"))
+                  if p.is_dir() and not p.name.endswith(".tmp") and "." not in p.name)
 
 
 def save_checkpoint(directory, model, best_weights, state: dict) -> None:
@@ -40,7 +45,8 @@ def save_checkpoint(directory, model, best_weights, state: dict) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{state['step']:08d}"
-    tmp = directory / (final.name + ".tmp")
+    # A name private to this process: another process never removes what this one writes.
+    tmp = directory / f"{final.name}.{socket.gethostname()}-{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(_untie(model.state_dict()), str(tmp / "model.safetensors"))
@@ -65,7 +71,15 @@ def load_checkpoint(directory):
     if not complete:
         return None
     newest = complete[-1]
-    state = torch.load(newest / "state.pt", weights_only=False)
     best = newest / "best.safetensors"
-    return (load_file(str(newest / "model.safetensors")),
-            load_file(str(best)) if best.exists() else None, state)
+    try:
+        # weights_only: a planted state.pt must not run code (it admits tensors and plain
+        # containers, which is all a checkpoint holds).
+        state = torch.load(newest / "state.pt", weights_only=True)
+        return (load_file(str(newest / "model.safetensors")),
+                load_file(str(best)) if best.exists() else None, state)
+    except Exception as error:  # torch and safetensors raise many kinds for damaged files
+        raise CheckpointError(f"the checkpoint {newest} cannot be read ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else 'no detail'}); "
+                              f"delete that folder to restart the run from its previous "
+                              f"checkpoint or from scratch") from None

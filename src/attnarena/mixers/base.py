@@ -7,11 +7,12 @@ sees only well-formed tensors.
 from __future__ import annotations
 
 import abc
+import dataclasses
 
 import torch
 from torch import nn
 
-from attnarena._validate import check_int
+from attnarena._validate import check_finite, check_int
 from attnarena.registry import MixerInfo
 
 
@@ -73,6 +74,11 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
                 x = source
             else:
                 context = source
+        check_finite(x, "x")
+        if context is not None:
+            check_finite(context, "context")
+        if x.shape[0] == 0:
+            return x.new_zeros(x.shape)
         return self._forward(x, context, mask)
 
     def init_state(self, batch_size: int, device=None, dtype=None):
@@ -90,6 +96,12 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
             shape = tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
             raise ValueError(f"step expects x_t of shape (batch, {self.dim}), got {shape}")
         self._check_tokens(x_t[:, None], "x_t")
+        check_finite(x_t, "x_t")
+        if state is None:  # documented: a fresh sequence, as with prefill
+            state = self.init_state(x_t.shape[0], x_t.device, x_t.dtype)
+        self._check_state(state, x_t.shape[0])
+        if x_t.shape[0] == 0:
+            return x_t.new_zeros(x_t.shape), state
         return self._step(x_t, state)
 
     def prefill(self, x, state=None):
@@ -99,8 +111,10 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         """
         self._check_decodes()
         self._check_tokens(x, "x")
+        check_finite(x, "x")
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
+        self._check_state(state, x.shape[0])
         outputs = []
         for t in range(x.shape[1]):
             y_t, state = self._step(x[:, t], state)
@@ -128,6 +142,22 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         if not self.causal:
             raise ValueError(f"step/init_state need a causal mixer; this {self.info.name!r} was "
                              "created with causal=False")
+
+    def _check_state(self, state, batch_size):
+        """A decoding state must be what init_state, prefill or step returned, for a batch of
+        ``batch_size``; anything else is one clear error, never a failure deep in torch."""
+        form = getattr(self, "_state_form", None)
+        if form is None:
+            form = self._state_form = _structure(self._init_state(1, torch.device("cpu"),
+                                                                  torch.float32))
+        if _structure(state) != form:
+            raise TypeError(f"state for mixer {self.info.name!r} must be what init_state, "
+                            f"prefill or step returned, got {type(state).__name__}")
+        for tensor in _tensors(state):
+            if tensor.shape[0] != batch_size:
+                raise ValueError(f"state was made for batch size {tensor.shape[0]} but the "
+                                 f"input has batch size {batch_size}; call "
+                                 f"init_state({batch_size}) for a new sequence")
 
     def _param_dtype(self):
         for p in self.parameters():
@@ -162,3 +192,30 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         if tuple(mask.shape) != tuple(source.shape[:2]):
             raise ValueError(f"mask must have shape (batch, length) of {name} = "
                              f"{tuple(source.shape[:2])}, got {tuple(mask.shape)}")
+
+
+def _tensors(state):
+    """Every tensor inside a decoding state (tensors, dicts, tuples, lists, dataclasses)."""
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for value in state.values():
+            yield from _tensors(value)
+    elif isinstance(state, (list, tuple)):
+        for value in state:
+            yield from _tensors(value)
+    elif dataclasses.is_dataclass(state):
+        for f in dataclasses.fields(state):
+            yield from _tensors(getattr(state, f.name))
+
+
+def _structure(state):
+    """The shape of a state's containers (types and keys), without its sizes."""
+    if isinstance(state, dict):
+        return dict, tuple((k, _structure(v)) for k, v in sorted(state.items()))
+    if isinstance(state, (list, tuple)):
+        return type(state), tuple(_structure(v) for v in state)
+    if dataclasses.is_dataclass(state):
+        return type(state), tuple(_structure(getattr(state, f.name))
+                                  for f in dataclasses.fields(state))
+    return torch.Tensor if isinstance(state, torch.Tensor) else type(state)

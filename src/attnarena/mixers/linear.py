@@ -60,9 +60,15 @@ class LinearAttentionBase(QKVMixer):
         """Post-scale (B, H, L, D) outputs, given (B or 1, 1, L, 1) counts of visible keys."""
         return o
 
+    def _mapped(self, q, k, v):
+        """Feature-mapped q, k and v, in float32 for half-precision inputs: feature maps
+        exponentiate or raise to powers, which overflow float16's range."""
+        wide = ops._checks.compute_dtype(q.dtype)
+        q, k = self.features(q.to(wide), k.to(wide))
+        return q, k, v.to(wide)
+
     def _forward(self, x, context, mask):
-        q, k, v = self.project(x, context)
-        q, k = self.features(q, k)
+        q, k, v = self._mapped(*self.project(x, context))
         L = q.shape[2]
         keep = torch.ones(k.shape[0], k.shape[2], dtype=torch.bool, device=k.device) \
             if mask is None else mask
@@ -77,7 +83,7 @@ class LinearAttentionBase(QKVMixer):
             counts = keep.to(q.dtype).sum(-1)[:, None, None, None].expand(-1, 1, L, 1)
         o = ops.linear_attention(q, k, v, causal=self.causal, normalize=self.normalize,
                                  form=self.form, chunk_size=self.chunk_size)
-        o = self.merge_heads(self.rescale(o, counts))
+        o = self.merge_heads(self.rescale(o, counts)).to(x.dtype)
         local = self.local_term(x, mask)
         return self.o_proj(o if local is None else o + local)
 
@@ -104,8 +110,7 @@ class LinearAttentionBase(QKVMixer):
 
     def _run(self, x, state):
         """Causal forward over x continuing from ``state``; one call serves step and prefill."""
-        q, k, v = self.project(x)
-        q, k = self.features(q, k)
+        q, k, v = self._mapped(*self.project(x))
         L = x.shape[1]
         form = "recurrent" if L == 1 else self.form
         o, s = ops.linear_attention(q, k, v, causal=True, normalize=self.normalize, form=form,
@@ -114,7 +119,7 @@ class LinearAttentionBase(QKVMixer):
         position = state["position"]
         counts = torch.arange(position + 1, position + L + 1, device=x.device,
                               dtype=o.dtype)[None, None, :, None]
-        y = self.o_proj(self.merge_heads(self.rescale(o, counts)))
+        y = self.o_proj(self.merge_heads(self.rescale(o, counts)).to(x.dtype))
         return y, {"state": s, "position": position + L}
 
     def extra_repr(self):

@@ -43,7 +43,7 @@ class Mamba(RecurrentMixer):
             check_int(value, name)
         inner = expand * dim
         self.inner, self.state_size = inner, state_size
-        self.dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
+        self.dt_rank = math.ceil(dim / 16) if dt_rank is None else check_int(dt_rank, "dt_rank")
         self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
         self.conv = ShortConv(inner, conv_size)
         self.x_proj = nn.Linear(inner, self.dt_rank + 2 * state_size, bias=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnarena import ops
@@ -46,7 +47,10 @@ class MLSTM(RecurrentMixer):
     def _sequence(self, x, state, mask, form):
         q, k, v = (split_heads(p(x), self.heads) for p in (self.q_proj, self.k_proj, self.v_proj))
         k = k / math.sqrt(self.head_dim)
-        input_gate, forget_gate = self.gates(x).transpose(1, 2).chunk(2, dim=1)  # (B, H, L)
+        # Gates in float32: they are exponentiated, which bfloat16's 8-bit mantissa cannot take.
+        wide = compute_dtype(x.dtype)
+        gates = F.linear(x.to(wide), self.gates.weight.to(wide), self.gates.bias.to(wide))
+        input_gate, forget_gate = gates.transpose(1, 2).chunk(2, dim=1)  # (B, H, L)
         if mask is not None:  # padded tokens: input gate 0, forget gate 1
             pad = ~keep_mask(mask, x).bool()[:, None, :]
             input_gate = input_gate.masked_fill(pad, float("-inf"))

@@ -9,6 +9,7 @@ from torch import nn
 
 from attnarena._validate import check_int
 from attnarena.mixers.base import Mixer
+from attnarena.ops._checks import compute_dtype
 from attnarena.registry import register_mixer
 
 SELF_PENALTY = -1e5  # the paper lets a token attend to itself only when nothing else is there
@@ -55,8 +56,10 @@ class LSHAttention(Mixer):
     def _forward(self, x, context, mask):
         B, L, _ = x.shape
         H, D = self.heads, self.head_dim
-        qk = self.qk_proj(x).view(B, L, H, D).transpose(1, 2)
-        v = self.v_proj(x).view(B, L, H, D).transpose(1, 2)
+        # Scores in float32 for half-precision inputs: the self penalty does not fit float16.
+        wide = compute_dtype(x.dtype)
+        qk = self.qk_proj(x).view(B, L, H, D).transpose(1, 2).to(wide)
+        v = self.v_proj(x).view(B, L, H, D).transpose(1, 2).to(wide)
         keys = F.normalize(qk, dim=-1)
         keep = torch.ones(B, L, dtype=torch.bool, device=x.device) if mask is None else mask
         outs, lses = [], []
@@ -67,7 +70,7 @@ class LSHAttention(Mixer):
         # a query that sees nothing in any round (a padded one) reads zeros
         weights = torch.softmax(torch.stack(lses), dim=0).nan_to_num()[..., None]
         o = (weights * torch.stack(outs)).sum(0)
-        return self.o_proj(o.transpose(1, 2).reshape(B, L, H * D))
+        return self.o_proj(o.transpose(1, 2).reshape(B, L, H * D).to(x.dtype))
 
     def _round(self, q, k, v, keep, buckets):
         B, H, L, D = q.shape

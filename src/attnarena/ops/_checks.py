@@ -25,6 +25,9 @@ def check_qkv(q, k, v, *, same_length: bool = False) -> None:
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must share head_dim, got {q.shape[-1]} and {k.shape[-1]}")
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise ValueError("q, k and v need at least one position, got lengths "
+                         f"{q.shape[2]} (q) and {k.shape[2]} (k, v)")
     if k.shape[2] != v.shape[2]:
         raise ValueError(f"k and v must share length, got {k.shape[2]} and {v.shape[2]}")
     if same_length and q.shape[2] != k.shape[2]:

@@ -46,6 +46,15 @@ def mlstm(q, k, v, *, input_gate, forget_gate, form="chunk", chunk_size=64,
         if not isinstance(gate, torch.Tensor) or tuple(gate.shape) != (B, H, L):
             got = tuple(gate.shape) if isinstance(gate, torch.Tensor) else type(gate).__name__
             raise ValueError(f"{name} must have shape {(B, H, L)}, got {got}")
+        if not gate.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {gate.dtype}")
+    # -inf input gates (no input) and +inf forget gates (keep everything) are exact limits,
+    # used for padding; NaN, +inf input or -inf forget pre-activations have no meaning.
+    for name, gate, bad in (("input_gate", input_gate, float("inf")),
+                            ("forget_gate", forget_gate, float("-inf"))):
+        if bool((gate.isnan() | (gate == bad)).any()):
+            raise ValueError(f"{name} holds NaN or {bad}; gate pre-activations must be finite "
+                             f"(or {-bad} for padding)")
     dtype = compute_dtype(q.dtype)
     out_dtype = q.dtype
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)

@@ -33,6 +33,8 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias):
     if u.dim() != 3:
         raise ValueError(f"u must be (batch, d, length), got {tuple(u.shape)}")
     b, d, L = u.shape
+    if L == 0:
+        raise ValueError("u must have at least one position, got length 0")
     if tuple(delta.shape) != (b, d, L):
         raise ValueError(f"delta must match u's shape {(b, d, L)}, got {tuple(delta.shape)}")
     if A.dim() != 2 or A.shape[0] != d:
@@ -96,6 +98,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         delta = delta + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
+    elif bool((delta < 0).any()):
+        raise ValueError("delta (plus delta_bias) must be >= 0, a step size; got negative "
+                         "values (pass delta_softplus=True to map raw values through softplus)")
     Bc = _per_channel(B.to(dtype), d).contiguous()  # (b, d|1, L, n)
     Cc = _per_channel(C.to(dtype), d).contiguous()
     x = u.new_zeros(b, d, n) if initial_state is None else initial_state.to(dtype)

@@ -25,12 +25,36 @@ TEST_FILE = "test_batch"
 GRAY = np.array([0.2989, 0.5870, 0.1140])
 
 
+# What CIFAR-10's pickles hold besides dicts, lists, ints and bytes: numpy arrays (as numpy 1
+# and 2 name their reconstructor) and, in protocol-2 pickles written by Python 3, bytes.
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray",
+                  "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+                  ("_codecs", "encode")}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only the containers, bytes and numpy arrays of a CIFAR-10 batch: a pickle
+    naming any other callable (``os.system``, say) is refused before anything runs."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 "
+                                         "batch never holds; refusing to load it")
+        if module == "_codecs":
+            import codecs
+            return codecs.encode
+        if name == "_reconstruct":  # numpy's array reconstructor, under either module name
+            return np.zeros(0).__reduce__()[0]
+        return getattr(np, name)
+
+
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, 3, 32, 32) uint8, labels (N,)) from one pickle batch."""
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError) as error:
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError,
+            AttributeError, IndexError) as error:
         raise ValueError(f"cannot read CIFAR-10 batch {path}: {error}") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{path}: expected a pickled dict with b'data' and b'labels' (the "
@@ -40,6 +64,9 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise ValueError(f"{path}: expected data of shape (N, 3072) and N labels, got "
                          f"{data.shape} and {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{path}: labels must be 0-9 (CIFAR-10's classes), got values in "
+                         f"[{labels.min()}, {labels.max()}]")
     return data.reshape(-1, 3, 32, 32), labels
 
 
