@@ -124,11 +124,11 @@ def test_resumed_training_equals_uninterrupted(tmp_path, monkeypatch):
 def test_store_is_transactional_and_keeps_runs(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     resolved = RunConfig(task="copy", mixer="gla").resolve()
-    store.start_run("a", resolved, "x", {"torch": "t"})
+    store.claim_run("a", resolved, "x", {"torch": "t"}, "t")
     assert store.run("a")["status"] == "running"
-    store.finish_run("a", {"test_accuracy": 0.5, "params": 3})
-    store.start_run("b", resolved, "x", {})
-    store.fail_run("b", "boom")
+    store.finish_run("a", {"test_accuracy": 0.5, "params": 3}, "t")
+    store.claim_run("b", resolved, "x", {}, "t")
+    store.fail_run("b", "boom", "t")
     assert sorted(r["status"] for r in store.runs()) == ["done", "failed"]
     store.close()
     again = Store(tmp_path / "s.sqlite")
@@ -301,8 +301,8 @@ def test_regression_runs_keep_the_lowest_error_and_report_it(tmp_path):
     assert metrics["baselines"]["zero"] > metrics["baselines"]["least_squares"]
     store = Store(tmp_path / "a.sqlite")
     config = RunConfig(task="icl_regression", mixer="linear")
-    store.start_run("r", config.resolve(), None, {})
-    store.finish_run("r", metrics)
+    store.claim_run("r", config.resolve(), None, {}, "t")
+    store.finish_run("r", metrics, "t")
     board = leaderboard_markdown(store)
     assert "test mse" in board and "Average over tasks" not in board
 
@@ -327,15 +327,16 @@ def test_suite_sweeps_expand_and_the_average_takes_the_best_setting(tmp_path):
         for seed, acc in enumerate(pair):
             config = RunConfig(task="copy", mixer="gla", seed=seed, model={"dim": dim},
                                train={"lr": lr})
-            store.start_run(config.run_id(), config.resolve(), None, {})
+            store.claim_run(config.run_id(), config.resolve(), None, {}, "t")
             store.finish_run(config.run_id(), {"test_accuracy": acc, "best_val_accuracy": acc,
                                                "tokens_per_s": 1.0, "peak_mem_mb": 1.0,
-                                               "params": 1, "steps": 1, "train_seconds": 1.0})
+                                               "params": 1, "steps": 1, "train_seconds": 1.0},
+                               "t")
     mqar = RunConfig(task="mqar", mixer="gla", task_options={"length": 64, "pairs": 4})
-    store.start_run(mqar.run_id(), mqar.resolve(), None, {})
+    store.claim_run(mqar.run_id(), mqar.resolve(), None, {}, "t")
     store.finish_run(mqar.run_id(), {"test_accuracy": 0.3, "best_val_accuracy": 0.3,
                                      "tokens_per_s": 1.0, "peak_mem_mb": 1.0, "params": 1,
-                                     "steps": 1, "train_seconds": 1.0})
+                                     "steps": 1, "train_seconds": 1.0}, "t")
     # copy: best setting (16, 1e-2) with mean 0.85 over its seeds, not the 1.0 of one seed
     [(mixer, preset, value)] = averages(leaderboard_rows(store))
     assert (mixer, preset) == ("gla", "cpu") and value == pytest.approx((0.85 + 0.3) / 2)

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import traceback
 from pathlib import Path
 
+from attnarena import __version__
 from attnarena.registry import list_mixers, mixer_info
+
+
+DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when present, else cpu; the default)"
 
 
 def _ints(text: str) -> list[int]:
@@ -60,9 +66,10 @@ def cmd_run(args) -> int:
     counts = run_suite(args.suite, store_path=args.store, out_dir=args.out,
                        mixers=_names(args.mixers), tasks=_names(args.tasks), device=args.device,
                        rerun=args.rerun, progress=not args.quiet, data_root=args.data)
-    print(f"runs: {counts['trained']} trained, {counts['reused']} already in the store, "
-          f"{counts['failed']} failed; speed cases: {counts['speed_measured']} measured, "
-          f"{counts['speed_reused']} reused")
+    others = f", {counts['by_others']} by other processes" if counts["by_others"] else ""
+    print(f"runs: {counts['trained']} trained, {counts['reused']} already in the store"
+          f"{others}, {counts['failed']} failed, {counts['diverged']} diverged; speed cases: "
+          f"{counts['speed_measured']} measured, {counts['speed_reused']} reused")
     board = Path(args.out) / "leaderboard.md"
     if board.exists():
         print(board.read_text())
@@ -75,11 +82,17 @@ def cmd_train(args) -> int:
     import json
 
     from attnarena.arena.config import RunConfig
-    from attnarena.arena.environment import environment
+    from attnarena.arena.environment import environment, resolve_device
+    from attnarena.arena.runner import train_claimed
     from attnarena.arena.speed import parse_options
-    from attnarena.arena.store import Store
+    from attnarena.arena.store import Store, new_owner
     from attnarena.arena.train import train
 
+    if args.json and Path(args.json).is_dir():
+        raise ValueError(f"--json names a file to write, but {args.json} is a directory")
+    if args.json and not Path(args.json).parent.is_dir():
+        raise ValueError(f"--json {args.json}: the folder {Path(args.json).parent} does not "
+                         "exist")
     train_overrides = {k: v for k, v in (("steps", args.steps), ("batch", args.batch),
                                          ("lr", args.lr)) if v is not None}
     task_options = parse_options(args.task_option)
@@ -88,16 +101,26 @@ def cmd_train(args) -> int:
     config = RunConfig(task=args.task, mixer=args.mixer, preset=args.preset, seed=args.seed,
                        mixer_options=parse_options(args.option), task_options=task_options,
                        train=train_overrides, device=args.device)
+    device = resolve_device(args.device)  # an unavailable device: one line, before anything
     resolved = config.resolve()
     run_id = config.run_id()
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
-    store = Store(args.store) if args.store and lead else None
-    if store:
-        store.start_run(run_id, resolved, None, environment(args.device))
     checkpoints = Path(args.out) / "checkpoints" / run_id
-    metrics = train(resolved, checkpoint_dir=checkpoints, progress=not args.quiet)
-    if store:
-        store.finish_run(run_id, metrics)
+    if args.store and lead:
+        store, owner = Store(args.store), new_owner()
+        claim, row = store.claim_run(run_id, resolved, None, environment(device),
+                                     owner, retake_before=float("inf"),
+                                     retry_failed_before=float("inf"))
+        if claim == "busy":
+            raise ValueError(f"run {run_id} is being trained by {row['owner']} on this store; "
+                             "wait for it, or stop that process")
+        status, outcome = train_claimed(store, run_id, resolved, owner, checkpoints,
+                                        progress=not args.quiet)
+        if status != "done":
+            raise RunFailed(f"run {run_id} {status}: {outcome} (recorded in {args.store})")
+        metrics = outcome
+    else:
+        metrics = train(resolved, checkpoint_dir=checkpoints, progress=not args.quiet)
     summary = {k: v for k, v in metrics.items() if k != "history"}
     summary["task"], summary["preset"] = args.task, args.preset
     if not lead:
@@ -144,7 +167,19 @@ def _names(text):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnarena",
                                      description="The efficient-Transformer arena.")
+    parser.add_argument("--version", action="version", version=f"attnarena {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, print the full traceback (also ATTNARENA_TRACEBACK=1)")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
+    add = sub.add_parser
+
+    def add_parser(name, **kw):
+        return add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser
 
     p = sub.add_parser("list", help="mechanisms and what each supports")
     p.add_argument("pattern", nargs="?", default=None, help="glob on names, e.g. '*linear*'")
@@ -160,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--dtype", default="float32",
                    choices=["float32", "float64", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--noncausal", action="store_true", help="noncausal self attention")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--time-budget", type=float, default=60.0,
@@ -173,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="quick", help="built-in suite name or a .toml file")
     p.add_argument("--mixers", default=None, help="only these mixers (comma-separated)")
     p.add_argument("--tasks", default=None, help="only these tasks (comma-separated)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--store", default="results/arena.sqlite")
     p.add_argument("--out", default="results", help="reports and checkpoints go here")
     p.add_argument("--rerun", action="store_true", help="repeat runs already in the store")
@@ -197,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="the task's data directory (text, retrieval and image need one; "
                         "listops and pathfinder read one instead of generating)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--store", default=None, help="also record the run in this store")
     p.add_argument("--out", default="results", help="checkpoints go here")
     p.add_argument("--json", default=None, help="write config and metrics to this file")
@@ -228,15 +263,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    show_trace = args.traceback or os.environ.get("ATTNARENA_TRACEBACK") == "1"
+    # A cluster scheduler's SIGTERM stops a run like Ctrl-C: marked interrupted, resumable.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
-    except (ValueError, TypeError) as error:
-        print(f"attnarena {args.command}: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"attnarena {args.command}: interrupted; run the same command again to resume",
+              file=sys.stderr)
         return 130
+    except Exception as error:  # every failure is one line; --traceback shows the whole
+        if show_trace:
+            traceback.print_exc()
+        # messages written for users: bad input, and the package's own errors
+        plain = isinstance(error, (ValueError, TypeError)) \
+            or type(error).__module__.startswith("attnarena")
+        detail = str(error).strip() or "no detail"
+        text = detail if plain else f"{type(error).__name__}: {detail}"
+        hint = "" if show_trace or plain else " (--traceback shows where)"
+        print(f"attnarena {args.command}: error: {text.splitlines()[0]}{hint}", file=sys.stderr)
+        return 2
+
+
+class RunFailed(RuntimeError):
+    """A training run that ended failed or diverged (recorded in the store)."""
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

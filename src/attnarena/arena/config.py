@@ -4,8 +4,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
+from attnarena._validate import check_int
+from attnarena.arena.speed import DTYPES
 from attnarena.registry import mixer_info, mixer_options
 from attnarena.tasks import create_task, task_presets
 
@@ -30,7 +33,7 @@ class RunConfig:
     task_options: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
-    device: str = "cpu"
+    device: str = "auto"
     dtype: str = "float32"
 
     def resolve(self) -> dict:
@@ -70,9 +73,10 @@ class RunConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
                 or not 0 <= self.seed < 1 << 30:
             raise ValueError(f"seed must be an int in [0, 2^30), got {self.seed!r}")
-        for key in ("steps", "batch", "eval_every"):
-            if not isinstance(train[key], int) or train[key] < 1:
-                raise ValueError(f"train.{key} must be a positive int, got {train[key]!r}")
+        _check_train(train)
+        _check_model(model)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
         least = task.min_eval_examples  # 0 for datasets: their whole splits
         if not isinstance(train["eval_examples"], int) or train["eval_examples"] < least:
             raise ValueError(f"train.eval_examples must be an int >= {least} for task "
@@ -85,6 +89,41 @@ class RunConfig:
 
     def run_id(self) -> str:
         return run_id(self.resolve())
+
+
+def _number(value, name, *, low=0.0, low_open=False, high=math.inf, high_open=False):
+    """A finite real in the given range, or ValueError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low or (low_open and value == low) or value > high \
+            or (high_open and value == high):
+        lo = "(" if low_open else "["
+        hi = ")" if high_open or high == math.inf else "]"
+        raise ValueError(f"{name} must be a finite number in {lo}{low:g}, {high:g}{hi}, "
+                         f"got {value!r}")
+
+
+def _check_train(train: dict) -> None:
+    for key in ("steps", "batch", "eval_every"):
+        check_int(train[key], f"train.{key}")
+    check_int(train["warmup"], "train.warmup", minimum=0)
+    _number(train["lr"], "train.lr", low_open=True)
+    _number(train["weight_decay"], "train.weight_decay")
+    _number(train["clip"], "train.clip")  # 0 turns clipping off
+
+
+def _check_model(model: dict) -> None:
+    for key in ("dim", "depth", "heads"):
+        if key in model:
+            check_int(model[key], f"model.{key}")
+    for key, least in (("mlp_dim", 0), ("mixer_dim", 1)):
+        if model.get(key) is not None:
+            check_int(model[key], f"model.{key}", minimum=least)
+    _number(model["dropout"], "model.dropout", high=1.0, high_open=True)
+    for key in ("position", "pooling"):
+        if key in model and not isinstance(model[key], str):
+            raise ValueError(f"model.{key} must be a string, got {model[key]!r}")
+    if "norm" in model and not isinstance(model["norm"], bool):
+        raise ValueError(f"model.norm must be true or false, got {model['norm']!r}")
 
 
 def run_id(resolved: dict) -> str:

@@ -20,6 +20,35 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def available_devices() -> list[str]:
+    """Device names this machine can run on: cpu, then each CUDA device (and mps)."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def resolve_device(name) -> str:
+    """"auto" -> "cuda" when a CUDA device is present, else "cpu"; any other name must be
+    one this machine has, or one line says which it has (and how a GPU user installs)."""
+    if name is None or name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    available = available_devices()
+    if isinstance(name, str) and name in available:
+        return name
+    hint = ""
+    if isinstance(name, str) and name.startswith(("cuda", "gpu")) \
+            and not torch.cuda.is_available():
+        built = "without CUDA" if torch.version.cuda is None else "with CUDA, but sees no GPU"
+        hint = (f"; this torch {torch.__version__} is built {built} (a GPU needs a CUDA "
+                "build of torch, installed before attnarena)")
+    raise ValueError(f"unknown or unavailable device {name!r}; this machine has: "
+                     f"{', '.join(['auto'] + available)}{hint}")
+
+
 def device_name(device: str) -> str:
     dev = torch.device(device)
     if dev.type == "cuda":

@@ -102,7 +102,8 @@ def _fmt(value, spec):
 def leaderboard_markdown(store) -> str:
     rows = leaderboard_rows(store)
     lines = ["# attnarena leaderboard", ""]
-    failed = store.runs(status="failed")
+    unfinished = [r for status in ("diverged", "failed", "interrupted", "running")
+                  for r in store.runs(status=status)]
     if not rows:
         lines.append("No finished runs in the store yet.")
     for task in sorted({r["task"] for r in rows}):
@@ -145,9 +146,14 @@ def leaderboard_markdown(store) -> str:
                                                       if row["status"] == "ok" else row["status"]))
             lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
         lines.append("")
-    if failed:
-        lines += ["## Failed runs", ""]
-        lines += [f"- {r['id']}: {(r['error'] or '').splitlines()[0]}" for r in failed]
+    if unfinished:
+        lines += ["## Runs without a result (not ranked)", "",
+                  "diverged: a non-finite loss stopped training; failed: an error; "
+                  "interrupted: stopped, resumable by running again; running: in progress "
+                  "or killed (resumed by the next run).", ""]
+        lines += [f"- {r['status']}: {r['id']}"
+                  + (f": {r['error'].splitlines()[0]}" if r["error"] else "")
+                  for r in unfinished]
         lines.append("")
     return "\n".join(lines)
 

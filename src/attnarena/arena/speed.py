@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from attnarena.arena.environment import environment
+from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.memory import PeakMemory
 from attnarena.registry import create_mixer, mixer_info
 
@@ -91,10 +91,7 @@ class SpeedConfig:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.lengths = sorted(set(self.lengths))
-        try:
-            torch.device(self.device)
-        except RuntimeError as error:
-            raise ValueError(f"bad device {self.device!r}: {error}") from None
+        self.device = resolve_device(self.device)
         if self.pass_ == "decode" and not self.causal:
             raise ValueError("the decode pass needs causal mixers")
 

@@ -3,15 +3,31 @@
 Tables: ``runs`` (one row per training run, keyed by its config's id) and ``speed`` (one
 row per speed case, keyed by its settings and environment). A crash mid-write leaves the
 previous committed state; finished runs are never lost.
+
+Several processes, on one machine or on several sharing the file, can work through one
+suite together: a process trains a run only after claiming it in one transaction (a lease
+naming its host and pid, kept alive by a heartbeat). A lease whose process is gone (its pid
+is dead on this host, or its heartbeat is older than ``STALE_SECONDS``) is taken over, and
+the run resumes from its checkpoint. Only the lease holder can finish a run, so a finished
+run is never overwritten by another process.
 """
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
+import threading
 import time
+import uuid
 from pathlib import Path
 
-SCHEMA = """
+STATUSES = ("running", "done", "failed", "diverged", "interrupted")
+FINAL = ("done", "diverged")  # deterministic outcomes: reused unless asked to rerun
+HEARTBEAT_SECONDS = 5.0
+STALE_SECONDS = 60.0
+
+RUNS_TABLE = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     suite TEXT,
@@ -20,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
     preset TEXT NOT NULL,
     seed INTEGER NOT NULL,
     config TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'diverged',
+                                           'interrupted')),
     error TEXT,
     metrics TEXT,
     params INTEGER,
@@ -29,8 +46,12 @@ CREATE TABLE IF NOT EXISTS runs (
     tokens_per_s REAL,
     environment TEXT,
     started REAL,
-    finished REAL
+    finished REAL,
+    owner TEXT,
+    heartbeat REAL
 );
+"""
+SCHEMA = RUNS_TABLE + """
 CREATE TABLE IF NOT EXISTS speed (
     id TEXT PRIMARY KEY,
     suite TEXT,
@@ -43,6 +64,30 @@ CREATE TABLE IF NOT EXISTS speed (
     created REAL
 );
 """
+OLD_COLUMNS = ("id, suite, task, mixer, preset, seed, config, status, error, metrics, params, "
+               "peak_mem_mb, train_seconds, tokens_per_s, environment, started, finished")
+
+
+def new_owner() -> str:
+    """This process's lease name: host, pid and a random tag (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_alive(owner: str | None) -> bool | None:
+    """False when ``owner`` is a process of this host that no longer runs; None when that
+    cannot be told here (another host)."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(rest.partition(":")[0]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
 
 
 class StoreError(ValueError):
@@ -53,13 +98,42 @@ class Store:
     def __init__(self, path):
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_dir():
+                raise StoreError(f"the results store {self.path} is a directory; name a file")
+            if self.path.exists() and self.path.stat().st_size == 0:
+                raise StoreError(f"the results store {self.path} is an empty file, not a "
+                                 "store; delete it or name another file")
+            if not self.path.exists():
+                _create(self.path)
             self.db = sqlite3.connect(self.path, timeout=30)
+            self.db.execute("PRAGMA busy_timeout = 30000")
             with self.db:
                 self.db.executescript(SCHEMA)
+            self._migrate()
+        except StoreError:
+            raise
         except (OSError, sqlite3.Error) as error:
             raise StoreError(f"cannot open the results store at {self.path}: {error}") from None
         self.db.row_factory = sqlite3.Row
+
+    def _migrate(self):
+        """Stores written before leases and the diverged / interrupted statuses."""
+        sql = self.db.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+        if "interrupted" in sql:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            sql = self.db.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+            if "interrupted" not in sql:  # another process may have migrated meanwhile
+                self.db.execute("ALTER TABLE runs RENAME TO runs_before_leases")
+                self.db.execute(RUNS_TABLE)
+                self.db.execute(f"INSERT INTO runs ({OLD_COLUMNS}) SELECT {OLD_COLUMNS} "
+                                "FROM runs_before_leases")
+                self.db.execute("DROP TABLE runs_before_leases")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def close(self):
         self.db.close()
@@ -77,26 +151,92 @@ class Store:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         return None if row is None else _decode(dict(row))
 
-    def start_run(self, run_id, resolved, suite, environment):
-        self._write(
-            "INSERT INTO runs (id, suite, task, mixer, preset, seed, config, status, "
-            "environment, started) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET status = 'running', error = NULL, suite = "
-            "excluded.suite, environment = excluded.environment, started = excluded.started",
-            (run_id, suite, resolved["task"], resolved["mixer"], resolved["preset"],
-             resolved["seed"], json.dumps(resolved, sort_keys=True), json.dumps(environment),
-             time.time()))
+    def claim_run(self, run_id, resolved, suite, environment, owner, *, retake_before=None,
+                  retry_failed_before=None, stale_after=STALE_SECONDS):
+        """Take the lease of a run in one transaction.
 
-    def finish_run(self, run_id, metrics):
-        self._write(
-            "UPDATE runs SET status = 'done', metrics = ?, params = ?, peak_mem_mb = ?, "
-            "train_seconds = ?, tokens_per_s = ?, finished = ? WHERE id = ?",
-            (json.dumps(metrics), metrics.get("params"), metrics.get("peak_mem_mb"),
-             metrics.get("train_seconds"), metrics.get("tokens_per_s"), time.time(), run_id))
+        Returns ("claimed", None) when this owner may train it now, ("finished", row) when it
+        is done, diverged or failed and not to be retaken, or ("busy", row) while another
+        live process holds it. ``retake_before``: done and diverged runs finished before this
+        time are trained again (``--rerun``). ``retry_failed_before``: failed runs finished
+        before this time are tried again (a failure that another process records while
+        this one runs is left alone). Interrupted runs and stale leases are taken over.
+        """
+        now = time.time()
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot write the results store at {self.path}: {error}") from None
+        try:
+            row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is not None:
+                status, finished = row["status"], row["finished"] or 0.0
+                if status in FINAL and not (retake_before and finished < retake_before):
+                    self.db.execute("COMMIT")
+                    return "finished", _decode(dict(row))
+                if status == "failed" and not (retry_failed_before
+                                               and finished < retry_failed_before):
+                    self.db.execute("COMMIT")
+                    return "finished", _decode(dict(row))
+                if status == "running" and row["owner"] != owner:
+                    alive = _owner_alive(row["owner"])
+                    fresh = now - (row["heartbeat"] or 0.0) < stale_after
+                    if alive or (alive is None and fresh):
+                        self.db.execute("COMMIT")
+                        return "busy", _decode(dict(row))
+            self.db.execute(
+                "INSERT INTO runs (id, suite, task, mixer, preset, seed, config, status, "
+                "environment, started, owner, heartbeat) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET status = 'running', error = NULL, "
+                "suite = excluded.suite, environment = excluded.environment, "
+                "started = excluded.started, owner = excluded.owner, "
+                "heartbeat = excluded.heartbeat, finished = NULL",
+                (run_id, suite, resolved["task"], resolved["mixer"], resolved["preset"],
+                 resolved["seed"], json.dumps(resolved, sort_keys=True),
+                 json.dumps(environment), now, owner, now))
+            self.db.execute("COMMIT")
+        except sqlite3.Error as error:
+            self.db.execute("ROLLBACK")
+            raise StoreError(f"cannot write the results store at {self.path}: {error}") from None
+        return "claimed", None
 
-    def fail_run(self, run_id, error):
-        self._write("UPDATE runs SET status = 'failed', error = ?, finished = ? WHERE id = ?",
-                    (error, time.time(), run_id))
+    def _settle(self, run_id, owner, status, **values) -> bool:
+        """Set a run held by ``owner`` to ``status``; False when the lease was lost."""
+        columns = ", ".join(f"{k} = ?" for k in values)
+        try:
+            with self.db:
+                cursor = self.db.execute(
+                    f"UPDATE runs SET status = ?, finished = ?, {columns} "
+                    "WHERE id = ? AND owner = ? AND status = 'running'",
+                    (status, time.time(), *values.values(), run_id, owner))
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot write the results store at {self.path}: {error}") from None
+        return cursor.rowcount == 1
+
+    def finish_run(self, run_id, metrics, owner) -> bool:
+        return self._settle(run_id, owner, "done", error=None, metrics=json.dumps(metrics),
+                            params=metrics.get("params"),
+                            peak_mem_mb=metrics.get("peak_mem_mb"),
+                            train_seconds=metrics.get("train_seconds"),
+                            tokens_per_s=metrics.get("tokens_per_s"))
+
+    def fail_run(self, run_id, error, owner, status="failed") -> bool:
+        """Record a failure, a divergence (``status="diverged"``) or an interruption."""
+        if status not in ("failed", "diverged", "interrupted"):
+            raise ValueError(f"not a failure status: {status!r}")
+        return self._settle(run_id, owner, status, error=error)
+
+    def heartbeat(self, run_id, owner) -> bool:
+        """Renew a lease; False when another process has taken it over."""
+        try:
+            with self.db:
+                cursor = self.db.execute(
+                    "UPDATE runs SET heartbeat = ? WHERE id = ? AND owner = ? "
+                    "AND status = 'running'", (time.time(), run_id, owner))
+        except sqlite3.Error:
+            return True  # a busy store: the next beat tries again
+        return cursor.rowcount == 1
 
     def runs(self, status=None):
         sql, args = "SELECT * FROM runs", ()
@@ -125,6 +265,55 @@ class Store:
             row["environment"] = json.loads(r["environment"] or "{}")
             rows.append(row)
         return rows
+
+
+class Lease:
+    """Context manager that keeps a claimed run's lease alive from a thread of its own
+    (with its own connection) every ``HEARTBEAT_SECONDS``; ``lost`` turns True when
+    another process took the run over."""
+
+    def __init__(self, path, run_id, owner, interval=HEARTBEAT_SECONDS):
+        self.path, self.run_id, self.owner, self.interval = path, run_id, owner, interval
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self):
+        store = Store(self.path)
+        try:
+            while not self._stop.wait(self.interval):
+                if not store.heartbeat(self.run_id, self.owner):
+                    self.lost = True
+                    return
+        finally:
+            store.close()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
+def _create(path: Path) -> None:
+    """Create a new store whole: written under a private name, then linked into place, so
+    another process never finds a half-made (empty) file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        db = sqlite3.connect(tmp)
+        with db:
+            db.executescript(SCHEMA)
+        db.close()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _decode(row):

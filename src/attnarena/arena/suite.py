@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 
 from attnarena.arena.config import RunConfig
+from attnarena.arena.environment import resolve_device
 from attnarena.arena.speed import PASSES, SpeedConfig, parse_mixers
 from attnarena.registry import list_mixers, mixer_info
 from attnarena.tasks import list_tasks
@@ -52,6 +53,7 @@ class Suite:
     name: str
     runs: list = field(default_factory=list)  # RunConfig
     speed: list = field(default_factory=list)  # SpeedConfig, one per pass
+    notes: list = field(default_factory=list)  # what was left out, and why
 
 
 def builtin_suites() -> list[str]:
@@ -59,11 +61,12 @@ def builtin_suites() -> list[str]:
                   if p.name.endswith(".toml"))
 
 
-def load_suite(name_or_path: str, mixers=None, tasks=None, device: str = "cpu",
+def load_suite(name_or_path: str, mixers=None, tasks=None, device: str = "auto",
                data_root=None) -> Suite:
     """Read a built-in suite by name or a TOML file by path; ``mixers`` / ``tasks`` keep
     only those; ``data_root`` holds a folder per task that reads data. Everything is
     validated here, before anything runs."""
+    device = resolve_device(device)
     path = Path(name_or_path)
     if name_or_path in builtin_suites():
         text = resources.files("attnarena.suites").joinpath(f"{name_or_path}.toml").read_text()
@@ -142,7 +145,14 @@ def _build(data, mixer_filter, task_filter, device, data_root=None):
         tasks = _names(group.get("tasks", []), list_tasks(), "tasks")
         if every_task or group.get("skip_without_data", False):
             # tasks that need data join when the data root has their folder
-            tasks = [t for t in tasks if not task_class(t).needs_data or _task_data(t, data_root)]
+            missing = [t for t in tasks if task_class(t).needs_data
+                       and not _task_data(t, data_root)]
+            if missing and not (task_filter and not set(missing) & set(task_filter)):
+                where = (f"no folder {', '.join(str(Path(data_root) / t) for t in missing)}"
+                         if data_root else "no --data ROOT given")
+                suite.notes.append(f"left out {', '.join(missing)}: these tasks read a "
+                                   f"download and there is {where}")
+            tasks = [t for t in tasks if t not in missing]
         every_mixer = group.get("mixers") == "all"
         mixers = _names(group.get("mixers", []), list_mixers(), "mixers")
         seeds = group.get("seeds", [0])

@@ -18,10 +18,17 @@ import time
 
 import torch
 
+from attnarena._validate import NonFiniteError
 from attnarena.arena.checkpoint import load_checkpoint, save_checkpoint
+from attnarena.arena.environment import resolve_device
 from attnarena.arena.memory import PeakMemory
 from attnarena.arena.speed import DTYPES
 from attnarena.tasks import create_task
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss, gradient or activation: the run's outcome, not a
+    crash (its status is 'diverged', and it never ranks)."""
 
 
 # torch's CPU generator keeps only the low 32 bits of a seed. Training batches use seeds in
@@ -104,7 +111,7 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
 
     rank, world = _distributed()
     train_cfg, seed = resolved["train"], resolved["seed"]
-    device = torch.device(resolved["device"])
+    device = torch.device(resolve_device(resolved["device"]))
     dtype = DTYPES[resolved["dtype"]]
     if train_cfg["batch"] % world:
         raise ValueError(f"batch {train_cfg['batch']} does not split over {world} processes")
@@ -146,11 +153,20 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
                         slice(rank * local, (rank + 1) * local))
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, train_cfg)
-            loss, _ = task.score(wrapped, batch, stats=False)
+            try:
+                loss, _ = task.score(wrapped, batch, stats=False)
+            except NonFiniteError as error:  # NaN weights reach a mixer as NaN inputs
+                raise DivergedError(f"training diverged at step {step + 1}: {error}") from None
+            if not bool(torch.isfinite(loss.detach())):
+                raise DivergedError(f"training diverged at step {step + 1}: the loss is "
+                                    f"{loss.item()} (learning rate {lr_at(step, train_cfg):g})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if train_cfg["clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg["clip"])
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg["clip"])
+                if not bool(torch.isfinite(norm)):
+                    raise DivergedError(f"training diverged at step {step + 1}: the gradient "
+                                        f"norm is {norm.item()}")
             optimizer.step()
             state["train_seconds"] += time.perf_counter() - start
             state["tokens"] += _tokens(batch) * world

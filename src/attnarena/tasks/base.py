@@ -21,12 +21,15 @@ published ("paper") and CPU-sized ("cpu") task, model and training settings.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import difflib
+import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from attnarena._validate import check_int
 from attnarena.registry import mixer_info
 
 _TASKS: dict[str, type] = {}
@@ -339,9 +342,41 @@ def task_presets(name: str) -> dict:
     return task_class(name).presets
 
 
+def task_options(name: str) -> dict:
+    """The options a task takes, with their defaults (the preset's values override them)."""
+    return {f.name: f.default for f in dataclasses.fields(task_class(name)) if f.init}
+
+
 def create_task(name: str, **options) -> Task:
+    """Build a registered task; every option is checked against its declared type."""
+    valid = task_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for task "
+                         f"{name!r}{hint}; valid options: {', '.join(sorted(valid))}")
     cls = task_class(name)
-    try:
-        return cls(**options)
-    except TypeError as error:
-        raise ValueError(f"bad options for task {name!r}: {error}") from None
+    for field in dataclasses.fields(cls):
+        if field.name in options:
+            _check_option(name, field, options[field.name])
+    return cls(**options)
+
+
+def _check_option(task: str, field, value) -> None:
+    """Range and type checks that follow a task option's declared type: ints are positive
+    (seeds may be 0), floats finite, strings strings; ``| None`` admits None."""
+    kind = str(field.type)
+    if value is None and "None" in kind:
+        return
+    what = f"task {task!r} option {field.name}"
+    if kind.startswith("int"):
+        check_int(value, what, minimum=0 if field.name.endswith("seed") else 1)
+    elif kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise ValueError(f"{what} must be a finite number, got {value!r}")
+    elif kind.startswith("str") and not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {value!r}")
+    elif kind.startswith("bool") and not isinstance(value, bool):
+        raise ValueError(f"{what} must be true or false, got {value!r}")

@@ -139,6 +139,8 @@ def read_tsv(path) -> list[tuple[str, int]]:
             rows = list(csv.reader(f, delimiter="\t"))
     except OSError as error:
         raise ValueError(f"cannot read ListOps file {path}: {error.strerror}") from None
+    except csv.Error as error:  # e.g. a field over the csv module's size limit
+        raise ValueError(f"{path} is not a ListOps TSV: {error}") from None
     if not rows or [c.strip() for c in rows[0][:2]] != ["Source", "Target"]:
         raise ValueError(f"{path}: expected a TSV with header 'Source<TAB>Target', got "
                          f"{rows[0] if rows else 'an empty file'!r}")

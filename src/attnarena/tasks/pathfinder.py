@@ -282,7 +282,7 @@ def read_png(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("L"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as error:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read Pathfinder image {path}: {error}") from None
 
 

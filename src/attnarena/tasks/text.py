@@ -142,7 +142,7 @@ def read_aan(path: Path, max_bytes: int) -> list[tuple[bytes, bytes, int]]:
                                  f"(label, id1, id2, text1, text2), got {len(row)}")
             try:
                 label = int(float(row[0]))
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise ValueError(f"{path} line {number}: label must be 0 or 1, got "
                                  f"{row[0]!r}") from None
             if label not in (0, 1):
