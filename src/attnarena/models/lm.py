@@ -27,6 +27,9 @@ class CausalLM(nn.Module):
         super().__init__()
         self.vocab_size, self.mixer = vocab_size, mixer
         self.embed = nn.Embedding(vocab_size, dim)
+        # Small token embeddings (std 0.02, as GPT-2 and nanoGPT): with the tied head, the
+        # initial logits are then near zero and the initial loss near ln(vocab_size).
+        nn.init.normal_(self.embed.weight, std=0.02)
         self.positions, options = build_positions(position, max_len, dim, mixer,
                                                   mixer_options or {})
         self.drop = nn.Dropout(dropout)
