@@ -102,6 +102,7 @@ def cmd_train(args) -> int:
                        mixer_options=parse_options(args.option), task_options=task_options,
                        train=train_overrides, device=args.device)
     device = resolve_device(args.device)  # an unavailable device: one line, before anything
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # an unusable folder: likewise
     resolved = config.resolve()
     run_id = config.run_id()
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes

@@ -84,7 +84,7 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     def init_state(self, batch_size: int, device=None, dtype=None):
         """Empty decoding state for ``step`` (causal mixers with a recurrent form)."""
         self._check_decodes()
-        check_int(batch_size, "batch_size")
+        check_int(batch_size, "batch_size", minimum=0)
         device = device if device is not None else self._param_device()
         dtype = dtype if dtype is not None else (self._param_dtype() or torch.float32)
         return self._init_state(batch_size, device, dtype)
