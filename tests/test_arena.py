@@ -190,7 +190,8 @@ def test_suite_runs_once_then_reuses_and_reports(tmp_path, capsys):
     for name in ("leaderboard.md", "quality_vs_speed.png", "training_curves.png",
                  "speed-fwd.png"):
         assert (tmp_path / name).exists()
-    assert "| softmax | cpu | 0 |" in (tmp_path / "leaderboard.md").read_text()
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "All rows: preset cpu, seed 0, dim 16" in board and "\n| softmax | 0." in board
     rows = leaderboard_rows(Store(store))
     assert json.loads(format_rows(rows, "json"))[0]["task"] == "copy"
     assert format_rows(rows, "csv").splitlines()[0].startswith("task,mixer,preset")
@@ -341,4 +342,8 @@ def test_suite_sweeps_expand_and_the_average_takes_the_best_setting(tmp_path):
     [(mixer, preset, value)] = averages(leaderboard_rows(store))
     assert (mixer, preset) == ("gla", "cpu") and value == pytest.approx((0.85 + 0.3) / 2)
     board = leaderboard_markdown(store)
-    assert "| gla | cpu | 1 | 16 | 0.01 |" in board
+    # the swept settings are columns; what every row shares is said once above the table
+    assert "All rows: preset cpu, depth 2, heads 4, steps 600, batch 32." in board
+    assert "| mixer | dim | lr | seed | test accuracy |" in board
+    assert "| gla | 16 | 0.01 | 1 | 0.8000 |" in board
+    assert "## Average over 2 tasks\n" in board  # copy and mqar are not LRA tasks

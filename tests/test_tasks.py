@@ -283,8 +283,13 @@ def test_pathfinder_reads_lra_layout(tmp_path):
     assert [len(task.split(s)) for s in ("train", "val", "test")] == [8, 1, 1]
     batch = task.collate(task.split("train"))
     assert batch["inputs"].shape == (8, 1024)
-    with pytest.raises(ValueError, match="curv_baseline/metadata"):
+    # the folder holds another difficulty: the error says which, and how to read it
+    with pytest.raises(ValueError, match="holds difficulty curv_contour_length_14, not "
+                                         "curv_baseline; read it with --preset paper"):
         create_task("pathfinder", data_dir=str(tmp_path / "pathfinder32"),
+                    difficulty="curv_baseline").check_data()
+    with pytest.raises(ValueError, match="curv_baseline/metadata"):
+        create_task("pathfinder", data_dir=str(tmp_path),
                     difficulty="curv_baseline").check_data()
     (root / "metadata" / "1.npy").write_text("imgs/1 sample_0.png 0\n")
     with pytest.raises(ValueError, match="label 0 or 1"):

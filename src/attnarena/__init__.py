@@ -11,5 +11,14 @@ from attnarena.registry import (MixerInfo, create_mixer, list_mixers, mixer_info
 
 __version__ = "0.1.0"
 
-__all__ = ["Mixer", "MixerInfo", "create_mixer", "list_mixers", "mixer_info", "mixer_options",
-           "ops", "register_mixer"]
+
+def load_run(source, *, results_dir="results", device="cpu"):
+    """The trained model of a finished run (a run id or a run folder), in eval mode; see
+    ``attnarena.arena.artifacts.load_run``."""
+    from attnarena.arena.artifacts import load_run as load
+
+    return load(source, results_dir=results_dir, device=device)
+
+
+__all__ = ["Mixer", "MixerInfo", "create_mixer", "list_mixers", "load_run", "mixer_info",
+           "mixer_options", "ops", "register_mixer"]

@@ -26,13 +26,45 @@ def _ints(text: str) -> list[int]:
 
 
 def cmd_list(args) -> int:
+    names = list_mixers(args.pattern)
+    if not names:
+        raise ValueError(f"no mechanism matches {args.pattern!r}; names: "
+                         f"{', '.join(list_mixers())}")
     rows = [(i.name, i.family, i.complexity, ",".join(sorted(i.patterns)),
-             ",".join(sorted(i.forms)), i.paper)
-            for i in map(mixer_info, list_mixers(args.pattern))]
+             ",".join(sorted(i.forms)), i.paper) for i in map(mixer_info, names)]
     header = ("name", "family", "complexity", "patterns", "forms", "paper")
     widths = [max(len(str(r[c])) for r in rows + [header]) for c in range(len(header) - 1)]
     for row in [header] + rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from attnarena.tasks import list_tasks, task_options, task_presets
+    from attnarena.tasks.base import task_class
+
+    if args.name is None:
+        print(f"{'task':<16} {'metric':<9} {'presets':<11} data")
+        for name in list_tasks():
+            cls = task_class(name)
+            data = "needs --data" if cls.needs_data else (
+                "reads --data, else generates" if cls.reads_data else "generated")
+            print(f"{name:<16} {cls.metric:<9} {','.join(sorted(task_presets(name))):<11} "
+                  f"{data}")
+        print("`attnarena tasks NAME` lists a task's options and presets.")
+        return 0
+    cls = task_class(args.name)
+    summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+    print(f"{args.name}: {summary}")
+    print("options (--task-option key=value; default, then each preset's value):")
+    presets = task_presets(args.name)
+    for key, default in task_options(args.name).items():
+        by_preset = ", ".join(f"{p} {presets[p]['task'][key]!r}" for p in sorted(presets)
+                              if key in presets[p]["task"])
+        print(f"  {key} = {default!r}" + (f"   ({by_preset})" if by_preset else ""))
+    for preset in sorted(presets):
+        settings = {**presets[preset]["model"], **presets[preset]["train"]}
+        print(f"preset {preset}: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
     return 0
 
 
@@ -50,13 +82,24 @@ def cmd_speed(args) -> int:
     print(f"matmul throughput ({args.dtype}): {result['meta']['matmul_gflops']:.1f} GFLOP/s")
     print(f"{'mixer':<28} {'length':>7} {'status':<10} {'median ms':>10} {'tokens/s':>12} "
           f"{'peak MiB':>9}")
+    errors = []
     for r in result["rows"]:
         def fmt(key, spec):
-            return format(r[key], spec) if r.get(key) is not None else "-"
-        print(f"{r['mixer']:<28} {r['length']:>7} {r['status'][:10]:<10} "
+            width = int(spec.split(".")[0])
+            return format(r[key], spec) if r.get(key) is not None else "-".rjust(width)
+        status = r["status"]
+        if status.startswith("error"):
+            errors.append(f"{r['mixer']} at L={r['length']}: {status[len('error: '):]}")
+            status = f"error ({len(errors)})"
+        print(f"{r['mixer']:<28} {r['length']:>7} {status:<10} "
               f"{fmt('median_ms', '10.3f')} {fmt('tokens_per_s', '12.0f')} "
               f"{fmt('peak_mem_mb', '9.1f')}")
+    for number, text in enumerate(errors, start=1):
+        print(f"error ({number}): {text}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if all(r["status"] != "ok" for r in result["rows"]):
+        print("attnarena speed: error: no case ran; see the reasons above", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -81,6 +124,7 @@ def cmd_run(args) -> int:
 def cmd_train(args) -> int:
     import json
 
+    from attnarena.arena.artifacts import run_folder
     from attnarena.arena.config import RunConfig
     from attnarena.arena.environment import environment, resolve_device
     from attnarena.arena.runner import train_claimed
@@ -116,12 +160,14 @@ def cmd_train(args) -> int:
             raise ValueError(f"run {run_id} is being trained by {row['owner']} on this store; "
                              "wait for it, or stop that process")
         status, outcome = train_claimed(store, run_id, resolved, owner, checkpoints,
-                                        progress=not args.quiet)
+                                        progress=not args.quiet,
+                                        save_dir=run_folder(args.out, run_id))
         if status != "done":
             raise RunFailed(f"run {run_id} {status}: {outcome} (recorded in {args.store})")
         metrics = outcome
     else:
-        metrics = train(resolved, checkpoint_dir=checkpoints, progress=not args.quiet)
+        metrics = train(resolved, checkpoint_dir=checkpoints, progress=not args.quiet,
+                        save_dir=run_folder(args.out, run_id) if lead else None)
     summary = {k: v for k, v in metrics.items() if k != "history"}
     summary["task"], summary["preset"] = args.task, args.preset
     if not lead:
@@ -130,6 +176,14 @@ def cmd_train(args) -> int:
         Path(args.json).write_text(json.dumps({"config": resolved, "metrics": metrics},
                                               indent=2))
     print(json.dumps({"id": run_id, **summary}, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from attnarena.arena.artifacts import export_run
+
+    for path in export_run(args.run, args.out, results_dir=args.results):
+        print(f"wrote {path}")
     return 0
 
 
@@ -146,14 +200,20 @@ def cmd_data(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from attnarena.arena.report import build_reports, format_rows, leaderboard_rows
+    from attnarena.arena.publish import build_reports
+    from attnarena.arena.report import format_rows, leaderboard_rows
     from attnarena.arena.store import Store
 
     if not Path(args.store).exists():
         raise ValueError(f"no results store at {args.store}; run `attnarena run` first")
     store = Store(args.store)
     if args.format in ("csv", "json"):
-        print(format_rows(leaderboard_rows(store), args.format), end="")
+        text = format_rows(leaderboard_rows(store), args.format)
+        if args.output:
+            Path(args.output).write_text(text)
+            print(f"wrote {args.output}")
+        else:
+            print(text, end="")
         return 0
     paths = build_reports(store, args.out)
     print(paths[0].read_text())
@@ -186,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default=None, help="glob on names, e.g. '*linear*'")
     p.set_defaults(func=cmd_list)
 
+    p = sub.add_parser("tasks", help="tasks, or one task's options and presets")
+    p.add_argument("name", nargs="?", default=None)
+    p.set_defaults(func=cmd_tasks)
+
     p = sub.add_parser("speed", help="time and peak memory against sequence length")
     p.add_argument("--mixers", default=None,
                    help="comma-separated names, options as name:key=value (default: all)")
@@ -201,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--time-budget", type=float, default=60.0,
                    help="seconds for one call before the case counts as a timeout")
-    p.add_argument("--out", default="results")
+    p.add_argument("--out", default="results/speed",
+                   help="folder for the CSV, JSON and PNG (apart from the report's files)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_speed)
 
@@ -244,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task")
     p.add_argument("--out", required=True, help="directory to write into")
     p.add_argument("--preset", default=None,
-                   help="whose task settings (sizes, lengths) to use (default: paper, or cpu "
-                        "for tasks without a paper preset)")
+                   help="whose task settings (sizes, lengths) to use: cpu (the default, "
+                        "as for train) or paper (LRA's published sizes)")
     p.add_argument("--option", action="append",
                    help="task option key=value (repeatable), e.g. train_examples=1000")
     p.add_argument("--synthetic", action="store_true",
@@ -255,10 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="examples per split for tasks drawn fresh each batch")
     p.set_defaults(func=cmd_data)
 
+    p = sub.add_parser("export", help="a trained run's weights and config, to use elsewhere")
+    p.add_argument("run", help="a run id (see the leaderboard) or a run folder")
+    p.add_argument("--out", required=True, help="folder to write into")
+    p.add_argument("--results", default="results", help="where the run's results are")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("report", help="leaderboard and plots from the store")
     p.add_argument("--store", default="results/arena.sqlite")
     p.add_argument("--out", default="results")
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    p.add_argument("--output", default=None,
+                   help="with --format csv or json: write the rows to this file, not stdout")
     p.set_defaults(func=cmd_report)
     return parser
 

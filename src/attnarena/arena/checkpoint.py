@@ -25,7 +25,7 @@ def _fsync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _untie(weights: dict) -> dict:
+def untie(weights: dict) -> dict:
     """safetensors refuses shared storage (tied embeddings): store independent copies."""
     seen, out = set(), {}
     for name, tensor in weights.items():
@@ -49,9 +49,9 @@ def save_checkpoint(directory, model, best_weights, state: dict) -> None:
     tmp = directory / f"{final.name}.{socket.gethostname()}-{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_untie(model.state_dict()), str(tmp / "model.safetensors"))
+    save_file(untie(model.state_dict()), str(tmp / "model.safetensors"))
     if best_weights is not None:
-        save_file(_untie(best_weights), str(tmp / "best.safetensors"))
+        save_file(untie(best_weights), str(tmp / "best.safetensors"))
     torch.save(state, tmp / "state.pt")
     for path in tmp.iterdir():
         _fsync(path)

@@ -7,10 +7,14 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from attnarena.arena.speed_report import plot_speed
 
-COLUMNS = ["task", "mixer", "preset", "seed", "dim", "lr", "metric", "test", "best_val",
-           "tokens_per_s", "peak_mem_mb", "params", "steps", "train_seconds", "id"]
+COLUMNS = ["task", "mixer", "preset", "seed", "dim", "lr", "setting", "metric", "test",
+           "best_val", "tokens_per_s", "peak_mem_mb", "params", "steps", "train_seconds", "id"]
+LRA_TASKS = {"listops", "text", "retrieval", "image", "pathfinder"}
+# Settings named on the line above a table when every row shares them.
+SHOWN_WHEN_COMMON = ("preset", "seed", "dim", "depth", "heads", "lr", "steps", "batch")
+BASELINE_NAMES = {"least_squares": "least squares", "ridge": "ridge",
+                  "gd_one_step": "one GD step (best step size)", "zero": "predict zero"}
 
 
 def leaderboard_rows(store) -> list[dict]:
@@ -22,13 +26,25 @@ def leaderboard_rows(store) -> list[dict]:
         rows.append({"task": run["task"], "mixer": run["mixer"], "preset": run["preset"],
                      "seed": run["seed"], "dim": config.get("model", {}).get("dim"),
                      "lr": config.get("train", {}).get("lr"),
-                     "setting": _setting(config), "problem": _problem(run, config),
-                     "metric": metric, "test": m[f"test_{metric}"],
-                     "best_val": m[f"best_val_{metric}"],
+                     "settings": _settings(config), "setting": _setting(config),
+                     "problem": _problem(run, config), "metric": metric,
+                     "higher_is_better": _higher_is_better(run["task"], metric),
+                     "test": m[f"test_{metric}"], "best_val": m[f"best_val_{metric}"],
                      "tokens_per_s": m["tokens_per_s"], "peak_mem_mb": m["peak_mem_mb"],
                      "params": m["params"], "steps": m["steps"],
-                     "train_seconds": m["train_seconds"], "id": run["id"]})
+                     "train_seconds": m["train_seconds"], "baselines": m.get("baselines"),
+                     "id": run["id"]})
     return rows
+
+
+def _higher_is_better(task: str, metric: str) -> bool:
+    """The task's own direction; a task no longer registered falls back on its metric."""
+    from attnarena.tasks.base import task_class
+
+    try:
+        return task_class(task).higher_is_better
+    except ValueError:
+        return metric == "accuracy"
 
 
 def _accuracy_rows(rows):
@@ -36,8 +52,20 @@ def _accuracy_rows(rows):
 
 
 def _order(row):
-    """Best first: highest accuracy, lowest error."""
-    return -row["test"] if row["metric"] == "accuracy" else row["test"]
+    """Best first, in the task's direction."""
+    return -row["test"] if row["higher_is_better"] else row["test"]
+
+
+def _settings(config: dict) -> dict:
+    """Flat {name: value} of what a run was given: preset, seed, model and training
+    settings, task options (not data folders) and mixer options."""
+    flat = {"preset": config.get("preset"), "seed": config.get("seed")}
+    for section in ("model", "train"):
+        flat.update((config.get(section) or {}).items())
+    flat.update((k, v) for k, v in (config.get("task_options") or {}).items()
+                if k != "data_dir")
+    flat.update((config.get("mixer_options") or {}).items())
+    return flat
 
 
 def _setting(config: dict) -> str:
@@ -55,23 +83,83 @@ def _problem(run, config: dict) -> str:
     return f"{run['task']}({shown})" if shown else run["task"]
 
 
+def swept_keys(rows) -> list[str]:
+    """Settings that take more than one value among ``rows``, in a stable order. An option
+    only some mechanisms have is part of their identity, not a sweep, unless one
+    mechanism ran with several values of it."""
+    def values(group):
+        return {json.dumps(r["settings"].get(key), sort_keys=True) for r in group}
+
+    by_mixer = defaultdict(list)
+    for r in rows:
+        by_mixer[r["mixer"]].append(r)
+    swept = []
+    for key in sorted({k for r in rows for k in r["settings"]}):
+        if len(values(rows)) < 2:
+            continue
+        if all(key in r["settings"] for r in rows) or any(len(values(g)) > 1
+                                                           for g in by_mixer.values()):
+            swept.append(key)
+    return swept
+
+
+def common_line(rows, swept) -> str:
+    """The settings every row shares, for the line above a table."""
+    parts = []
+    for key in SHOWN_WHEN_COMMON:
+        if key not in swept and all(key in r["settings"] for r in rows):
+            parts.append(f"{key} {format_value(rows[0]['settings'][key])}")
+    return "All rows: " + ", ".join(parts) + "." if parts else ""
+
+
+def run_label(row, swept) -> str:
+    """``gla (seed 0, lr 0.001)``: the mechanism and what sets this run apart."""
+    shown = [f"{k} {format_value(row['settings'].get(k))}" for k in swept]
+    return f"{row['mixer']} ({', '.join(shown)})" if shown else row["mixer"]
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def format_metric(value, metric: str) -> str:
+    """One format per metric everywhere: accuracies to 4 decimals, errors to 4 digits."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if metric == "accuracy" else f"{value:.4g}"
+
+
 def best_settings(rows) -> dict:
     """{(mixer, preset, problem): best mean test accuracy over seeds among the settings
     run}, so that a sweep (say over learning rates) counts by its best setting, as Zoology
     and LRA report."""
+    best = {}
+    for (mixer, preset, problem), (value, _) in best_runs(rows).items():
+        best[(mixer, preset, problem)] = value
+    return best
+
+
+def best_runs(rows) -> dict:
+    """{(mixer, preset, problem): (best mean test accuracy over seeds, that setting's
+    runs)}."""
     by_setting = defaultdict(list)
     for r in _accuracy_rows(rows):
-        by_setting[(r["mixer"], r["preset"], r["problem"], r["setting"])].append(r["test"])
+        by_setting[(r["mixer"], r["preset"], r["problem"], r["setting"])].append(r)
     best = {}
-    for (mixer, preset, problem, _), values in by_setting.items():
-        mean = sum(values) / len(values)
-        best[(mixer, preset, problem)] = max(mean, best.get((mixer, preset, problem), -1.0))
+    for (mixer, preset, problem, _), runs in by_setting.items():
+        mean = sum(r["test"] for r in runs) / len(runs)
+        if mean > best.get((mixer, preset, problem), (-1.0, None))[0]:
+            best[(mixer, preset, problem)] = (mean, runs)
     return best
 
 
 def averages(rows) -> list[tuple]:
-    """LRA-style average test accuracy per (mixer, preset) over the tasks it ran on all of
-    (tasks scored by accuracy only; per task the best setting, each averaged over seeds)."""
+    """Average test accuracy per (mixer, preset) over the tasks it ran on all of (tasks
+    scored by accuracy only; per task the best setting, each averaged over seeds)."""
     best = best_settings(rows)
     problems = {problem for _, _, problem in best}
     by_mixer = defaultdict(dict)
@@ -99,6 +187,37 @@ def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
+def _task_table(task, mine) -> list[str]:
+    metric = mine[0]["metric"]
+    swept = swept_keys(mine)
+    lines = [f"## {task}", ""]
+    common = common_line(mine, swept)
+    if common:
+        lines += [common, ""]
+    head = ["mixer"] + swept + [f"test {metric}", f"best val {metric}", "train tokens/s",
+                                "peak MiB", "params"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in mine:
+        cells = [r["mixer"]] + [format_value(r["settings"].get(k)) for k in swept] + [
+            format_metric(r["test"], metric), format_metric(r["best_val"], metric),
+            _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["peak_mem_mb"], ",.0f"),
+            _fmt(r["params"], ",")]
+        lines.append("| " + " | ".join(cells) + " |")
+    baselines = next((r["baselines"] for r in mine if r["baselines"]), None)
+    if baselines:
+        if len({json.dumps(r["baselines"], sort_keys=True) for r in mine
+                if r["baselines"]}) > 1:
+            lines += ["", "Baselines below are those of the first run's test prompts."]
+        blanks = [""] * (len(swept) + 4)
+        for key, name in BASELINE_NAMES.items():
+            if key in baselines:
+                lines.append("| " + " | ".join([f"*baseline: {name}*"] + blanks[:len(swept)]
+                                              + [format_metric(baselines[key], metric)]
+                                              + ["-"] * 4) + " |")
+    lines.append("")
+    return lines
+
+
 def leaderboard_markdown(store) -> str:
     rows = leaderboard_rows(store)
     lines = ["# attnarena leaderboard", ""]
@@ -107,25 +226,16 @@ def leaderboard_markdown(store) -> str:
     if not rows:
         lines.append("No finished runs in the store yet.")
     for task in sorted({r["task"] for r in rows}):
-        mine = sorted((r for r in rows if r["task"] == task), key=_order)
-        metric = mine[0]["metric"]
-        lines += [f"## {task}", "",
-                  f"| mixer | preset | seed | dim | lr | test {metric} | best val {metric} | "
-                  "train tokens/s | peak MiB | params |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in mine:
-            lines.append(f"| {r['mixer']} | {r['preset']} | {r['seed']} | {r['dim']} | "
-                         f"{_fmt(r['lr'], 'g')} | "
-                         f"{r['test']:.4g} | {r['best_val']:.4g} | "
-                         f"{_fmt(r['tokens_per_s'], ',.0f')} | {_fmt(r['peak_mem_mb'], '.0f')} | "
-                         f"{r['params']:,} |")
-        lines.append("")
+        lines += _task_table(task, sorted((r for r in rows if r["task"] == task), key=_order))
     avg = averages(rows)
-    if avg and len({r["problem"] for r in _accuracy_rows(rows)}) > 1:
-        lines += ["## Average over tasks (LRA-style)", "",
-                  "Per task the best setting of a sweep (each averaged over its seeds).", "",
-                  "| mixer | preset | mean test acc |", "|---|---|---|"]
-        lines += [f"| {m} | {p} | {a:.3f} |" for m, p, a in avg]
+    problems = {r["problem"] for r in _accuracy_rows(rows)}
+    if avg and len(problems) > 1:
+        lra = {p.split("(")[0] for p in problems} <= LRA_TASKS
+        lines += [f"## Average over {len(problems)} tasks" + (" (LRA average)" if lra else ""),
+                  "", "Test accuracy; per task the best setting of a sweep, each averaged "
+                  "over its seeds; only mechanisms that ran every task.", "",
+                  "| mixer | preset | mean test accuracy |", "|---|---|---|"]
+        lines += [f"| {m} | {p} | {format_metric(a, 'accuracy')} |" for m, p, a in avg]
         lines.append("")
     speed = store.speed_rows()
     for pass_ in sorted({r["pass"] for r in speed}):
@@ -156,96 +266,3 @@ def leaderboard_markdown(store) -> str:
                   for r in unfinished]
         lines.append("")
     return "\n".join(lines)
-
-
-def build_reports(store, out_dir) -> list[Path]:
-    """Write leaderboard.md and the PNG plots under out_dir; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "leaderboard.md"]
-    paths[0].write_text(leaderboard_markdown(store))
-    rows = leaderboard_rows(store)
-    if _accuracy_rows(rows):
-        paths += [_plot_quality_vs_speed(rows, out / "quality_vs_speed.png"),
-                  _plot_curves(store, out / "training_curves.png")]
-    speed = store.speed_rows()
-    for pass_ in sorted({r["pass"] for r in speed}):
-        mine = [r for r in speed if r["pass"] == pass_]
-        first = mine[0]
-        result = {"rows": mine, "meta": {
-            "config": {"pass_": pass_, "causal": first.get("causal", True),
-                       "batch": first.get("batch"), "heads": first.get("heads"),
-                       "head_dim": first.get("head_dim"), "dtype": first.get("dtype")},
-            "environment": first["environment"]}}
-        path = out / f"speed-{pass_}.png"
-        plot_speed(result, path)
-        paths.append(path)
-    return paths
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _plot_quality_vs_speed(rows, path):
-    """Mean test accuracy over tasks against training throughput, with the Pareto front."""
-    plt = _pyplot()
-    rows = _accuracy_rows(rows)
-    by_mixer = defaultdict(lambda: {"acc": [], "speed": []})
-    for r in rows:
-        by_mixer[r["mixer"]]["acc"].append(r["test"])
-        by_mixer[r["mixer"]]["speed"].append(r["tokens_per_s"])
-    points = sorted((sum(v["speed"]) / len(v["speed"]), sum(v["acc"]) / len(v["acc"]), m)
-                    for m, v in by_mixer.items())
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for i, (speed, acc, mixer) in enumerate(points):
-        ax.scatter(speed, acc, s=40)
-        # alternate label offsets so neighbouring points stay readable
-        ax.annotate(mixer, (speed, acc), textcoords="offset points",
-                    xytext=(5, 4 if i % 2 else -11), fontsize=9)
-    front, best = [], -1.0
-    for speed, acc, _ in sorted(points, key=lambda p: -p[0]):
-        if acc > best:
-            front.append((speed, acc))
-            best = acc
-    if len(front) > 1:
-        ax.plot(*zip(*sorted(front)), linestyle="--", color="gray", label="Pareto front")
-        ax.legend(fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("training throughput (tokens/s, mean over tasks)")
-    ax.set_ylabel("test accuracy (mean over tasks)")
-    ax.set_title(f"Quality against speed ({len({r['task'] for r in rows})} tasks)")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _plot_curves(store, path):
-    plt = _pyplot()
-    runs = store.runs(status="done")
-    tasks = sorted({r["task"] for r in runs})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        metric = "accuracy"
-        for run in (r for r in runs if r["task"] == task):
-            metric = run["metrics"].get("metric", "accuracy")
-            history = run["metrics"].get("history", [])
-            if history:
-                ax.plot([h["step"] for h in history], [h[f"val_{metric}"] for h in history],
-                        marker="o", markersize=3, label=f"{run['mixer']} s{run['seed']}")
-        ax.set_title(f"{task}: validation {metric}")
-        ax.set_xlabel("training step")
-        ax.set_ylabel(metric)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -15,7 +15,9 @@ import time
 import traceback
 from pathlib import Path
 
+from attnarena.arena.artifacts import run_folder
 from attnarena.arena.environment import environment, resolve_device
+from attnarena.arena.report import format_metric
 from attnarena.arena.store import Lease, Store, new_owner
 from attnarena.arena.suite import load_suite
 from attnarena.arena.train import DivergedError, train
@@ -31,7 +33,7 @@ def speed_case_id(cfg, spec, length, env) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def train_claimed(store, run_id, resolved, owner, checkpoints, progress=True):
+def train_claimed(store, run_id, resolved, owner, checkpoints, progress=True, save_dir=None):
     """Train a run whose lease ``owner`` holds and record how it ended.
 
     Returns (status, metrics or error text): status is "done", "failed", "diverged" or
@@ -40,7 +42,8 @@ def train_claimed(store, run_id, resolved, owner, checkpoints, progress=True):
     """
     with Lease(store.path, run_id, owner) as lease:
         try:
-            metrics = train(resolved, checkpoint_dir=checkpoints, progress=progress)
+            metrics = train(resolved, checkpoint_dir=checkpoints, progress=progress,
+                            save_dir=save_dir)
         except DivergedError as error:
             store.fail_run(run_id, str(error), owner, status="diverged")
             return "diverged", str(error)
@@ -61,7 +64,8 @@ def _result_line(config, status, outcome) -> str:
     if status != "done":
         return f"{status}: {outcome.splitlines()[0]}"
     metric = outcome["metric"]
-    return (f"test {metric} {outcome[f'test_{metric}']:.4g}, "
+    value = format_metric(outcome[f"test_{metric}"], metric)
+    return (f"test {metric} {value}, "
             f"{outcome['tokens_per_s']:,.0f} tokens/s, {outcome['train_seconds']:.0f} s")
 
 
@@ -109,7 +113,7 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
                     shutil.rmtree(checkpoints, ignore_errors=True)
                 log(f"run {k} of {total}: {config.task} / {config.mixer} seed {config.seed}")
                 status, outcome = train_claimed(store, run_id, resolved, owner, checkpoints,
-                                                progress)
+                                                progress, run_folder(out, run_id))
                 log(f"run {k} of {total}: {config.task} / {config.mixer} seed {config.seed}: "
                     + _result_line(config, status, outcome))
                 if status == "done":
@@ -140,7 +144,7 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
 
             run_speed(cfg, progress=progress, known=known, on_row=record)
         if report:
-            from attnarena.arena.report import build_reports
+            from attnarena.arena.publish import build_reports
 
             counts["reports"] = [str(p) for p in build_reports(store, out)]
     finally:

@@ -16,7 +16,7 @@ import torch
 
 from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.memory import PeakMemory
-from attnarena.registry import create_mixer, mixer_info
+from attnarena.registry import create_mixer, mixer_info, mixer_options
 
 PASSES = ("fwd", "fwdbwd", "decode")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -48,7 +48,13 @@ class MixerSpec:
     def parse(cls, text: str) -> "MixerSpec":
         name, *pairs = text.strip().split(":")
         mixer_info(name)  # unknown names fail here, listing the valid ones
-        return cls(name, tuple(parse_options(pairs, where=f" in {text!r}").items()))
+        options = parse_options(pairs, where=f" in {text!r}")
+        valid = mixer_options(name)
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for mixer "
+                             f"{name!r} in {text!r}; valid options: {', '.join(sorted(valid))}")
+        return cls(name, tuple(options.items()))
 
     @property
     def label(self) -> str:

@@ -5,6 +5,8 @@ import csv
 import json
 from pathlib import Path
 
+from attnarena.arena.plotstyle import label_log_axis, legend_outside, mixer_style, pyplot
+
 COLUMNS = ["mixer", "length", "pass", "status", "median_ms", "min_ms", "tokens_per_s",
            "peak_mem_mb", "state_mb", "batch", "heads", "head_dim", "dtype", "causal",
            "hardware", "threads", "torch"]
@@ -28,36 +30,54 @@ def write_speed(result: dict, out_dir, stem: str = "speed") -> dict:
 
 
 def plot_speed(result: dict, path) -> None:
-    import matplotlib
+    """Time (left) and memory (right) against length, log-log, one colour per mechanism.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    For the decode pass the right panel is the decoding state's size (KV cache or
+    recurrent state), which is what grows with context; for the other passes, the peak
+    memory of one call. Values of 0 cannot sit on a log axis: the figure names them.
+    """
+    plt = pyplot()
     rows = [r for r in result["rows"] if r.get("status") == "ok"]
     cfg = result["meta"]["config"]
     env = result["meta"]["environment"]
-    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.8))
+    decode = cfg["pass_"] == "decode"
+    key, what_mem = (("state_mb", "decoding state (KV cache or recurrent state)") if decode
+                     else ("peak_mem_mb", "peak memory of one call"))
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(13, 4.8))
+    zero, lengths, times, mems = [], [], [], []
     for label in dict.fromkeys(r["mixer"] for r in result["rows"]):
         mine = sorted((r for r in rows if r["mixer"] == label), key=lambda r: r["length"])
         if not mine:
             continue
-        lengths = [r["length"] for r in mine]
-        ax_time.plot(lengths, [r["median_ms"] for r in mine], marker="o", label=label)
-        mem = [(r["length"], r["peak_mem_mb"]) for r in mine if r.get("peak_mem_mb")]
+        style = mixer_style(label)
+        xs = [r["length"] for r in mine]
+        lengths += xs
+        times += [r["median_ms"] for r in mine]
+        ax_time.plot(xs, [r["median_ms"] for r in mine], label=label, **style)
+        mem = [(r["length"], r[key]) for r in mine if r.get(key)]
+        if len(mem) < len(mine):
+            zero.append(label)
         if mem:
-            ax_mem.plot(*zip(*mem), marker="o", label=label)
-    what = {"fwd": "forward", "fwdbwd": "forward + backward", "decode": "one decode step"}
-    ax_time.set_title(f"Time of {what[cfg['pass_']]}")
+            mems += [m for _, m in mem]
+            ax_mem.plot(*zip(*mem), label=label, **style)
+    pass_name = {"fwd": "forward", "fwdbwd": "forward + backward",
+                 "decode": "one decode step"}[cfg["pass_"]]
+    ax_time.set_title(f"Time of {pass_name}")
     ax_time.set_ylabel("median time (ms)")
-    ax_mem.set_title("Peak memory of one call")
-    ax_mem.set_ylabel("peak memory (MiB)")
-    for ax in (ax_time, ax_mem):
+    ax_mem.set_title(what_mem[0].upper() + what_mem[1:])
+    ax_mem.set_ylabel(f"{'state size' if decode else 'peak memory'} (MiB)")
+    if zero:
+        ax_mem.text(0.01, 0.01, f"0 MiB (not drawn on a log axis): {', '.join(zero)}",
+                    transform=ax_mem.transAxes, fontsize=7, va="bottom")
+    for ax, values in ((ax_time, times), (ax_mem, mems)):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("context length" if cfg["pass_"] == "decode" else "sequence length")
+        ax.set_xlabel("context length" if decode else "sequence length")
         ax.grid(True, which="both", alpha=0.3)
-    if ax_time.lines:
-        ax_time.legend(fontsize=8)
+        label_log_axis(ax.xaxis, lengths)
+        label_log_axis(ax.yaxis, values)
+    handles, labels = ax_time.get_legend_handles_labels()
+    legend_outside(ax_mem, handles, labels, title="mechanism")
     fig.suptitle(f"{'causal' if cfg['causal'] else 'noncausal'}, batch {cfg['batch']}, "
                  f"{cfg['heads']} heads x {cfg['head_dim']}, {cfg['dtype']} on {env['hardware']} "
                  f"({env['threads']} threads, torch {env['torch']})", fontsize=9)

@@ -130,8 +130,7 @@ def _build(data, mixer_filter, task_filter, device, data_root=None):
     for name in mixer_filter or []:
         mixer_info(name)
     for name in task_filter or []:
-        if name not in list_tasks():
-            raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(list_tasks())}")
+        task_class(name)  # an unknown name fails here, with a did-you-mean
     suite = Suite(name=str(data.get("name", "custom")))
     groups = data.get("runs", [])
     if not isinstance(groups, list):
@@ -203,4 +202,24 @@ def _build(data, mixer_filter, task_filter, device, data_root=None):
                     repeats=speed.get("repeats", 5), time_budget=speed.get("time_budget", 60.0)))
     if not suite.runs and not suite.speed:
         raise ValueError("the suite selects no runs and no speed cases")
+    if device == "cpu" and any(c.preset == "paper" for c in suite.runs):
+        suite.notes.append(_cost_note(suite))
     return suite
+
+
+def _cost_note(suite) -> str:
+    """What a suite of published configurations costs, said before a CPU starts on it."""
+    from attnarena.tasks import create_task
+
+    tokens = 0
+    for config in suite.runs:
+        resolved = config.resolve()
+        length = create_task(resolved["task"], **resolved["task_options"]).sequence_length
+        tokens += resolved["train"]["steps"] * resolved["train"]["batch"] * length
+    biggest = max((s.batch for s in suite.speed), default=0)
+    speed = f", then speed sweeps at batch {biggest}" if biggest else ""
+    return (f"note: suite {suite.name!r} runs published (paper) configurations: "
+            f"{len(suite.runs)} runs training on {tokens / 1e9:.1f} billion tokens{speed}. It "
+            f"is meant for a GPU (--device cuda): at 100,000 training tokens/s, more than this "
+            f"CPU gives these models, that is {tokens / 1e5 / 86400:,.0f} days. Ctrl-C stops "
+            "it, and the same command resumes it.")

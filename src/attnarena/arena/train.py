@@ -19,27 +19,18 @@ import time
 import torch
 
 from attnarena._validate import NonFiniteError
+from attnarena.arena.artifacts import save_run
 from attnarena.arena.checkpoint import load_checkpoint, save_checkpoint
 from attnarena.arena.environment import resolve_device
 from attnarena.arena.memory import PeakMemory
 from attnarena.arena.speed import DTYPES
+from attnarena.seeds import batch_seed, eval_seed
 from attnarena.tasks import create_task
 
 
 class DivergedError(RuntimeError):
     """Training produced a non-finite loss, gradient or activation: the run's outcome, not a
     crash (its status is 'diverged', and it never ranks)."""
-
-
-# torch's CPU generator keeps only the low 32 bits of a seed. Training batches use seeds in
-# [0, 2^31); validation and test sets use 2^31 + 2 * seed and 2^31 + 2 * seed + 1, so no
-# evaluation set is a training batch and validation differs from test.
-def batch_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step) % (1 << 31)
-
-
-def eval_seed(seed: int, split: str) -> int:
-    return (1 << 31) + 2 * seed + (1 if split == "test" else 0)
 
 
 def lr_at(step: int, train: dict) -> float:
@@ -99,13 +90,15 @@ def _tokens(batch: dict) -> int:
     return batch["inputs"].shape[0] * batch["inputs"].shape[1]
 
 
-def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
+def train(resolved: dict, checkpoint_dir=None, progress: bool = True, save_dir=None) -> dict:
     """Train and evaluate one run; returns plain metrics.
 
     Args:
         resolved: ``RunConfig.resolve()`` output.
         checkpoint_dir: where checkpoints go; a run finds its own there and resumes.
         progress: show a progress bar with loss, accuracy and tokens/s.
+        save_dir: where the trained model goes (weights of the best validation checkpoint,
+            config and metrics; ``artifacts.load_run`` rebuilds it).
     """
     from tqdm import tqdm
 
@@ -196,10 +189,13 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True) -> dict:
     best_val = sign * state["best_score"]
     baselines = task.baselines(train_cfg["eval_examples"], eval_seed(seed, "test"))
     extra = {} if baselines is None else {"baselines": baselines}
-    return {**extra, "metric": task.metric, f"test_{task.metric}": test["metric"],
+    metrics = {**extra, "metric": task.metric, f"test_{task.metric}": test["metric"],
             "test_loss": test["loss"], f"best_val_{task.metric}": best_val,
             "test_examples": test["count"], "steps": state["step"],
             "train_seconds": state["train_seconds"],
             "tokens_per_s": state["tokens"] / max(state["train_seconds"], 1e-9),
             "peak_mem_mb": None if memory.peak_bytes is None else memory.peak_bytes / 2**20,
             "params": params, "history": state["history"], "world_size": world}
+    if save_dir is not None and rank == 0:
+        save_run(save_dir, model, resolved, metrics)
+    return metrics

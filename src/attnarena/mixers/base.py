@@ -84,7 +84,7 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     def init_state(self, batch_size: int, device=None, dtype=None):
         """Empty decoding state for ``step`` (causal mixers with a recurrent form)."""
         self._check_decodes()
-        check_int(batch_size, "batch_size", minimum=0)
+        check_int(batch_size, "batch_size")
         device = device if device is not None else self._param_device()
         dtype = dtype if dtype is not None else (self._param_dtype() or torch.float32)
         return self._init_state(batch_size, device, dtype)
@@ -97,11 +97,11 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
             raise ValueError(f"step expects x_t of shape (batch, {self.dim}), got {shape}")
         self._check_tokens(x_t[:, None], "x_t")
         check_finite(x_t, "x_t")
+        if x_t.shape[0] == 0:  # an empty batch: an empty output, the state as it was
+            return x_t.new_zeros(x_t.shape), state
         if state is None:  # documented: a fresh sequence, as with prefill
             state = self.init_state(x_t.shape[0], x_t.device, x_t.dtype)
         self._check_state(state, x_t.shape[0])
-        if x_t.shape[0] == 0:
-            return x_t.new_zeros(x_t.shape), state
         return self._step(x_t, state)
 
     def prefill(self, x, state=None):

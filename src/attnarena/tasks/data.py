@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnarena.seeds import batch_seed, eval_seed
 from attnarena.tasks.base import DatasetTask, create_task, task_presets
 
 SYNTHETIC = {"text": "write_synthetic_imdb", "retrieval": "write_synthetic_aan",
@@ -27,11 +28,11 @@ def write_task_data(name: str, out_dir, preset: str | None = None,
                     options: dict | None = None, synthetic: bool = False,
                     examples: int = 1000) -> list[Path]:
     """Write task ``name``'s data under ``out_dir`` with the task settings of ``preset``
-    (default: "paper" where the task has it, else "cpu") and ``options`` on top; returns
-    the paths written."""
+    (default "cpu", the preset ``attnarena train`` reads by default) and ``options`` on top;
+    returns the paths written."""
     presets = task_presets(name)
     if preset is None:
-        preset = "paper" if "paper" in presets else "cpu"
+        preset = "cpu"
     if preset not in presets:
         raise ValueError(f"task {name!r} has no preset {preset!r}; presets: "
                          f"{', '.join(sorted(presets))}")
@@ -56,8 +57,6 @@ def write_task_data(name: str, out_dir, preset: str | None = None,
         raise ValueError(f"task {name!r} has no on-disk writer")
     if examples < 1:
         raise ValueError(f"examples must be >= 1, got {examples}")
-    from attnarena.arena.train import batch_seed, eval_seed
-
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for split in ("train", "val", "test"):

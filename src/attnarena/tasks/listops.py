@@ -106,15 +106,22 @@ def generate_dataset(count: int, seed: int, min_length: int = 500, max_length: i
     drawn; deterministic given ``seed``."""
     if min_length + 1 >= max_length:
         raise ValueError(f"no tree length lies strictly between {min_length} and {max_length}")
+    from tqdm import tqdm
+
     rng = random.Random(seed)
     kept: dict[str, object] = {}
-    while len(kept) < count:
-        try:
-            tree, length = generate_tree(rng, max_depth, max_args, limit=max_length)
-        except _TooLong:
-            continue
-        if min_length < length < max_length:
-            kept.setdefault(tree_to_string(tree), tree)
+    # progress (with an estimate of the time left) on a terminal only
+    with tqdm(total=count, desc="listops trees", unit="tree", disable=None, leave=False,
+              mininterval=1.0) as bar:
+        while len(kept) < count:
+            try:
+                tree, length = generate_tree(rng, max_depth, max_args, limit=max_length)
+            except _TooLong:
+                continue
+            if min_length < length < max_length:
+                before = len(kept)
+                kept.setdefault(tree_to_string(tree), tree)
+                bar.update(len(kept) - before)
     return list(kept.values())
 
 

@@ -227,9 +227,13 @@ def generate_image(rng: np.random.Generator, label: int, settings: PathfinderSet
 
 def generate_dataset(count: int, seed: int, settings: PathfinderSettings):
     """``count`` (image, label) pairs, labels alternating at random, deterministic."""
+    from tqdm import tqdm
+
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(count):
+    # progress (with an estimate of the time left) on a terminal only
+    for _ in tqdm(range(count), desc="pathfinder images", unit="img", disable=None,
+                  leave=False, mininterval=1.0):
         label = int(rng.integers(2))
         image, _ = generate_image(rng, label, settings)
         out.append((image, label))
@@ -353,6 +357,14 @@ class Pathfinder(DatasetTask, ClassificationTask):
     def _root(self) -> Path:
         expected = (f"LRA's Pathfinder layout: {self.difficulty}/metadata/*.npy and "
                     f"{self.difficulty}/imgs/*/*.png")
+        held = sorted(p.parent.name for p in Path(self.data_dir or ".").glob("*/metadata"))
+        if self.data_dir is not None and held and self.difficulty not in held:
+            presets = sorted(k for k, v in self.presets.items()
+                             if v["task"].get("difficulty", type(self).difficulty) in held)
+            by = (f"--preset {presets[0]}, or " if presets else "") + \
+                f"--task-option difficulty={held[0]}"
+            raise ValueError(f"task 'pathfinder': {self.data_dir} holds difficulty "
+                             f"{', '.join(held)}, not {self.difficulty}; read it with {by}")
         path = data_directory(self.name, self.data_dir, expected,
                               needs=[f"{self.difficulty}/metadata"])
         return path / self.difficulty

@@ -1,0 +1,71 @@
+"""One look for every plot of a report: a mechanism keeps its colour and marker in every
+figure, legends sit outside the data, and log axes label the values that were measured."""
+from __future__ import annotations
+
+from attnarena.registry import list_mixers
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mixer_style(label: str) -> dict:
+    """matplotlib keyword arguments for a mechanism, fixed by its name: the colour and
+    marker depend only on the mechanism (its place among the registered names), so two
+    plots, or two reports, never give one mechanism two colours. A label with options
+    (``linear:form=recurrent``) keeps its mechanism's colour, dashed."""
+    from matplotlib import colormaps
+
+    name = label.split(":")[0]
+    names = list_mixers()
+    index = names.index(name) if name in names else len(names) + sum(map(ord, name))
+    colours = colormaps["tab20"].colors
+    # tab20 pairs a strong colour with a light one: strong colours first, then light ones
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return {"color": colours[order[index % 20]], "marker": MARKERS[(index // 20 + index)
+                                                                   % len(MARKERS)],
+            "linestyle": "--" if ":" in label else "-"}
+
+
+def legend_outside(ax, handles=None, labels=None, title=None) -> None:
+    """A legend to the right of the axes, so it never covers data."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  fontsize=8, title=title, title_fontsize=8, frameon=False)
+
+
+def label_log_axis(axis, values) -> None:
+    """Label a log axis at the measured values when they span little (one tick or none
+    would show otherwise), and in plain numbers rather than powers."""
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    values = sorted({v for v in values if v and v > 0})
+    if not values:
+        return
+    if len(values) <= 8 or values[-1] / values[0] < 100:
+        axis.set_major_locator(FixedLocator(_spread(values)))
+        axis.set_minor_locator(NullLocator())
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+
+
+def _spread(values, most=8):
+    """At most ``most`` of the sorted values, evenly chosen, first and last kept."""
+    if len(values) <= most:
+        return values
+    step = (len(values) - 1) / (most - 1)
+    return [values[round(i * step)] for i in range(most)]
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")

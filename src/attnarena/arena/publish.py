@@ -1,0 +1,117 @@
+"""The report's files: leaderboard.md, and the plots (quality against training throughput,
+training curves, and time and memory against length)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from attnarena.arena.plotstyle import legend_outside, mixer_style, plural, pyplot
+from attnarena.arena.report import (best_runs, leaderboard_markdown, leaderboard_rows,
+                                    run_label, swept_keys)
+from attnarena.arena.speed_report import plot_speed
+
+MIN_ACCURACY_SPAN = 0.1  # a y axis spanning less than this would magnify noise
+
+
+def build_reports(store, out_dir) -> list[Path]:
+    """Write leaderboard.md and the PNG plots under out_dir; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "leaderboard.md"]
+    paths[0].write_text(leaderboard_markdown(store))
+    rows = leaderboard_rows(store)
+    if any(r["metric"] == "accuracy" for r in rows):
+        paths += [plot_quality_vs_speed(rows, out / "quality_vs_speed.png"),
+                  plot_curves(rows, store, out / "training_curves.png")]
+    speed = store.speed_rows()
+    for pass_ in sorted({r["pass"] for r in speed}):
+        mine = [r for r in speed if r["pass"] == pass_]
+        first = mine[0]
+        result = {"rows": mine, "meta": {
+            "config": {"pass_": pass_, "causal": first.get("causal", True),
+                       "batch": first.get("batch"), "heads": first.get("heads"),
+                       "head_dim": first.get("head_dim"), "dtype": first.get("dtype")},
+            "environment": first["environment"]}}
+        path = out / f"speed-{pass_}.png"
+        plot_speed(result, path)
+        paths.append(path)
+    return paths
+
+
+
+def plot_quality_vs_speed(rows, path):
+    """Per mechanism: test accuracy of its best setting per task, averaged over the tasks
+    it ran, against the training throughput of those same runs, with the Pareto front."""
+    plt = pyplot()
+    per_mixer = defaultdict(lambda: {"acc": [], "speed": []})
+    tasks = set()
+    for (mixer, _, problem), (value, runs) in best_runs(rows).items():
+        tasks.add(problem)
+        per_mixer[mixer]["acc"].append(value)
+        per_mixer[mixer]["speed"] += [r["tokens_per_s"] for r in runs]
+    points = sorted((sum(v["speed"]) / len(v["speed"]), sum(v["acc"]) / len(v["acc"]), m)
+                    for m, v in per_mixer.items())
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    for speed, acc, mixer in points:
+        style = mixer_style(mixer)
+        ax.scatter(speed, acc, s=50, color=style["color"], marker=style["marker"], label=mixer,
+                   zorder=3)
+    front, best = [], -1.0
+    for speed, acc, _ in sorted(points, key=lambda p: -p[0]):
+        if acc > best:
+            front.append((speed, acc))
+            best = acc
+    if len(front) > 1:
+        ax.plot(*zip(*sorted(front)), linestyle="--", color="gray", label="Pareto front",
+                zorder=2)
+    accs = [p[1] for p in points]
+    low, high = min(accs), max(accs)
+    pad = max(0.0, MIN_ACCURACY_SPAN - (high - low)) / 2 + 0.02
+    ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.005)
+    ax.set_xscale("log")
+    ax.set_xlabel("training throughput (tokens/s while training, mean over the runs shown)")
+    ax.set_ylabel("test accuracy (best setting per task, mean over tasks)")
+    ax.set_title(f"Quality against training speed ({plural(len(tasks), 'task')})")
+    ax.grid(True, which="both", alpha=0.3)
+    legend_outside(ax, title="mechanism")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(rows, store, path):
+    """Validation metric against step, one panel per task, one colour per mechanism; the
+    legend names each run's seed and whatever setting its sweep varied."""
+    plt = pyplot()
+    histories = {r["id"]: r["metrics"].get("history", []) for r in store.runs(status="done")}
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7.5 * len(tasks), 4.5), squeeze=False)
+    styles = ("-", "--", ":", "-.")
+    for ax, task in zip(axes[0], tasks):
+        mine = sorted((r for r in rows if r["task"] == task), key=lambda r: r["mixer"])
+        swept = swept_keys(mine)
+        # one line style per swept setting (say, per learning rate), the same for every
+        # mechanism; seeds share their setting's style
+        shown = [k for k in swept if k != "seed"]
+        variants = sorted({repr(tuple(r["settings"].get(k) for k in shown)) for r in mine})
+        metric = mine[0]["metric"]
+        for r in mine:
+            history = histories.get(r["id"], [])
+            if not history:
+                continue
+            style = mixer_style(r["mixer"])
+            if shown:
+                variant = repr(tuple(r["settings"].get(k) for k in shown))
+                style["linestyle"] = styles[variants.index(variant) % len(styles)]
+            ax.plot([h["step"] for h in history], [h[f"val_{metric}"] for h in history],
+                    markersize=3, label=run_label(r, swept), **style)
+        ax.set_title(f"{task}: validation {metric}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+        legend_outside(ax, title="mechanism (setting)" if swept else "mechanism")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
