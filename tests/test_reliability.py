@@ -306,9 +306,10 @@ def test_ops_and_options_refuse_what_has_no_meaning():
 
 
 @pytest.mark.parametrize("vocab", [16, 1000])
-def test_the_language_models_initial_loss_is_near_ln_vocab(vocab):
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_language_models_initial_loss_is_near_ln_vocab(vocab, tied):
     torch.manual_seed(0)
-    lm = CausalLM(vocab, dim=64, depth=2, heads=4, mixer="gla")
+    lm = CausalLM(vocab, dim=64, depth=2, heads=4, mixer="gla", tie_embeddings=tied)
     tokens = torch.randint(0, vocab, (8, 32))
     logits = lm(tokens[:, :-1])
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), tokens[:, 1:].reshape(-1))

@@ -17,19 +17,25 @@ class CausalLM(nn.Module):
     ``generate`` decodes with each mixer's ``step`` (O(1) per token for recurrent mixers, a
     KV cache for softmax attention); mixers without a recurrent form fall back to full
     forwards. Either way the tokens equal greedy decoding by repeated full forwards.
+
+    The head is a separate linear map by default (its initial logits are small, so the
+    initial loss is near ln(vocab_size)); ``tie_embeddings=True`` shares the embedding
+    matrix, initialized then with std 0.02.
     """
 
     def __init__(self, vocab_size: int, *, dim: int = 64, depth: int = 2, heads: int = 4,
                  mixer: str = "softmax", mixer_options: dict | None = None,
                  mlp_dim: int | None = None, position: str = "learned", max_len: int = 1024,
-                 dropout: float = 0.0, tie_embeddings: bool = True,
+                 dropout: float = 0.0, tie_embeddings: bool = False,
                  mixer_dim: int | None = None, norm: bool = True):
         super().__init__()
         self.vocab_size, self.mixer = vocab_size, mixer
         self.embed = nn.Embedding(vocab_size, dim)
-        # Small token embeddings (std 0.02, as GPT-2 and nanoGPT): with the tied head, the
-        # initial logits are then near zero and the initial loss near ln(vocab_size).
-        nn.init.normal_(self.embed.weight, std=0.02)
+        if tie_embeddings:
+            # A tied head reads the token's own embedding back from the residual stream:
+            # with N(0, 1) embeddings its logit starts near dim and the loss far above
+            # ln(vocab_size). Small embeddings (std 0.02, as GPT-2 and nanoGPT) avoid that.
+            nn.init.normal_(self.embed.weight, std=0.02)
         self.positions, options = build_positions(position, max_len, dim, mixer,
                                                   mixer_options or {})
         self.drop = nn.Dropout(dropout)
