@@ -343,7 +343,7 @@ def test_suite_sweeps_expand_and_the_average_takes_the_best_setting(tmp_path):
     assert (mixer, preset) == ("gla", "cpu") and value == pytest.approx((0.85 + 0.3) / 2)
     board = leaderboard_markdown(store)
     # the swept settings are columns; what every row shares is said once above the table
-    assert "All rows: preset cpu, depth 2, heads 4, steps 600, batch 32." in board
+    assert "All rows: preset cpu, depth 2, heads 4, steps 600, batch 32, task copy(" in board
     assert "| mixer | dim | lr | seed | test accuracy |" in board
     assert "| gla | 16 | 0.01 | 1 | 0.8000 |" in board
     assert "## Average over 2 tasks\n" in board  # copy and mqar are not LRA tasks

@@ -62,9 +62,10 @@ def _settings(config: dict) -> dict:
     flat = {"preset": config.get("preset"), "seed": config.get("seed")}
     for section in ("model", "train"):
         flat.update((config.get(section) or {}).items())
-    flat.update((k, v) for k, v in (config.get("task_options") or {}).items()
-                if k != "data_dir")
-    flat.update((config.get("mixer_options") or {}).items())
+    for section, prefix in (("task_options", "task."), ("mixer_options", "mixer.")):
+        for key, value in (config.get(section) or {}).items():
+            if key != "data_dir":  # a name model or train settings use gets a prefix
+                flat[prefix + key if key in flat else key] = value
     return flat
 
 
@@ -104,11 +105,15 @@ def swept_keys(rows) -> list[str]:
 
 
 def common_line(rows, swept) -> str:
-    """The settings every row shares, for the line above a table."""
+    """The settings every row shares, for the line above a table: the main model and
+    training settings, and the task's options."""
     parts = []
     for key in SHOWN_WHEN_COMMON:
         if key not in swept and all(key in r["settings"] for r in rows):
             parts.append(f"{key} {format_value(rows[0]['settings'][key])}")
+    problems = {r["problem"] for r in rows}
+    if len(problems) == 1 and "(" in rows[0]["problem"]:
+        parts.append("task " + rows[0]["problem"])
     return "All rows: " + ", ".join(parts) + "." if parts else ""
 
 
