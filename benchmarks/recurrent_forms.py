@@ -85,6 +85,7 @@ def main():
     with torch.no_grad():
         for name, (run, flops) in cases(args.batch, args.heads, args.length, args.head_dim,
                                         args.state).items():
+            print(f"{name:<18} timing...", end="\r", flush=True)
             chunk = timed(lambda: run("chunk"), args.repeats)
             recurrent = timed(lambda: run("recurrent"), max(1, args.repeats - 2))
             rate = "-" if flops is None else f"{flops / chunk / 1e9:.1f}"

@@ -24,7 +24,7 @@ from attnarena.cli import main
 from attnarena.seeds import eval_seed
 from attnarena.tasks import create_task, list_tasks, task_presets
 from attnarena.tasks.base import task_class
-from attnarena.tasks.data import SYNTHETIC, write_task_data
+from attnarena.tasks.data import SYNTHETIC
 
 
 @pytest.mark.parametrize("device", ["cuda", "gpu", "cuda:3", "tpu"])
@@ -91,7 +91,8 @@ def test_reports_label_sweeps_and_keep_legends_off_the_data(tmp_path):
     run_suite(str(suite), store_path=store, out_dir=tmp_path, progress=False, report=False,
               log=lambda line: None)
     board = leaderboard_markdown(Store(store))
-    assert "All rows: preset cpu, seed 0, dim 16, depth 1, heads 2, steps 4, batch 4, task copy(" in board
+    assert ("All rows: preset cpu, seed 0, dim 16, depth 1, heads 2, steps 4, batch 4, "
+            "task copy(") in board
     assert "| mixer | lr | test accuracy |" in board
     assert "| gla | 0.01 |" in board and "| gla | 0.001 |" in board
     import matplotlib.pyplot as plt
@@ -250,3 +251,40 @@ def test_version_and_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "attnarena", "--version"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == f"attnarena {aa.__version__}"
+
+
+def test_the_contributing_recipe_makes_a_working_mechanism():
+    import torch.nn.functional as F
+
+    from attnarena import registry
+    from attnarena.mixers.linear import LinearAttentionBase
+
+    try:
+        @registry.register_mixer("my_linear", family="linear attention",
+                                 paper="Author et al. 2026, The Paper's Title",
+                                 complexity="O(L D^2)", patterns=("self", "causal"),
+                                 forms=("parallel", "chunk", "recurrent"))
+        class MyLinear(LinearAttentionBase):
+            def __init__(self, dim, heads=1, causal=False, *, form="chunk", chunk_size=64):
+                super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
+
+            def features(self, q, k):
+                return F.relu(q) + 1e-6, F.relu(k) + 1e-6
+
+        assert "my_linear" in aa.list_mixers()
+        x = torch.randn(2, 9, 16)
+        outputs = {}
+        for form in ("parallel", "chunk", "recurrent"):
+            torch.manual_seed(0)
+            mixer = aa.create_mixer("my_linear", dim=16, heads=2, causal=True, form=form,
+                                    chunk_size=4)
+            outputs[form] = mixer(x)
+        torch.testing.assert_close(outputs["chunk"], outputs["parallel"])
+        torch.testing.assert_close(outputs["recurrent"], outputs["parallel"])
+        state, steps = None, []
+        for t in range(9):
+            y_t, state = mixer.step(x[:, t], state)
+            steps.append(y_t)
+        torch.testing.assert_close(torch.stack(steps, 1), outputs["recurrent"])
+    finally:
+        registry._MIXERS.pop("my_linear", None)

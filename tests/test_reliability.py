@@ -1,6 +1,5 @@
 """Reliability: concurrent processes on one store, divergence, untrusted files, one-line CLI
 failures, decoding states and edge shapes, non-finite inputs, the LM's initial loss."""
-import json
 import math
 import os
 import pickle
@@ -8,7 +7,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ import csv
 import io
 import json
 from collections import defaultdict
-from pathlib import Path
 
 
 COLUMNS = ["task", "mixer", "preset", "seed", "dim", "lr", "setting", "metric", "test",

@@ -142,6 +142,8 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
 
             from attnarena.arena.speed import run_speed
 
+            log(f"speed sweep, {cfg.pass_} pass: {len(cfg.mixers)} mechanisms x "
+                f"{len(cfg.lengths)} lengths")
             run_speed(cfg, progress=progress, known=known, on_row=record)
         if report:
             from attnarena.arena.publish import build_reports
