@@ -24,6 +24,7 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     """
 
     info: MixerInfo  # set by @register_mixer
+    _is_mixer = True  # what @register_mixer checks
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False):
         super().__init__()
