@@ -322,3 +322,14 @@ def test_performer_and_reformer_run_in_float16():
         y = half(x.half()).float()
         assert torch.isfinite(y).all(), name
         assert (y - ref(x)).abs().mean() < 0.01 * ref(x).abs().mean() + 0.002, name
+
+
+def test_an_image_bomb_is_one_clear_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from attnarena.tasks.pathfinder import read_png
+
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,024 pixels: over twice the limit
+    with pytest.raises(ValueError, match="cannot read Pathfinder image .*big.png"):
+        read_png(tmp_path / "big.png")
