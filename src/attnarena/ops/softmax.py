@@ -109,22 +109,24 @@ def softmax_attention(q, k, v, *, causal=False, mask=None, window=None, scale=No
         key_mask = None if mask is None else mask
         return _blocked_local(q, k, v, causal, window, key_mask, scale, alibi_slopes, dropout)
 
+    if key_or_full is None and window is None and alibi_slopes is None:
+        # The fastest exact paths torch offers: no mask at all, or its own causal kernel
+        # (top-left aligned, as here), never a materialized L x S mask.
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal,
+                                              scale=scale)
     allowed = _structure_mask(L, S, causal, window, q.device)
     if key_or_full is not None:
         allowed = key_or_full if allowed is None else allowed & key_or_full
-    if allowed is None and alibi_slopes is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=False,
-                                              scale=scale)
     if allowed is None:
         allowed = torch.ones(1, 1, L, S, dtype=torch.bool, device=q.device)
     allowed = allowed.expand(torch.broadcast_shapes(allowed.shape, (1, 1, L, S)))
     seen = allowed.any(-1, keepdim=True)
     # A row with no visible key would be NaN; let it attend anywhere and zero it below.
-    safe = allowed | ~seen
-    attn_mask = torch.zeros(safe.shape, dtype=q.dtype, device=q.device).masked_fill(
-        ~safe, float("-inf"))
+    attn_mask = allowed | ~seen  # boolean: True = attend
     if alibi_slopes is not None:
-        attn_mask = attn_mask + _alibi_bias(alibi_slopes, L, S, causal, q.device, q.dtype)
+        attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~attn_mask, float("-inf")) + _alibi_bias(alibi_slopes, L, S, causal, q.device,
+                                                     q.dtype)
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout,
                                        scale=scale)
     return o * seen.to(o.dtype)
