@@ -22,7 +22,6 @@ import time
 import uuid
 from pathlib import Path
 
-STATUSES = ("running", "done", "failed", "diverged", "interrupted")
 FINAL = ("done", "diverged")  # deterministic outcomes: reused unless asked to rerun
 HEARTBEAT_SECONDS = 5.0
 STALE_SECONDS = 60.0
@@ -179,9 +178,11 @@ class Store:
                     self.db.execute("COMMIT")
                     return "finished", _decode(dict(row))
                 if status == "running" and row["owner"] != owner:
-                    alive = _owner_alive(row["owner"])
+                    # a live owner renews its lease every few seconds: a dead pid on this
+                    # host, or a stale heartbeat (a stuck process, a reused pid, another
+                    # host gone), means the run is free to take over
                     fresh = now - (row["heartbeat"] or 0.0) < stale_after
-                    if alive or (alive is None and fresh):
+                    if fresh and _owner_alive(row["owner"]) is not False:
                         self.db.execute("COMMIT")
                         return "busy", _decode(dict(row))
             self.db.execute(
@@ -223,7 +224,7 @@ class Store:
 
     def fail_run(self, run_id, error, owner, status="failed") -> bool:
         """Record a failure, a divergence (``status="diverged"``) or an interruption."""
-        if status not in ("failed", "diverged", "interrupted"):
+        if status not in ("failed", "diverged", "interrupted"):  # 'done' is finish_run's
             raise ValueError(f"not a failure status: {status!r}")
         return self._settle(run_id, owner, status, error=error)
 
