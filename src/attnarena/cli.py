@@ -232,25 +232,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true",
                         help="on an error, print the full traceback (also ATTNARENA_TRACEBACK=1)")
     sub = parser.add_subparsers(dest="command", required=True)
+    # --traceback also after the command's name
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS)
-    add = sub.add_parser
 
-    def add_parser(name, **kw):
-        return add(name, parents=[common], **kw)
+    def command(name, **kw):
+        return sub.add_parser(name, parents=[common], **kw)
 
-    sub.add_parser = add_parser
 
-    p = sub.add_parser("list", help="mechanisms and what each supports")
+    p = command("list", help="mechanisms and what each supports")
     p.add_argument("pattern", nargs="?", default=None, help="glob on names, e.g. '*linear*'")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("tasks", help="tasks, or one task's options and presets")
+    p = command("tasks", help="tasks, or one task's options and presets")
     p.add_argument("name", nargs="?", default=None)
     p.set_defaults(func=cmd_tasks)
 
-    p = sub.add_parser("speed", help="time and peak memory against sequence length")
+    p = command("speed", help="time and peak memory against sequence length")
     p.add_argument("--mixers", default=None,
                    help="comma-separated names, options as name:key=value (default: all)")
     p.add_argument("--lengths", type=_ints, default=[1024, 4096, 16384])
@@ -270,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_speed)
 
-    p = sub.add_parser("run", help="the main job: a suite of runs -> store -> report")
+    p = command("run", help="the main job: a suite of runs -> store -> report")
     p.add_argument("--suite", default="quick", help="built-in suite name or a .toml file")
     p.add_argument("--mixers", default=None, help="only these mixers (comma-separated)")
     p.add_argument("--tasks", default=None, help="only these tasks (comma-separated)")
@@ -284,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("train", help="one training run")
+    p = command("train", help="one training run")
     p.add_argument("--task", required=True)
     p.add_argument("--mixer", required=True)
     p.add_argument("--preset", default="cpu")
@@ -305,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("data", help="write a task's data to disk in its on-disk format")
+    p = command("data", help="write a task's data to disk in its on-disk format")
     p.add_argument("task")
     p.add_argument("--out", required=True, help="directory to write into")
     p.add_argument("--preset", default=None,
@@ -320,13 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="examples per split for tasks drawn fresh each batch")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("export", help="a trained run's weights and config, to use elsewhere")
+    p = command("export", help="a trained run's weights and config, to use elsewhere")
     p.add_argument("run", help="a run id (see the leaderboard) or a run folder")
     p.add_argument("--out", required=True, help="folder to write into")
     p.add_argument("--results", default="results", help="where the run's results are")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("report", help="leaderboard and plots from the store")
+    p = command("report", help="leaderboard and plots from the store")
     p.add_argument("--store", default="results/arena.sqlite")
     p.add_argument("--out", default="results")
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
@@ -341,7 +340,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     show_trace = args.traceback or os.environ.get("ATTNARENA_TRACEBACK") == "1"
     # A cluster scheduler's SIGTERM stops a run like Ctrl-C: marked interrupted, resumable.
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -359,6 +358,8 @@ def main(argv=None) -> int:
         hint = "" if show_trace or plain else " (--traceback shows where)"
         print(f"attnarena {args.command}: error: {text.splitlines()[0]}{hint}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class RunFailed(RuntimeError):
