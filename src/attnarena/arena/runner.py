@@ -60,7 +60,7 @@ def train_claimed(store, run_id, resolved, owner, checkpoints, progress=True, sa
     return "done", metrics
 
 
-def _result_line(config, status, outcome) -> str:
+def _result_line(status, outcome) -> str:
     if status != "done":
         return f"{status}: {outcome.splitlines()[0]}"
     metric = outcome["metric"]
@@ -115,12 +115,14 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
                 status, outcome = train_claimed(store, run_id, resolved, owner, checkpoints,
                                                 progress, run_folder(out, run_id))
                 log(f"run {k} of {total}: {config.task} / {config.mixer} seed {config.seed}: "
-                    + _result_line(config, status, outcome))
+                    + _result_line(status, outcome))
                 if status == "done":
                     shutil.rmtree(checkpoints, ignore_errors=True)
                     counts["trained"] += 1
                 elif status in ("failed", "diverged"):
                     counts[status] += 1
+                else:  # "lost": another process took the run over and keeps its result
+                    counts["by_others"] += 1
             if held and len(held) == len(pending):
                 if not waiting_said:
                     log(f"waiting for {len(held)} run(s) that other processes are training")
