@@ -201,19 +201,23 @@ def test_report_writes_csv_to_a_file(tmp_path, capsys):
     assert (tmp_path / "board.csv").read_text().startswith("task,mixer,preset")
 
 
-def test_an_interrupted_train_is_marked_interrupted(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_train_is_marked_interrupted(tmp_path, signum):
     store, out = tmp_path / "a.sqlite", tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, "-m", "attnarena", "train", "--task", "copy", "--mixer", "gla",
          "--steps", "100000", "--store", str(store), "--out", str(out), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as in a terminal, even when this test runs in a background job (which
+        # starts its children with SIGINT ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.2)
         if store.exists() and Store(store).runs(status="running"):
             break
     time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "interrupted" in err
     [run] = Store(store).runs()

@@ -43,20 +43,24 @@ def legend_outside(ax, handles=None, labels=None, title=None) -> None:
                   fontsize=8, title=title, title_fontsize=8, frameon=False)
 
 
-def label_log_axis(axis, values) -> None:
-    """Label a log axis at the measured values when they span little (one tick or none
-    would show otherwise), and in plain numbers rather than powers."""
-    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+def label_log_axis(axis, values, at_values: bool = False) -> None:
+    """Label a log axis in plain numbers, never with a single tick: at the measured values
+    themselves (``at_values``, for lengths), or at 1-2-5 steps when the values span less
+    than two decades."""
+    from matplotlib.ticker import (FixedLocator, FuncFormatter, LogLocator, NullFormatter,
+                                   NullLocator)
 
     values = sorted({v for v in values if v and v > 0})
     if not values:
         return
-    if len(values) <= 8 or values[-1] / values[0] < 100:
+    if at_values:
         axis.set_major_locator(FixedLocator(_spread(values)))
         axis.set_minor_locator(NullLocator())
-    formatter = ScalarFormatter()
-    formatter.set_scientific(False)
-    axis.set_major_formatter(formatter)
+    elif values[-1] / values[0] < 100:
+        subs = (1.0, 2.0, 3.0, 5.0) if values[-1] / values[0] < 10 else (1.0, 2.0, 5.0)
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
+        axis.set_minor_formatter(NullFormatter())
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
 def _spread(values, most=8):

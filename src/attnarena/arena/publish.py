@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from attnarena.arena.plotstyle import legend_outside, mixer_style, plural, pyplot
+from attnarena.arena.plotstyle import (label_log_axis, legend_outside, mixer_style, plural,
+                                       pyplot)
 from attnarena.arena.report import (best_runs, leaderboard_markdown, leaderboard_rows,
                                     run_label, swept_keys)
 from attnarena.arena.speed_report import plot_speed
@@ -61,14 +62,15 @@ def plot_quality_vs_speed(rows, path):
         if acc > best:
             front.append((speed, acc))
             best = acc
-    if len(front) > 1:
-        ax.plot(*zip(*sorted(front)), linestyle="--", color="gray", label="Pareto front",
-                zorder=2)
+    # the front: mechanisms no other beats on both axes (one point when one beats all)
+    ax.plot(*zip(*sorted(front)), linestyle="--", color="gray", marker="o", markersize=13,
+            markerfacecolor="none", label="Pareto front", zorder=2)
     accs = [p[1] for p in points]
     low, high = min(accs), max(accs)
     pad = max(0.0, MIN_ACCURACY_SPAN - (high - low)) / 2 + 0.02
     ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.005)
     ax.set_xscale("log")
+    label_log_axis(ax.xaxis, [p[0] for p in points])
     ax.set_xlabel("training throughput (tokens/s while training, mean over the runs shown)")
     ax.set_ylabel("test accuracy (best setting per task, mean over tasks)")
     ax.set_title(f"Quality against training speed ({plural(len(tasks), 'task')})")

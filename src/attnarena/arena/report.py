@@ -235,11 +235,17 @@ def leaderboard_markdown(store) -> str:
     problems = {r["problem"] for r in _accuracy_rows(rows)}
     if avg and len(problems) > 1:
         lra = {p.split("(")[0] for p in problems} <= LRA_TASKS
+        presets = {p for _, p, _ in avg}
+        one = f" All rows: preset {next(iter(presets))}." if len(presets) == 1 else ""
         lines += [f"## Average over {len(problems)} tasks" + (" (LRA average)" if lra else ""),
                   "", "Test accuracy; per task the best setting of a sweep, each averaged "
-                  "over its seeds; only mechanisms that ran every task.", "",
-                  "| mixer | preset | mean test accuracy |", "|---|---|---|"]
-        lines += [f"| {m} | {p} | {format_metric(a, 'accuracy')} |" for m, p, a in avg]
+                  "over its seeds; only mechanisms that ran every task." + one, ""]
+        if one:
+            lines += ["| mixer | mean test accuracy |", "|---|---|"]
+            lines += [f"| {m} | {format_metric(a, 'accuracy')} |" for m, _, a in avg]
+        else:
+            lines += ["| mixer | preset | mean test accuracy |", "|---|---|---|"]
+            lines += [f"| {m} | {p} | {format_metric(a, 'accuracy')} |" for m, p, a in avg]
         lines.append("")
     speed = store.speed_rows()
     for pass_ in sorted({r["pass"] for r in speed}):

@@ -74,7 +74,7 @@ def plot_speed(result: dict, path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("context length" if decode else "sequence length")
         ax.grid(True, which="both", alpha=0.3)
-        label_log_axis(ax.xaxis, lengths)
+        label_log_axis(ax.xaxis, lengths, at_values=True)
         label_log_axis(ax.yaxis, values)
     handles, labels = ax_time.get_legend_handles_labels()
     legend_outside(ax_mem, handles, labels, title="mechanism")
