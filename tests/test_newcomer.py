@@ -211,14 +211,19 @@ def test_an_interrupted_train_is_marked_interrupted(tmp_path, signum):
         # Ctrl-C as in a terminal, even when this test runs in a background job (which
         # starts its children with SIGINT ignored)
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.2)
-        if store.exists() and Store(store).runs(status="running"):
-            break
-    time.sleep(1.0)
-    process.send_signal(signum)
-    _, err = process.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(0.2)
+            if store.exists() and Store(store).runs(status="running"):
+                break
+        time.sleep(1.0)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # never leave a 100,000-step run behind
+            process.kill()
+            process.wait()
     assert process.returncode == 130 and "interrupted" in err
     [run] = Store(store).runs()
     assert run["status"] == "interrupted"

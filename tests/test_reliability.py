@@ -44,7 +44,12 @@ def test_concurrent_processes_train_each_run_once(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env) for _ in range(2)]
-    outputs = [p.communicate(timeout=600) for p in procs]
+    try:
+        outputs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-2000:]
     trained = []
