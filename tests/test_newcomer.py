@@ -224,7 +224,7 @@ def test_an_interrupted_train_is_marked_interrupted(tmp_path, signum):
         if process.poll() is None:  # never leave a 100,000-step run behind
             process.kill()
             process.wait()
-    assert process.returncode == 130 and "interrupted" in err
+    assert process.returncode == 130 and "interrupted" in err, (process.returncode, err)
     [run] = Store(store).runs()
     assert run["status"] == "interrupted"
     assert "resume" in run["error"]
