@@ -4,7 +4,8 @@ Usage: python benchmarks/recurrent_forms.py [--length 16384] [--heads 4] [--head
 
 Prints, per kernel, the median time of each form, the chunk form's speed-up over the
 recurrent form, and the chunk form's arithmetic rate (matmul FLOPs it performs / time)
-next to this machine's float32 matmul throughput measured in the same run.
+next to this machine's float32 matmul throughput measured in the same run. About 30 s at
+the defaults on an idle 2-core AMD EPYC; each kernel's row prints as soon as it is timed.
 """
 from __future__ import annotations
 
