@@ -338,3 +338,23 @@ def test_an_image_bomb_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,024 pixels: over twice the limit
     with pytest.raises(ValueError, match="cannot read Pathfinder image .*big.png"):
         read_png(tmp_path / "big.png")
+
+
+def test_options_that_had_no_check_are_refused():
+    with pytest.raises(ValueError, match="levels must be a positive int, got 0"):
+        aa.create_mixer("log_linear", dim=16, heads=2, causal=True, levels=0)
+    with pytest.raises(ValueError, match="top_k must be a positive int, got 1.5"):
+        aa.create_mixer("moh", dim=16, heads=4, top_k=1.5)
+    s4d = aa.create_mixer("s4d", dim=16, causal=True)
+    assert "chunk_size" not in repr(s4d)  # it takes none
+
+
+def test_an_encoder_of_depth_zero_takes_a_mask():
+    from attnarena.models import EncoderClassifier
+
+    torch.manual_seed(0)
+    model = EncoderClassifier(3, vocab_size=10, depth=0, pooling="cls")
+    tokens = torch.randint(0, 10, (2, 5))
+    keep = torch.ones(2, 5, dtype=torch.bool)
+    keep[0, -1] = False
+    assert model(tokens, mask=keep).shape == (2, 3)

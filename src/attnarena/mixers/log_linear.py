@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena.mixers.qkv import QKVMixer
 from attnarena.mixers.recurrent import HeadNorm
 from attnarena.registry import register_mixer
@@ -44,7 +45,7 @@ class LogLinearAttention(QKVMixer):
         super().__init__(dim, heads, causal)
         if form not in self.info.forms:
             raise ValueError(f"form must be one of {sorted(self.info.forms)}, got {form!r}")
-        self.form, self.levels = form, levels
+        self.form, self.levels = form, check_int(levels, "levels")
         self.level_weights = nn.Linear(dim, heads * levels)
         self.norm = HeadNorm(heads, self.head_dim)
 

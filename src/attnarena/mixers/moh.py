@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnarena._validate import check_int
 from attnarena.mixers.softmax import ALL_PATTERNS, DotProductAttention
 from attnarena.registry import register_mixer
 
@@ -27,6 +28,8 @@ class MixtureOfHeads(DotProductAttention):
                  attn_dropout=0.0, rope=False, rope_base=10000.0, alibi=False):
         super().__init__(dim, heads, causal, attn_dropout=attn_dropout, rope=rope,
                          rope_base=rope_base, alibi=alibi)
+        check_int(shared_heads, "shared_heads", minimum=0)
+        check_int(top_k, "top_k")
         routed = heads - shared_heads
         if not 0 <= shared_heads <= heads:
             raise ValueError(f"shared_heads must be in [0, heads={heads}], got {shared_heads}")

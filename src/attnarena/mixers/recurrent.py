@@ -6,7 +6,9 @@ A subclass defines ``_sequence(x, state, mask, form) -> (y, state)``: one causal
 causal forward, bidirectional forward (a forward scan plus a scan over the reversed
 sequence, summed, with shared weights: the standard bidirectional use of a causal
 recurrence, as in bidirectional Mamba and LION), ``prefill`` and ``step``. Padded tokens
-must leave the state untouched (no write, no decay) inside ``_sequence``.
+must not reach real tokens' outputs: mechanisms with per-token gates leave the state
+untouched there (no write, no decay); a time-invariant one (s4d) writes zeros there and
+decays through them, as its fixed kernel must.
 """
 from __future__ import annotations
 

@@ -42,6 +42,10 @@ class S4D(RecurrentMixer):
         self.D = nn.Parameter(torch.randn(dim))
         self.out = nn.Linear(dim, 2 * dim)
 
+    def extra_repr(self):
+        return (f"dim={self.dim}, heads={self.heads}, causal={self.causal}, "
+                f"form={self.form!r}, state_size={self.state_size}")
+
     def _system(self):
         """(A, C) as complex tensors; half-precision parameters are widened to float32."""
         wide = compute_dtype(self.log_A_real.dtype)

@@ -86,8 +86,10 @@ class EncoderClassifier(nn.Module):
 
     def forward_features(self, inputs, mask=None):
         """(B, L', dim) token features after the final norm, and the mask over them."""
-        outputs, mask = self.forward_intermediates(inputs, mask)
-        return self.norm(outputs[-1]) if outputs else self.norm(self._embed(inputs, mask)[0]), mask
+        x, mask = self._embed(inputs, mask)
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        return self.norm(x), mask
 
     def pool(self, features, mask=None):
         """(B, L', dim) -> (B, dim)."""

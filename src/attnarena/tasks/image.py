@@ -102,7 +102,8 @@ class Image(DatasetTask, ClassificationTask):
         # LRA's Transformer config for CIFAR-10: 1 layer, emb 128, qkv 64, 8 heads, MLP 128,
         # dropout 0.3, learned positions, CLS pooling, batch 256, 200 epochs (35,000 steps),
         # lr 5e-4, warmup 1 epoch (175 steps), cosine decay, no weight decay. LRA's
-        # attention dropout (0.2) has no counterpart here: mixers take no attention dropout.
+        # attention dropout (0.2) is not in the preset, since only some mixers take one
+        # (softmax, local, moh and the sparse patterns: --option attn_dropout=0.2).
         "paper": {"task": {},
                   "model": {"dim": 128, "mixer_dim": 64, "depth": 1, "heads": 8,
                             "mlp_dim": 128, "dropout": 0.3, "pooling": "cls",
