@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="only these tasks (comma-separated)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--store", default="results/arena.sqlite")
-    p.add_argument("--out", default="results", help="reports and checkpoints go here")
+    p.add_argument("--out", default="results",
+                   help="reports, checkpoints and trained models (OUT/runs) go here")
     p.add_argument("--rerun", action="store_true", help="repeat runs already in the store")
     p.add_argument("--data", default=None,
                    help="data root with a folder per task that reads data (ROOT/text, "
@@ -299,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "listops and pathfinder read one instead of generating)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--store", default=None, help="also record the run in this store")
-    p.add_argument("--out", default="results", help="checkpoints go here")
+    p.add_argument("--out", default="results",
+                   help="checkpoints and the trained model (OUT/runs/RUN_ID) go here")
     p.add_argument("--json", default=None, help="write config and metrics to this file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
