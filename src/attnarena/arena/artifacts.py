@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attnarena.arena.checkpoint import untie
+from attnarena.arena.speed import DTYPES
 
 FILES = ("model.safetensors", "config.json", "metrics.json")
 
@@ -84,9 +85,7 @@ def load_run(source, *, results_dir="results", device="cpu") -> torch.nn.Module:
         weights = load_file(str(folder / "model.safetensors"))
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read the trained run in {folder}: {error}") from None
-    dtype = {"float64": torch.float64, "bfloat16": torch.bfloat16,
-             "float16": torch.float16}.get(resolved.get("dtype"), torch.float32)
-    model = build_run_model(resolved).to(dtype=dtype)
+    model = build_run_model(resolved).to(dtype=DTYPES[resolved.get("dtype", "float32")])
     model.load_state_dict(weights)
     model.arena_config = resolved
     return model.to(device).eval()
