@@ -250,6 +250,13 @@ def test_decoding_states_are_checked_the_same_way(name):
         mixer.step(x, {"something": torch.zeros(2)})
     y, state = mixer.step(torch.randn(0, 16), None)
     assert y.shape == (0, 16) and state is None
+    # prefill follows the same rules, whatever fast path the mechanism has
+    prompt = torch.randn(2, 5, 16)
+    with pytest.raises(ValueError, match="batch size 3 but the input has batch size 2"):
+        mixer.prefill(prompt, mixer.init_state(3))
+    prompt[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"x holds NaN or infinity \(first at index"):
+        mixer.prefill(prompt)
 
 
 @pytest.mark.parametrize("name, pattern", pattern_cases())

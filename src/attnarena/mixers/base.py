@@ -1,7 +1,7 @@
 """The one interface every token mixer follows, checked here once for all of them.
 
 Subclasses implement ``_forward`` and, when they decode, ``_init_state`` / ``_step`` (and may
-override ``prefill`` with a faster path). The public methods validate inputs, so each mixer
+override ``_prefill`` with a faster path). The public methods validate inputs, so each mixer
 sees only well-formed tensors.
 """
 from __future__ import annotations
@@ -108,14 +108,21 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     def prefill(self, x, state=None):
         """Run a causal forward over x (B, L, dim) and return (y, state) to continue with step.
 
-        The default loops over ``step``; mixers override it with their parallel forms.
+        Inputs are checked here once for every mixer; ``_prefill`` does the work.
         """
         self._check_decodes()
         self._check_tokens(x, "x")
         check_finite(x, "x")
+        if x.shape[0] == 0:  # an empty batch: an empty output, the state as it was
+            return x.new_zeros(x.shape), state
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
         self._check_state(state, x.shape[0])
+        return self._prefill(x, state)
+
+    def _prefill(self, x, state):
+        """Causal forward over validated x from a validated state. The default loops over
+        ``_step``; mixers override it with their parallel forms."""
         outputs = []
         for t in range(x.shape[1]):
             y_t, state = self._step(x[:, t], state)

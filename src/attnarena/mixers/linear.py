@@ -98,18 +98,11 @@ class LinearAttentionBase(QKVMixer):
                                      device=device, dtype=dtype), "position": 0}
 
     def _step(self, x_t, state):
-        y, new = self._run(x_t[:, None], state)
+        y, new = self._prefill(x_t[:, None], state)
         return y[:, 0], new
 
-    def prefill(self, x, state=None):
-        self._check_decodes()
-        self._check_tokens(x, "x")
-        if state is None:
-            state = self.init_state(x.shape[0], x.device, x.dtype)
-        return self._run(x, state)
-
-    def _run(self, x, state):
-        """Causal forward over x continuing from ``state``; one call serves step and prefill."""
+    def _prefill(self, x, state):
+        """Causal forward over x continuing from ``state``; it serves step too."""
         q, k, v = self._mapped(*self.project(x))
         L = x.shape[1]
         form = "recurrent" if L == 1 else self.form

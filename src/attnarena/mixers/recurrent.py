@@ -47,9 +47,7 @@ class RecurrentMixer(Mixer):
         back, _ = self._sequence(x.flip(1), None, flipped_mask, self.form)
         return y + back.flip(1)
 
-    def prefill(self, x, state=None):
-        self._check_decodes()
-        self._check_tokens(x, "x")
+    def _prefill(self, x, state):
         return self._sequence(x, state, None, self.form)
 
     def _step(self, x_t, state):

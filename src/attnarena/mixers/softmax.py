@@ -113,13 +113,9 @@ class DotProductAttention(QKVMixer):
         return KVCache(torch.zeros(shape, device=device, dtype=dtype),
                        torch.zeros(shape, device=device, dtype=dtype), max_keys=max_keys)
 
-    def prefill(self, x, state=None):
-        self._check_decodes()
-        self._check_tokens(x, "x")
-        if state is None:
-            state = self.init_state(x.shape[0], x.device, x.dtype)
+    def _prefill(self, x, state):
         if state.length > 0:  # continuing a sequence: fall back to token steps
-            return super().prefill(x, state)
+            return super()._prefill(x, state)
         q, k, v = self.project(x)
         q, k = self._positions(q, k)
         y = self._output(self._attend(q, k, v, None), x)
