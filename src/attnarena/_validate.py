@@ -1,6 +1,8 @@
 """Small argument checks shared across the package, with messages that say what was given."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -9,6 +11,21 @@ def check_int(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return value
+
+
+def check_real(value, name: str, *, low: float = 0.0, low_open: bool = False,
+               high: float = math.inf, high_open: bool = False) -> float:
+    """Raise ValueError unless ``value`` is a finite real (not a bool) in the given range;
+    the default range is [0, inf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low or (low_open and value == low) or value > high \
+            or (high_open and value == high):
+        left = "(" if low_open or low == -math.inf else "["
+        right = ")" if high_open or high == math.inf else "]"
+        span = "" if (low, high) == (-math.inf, math.inf) else \
+            f" in {left}{low:g}, {high:g}{right}"
+        raise ValueError(f"{name} must be a finite number{span}, got {value!r}")
     return value
 
 

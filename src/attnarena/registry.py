@@ -115,11 +115,18 @@ def create_mixer(name: str, dim: int, heads: int = 1, causal: bool = False, **op
     Returns:
         The mixer, an ``nn.Module`` subclass of ``attnarena.mixers.Mixer``.
     """
-    cls = _mixer_class(name)
+    check_mixer_options(name, options)
+    return _mixer_class(name)(dim=dim, heads=heads, causal=causal, **options)
+
+
+def check_mixer_options(name: str, options, where: str = "") -> None:
+    """ValueError naming the options of ``options`` that mixer ``name`` does not take
+    (``where`` says where they were given), with the valid ones and a did-you-mean."""
     valid = mixer_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        listed = ", ".join(sorted(valid)) or "none"
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for mixer {name!r}; "
-                         f"valid options: {listed}")
-    return cls(dim=dim, heads=heads, causal=causal, **options)
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for mixer "
+                         f"{name!r}{where}{hint}; valid options: "
+                         f"{', '.join(sorted(valid)) or 'none'}")

@@ -37,7 +37,7 @@ def untie(weights: dict) -> dict:
 
 def _complete(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("step-*")
-                  if p.is_dir() and not p.name.endswith(".tmp") and "." not in p.name)
+                  if p.is_dir() and "." not in p.name)  # temporary folders have a suffix
 
 
 def save_checkpoint(directory, model, best_weights, state: dict) -> None:

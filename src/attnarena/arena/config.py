@@ -4,12 +4,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field
 
-from attnarena._validate import check_int
+from attnarena._validate import check_int, check_real
 from attnarena.arena.speed import DTYPES
-from attnarena.registry import mixer_info, mixer_options
+from attnarena.registry import check_mixer_options
 from attnarena.tasks import create_task, task_presets
 
 SCHEDULES = ("cosine", "rsqrt", "constant")
@@ -42,12 +41,7 @@ class RunConfig:
         if self.preset not in presets:
             raise ValueError(f"task {self.task!r} has no preset {self.preset!r}; presets: "
                              f"{', '.join(sorted(presets))}")
-        mixer_info(self.mixer)  # an unknown name fails here, listing the valid ones
-        valid = mixer_options(self.mixer)
-        unknown = sorted(set(self.mixer_options) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for mixer {self.mixer!r}; valid "
-                             f"options: {', '.join(sorted(valid))}")
+        check_mixer_options(self.mixer, self.mixer_options)  # and an unknown mixer name
         base = copy.deepcopy(presets[self.preset])
         for section, given, allowed in (("model", self.model, MODEL_KEYS),
                                         ("train", self.train, TRAIN_KEYS)):
@@ -91,24 +85,13 @@ class RunConfig:
         return run_id(self.resolve())
 
 
-def _number(value, name, *, low=0.0, low_open=False, high=math.inf, high_open=False):
-    """A finite real in the given range, or ValueError naming the setting."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < low or (low_open and value == low) or value > high \
-            or (high_open and value == high):
-        lo = "(" if low_open else "["
-        hi = ")" if high_open or high == math.inf else "]"
-        raise ValueError(f"{name} must be a finite number in {lo}{low:g}, {high:g}{hi}, "
-                         f"got {value!r}")
-
-
 def _check_train(train: dict) -> None:
     for key in ("steps", "batch", "eval_every"):
         check_int(train[key], f"train.{key}")
     check_int(train["warmup"], "train.warmup", minimum=0)
-    _number(train["lr"], "train.lr", low_open=True)
-    _number(train["weight_decay"], "train.weight_decay")
-    _number(train["clip"], "train.clip")  # 0 turns clipping off
+    check_real(train["lr"], "train.lr", low_open=True)
+    check_real(train["weight_decay"], "train.weight_decay")
+    check_real(train["clip"], "train.clip")  # 0 turns clipping off
 
 
 def _check_model(model: dict) -> None:
@@ -118,7 +101,7 @@ def _check_model(model: dict) -> None:
     for key, least in (("mlp_dim", 0), ("mixer_dim", 1)):
         if model.get(key) is not None:
             check_int(model[key], f"model.{key}", minimum=least)
-    _number(model["dropout"], "model.dropout", high=1.0, high_open=True)
+    check_real(model["dropout"], "model.dropout", high=1.0, high_open=True)
     for key in ("position", "pooling"):
         if key in model and not isinstance(model[key], str):
             raise ValueError(f"model.{key} must be a string, got {model[key]!r}")

@@ -16,7 +16,7 @@ import torch
 
 from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.memory import PeakMemory
-from attnarena.registry import create_mixer, mixer_info, mixer_options
+from attnarena.registry import check_mixer_options, create_mixer, mixer_info
 
 PASSES = ("fwd", "fwdbwd", "decode")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -49,11 +49,7 @@ class MixerSpec:
         name, *pairs = text.strip().split(":")
         mixer_info(name)  # unknown names fail here, listing the valid ones
         options = parse_options(pairs, where=f" in {text!r}")
-        valid = mixer_options(name)
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for mixer "
-                             f"{name!r} in {text!r}; valid options: {', '.join(sorted(valid))}")
+        check_mixer_options(name, options, where=f" in {text!r}")
         return cls(name, tuple(options.items()))
 
     @property

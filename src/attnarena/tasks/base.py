@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from attnarena._validate import check_int
+from attnarena._validate import check_int, check_real
 from attnarena.registry import mixer_info
 
 _TASKS: dict[str, type] = {}
@@ -373,9 +373,7 @@ def _check_option(task: str, field, value) -> None:
     if kind.startswith("int"):
         check_int(value, what, minimum=0 if field.name.endswith("seed") else 1)
     elif kind.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value):
-            raise ValueError(f"{what} must be a finite number, got {value!r}")
+        check_real(value, what, low=-math.inf)
     elif kind.startswith("str") and not isinstance(value, str):
         raise ValueError(f"{what} must be a string, got {value!r}")
     elif kind.startswith("bool") and not isinstance(value, bool):
