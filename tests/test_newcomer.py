@@ -51,11 +51,22 @@ def _lines_by_label(fig):
     return out
 
 
-def test_a_mechanism_keeps_its_colour_across_figures(tmp_path, monkeypatch):
+def _keep_figures(monkeypatch) -> list:
+    """Collect every figure the report code saves (and still write the files)."""
     import matplotlib.pyplot as plt
 
-    figures = []
-    monkeypatch.setattr(plt.Figure, "savefig", lambda self, *a, **k: figures.append(self))
+    figures, original = [], plt.Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    return figures
+
+
+def test_a_mechanism_keeps_its_colour_across_figures(tmp_path, monkeypatch):
+    figures = _keep_figures(monkeypatch)
     env = {"hardware": "cpu", "threads": 2, "torch": "x"}
     config = {"pass_": "decode", "causal": True, "batch": 1, "heads": 4, "head_dim": 64,
               "dtype": "float32"}
@@ -82,7 +93,7 @@ def test_a_mechanism_keeps_its_colour_across_figures(tmp_path, monkeypatch):
     assert len(styles) == len(aa.list_mixers())  # every mechanism its own look
 
 
-def test_reports_label_sweeps_and_keep_legends_off_the_data(tmp_path):
+def test_reports_label_sweeps_and_keep_legends_off_the_data(tmp_path, monkeypatch):
     suite = tmp_path / "s.toml"
     suite.write_text('[[runs]]\ntasks = ["copy"]\nmixers = ["softmax", "gla"]\n'
                      'train = { steps = 4, eval_every = 2, eval_examples = 16, batch = 4, '
@@ -95,20 +106,8 @@ def test_reports_label_sweeps_and_keep_legends_off_the_data(tmp_path):
             "task copy(") in board
     assert "| mixer | lr | test accuracy |" in board
     assert "| gla | 0.01 |" in board and "| gla | 0.001 |" in board
-    import matplotlib.pyplot as plt
-
-    saved = []
-    original = plt.Figure.savefig
-
-    def keep(self, *a, **k):
-        saved.append(self)
-        return original(self, *a, **k)
-
-    plt.Figure.savefig = keep
-    try:
-        build_reports(Store(store), tmp_path)
-    finally:
-        plt.Figure.savefig = original
+    saved = _keep_figures(monkeypatch)
+    build_reports(Store(store), tmp_path)
     quality, curves = saved[:2]
     legend = curves.axes[0].get_legend()
     assert sorted(t.get_text() for t in legend.get_texts()) == [

@@ -25,7 +25,7 @@ def leaderboard_rows(store) -> list[dict]:
         rows.append({"task": run["task"], "mixer": run["mixer"], "preset": run["preset"],
                      "seed": run["seed"], "dim": config.get("model", {}).get("dim"),
                      "lr": config.get("train", {}).get("lr"),
-                     "settings": _settings(config), "setting": _setting(config),
+                     "settings": _flat_settings(config), "setting": _setting(config),
                      "problem": _problem(run, config), "metric": metric,
                      "higher_is_better": _higher_is_better(run["task"], metric),
                      "test": m[f"test_{metric}"], "best_val": m[f"best_val_{metric}"],
@@ -55,7 +55,7 @@ def _order(row):
     return -row["test"] if row["higher_is_better"] else row["test"]
 
 
-def _settings(config: dict) -> dict:
+def _flat_settings(config: dict) -> dict:
     """Flat {name: value} of what a run was given: preset, seed, model and training
     settings, task options (not data folders) and mixer options."""
     flat = {"preset": config.get("preset"), "seed": config.get("seed")}
