@@ -107,7 +107,7 @@ def plot_curves(rows, store, path):
                 variant = repr(tuple(r["settings"].get(k) for k in shown))
                 style["linestyle"] = styles[variants.index(variant) % len(styles)]
             ax.plot([h["step"] for h in history], [h[f"val_{metric}"] for h in history],
-                    markersize=3, label=run_label(r, swept), **style)
+                    markersize=5, label=run_label(r, swept), **style)
         ax.set_title(f"{task}: validation {metric}")
         ax.set_xlabel("training step")
         ax.set_ylabel(metric)
