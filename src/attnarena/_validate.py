@@ -1,6 +1,7 @@
 """Small argument checks shared across the package, with messages that say what was given."""
 from __future__ import annotations
 
+import difflib
 import math
 
 import torch
@@ -27,6 +28,17 @@ def check_real(value, name: str, *, low: float = 0.0, low_open: bool = False,
             f" in {left}{low:g}, {high:g}{right}"
         raise ValueError(f"{name} must be a finite number{span}, got {value!r}")
     return value
+
+
+def check_options(given, valid, owner: str) -> None:
+    """ValueError naming the options in ``given`` that are not in ``valid`` (the options of
+    ``owner``, e.g. "mixer 'gla'"), with a did-you-mean and the valid ones."""
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(valid), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for {owner}"
+                         f"{hint}; valid options: {', '.join(sorted(valid)) or 'none'}")
 
 
 class NonFiniteError(ValueError):

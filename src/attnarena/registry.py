@@ -10,6 +10,8 @@ import fnmatch
 import inspect
 from dataclasses import dataclass
 
+from attnarena._validate import check_options
+
 PATTERNS = ("self", "causal", "cross", "causal_cross")
 FORMS = ("parallel", "chunk", "recurrent")
 
@@ -122,11 +124,4 @@ def create_mixer(name: str, dim: int, heads: int = 1, causal: bool = False, **op
 def check_mixer_options(name: str, options, where: str = "") -> None:
     """ValueError naming the options of ``options`` that mixer ``name`` does not take
     (``where`` says where they were given), with the valid ones and a did-you-mean."""
-    valid = mixer_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], valid, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for mixer "
-                         f"{name!r}{where}{hint}; valid options: "
-                         f"{', '.join(sorted(valid)) or 'none'}")
+    check_options(options, mixer_options(name), f"mixer {name!r}{where}")

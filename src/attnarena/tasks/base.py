@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from attnarena._validate import check_int, check_real
+from attnarena._validate import check_int, check_options, check_real
 from attnarena.registry import mixer_info
 
 _TASKS: dict[str, type] = {}
@@ -349,13 +349,7 @@ def task_options(name: str) -> dict:
 
 def create_task(name: str, **options) -> Task:
     """Build a registered task; every option is checked against its declared type."""
-    valid = task_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], valid, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for task "
-                         f"{name!r}{hint}; valid options: {', '.join(sorted(valid))}")
+    check_options(options, task_options(name), f"task {name!r}")
     cls = task_class(name)
     for field in dataclasses.fields(cls):
         if field.name in options:
