@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import attnarena as aa
-from attnarena.mixers.performer import favor_features, orthogonal_gaussian
+from attnarena.ops import favor_features, orthogonal_gaussian
 
 
 def test_softmax_mixer_is_multihead_attention():

@@ -276,8 +276,8 @@ def test_the_contributing_recipe_makes_a_working_mechanism():
             def __init__(self, dim, heads=1, causal=False, *, form="chunk", chunk_size=64):
                 super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
 
-            def features(self, q, k):
-                return F.relu(q) + 1e-6, F.relu(k) + 1e-6
+            def map_features(self, x, positions, is_query):
+                return F.relu(x) + 1e-6
 
         assert "my_linear" in aa.list_mixers()
         x = torch.randn(2, 9, 16)

@@ -94,7 +94,7 @@ def test_nystromformer_with_all_landmarks_is_softmax(pinv):
 
 
 def test_iterative_pinv_converges_to_the_pseudo_inverse():
-    from attnarena.mixers.lowrank import iterative_pinv
+    from attnarena.ops import iterative_pinv
 
     m = torch.softmax(torch.randn(3, 10, 10, dtype=torch.float64), dim=-1)
     torch.testing.assert_close(iterative_pinv(m, iterations=40), torch.linalg.pinv(m),
@@ -152,7 +152,7 @@ def test_moh_routes_each_token_to_shared_plus_top_k_heads():
 
 
 def test_focusing_function_keeps_the_norm_and_sharpens():
-    from attnarena.mixers.linear import focused
+    from attnarena.ops import focused
 
     x = torch.tensor([[3.0, 1.0, -2.0]])
     f = focused(x, 3.0)
@@ -274,7 +274,7 @@ def test_gaam_gates_by_gaussian_densities_of_token_statistics(causal):
 
 
 def test_sinkhorn_normalization_is_doubly_stochastic():
-    from attnarena.mixers.sinkhorn import sinkhorn
+    from attnarena.ops import sinkhorn
 
     P = sinkhorn(torch.randn(3, 5, 5, dtype=torch.float64), iterations=50)
     torch.testing.assert_close(P.sum(-1), torch.ones(3, 5, dtype=torch.float64))

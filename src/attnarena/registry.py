@@ -99,9 +99,11 @@ def mixer_options(name: str) -> dict[str, object]:
     """The options a mixer accepts beyond dim, heads and causal, with their defaults."""
     cls = _mixer_class(name)
     params = inspect.signature(cls.__init__).parameters
+    # form and chunk_size defaulting to None are the base class's "not taken"
     return {p.name: p.default for p in params.values()
             if p.name not in ("self", "dim", "heads", "causal")
-            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            and not (p.name in ("form", "chunk_size") and p.default is None)}
 
 
 def create_mixer(name: str, dim: int, heads: int = 1, causal: bool = False, **options):

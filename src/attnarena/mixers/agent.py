@@ -2,12 +2,9 @@
 Linear Attention")."""
 from __future__ import annotations
 
-import math
-
-import torch
-import torch.nn.functional as F
 from torch import nn
 
+from attnarena import ops
 from attnarena._validate import check_int
 from attnarena.mixers.qkv import QKVMixer
 from attnarena.registry import register_mixer
@@ -38,17 +35,7 @@ class AgentAttention(QKVMixer):
 
     def _forward(self, x, context, mask):
         q, k, v = self.project(x)
-        B, H, L, D = q.shape
-        n = min(self.agents, L)
-        agents = F.adaptive_avg_pool1d(q.reshape(B * H, L, D).transpose(1, 2), n)
-        agents = agents.transpose(1, 2).reshape(B, H, n, D)
-        scale = 1.0 / math.sqrt(D)
-        gather = (agents @ k.transpose(-1, -2)) * scale  # (B, H, n, L)
-        if mask is not None:
-            gather = gather.masked_fill(~mask[:, None, None, :], float("-inf"))
-        agent_values = torch.softmax(gather, dim=-1) @ v  # (B, H, n, D)
-        o = torch.softmax((q @ agents.transpose(-1, -2)) * scale, dim=-1) @ agent_values
-        o = self.merge_heads(o)
+        o = self.merge_heads(ops.agent_attention(q, k, v, agents=self.agents, mask=mask))
         if self.conv is not None:
             values = self.merge_heads(v)
             if mask is not None:

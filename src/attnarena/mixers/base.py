@@ -26,8 +26,13 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     info: MixerInfo  # set by @register_mixer
     _is_mixer = True  # what @register_mixer checks
 
-    def __init__(self, dim: int, heads: int = 1, causal: bool = False):
+    def __init__(self, dim: int, heads: int = 1, causal: bool = False, *,
+                 form: str | None = None, chunk_size: int | None = None):
         super().__init__()
+        if not isinstance(getattr(type(self), "info", None), MixerInfo):
+            raise TypeError(f"{type(self).__name__} is not registered: decorate the class with "
+                            "@register_mixer(name, family=..., paper=..., complexity=..., "
+                            "patterns=..., forms=...) (step 2 of CONTRIBUTING.md)")
         check_int(dim, "dim")
         check_int(heads, "heads")
         if dim % heads:
@@ -40,6 +45,13 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
                              f"it supports: {', '.join(sorted(self.info.patterns))}")
         self.dim, self.heads, self.causal = dim, heads, causal
         self.head_dim = dim // heads
+        # A mixer whose constructor takes ``form`` runs its forward in that form; without
+        # one, it has a single training form and any "recurrent" form is decoding only.
+        if form is not None and form not in self.info.forms:
+            raise ValueError(f"form must be one of {sorted(self.info.forms)}, got {form!r}")
+        if chunk_size is not None:
+            check_int(chunk_size, "chunk_size")
+        self.form, self.chunk_size = form, chunk_size
 
     # -- public interface -------------------------------------------------------------------
 
@@ -139,7 +151,12 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     # ``_step(x_t, state)``; @register_mixer checks that they do.
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.heads}, causal={self.causal}"
+        text = f"dim={self.dim}, heads={self.heads}, causal={self.causal}"
+        if self.form is not None:
+            text += f", form={self.form!r}"
+        if self.chunk_size is not None:
+            text += f", chunk_size={self.chunk_size}"
+        return text
 
     # -- checks -------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Linear-attention mixers: kernel feature maps over one ``ops.linear_attention`` core.
 
-A subclass chooses the feature map (``features``) and whether the output is normalized by
-the sum of similarities, or post-scaled another way (``rescale``).
+A subclass chooses the feature map (``map_features``, which sees each token's position),
+whether the output is normalized by the sum of similarities or post-scaled another way
+(``normalize``, ``rescale_output``), and may add a local term (``local_output``).
 """
 from __future__ import annotations
 
@@ -10,20 +11,13 @@ import abc
 import torch
 import torch.nn.functional as F
 
-from attnarena._validate import check_int
 from attnarena import ops
+from attnarena._validate import check_int
 from attnarena.mixers.qkv import QKVMixer
 from attnarena.registry import register_mixer
 
 ALL_PATTERNS = ("self", "causal", "cross", "causal_cross")
 ALL_FORMS = ("parallel", "chunk", "recurrent")
-
-FEATURE_MAPS = {
-    "elu": lambda x: F.elu(x) + 1.0,  # Katharopoulos et al. 2020
-    "relu": F.relu,
-    "identity": lambda x: x,  # plain linear self-attention, as in von Oswald et al. 2023
-}
-
 
 def align_context(k, v, length):
     """Causal cross attention: query i sees context positions j <= i. Keys past the last
@@ -41,11 +35,10 @@ class LinearAttentionBase(QKVMixer):
     normalize = True
 
     def __init__(self, dim, heads=1, causal=False, *, form="chunk", chunk_size=64, bias=True):
-        super().__init__(dim, heads, causal, bias=bias)
-        if form not in self.info.forms:
-            raise ValueError(f"form must be one of {sorted(self.info.forms)}, got {form!r}")
-        check_int(chunk_size, "chunk_size")
-        self.form, self.chunk_size = form, chunk_size
+        super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size, bias=bias)
+        if self.info.decodes and type(self).local_output is not LinearAttentionBase.local_output:
+            raise TypeError(f"mixer {self.info.name!r} adds a local_output, which has no "
+                            "decoding state: it cannot declare the recurrent form")
 
     @property
     def feature_dim(self) -> int:
@@ -53,19 +46,27 @@ class LinearAttentionBase(QKVMixer):
         return self.head_dim
 
     @abc.abstractmethod
-    def features(self, q, k):
-        """Feature-map (B, H, *, D) queries and keys."""
+    def map_features(self, x, positions, is_query):
+        """Feature-map (B, H, N, D) queries (``is_query``) or keys at token ``positions``
+        (N,) -> (B, H, N, feature_dim)."""
 
-    def rescale(self, o, counts):
+    def rescale_output(self, o, counts):
         """Post-scale (B, H, L, D) outputs, given (B or 1, 1, L, 1) counts of visible keys."""
         return o
 
-    def _mapped(self, q, k, v):
-        """Feature-mapped q, k and v, in float32 for half-precision inputs: feature maps
-        exponentiate or raise to powers, which overflow float16's range."""
+    def local_output(self, x, mask):
+        """An extra (B, L, dim) term added before the output projection, or None."""
+        return None
+
+    def _mapped(self, q, k, v, start=0):
+        """Feature-mapped q, k and v (tokens from position ``start``), in float32 for
+        half-precision inputs: feature maps exponentiate or raise to powers, which overflow
+        float16's range."""
         wide = ops._checks.compute_dtype(q.dtype)
-        q, k = self.features(q.to(wide), k.to(wide))
-        return q, k, v.to(wide)
+        q_positions = torch.arange(start, start + q.shape[2], device=q.device)
+        k_positions = torch.arange(start, start + k.shape[2], device=k.device)
+        return (self.map_features(q.to(wide), q_positions, True),
+                self.map_features(k.to(wide), k_positions, False), v.to(wide))
 
     def _forward(self, x, context, mask):
         q, k, v = self._mapped(*self.project(x, context))
@@ -83,13 +84,9 @@ class LinearAttentionBase(QKVMixer):
             counts = keep.to(q.dtype).sum(-1)[:, None, None, None].expand(-1, 1, L, 1)
         o = ops.linear_attention(q, k, v, causal=self.causal, normalize=self.normalize,
                                  form=self.form, chunk_size=self.chunk_size)
-        o = self.merge_heads(self.rescale(o, counts)).to(x.dtype)
-        local = self.local_term(x, mask)
+        o = self.merge_heads(self.rescale_output(o, counts)).to(x.dtype)
+        local = self.local_output(x, mask)
         return self.o_proj(o if local is None else o + local)
-
-    def local_term(self, x, mask):
-        """An extra (B, L, dim) term added before the output projection, or None."""
-        return None
 
     def _init_state(self, batch_size, device, dtype):
         width = self.head_dim + (1 if self.normalize else 0)
@@ -103,20 +100,18 @@ class LinearAttentionBase(QKVMixer):
 
     def _prefill(self, x, state):
         """Causal forward over x continuing from ``state``; it serves step too."""
-        q, k, v = self._mapped(*self.project(x))
+        position = state["position"]
+        q, k, v = self._mapped(*self.project(x), start=position)
         L = x.shape[1]
         form = "recurrent" if L == 1 else self.form
         o, s = ops.linear_attention(q, k, v, causal=True, normalize=self.normalize, form=form,
                                     chunk_size=self.chunk_size,
                                     initial_state=state["state"], return_state=True)
-        position = state["position"]
         counts = torch.arange(position + 1, position + L + 1, device=x.device,
                               dtype=o.dtype)[None, None, :, None]
-        y = self.o_proj(self.merge_heads(self.rescale(o, counts)).to(x.dtype))
+        y = self.o_proj(self.merge_heads(self.rescale_output(o, counts)).to(x.dtype))
         return y, {"state": s, "position": position + L}
 
-    def extra_repr(self):
-        return f"{super().extra_repr()}, form={self.form!r}, chunk_size={self.chunk_size}"
 
 
 @register_mixer(
@@ -137,16 +132,16 @@ class LinearAttention(LinearAttentionBase):
     def __init__(self, dim, heads=1, causal=False, *, feature_map="elu", normalize=True,
                  form="chunk", chunk_size=64, bias=True):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size, bias=bias)
-        if feature_map not in FEATURE_MAPS:
+        if feature_map not in ops.FEATURE_MAPS:
             raise ValueError(f"unknown feature_map {feature_map!r}; valid: "
-                             f"{', '.join(FEATURE_MAPS)}")
+                             f"{', '.join(ops.FEATURE_MAPS)}")
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be a bool, got {normalize!r}")
         self.feature_map, self.normalize = feature_map, normalize
-        self._phi = FEATURE_MAPS[feature_map]
+        self._phi = ops.FEATURE_MAPS[feature_map]
 
-    def features(self, q, k):
-        return self._phi(q), self._phi(k)
+    def map_features(self, x, positions, is_query):
+        return self._phi(x)
 
 
 @register_mixer(
@@ -166,20 +161,12 @@ class CosineAttention(LinearAttentionBase):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size, bias=bias)
         self.length_power = torch.nn.Parameter(torch.zeros(heads))
 
-    def features(self, q, k):
-        return F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    def map_features(self, x, positions, is_query):
+        return ops.cosine_features(x)
 
-    def rescale(self, o, counts):
+    def rescale_output(self, o, counts):
         power = torch.sigmoid(self.length_power).to(o.dtype)[None, :, None, None]
         return o / counts.clamp_min(1.0).to(o.dtype) ** power
-
-
-def focused(x, power):
-    """Focused Linear Attention's focusing function: relu, then raise each entry to
-    ``power`` and rescale to the original norm, sharpening the feature direction."""
-    x = F.relu(x) + 1e-6
-    powered = x ** power
-    return powered * (x.norm(dim=-1, keepdim=True) / powered.norm(dim=-1, keepdim=True))
 
 
 @register_mixer(
@@ -205,10 +192,10 @@ class FocusedLinearAttention(LinearAttentionBase):
         self.focusing_power, self.conv_kernel = focusing_power, conv_kernel
         self.conv = torch.nn.Conv1d(dim, dim, conv_kernel, groups=dim)
 
-    def features(self, q, k):
-        return focused(q, self.focusing_power), focused(k, self.focusing_power)
+    def map_features(self, x, positions, is_query):
+        return ops.focused(x, self.focusing_power)
 
-    def local_term(self, x, mask):
+    def local_output(self, x, mask):
         values = self.v_proj(x)
         if mask is not None:
             values = values * mask[..., None].to(values.dtype)
@@ -242,12 +229,8 @@ class Hedgehog(LinearAttentionBase):
     def feature_dim(self) -> int:
         return 2 * self.head_dim
 
-    def _phi(self, x):
-        projected = torch.einsum("bhld,hed->bhle", x, self.feature_weight.to(x.dtype))
-        return torch.cat([torch.softmax(projected, -1), torch.softmax(-projected, -1)], -1)
-
-    def features(self, q, k):
-        return self._phi(q), self._phi(k)
+    def map_features(self, x, positions, is_query):
+        return ops.hedgehog_features(x, self.feature_weight)
 
     def distillation_loss(self, x, mask=None):
         """Cross-entropy between softmax attention weights (the teacher, no gradient) and
@@ -262,7 +245,9 @@ class Hedgehog(LinearAttentionBase):
             allowed = allowed & mask[:, None, None, :]
         scores = (q @ k.transpose(-1, -2)) / self.head_dim ** 0.5
         teacher = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1).detach()
-        fq, fk = self.features(q, k)
+        positions = torch.arange(L, device=x.device)
+        fq = self.map_features(q, positions, True)
+        fk = self.map_features(k, positions, False)
         similarity = (fq @ fk.transpose(-1, -2)) * allowed
         student = similarity / similarity.sum(-1, keepdim=True).clamp_min(1e-12)
         loss = -(teacher * torch.log(student.clamp_min(1e-12))).sum(-1)

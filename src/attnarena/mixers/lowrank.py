@@ -4,9 +4,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from attnarena import ops
 from attnarena._validate import check_int
 from attnarena.mixers.qkv import QKVMixer
 from attnarena.registry import register_mixer
@@ -39,26 +39,8 @@ class Linformer(QKVMixer):
         if S > self.max_len:
             raise ValueError(f"linformer was built for at most max_len={self.max_len} keys, "
                              f"got {S}")
-        if mask is not None:  # padded keys and values contribute nothing to the projection
-            keep = mask[:, None, :, None].to(k.dtype)
-            k, v = k * keep, v * keep
-        k = self.E[:, :S].to(k.dtype) @ k  # (B, H, K, D)
-        v = self.F[:, :S].to(v.dtype) @ v
-        o = F.scaled_dot_product_attention(q, k, v)
+        o = ops.linformer_attention(q, k, v, self.E, self.F, mask=mask)
         return self.o_proj(self.merge_heads(o))
-
-
-def iterative_pinv(matrix, iterations=6):
-    """Newton-Schulz iteration for the Moore-Penrose inverse, with the initialization of
-    the Nystromformer paper (Xiong et al. 2021)."""
-    abs_matrix = matrix.abs()
-    scale = abs_matrix.sum(-1).amax(-1) * abs_matrix.sum(-2).amax(-1)
-    z = matrix.transpose(-1, -2) / scale[..., None, None]
-    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
-    for _ in range(iterations):
-        kz = matrix @ z
-        z = 0.25 * z @ (13 * eye - kz @ (15 * eye - kz @ (7 * eye - kz)))
-    return z
 
 
 @register_mixer(
@@ -87,27 +69,9 @@ class Nystromformer(QKVMixer):
 
     def _forward(self, x, context, mask):
         q, k, v = self.project(x)
-        B, H, L, D = q.shape
-        q = q / math.sqrt(math.sqrt(D))
-        k = k / math.sqrt(math.sqrt(D))
-        keep = None if mask is None else mask[:, None, None, :]
         if mask is not None:
             v = v * mask[:, None, :, None].to(v.dtype)
-        m = min(self.landmarks, L)
-        # landmark i averages segment i of the sequence (segments of near-equal size)
-        ql = F.adaptive_avg_pool1d(q.reshape(B * H, L, D).transpose(1, 2), m)
-        kl = F.adaptive_avg_pool1d(k.reshape(B * H, L, D).transpose(1, 2), m)
-        ql = ql.transpose(1, 2).reshape(B, H, m, D)
-        kl = kl.transpose(1, 2).reshape(B, H, m, D)
-        left = torch.softmax(q @ kl.transpose(-1, -2), dim=-1)  # (B, H, L, m)
-        middle = torch.softmax(ql @ kl.transpose(-1, -2), dim=-1)  # (B, H, m, m)
-        scores = ql @ k.transpose(-1, -2)  # (B, H, m, L)
-        if keep is not None:
-            scores = scores.masked_fill(~keep, float("-inf"))
-        right = torch.softmax(scores, dim=-1)
-        inverse = (torch.linalg.pinv(middle) if self.pinv == "exact"
-                   else iterative_pinv(middle))
-        o = left @ (inverse @ (right @ v))
+        o = ops.nystrom_attention(q, k, v, landmarks=self.landmarks, pinv=self.pinv, mask=mask)
         if self.conv is not None:
             o = o + self.conv(v)
         return self.o_proj(self.merge_heads(o))

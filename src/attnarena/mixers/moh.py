@@ -2,9 +2,9 @@
 Mixture-of-Head Attention")."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from attnarena import ops
 from attnarena._validate import check_int
 from attnarena.mixers.softmax import ALL_PATTERNS, DotProductAttention
 from attnarena.registry import register_mixer
@@ -42,17 +42,10 @@ class MixtureOfHeads(DotProductAttention):
 
     def head_weights(self, x):
         """(B, L, dim) -> (B, L, heads) routing weights; unrouted heads get 0."""
-        parts = []
-        balance = torch.softmax(self.balance(x), dim=-1)  # (B, L, 2)
-        if self.shared_router is not None:
-            parts.append(torch.softmax(self.shared_router(x), dim=-1) * balance[..., :1]
-                         * self.shared_heads)
-        if self.router is not None:
-            logits = self.router(x)
-            top = logits.topk(self.top_k, dim=-1)
-            chosen = torch.full_like(logits, float("-inf")).scatter(-1, top.indices, top.values)
-            parts.append(torch.softmax(chosen, dim=-1) * balance[..., 1:] * self.top_k)
-        return torch.cat(parts, dim=-1)
+        return ops.head_routing_weights(
+            self.balance(x),
+            None if self.shared_router is None else self.shared_router(x),
+            None if self.router is None else self.router(x), top_k=self.top_k)
 
     def _output(self, o, x):
         """Head outputs (B, H, L, D) weighted by their routing weights, then projected."""

@@ -1,9 +1,7 @@
 """Token mixers without attention: FNet's Fourier mixing and PoolFormer's pooling."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
+from attnarena import ops
 from attnarena.mixers.base import Mixer
 from attnarena.registry import register_mixer
 
@@ -16,8 +14,7 @@ class FNet(Mixer):
     """FNet (Lee-Thorp et al. 2022): y = Re(FFT_seq(FFT_hidden(x))), no parameters."""
 
     def _forward(self, x, context, mask):
-        wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        return torch.fft.fft2(wide, dim=(-2, -1)).real.to(x.dtype)
+        return ops.fourier_mix(x)
 
 
 @register_mixer(
@@ -36,11 +33,4 @@ class Pooling(Mixer):
         self.pool_size = pool_size
 
     def _forward(self, x, context, mask):
-        keep = (torch.ones_like(x[..., :1]) if mask is None
-                else mask[..., None].to(x.dtype))  # (B, L, 1)
-        pad = self.pool_size // 2
-        sums = F.avg_pool1d((x * keep).transpose(1, 2), self.pool_size, stride=1, padding=pad,
-                            count_include_pad=True) * self.pool_size
-        counts = F.avg_pool1d(keep.transpose(1, 2), self.pool_size, stride=1, padding=pad,
-                              count_include_pad=True) * self.pool_size
-        return (sums / counts.clamp_min(1.0)).transpose(1, 2) - x
+        return ops.pool_mix(x, self.pool_size, mask=mask)

@@ -22,8 +22,9 @@ class QKVMixer(Mixer):
     """A mixer with query/key/value/output projections; keys and values come from the
     context in cross attention and from x otherwise."""
 
-    def __init__(self, dim: int, heads: int = 1, causal: bool = False, *, bias: bool = True):
-        super().__init__(dim, heads, causal)
+    def __init__(self, dim: int, heads: int = 1, causal: bool = False, *, bias: bool = True,
+                 form: str | None = None, chunk_size: int | None = None):
+        super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
         self.q_proj = nn.Linear(dim, dim, bias=bias)
         self.k_proj = nn.Linear(dim, dim, bias=bias)
         self.v_proj = nn.Linear(dim, dim, bias=bias)

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnarena._validate import check_int
 from attnarena.mixers.base import Mixer
 from attnarena.mixers.qkv import merge_heads, split_heads  # noqa: F401  (re-exported)
 from attnarena.ops._checks import compute_dtype
@@ -29,11 +28,7 @@ FORMS = ("parallel", "chunk", "recurrent")
 
 class RecurrentMixer(Mixer):
     def __init__(self, dim, heads=1, causal=False, *, form="chunk", chunk_size=64):
-        super().__init__(dim, heads, causal)
-        if form not in self.info.forms:
-            raise ValueError(f"form must be one of {sorted(self.info.forms)}, got {form!r}")
-        check_int(chunk_size, "chunk_size")
-        self.form, self.chunk_size = form, chunk_size
+        super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
 
     @abc.abstractmethod
     def _sequence(self, x, state, mask, form):
@@ -53,9 +48,6 @@ class RecurrentMixer(Mixer):
     def _step(self, x_t, state):
         y, state = self._sequence(x_t[:, None], state, None, "recurrent")
         return y[:, 0], state
-
-    def extra_repr(self):
-        return f"{super().extra_repr()}, form={self.form!r}, chunk_size={self.chunk_size}"
 
 
 class ShortConv(nn.Module):

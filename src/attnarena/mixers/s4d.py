@@ -31,7 +31,7 @@ class S4D(RecurrentMixer):
     """
 
     def __init__(self, dim, heads=1, causal=False, *, state_size=32, form="parallel"):
-        super().__init__(dim, heads, causal, form=form)
+        super().__init__(dim, heads, causal, form=form, chunk_size=None)
         check_int(state_size, "state_size")
         self.state_size = state_size
         self.log_dt = nn.Parameter(torch.rand(dim) * (math.log(0.1) - math.log(1e-3))
@@ -43,8 +43,7 @@ class S4D(RecurrentMixer):
         self.out = nn.Linear(dim, 2 * dim)
 
     def extra_repr(self):
-        return (f"dim={self.dim}, heads={self.heads}, causal={self.causal}, "
-                f"form={self.form!r}, state_size={self.state_size}")
+        return f"{super().extra_repr()}, state_size={self.state_size}"
 
     def _system(self):
         """(A, C) as complex tensors; half-precision parameters are widened to float32."""

@@ -1,13 +1,12 @@
 """Softmax attention and its sliding-window (local) variant, with a KV cache for decoding."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from attnarena._validate import check_int
 from attnarena import ops
+from attnarena._validate import check_int
 from attnarena.mixers.qkv import QKVMixer
 from attnarena.registry import register_mixer
 
@@ -126,13 +125,7 @@ class DotProductAttention(QKVMixer):
         q, k, v = self.project(x_t[:, None])  # (B, H, 1, D)
         q, k = self._positions(q, k, offset=state.position)
         state.append(k, v)
-        keys, values = state.keys(), state.values()
-        scores = (q @ keys.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, 1, T)
-        if self.alibi_slopes is not None:
-            T = keys.shape[2]
-            distance = torch.arange(T - 1, -1, -1, device=q.device, dtype=q.dtype)
-            scores = scores - self.alibi_slopes.to(q.dtype)[:, None, None] * distance
-        o = torch.softmax(scores, dim=-1) @ values
+        o = ops.decode_attention(q, state.keys(), state.values(), alibi_slopes=self.alibi_slopes)
         return self._output(o, x_t[:, None])[:, 0], state
 
 

@@ -1,6 +1,7 @@
 """Fixed sparsity patterns over softmax attention: the Sparse Transformer, Longformer and
-BigBird. Each builds its (L, S) boolean pattern and runs softmax attention under it, so
-each equals softmax attention with that explicit mask (checked in the tests)."""
+BigBird. Each builds its (L, L) boolean pattern (``ops.sparse``) and runs softmax attention
+under it, so each equals softmax attention with that explicit mask (checked in the
+tests)."""
 from __future__ import annotations
 
 import abc
@@ -21,13 +22,9 @@ class PatternAttention(DotProductAttention):
         """(L, L) bool: True where query i may attend to key j."""
 
     def _attend(self, q, k, v, mask):
-        L = q.shape[2]
-        allowed = self.pattern(L, q.device)[None, None]  # (1, 1, L, L)
-        if self.causal:
-            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-        if mask is not None:
-            allowed = allowed & mask[:, None, None, :]
-        return ops.softmax_attention(q, k, v, mask=allowed, alibi_slopes=self.alibi_slopes,
+        return ops.pattern_attention(q, k, v, self.pattern(q.shape[2], q.device),
+                                     causal=self.causal, mask=mask,
+                                     alibi_slopes=self.alibi_slopes,
                                      dropout=self.attn_dropout if self.training else 0.0)
 
 
@@ -56,11 +53,9 @@ class SparseAttention(PatternAttention):
         self.kind, self.block, self.summary = kind, block, summary
 
     def pattern(self, L, device):
-        i = torch.arange(L, device=device)[:, None]
-        j = torch.arange(L, device=device)[None, :]
         if self.kind == "strided":
-            return ((i - j).abs() < self.block) | ((i - j) % self.block == 0)
-        return (i // self.block == j // self.block) | (j % self.block >= self.block - self.summary)
+            return ops.sparse.strided_pattern(L, self.block, device)
+        return ops.sparse.fixed_pattern(L, self.block, self.summary, device)
 
 
 @register_mixer(
@@ -83,10 +78,7 @@ class Longformer(PatternAttention):
         self.window, self.global_tokens = window, global_tokens
 
     def pattern(self, L, device):
-        i = torch.arange(L, device=device)[:, None]
-        j = torch.arange(L, device=device)[None, :]
-        g = self.global_tokens
-        return ((i - j).abs() <= self.window // 2) | (i < g) | (j < g)
+        return ops.sparse.longformer_pattern(L, self.window, self.global_tokens, device)
 
 
 @register_mixer(
@@ -113,16 +105,8 @@ class BigBird(PatternAttention):
 
     def block_pattern(self, n):
         """(n, n) bool over blocks."""
-        bi = torch.arange(n)[:, None]
-        bj = torch.arange(n)[None, :]
-        allowed = ((bi - bj).abs() <= 1) | (bi < self.global_blocks) | (bj < self.global_blocks)
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + n)
-        for row in range(n):
-            picks = torch.randperm(n, generator=generator)[:self.random_blocks]
-            allowed[row, picks] = True
-        return allowed
+        return ops.sparse.bigbird_blocks(n, self.global_blocks, self.random_blocks, self.seed)
 
     def pattern(self, L, device):
-        n = -(-L // self.block)
-        blocks = torch.arange(L) // self.block
-        return self.block_pattern(n)[blocks[:, None], blocks[None, :]].to(device)
+        return ops.sparse.bigbird_pattern(L, self.block, self.global_blocks,
+                                          self.random_blocks, self.seed, device)

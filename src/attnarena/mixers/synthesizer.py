@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnarena import ops
 from attnarena._validate import check_int
 from attnarena.mixers.base import Mixer
 from attnarena.registry import register_mixer
@@ -45,14 +46,7 @@ class Synthesizer(Mixer):
             scores = scores.permute(0, 2, 1, 3)  # (B, H, L, L)
         else:
             scores = self.scores[None, :, :L, :L].expand(B, -1, -1, -1)
-        allowed = torch.ones(L, L, dtype=torch.bool, device=x.device)
-        if self.causal:
-            allowed = allowed.tril()
-        allowed = allowed[None, None].expand(B, 1, L, L)
-        if mask is not None:
-            allowed = allowed & mask[:, None, None, :]
-        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-        weights = torch.nan_to_num(weights)  # a query with no visible key reads nothing
         v = self.v_proj(x).view(B, L, self.heads, -1).transpose(1, 2)
-        o = (weights @ v).transpose(1, 2).reshape(B, L, -1)
+        o = ops.score_attention(scores, v, causal=self.causal, mask=mask)
+        o = o.transpose(1, 2).reshape(B, L, -1)
         return self.o_proj(o)

@@ -1,13 +1,35 @@
-"""Functional kernels: the math of each mechanism, in every form, on (B, H, L, D) tensors."""
+"""Functional kernels: the math of each mechanism, in every form, on (B, H, L, D) tensors
+(or (B, L, C) for mechanisms that mix features without heads). Each module holds one
+mechanism or family; where a mechanism has several forms, the plainest is the reference
+the others are tested against."""
+from attnarena.ops import feature_maps, gaussian, lsh, sparse  # noqa: F401  (namespaces)
+from attnarena.ops.agent import agent_attention
 from attnarena.ops.delta import delta_rule, gated_delta_rule
+from attnarena.ops.dilated import dilated_attention
+from attnarena.ops.feature_maps import (FEATURE_MAPS, cosine_features, favor_features,
+                                        focused, hedgehog_features, orthogonal_gaussian)
 from attnarena.ops.gated import gla, retention, scalar_gated
+from attnarena.ops.gaussian import gaussian_adaptive
 from attnarena.ops.linear import linear_attention
+from attnarena.ops.log_linear import log_linear_attention
+from attnarena.ops.lowrank import iterative_pinv, linformer_attention, nystrom_attention
+from attnarena.ops.lsh import lsh_attention
+from attnarena.ops.mixing import fourier_mix, pool_mix
 from attnarena.ops.mlstm import mlstm
+from attnarena.ops.moh import head_routing_weights
 from attnarena.ops.rotary import rotary
 from attnarena.ops.s4d import s4d
-from attnarena.ops.softmax import alibi_slopes, softmax_attention
+from attnarena.ops.sinkhorn import sinkhorn, sinkhorn_attention
+from attnarena.ops.softmax import (alibi_slopes, decode_attention, masked_softmax,
+                                   merge_partial_attention, score_attention, softmax_attention)
+from attnarena.ops.sparse import pattern_attention
 from attnarena.ops.ssm import selective_scan
 
-__all__ = ["alibi_slopes", "delta_rule", "gated_delta_rule", "gla", "linear_attention",
-           "mlstm", "retention", "rotary", "s4d", "scalar_gated", "selective_scan",
-           "softmax_attention"]
+__all__ = ["FEATURE_MAPS", "agent_attention", "alibi_slopes", "cosine_features",
+           "decode_attention", "delta_rule", "dilated_attention", "favor_features", "focused",
+           "fourier_mix", "gated_delta_rule", "gaussian_adaptive", "gla", "head_routing_weights",
+           "hedgehog_features", "iterative_pinv", "linear_attention", "linformer_attention",
+           "log_linear_attention", "lsh_attention", "masked_softmax", "merge_partial_attention",
+           "mlstm", "nystrom_attention", "orthogonal_gaussian", "pattern_attention",
+           "pool_mix", "retention", "rotary", "s4d", "scalar_gated", "score_attention",
+           "selective_scan", "sinkhorn", "sinkhorn_attention", "softmax_attention"]

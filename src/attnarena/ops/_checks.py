@@ -54,3 +54,16 @@ def check_state(state, expected: tuple, name: str = "initial_state") -> None:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Half-precision inputs accumulate in float32 so running sums neither overflow nor drift."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_key_mask(mask, q, k, name: str = "mask") -> None:
+    """A key mask is None or a (batch, key_length) bool tensor, True = real key."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"{name} must be a bool tensor (True = real token), got {got}")
+    expected = (k.shape[0], k.shape[2])
+    if tuple(mask.shape) != expected:
+        raise ValueError(f"{name} must have shape (batch, key_length) = {expected}, "
+                         f"got {tuple(mask.shape)}")

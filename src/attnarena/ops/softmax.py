@@ -167,3 +167,62 @@ def _blocked_local(q, k, v, causal, window, key_mask, scale, alibi_slopes, dropo
         probs = F.dropout(probs, p=dropout)
     o = (probs @ vb).reshape(B, H, n * w, -1)
     return o[:, :, :L]
+
+
+def masked_softmax(scores, allowed=None, *, return_lse=False):
+    """Softmax over the last dimension restricted to ``allowed`` entries (bool, broadcastable
+    to ``scores``; None = all). A row with no allowed entry gets all-zero weights, so a query
+    that sees no key reads nothing. With ``return_lse`` also returns the row's log-sum-exp of
+    the allowed scores (-inf for an empty row), the normalizer ``merge_partial_attention``
+    needs.
+    """
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).nan_to_num()
+    if return_lse:
+        return weights, torch.logsumexp(scores, dim=-1)
+    return weights
+
+
+def merge_partial_attention(outputs, lses):
+    """Combine attention computed over parts of the keys into attention over their union.
+
+    Each part gives outputs (..., D) normalized over its own keys and their log-sum-exp
+    (...,); weighting each part by its share of the total normalizer, softmax over the
+    parts' lses, gives softmax attention over all the keys (a key in several parts counts
+    once per part). Positions no part covers (all lses -inf) get zeros.
+    """
+    weights = torch.softmax(torch.stack(lses), dim=0).nan_to_num()[..., None]
+    return (weights * torch.stack(outputs)).sum(0)
+
+
+def score_attention(scores, v, *, causal=False, mask=None):
+    """Softmax attention from given scores (Synthesizer's synthetic attention, Tay et al.
+    2021): softmax(scores) V over the allowed keys.
+
+    Args:
+        scores: (B, H, L, S).  v: (B, H, S, Dv).
+        causal: query i sees keys j <= i.  mask: optional (B, S) bool key mask.
+
+    Returns:
+        (B, H, L, Dv); a query with no visible key reads zeros.
+    """
+    B, H, L, S = scores.shape
+    allowed = torch.ones(L, S, dtype=torch.bool, device=scores.device)
+    if causal:
+        allowed = allowed.tril()
+    allowed = allowed[None, None].expand(B, 1, L, S)
+    if mask is not None:
+        allowed = allowed & mask[:, None, None, :]
+    return masked_softmax(scores, allowed) @ v
+
+
+def decode_attention(q, keys, values, *, alibi_slopes=None):
+    """The recurrent form of causal softmax attention: the newest query (B, H, 1, D) against
+    every cached key and value (B, H, T, D), the query's own included (the last one)."""
+    scores = (q @ keys.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, 1, T)
+    if alibi_slopes is not None:
+        T = keys.shape[2]
+        distance = torch.arange(T - 1, -1, -1, device=q.device, dtype=q.dtype)
+        scores = scores - alibi_slopes.to(q.dtype)[:, None, None] * distance
+    return torch.softmax(scores, dim=-1) @ values
