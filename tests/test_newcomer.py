@@ -1,6 +1,7 @@
 """What a new user meets: devices, plots, tables, data round trips, nothing skipped in
 silence, interrupted runs, trained models to take away."""
 import json
+import pathlib
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from attnarena.seeds import eval_seed
 from attnarena.tasks import create_task, list_tasks, task_presets
 from attnarena.tasks.base import task_class
 from attnarena.tasks.data import SYNTHETIC
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("device", ["cuda", "gpu", "cuda:3", "tpu"])
@@ -273,6 +276,8 @@ def test_the_contributing_recipe_makes_a_working_mechanism():
                                  complexity="O(L D^2)", patterns=("self", "causal"),
                                  forms=("parallel", "chunk", "recurrent"))
         class MyLinear(LinearAttentionBase):
+            """My linear attention (Author et al. 2026): relu features."""
+
             def __init__(self, dim, heads=1, causal=False, *, form="chunk", chunk_size=64):
                 super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
 
@@ -296,3 +301,15 @@ def test_the_contributing_recipe_makes_a_working_mechanism():
         torch.testing.assert_close(torch.stack(steps, 1), outputs["recurrent"])
     finally:
         registry._MIXERS.pop("my_linear", None)
+
+
+def test_readme_mechanism_table_is_the_registry():
+    from attnarena.registry import mechanism_table
+
+    readme = (ROOT / "README.md").read_text()
+    begin = readme.index("<!-- mechanisms:")
+    begin = readme.index("\n", begin) + 1
+    end = readme.index("<!-- end of mechanisms -->")
+    assert readme[begin:end].strip() == mechanism_table(), (
+        "README's mechanism table differs from the registry: paste the output of "
+        "`attnarena list --markdown` between its markers (CONTRIBUTING.md, step 4)")

@@ -30,6 +30,11 @@ def cmd_list(args) -> int:
     if not names:
         raise ValueError(f"no mechanism matches {args.pattern!r}; names: "
                          f"{', '.join(list_mixers())}")
+    if args.markdown:
+        from attnarena.registry import mechanism_table
+
+        print(mechanism_table(names))
+        return 0
     rows = [(i.name, i.family, i.complexity, ",".join(sorted(i.patterns)),
              ",".join(sorted(i.forms)), i.paper) for i in map(mixer_info, names)]
     header = ("name", "family", "complexity", "patterns", "forms", "paper")
@@ -243,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("list", help="mechanisms and what each supports")
     p.add_argument("pattern", nargs="?", default=None, help="glob on names, e.g. '*linear*'")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the README's mechanism table (markdown)")
     p.set_defaults(func=cmd_list)
 
     p = command("tasks", help="tasks, or one task's options and presets")

@@ -28,6 +28,8 @@ class MixerInfo:
         patterns: subset of {"self", "causal", "cross", "causal_cross"}.
         forms: algorithms available: "parallel" (quadratic or dense), "chunk" (chunkwise),
             "recurrent" (token by token through ``step``; a KV cache for softmax attention).
+        form_notes: (form, note) pairs saying how a form is computed, e.g.
+            ("recurrent", "KV cache").
     """
 
     name: str
@@ -36,6 +38,19 @@ class MixerInfo:
     complexity: str
     patterns: frozenset
     forms: frozenset
+    form_notes: tuple = ()
+
+    def describe_forms(self) -> str:
+        """The forms in canonical order, each with its note: "parallel (SDPA), recurrent"."""
+        notes = dict(self.form_notes)
+        return ", ".join(f"{f} ({notes[f]})" if f in notes else f
+                         for f in FORMS if f in self.forms)
+
+    def describe_patterns(self) -> str:
+        """The patterns in canonical order ("all four" when it has every one)."""
+        if self.patterns == frozenset(PATTERNS):
+            return "all four"
+        return ", ".join(p for p in PATTERNS if p in self.patterns)
 
     @property
     def decodes(self) -> bool:
@@ -46,10 +61,16 @@ class MixerInfo:
 _MIXERS: dict[str, type] = {}
 
 
-def register_mixer(name, *, family, paper, complexity, patterns, forms):
-    """Class decorator that adds a mixer class to the registry under ``name``."""
+def register_mixer(name, *, family, paper, complexity, patterns, forms, form_notes=None):
+    """Class decorator that adds a mixer class to the registry under ``name``.
+
+    ``form_notes`` optionally says how a form is computed, e.g. {"recurrent": "KV cache"}.
+    """
     patterns = frozenset(patterns)
     forms = frozenset(forms)
+    for field, value in (("family", family), ("paper", paper), ("complexity", complexity)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"mixer {name!r}: {field} must be a non-empty string, got {value!r}")
     bad = (patterns - set(PATTERNS)) | (forms - set(FORMS))
     if bad or not patterns or not forms:
         raise ValueError(f"mixer {name!r}: patterns must come from {PATTERNS} and forms from "
@@ -63,7 +84,20 @@ def register_mixer(name, *, family, paper, complexity, patterns, forms):
         # Mixer marks its subclasses, so the registry needs no import of mixer code
         if not (isinstance(cls, type) and getattr(cls, "_is_mixer", False)):
             raise TypeError(f"@register_mixer({name!r}) expects a subclass of Mixer, got {cls!r}")
-        info = MixerInfo(name, family, paper, complexity, patterns, forms)
+        notes = dict(form_notes or {})
+        if set(notes) - forms:
+            raise ValueError(f"mixer {name!r}: form_notes name forms it does not declare: "
+                             f"{sorted(set(notes) - forms)}")
+        info = MixerInfo(name, family, paper, complexity, patterns, forms,
+                         tuple(sorted(notes.items())))
+        takes = inspect.signature(cls.__init__).parameters
+        if "chunk" in forms and "form" not in takes:
+            raise TypeError(f"mixer {name!r} declares the chunk form, so {cls.__name__}'s "
+                            "constructor must take form= (the contract tests run each form "
+                            "through it)")
+        if not (cls.__doc__ or "").strip():
+            raise TypeError(f"mixer {name!r}: {cls.__name__} needs a docstring that cites "
+                            "its paper")
         if info.decodes and not all(hasattr(cls, m) for m in ("_init_state", "_step")):
             raise TypeError(f"mixer {name!r} declares a causal recurrent form, so {cls.__name__} "
                             "must define _init_state and _step")
@@ -127,3 +161,16 @@ def check_mixer_options(name: str, options, where: str = "") -> None:
     """ValueError naming the options of ``options`` that mixer ``name`` does not take
     (``where`` says where they were given), with the valid ones and a did-you-mean."""
     check_options(options, mixer_options(name), f"mixer {name!r}{where}")
+
+
+def mechanism_table(names=None) -> str:
+    """The README's mechanism table, in markdown, from the registry (all mechanisms, or
+    ``names``), grouped by family."""
+    lines = ["| name | family | paper | complexity | patterns | forms |",
+             "|---|---|---|---|---|---|"]
+    infos = sorted(map(mixer_info, list_mixers() if names is None else names),
+                   key=lambda i: (i.family, i.name))
+    for i in infos:
+        lines.append(f"| `{i.name}` | {i.family} | {i.paper} | {i.complexity} | "
+                     f"{i.describe_patterns()} | {i.describe_forms()} |")
+    return "\n".join(lines)

@@ -1,7 +1,11 @@
-"""Token mixers. Importing this package registers every mechanism."""
-from attnarena.mixers import (  # noqa: F401  (registration)
-    agent, deltanet, dilated, gaam, gla, linear, log_linear, lowrank, mamba, mlstm, moh,
-    parameter_free, performer, reformer, retention, s4d, sinkhorn, softmax, sparse, synthesizer)
+"""Token mixers. Importing this package imports every module in it, and each module's
+``@register_mixer`` classes register themselves: a new file here needs no other edit."""
+import importlib
+import pkgutil
+
 from attnarena.mixers.base import Mixer
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["Mixer"]

@@ -56,7 +56,8 @@ class _DeltaBase(RecurrentMixer):
     "deltanet", family="delta rule",
     paper="Yang et al. 2024, Parallelizing Linear Transformers with the Delta Rule over "
           "Sequence Length",
-    complexity="O(L C D + L D^2)", patterns=PATTERNS, forms=FORMS)
+    complexity="O(L C D + L D^2)", patterns=PATTERNS, forms=FORMS,
+    form_notes={"chunk": "WY"})
 class DeltaNet(_DeltaBase):
     """DeltaNet (Schlag et al. 2021; chunkwise training by Yang et al. 2024, "Parallelizing
     Linear Transformers with the Delta Rule over Sequence Length"):
@@ -77,7 +78,8 @@ class DeltaNet(_DeltaBase):
 @register_mixer(
     "gated_deltanet", family="delta rule",
     paper="Yang et al. 2025, Gated Delta Networks: Improving Mamba2 with Delta Rule",
-    complexity="O(L C D + L D^2)", patterns=PATTERNS, forms=FORMS)
+    complexity="O(L C D + L D^2)", patterns=PATTERNS, forms=FORMS,
+    form_notes={"chunk": "WY"})
 class GatedDeltaNet(_DeltaBase):
     """Gated DeltaNet (Yang et al. 2025, "Gated Delta Networks"):
     S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, with Mamba-2's decay

@@ -16,7 +16,8 @@ from attnarena.registry import register_mixer
     "gaam", family="gaussian attention",
     paper="Ioannides et al. 2024, Gaussian Adaptive Attention is All You Need: Robust "
           "Contextual Representations Across Multiple Modalities",
-    complexity="O(L D)", patterns=("self", "causal"), forms=("parallel", "recurrent"))
+    complexity="O(L D)", patterns=("self", "causal"), forms=("parallel", "recurrent"),
+    form_notes={"recurrent": "running statistics"})
 class GaussianAdaptiveAttention(Mixer):
     """Multi-head Gaussian adaptive attention (Ioannides et al. 2024): each feature is
     weighted by a Gaussian density of where it lies in its distribution over the sequence,

@@ -236,21 +236,7 @@ class Hedgehog(LinearAttentionBase):
         """Cross-entropy between softmax attention weights (the teacher, no gradient) and
         the normalized linear attention weights of the feature maps, over (B, L, dim)."""
         q, k, _ = self.project(x)
-        L = q.shape[2]
-        allowed = torch.ones(L, L, dtype=torch.bool, device=x.device)
-        if self.causal:
-            allowed = allowed.tril()
-        allowed = allowed[None, None]
-        if mask is not None:
-            allowed = allowed & mask[:, None, None, :]
-        scores = (q @ k.transpose(-1, -2)) / self.head_dim ** 0.5
-        teacher = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1).detach()
-        positions = torch.arange(L, device=x.device)
-        fq = self.map_features(q, positions, True)
-        fk = self.map_features(k, positions, False)
-        similarity = (fq @ fk.transpose(-1, -2)) * allowed
-        student = similarity / similarity.sum(-1, keepdim=True).clamp_min(1e-12)
-        loss = -(teacher * torch.log(student.clamp_min(1e-12))).sum(-1)
-        if mask is not None:
-            return (loss * mask[:, None, :]).sum() / (mask.sum() * self.heads)
-        return loss.mean()
+        positions = torch.arange(q.shape[2], device=x.device)
+        return ops.attention_distillation_loss(
+            q, k, self.map_features(q, positions, True), self.map_features(k, positions, False),
+            causal=self.causal, mask=mask)

@@ -16,7 +16,8 @@ from attnarena.registry import register_mixer
 @register_mixer(
     "log_linear", family="linear attention",
     paper="Guo et al. 2025, Log-Linear Attention",
-    complexity="O(L log L D^2)", patterns=("causal",), forms=("parallel", "chunk"))
+    complexity="O(L log L D^2)", patterns=("causal",), forms=("parallel", "chunk"),
+    form_notes={"chunk": "Fenwick levels, O(L log L)"})
 class LogLinearAttention(QKVMixer):
     """Log-linear attention (Guo et al. 2025) over a linear-attention core: the prefix of
     each query is split Fenwick-style into O(log L) segments (the token itself, then

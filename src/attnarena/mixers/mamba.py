@@ -81,7 +81,8 @@ class Mamba(RecurrentMixer):
     paper="Dao and Gu 2024, Transformers are SSMs: Generalized Models and Efficient "
           "Algorithms Through Structured State Space Duality",
     complexity="O(L C (N + P) + L N P)", patterns=PATTERNS,
-    forms=("parallel", "chunk", "recurrent"))
+    forms=("parallel", "chunk", "recurrent"),
+    form_notes={"chunk": "SSD"})
 class Mamba2(RecurrentMixer):
     """Mamba-2 (Dao and Gu 2024): A is a scalar times identity per head, so the SSM is
     decayed linear attention with q = C, k = dt * B, v = x and decay exp(dt * A) (state

@@ -13,7 +13,8 @@ from attnarena.registry import register_mixer
 @register_mixer(
     "moh", family="softmax attention",
     paper="Jin et al. 2024, MoH: Multi-Head Attention as Mixture-of-Head Attention",
-    complexity="O(L^2 D)", patterns=ALL_PATTERNS, forms=("parallel", "recurrent"))
+    complexity="O(L^2 D)", patterns=ALL_PATTERNS, forms=("parallel", "recurrent"),
+    form_notes={"recurrent": "KV cache"})
 class MixtureOfHeads(DotProductAttention):
     """MoH (Jin et al. 2024): each token routes to the top-k of the routed heads, plus a
     few always-active shared heads; head outputs are summed with routing weights instead

@@ -18,7 +18,8 @@ from attnarena.registry import register_mixer
     "s4d", family="state space model",
     paper="Gu et al. 2022, On the Parameterization and Initialization of Diagonal State "
           "Space Models",
-    complexity="O(L log L D)", patterns=PATTERNS, forms=("parallel", "recurrent"))
+    complexity="O(L log L D)", patterns=PATTERNS, forms=("parallel", "recurrent"),
+    form_notes={"parallel": "FFT convolution"})
 class S4D(RecurrentMixer):
     """S4D (Gu et al. 2022): one diagonal complex SSM per channel with the S4D-Lin
     initialization A_n = -1/2 + i pi n, C ~ N(0, 1) complex, log dt uniform in

@@ -132,7 +132,8 @@ class DotProductAttention(QKVMixer):
 @register_mixer(
     "softmax", family="softmax attention",
     paper="Vaswani et al. 2017, Attention Is All You Need",
-    complexity="O(L^2 D)", patterns=ALL_PATTERNS, forms=("parallel", "recurrent"))
+    complexity="O(L^2 D)", patterns=ALL_PATTERNS, forms=("parallel", "recurrent"),
+    form_notes={"parallel": "SDPA", "recurrent": "KV cache"})
 class SoftmaxAttention(DotProductAttention):
     """Multi-head scaled dot-product attention (Vaswani et al. 2017, "Attention Is All You
     Need") through torch's SDPA; decoding keeps a KV cache.
@@ -145,7 +146,8 @@ class SoftmaxAttention(DotProductAttention):
     "local", family="sparse attention",
     paper="Tay et al. 2021, Long Range Arena: A Benchmark for Efficient Transformers "
           "(local attention baseline)",
-    complexity="O(L W D)", patterns=("self", "causal"), forms=("parallel", "recurrent"))
+    complexity="O(L W D)", patterns=("self", "causal"), forms=("parallel", "recurrent"),
+    form_notes={"parallel": "blocked, O(L W D)", "recurrent": "window cache"})
 class LocalAttention(DotProductAttention):
     """Sliding-window softmax attention, the local-attention baseline of Long Range Arena
     (Tay et al. 2021): query i sees keys with |i - j| < window (the ``window`` most recent

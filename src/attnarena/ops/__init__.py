@@ -6,7 +6,8 @@ from attnarena.ops import feature_maps, gaussian, lsh, sparse  # noqa: F401  (na
 from attnarena.ops.agent import agent_attention
 from attnarena.ops.delta import delta_rule, gated_delta_rule
 from attnarena.ops.dilated import dilated_attention
-from attnarena.ops.feature_maps import (FEATURE_MAPS, cosine_features, favor_features,
+from attnarena.ops.feature_maps import (FEATURE_MAPS, attention_distillation_loss,
+                                        cosine_features, favor_features,
                                         focused, hedgehog_features, orthogonal_gaussian)
 from attnarena.ops.gated import gla, retention, scalar_gated
 from attnarena.ops.gaussian import gaussian_adaptive
@@ -25,7 +26,7 @@ from attnarena.ops.softmax import (alibi_slopes, decode_attention, masked_softma
 from attnarena.ops.sparse import pattern_attention
 from attnarena.ops.ssm import selective_scan
 
-__all__ = ["FEATURE_MAPS", "agent_attention", "alibi_slopes", "cosine_features",
+__all__ = ["FEATURE_MAPS", "agent_attention", "attention_distillation_loss", "alibi_slopes", "cosine_features",
            "decode_attention", "delta_rule", "dilated_attention", "favor_features", "focused",
            "fourier_mix", "gated_delta_rule", "gaussian_adaptive", "gla", "head_routing_weights",
            "hedgehog_features", "iterative_pinv", "linear_attention", "linformer_attention",

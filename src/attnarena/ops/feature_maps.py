@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from attnarena.ops.softmax import masked_softmax
+
 
 def elu_features(x):
     """elu(x) + 1 (Katharopoulos et al. 2020, "Transformers are RNNs")."""
@@ -73,3 +75,33 @@ def favor_features(x, projection, is_query):
     else:
         offset = (projection * projection).sum(-1).max() / 2 - 30.0
     return torch.exp(logits - offset) / math.sqrt(projection.shape[0])
+
+
+def attention_distillation_loss(q, k, fq, fk, *, causal=False, mask=None):
+    """Hedgehog's attention distillation (Zhang et al. 2024): cross-entropy from the softmax
+    attention weights of q, k (the teacher, no gradient) to the normalized linear attention
+    weights of their feature maps fq, fk.
+
+    Args:
+        q, k: (B, H, L, D); fq, fk: (B, H, L, F).
+        causal: query i sees keys j <= i.  mask: optional (B, L) bool, True = real token;
+            padded keys are left out and padded queries do not count.
+
+    Returns:
+        The mean cross-entropy over (real) queries and heads, a scalar.
+    """
+    L = q.shape[2]
+    allowed = torch.ones(L, L, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed = allowed.tril()
+    allowed = allowed[None, None]
+    if mask is not None:
+        allowed = allowed & mask[:, None, None, :]
+    scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    teacher = masked_softmax(scores, allowed).detach()
+    similarity = (fq @ fk.transpose(-1, -2)) * allowed
+    student = similarity / similarity.sum(-1, keepdim=True).clamp_min(1e-12)
+    loss = -(teacher * torch.log(student.clamp_min(1e-12))).sum(-1)
+    if mask is not None:
+        return (loss * mask[:, None, :]).sum() / (mask.sum() * q.shape[1])
+    return loss.mean()
