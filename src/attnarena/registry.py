@@ -95,12 +95,12 @@ def register_mixer(name, *, family, paper, complexity, patterns, forms, form_not
             raise TypeError(f"mixer {name!r} declares the chunk form, so {cls.__name__}'s "
                             "constructor must take form= (the contract tests run each form "
                             "through it)")
-        if not (cls.__doc__ or "").strip():
-            raise TypeError(f"mixer {name!r}: {cls.__name__} needs a docstring that cites "
-                            "its paper")
         if info.decodes and not all(hasattr(cls, m) for m in ("_init_state", "_step")):
             raise TypeError(f"mixer {name!r} declares a causal recurrent form, so {cls.__name__} "
                             "must define _init_state and _step")
+        if not (cls.__doc__ or "").strip():
+            raise TypeError(f"mixer {name!r}: {cls.__name__} needs a docstring that cites "
+                            "its paper")
         cls.info = info
         _MIXERS[name] = cls
         return cls

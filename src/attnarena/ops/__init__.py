@@ -26,11 +26,12 @@ from attnarena.ops.softmax import (alibi_slopes, decode_attention, masked_softma
 from attnarena.ops.sparse import pattern_attention
 from attnarena.ops.ssm import selective_scan
 
-__all__ = ["FEATURE_MAPS", "agent_attention", "attention_distillation_loss", "alibi_slopes", "cosine_features",
-           "decode_attention", "delta_rule", "dilated_attention", "favor_features", "focused",
-           "fourier_mix", "gated_delta_rule", "gaussian_adaptive", "gla", "head_routing_weights",
-           "hedgehog_features", "iterative_pinv", "linear_attention", "linformer_attention",
-           "log_linear_attention", "lsh_attention", "masked_softmax", "merge_partial_attention",
-           "mlstm", "nystrom_attention", "orthogonal_gaussian", "pattern_attention",
-           "pool_mix", "retention", "rotary", "s4d", "scalar_gated", "score_attention",
-           "selective_scan", "sinkhorn", "sinkhorn_attention", "softmax_attention"]
+__all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss", "cosine_features",
+           "decode_attention", "delta_rule", "dilated_attention", "favor_features", "FEATURE_MAPS",
+           "focused", "fourier_mix", "gated_delta_rule", "gaussian_adaptive", "gla",
+           "head_routing_weights", "hedgehog_features", "iterative_pinv", "linear_attention",
+           "linformer_attention", "log_linear_attention", "lsh_attention", "masked_softmax",
+           "merge_partial_attention", "mlstm", "nystrom_attention", "orthogonal_gaussian",
+           "pattern_attention", "pool_mix", "retention", "rotary", "s4d", "scalar_gated",
+           "score_attention", "selective_scan", "sinkhorn", "sinkhorn_attention",
+           "softmax_attention"]
