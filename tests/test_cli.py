@@ -4,7 +4,8 @@ import json
 import pytest
 
 import attnarena as aa
-from attnarena.arena.speed import MixerSpec, SpeedConfig, measure_case, run_speed
+from attnarena.arena.speed import SpeedConfig, measure_case, run_speed
+from attnarena.options import MixerSpec
 from attnarena.cli import main
 
 

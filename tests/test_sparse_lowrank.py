@@ -160,6 +160,36 @@ def test_focusing_function_keeps_the_norm_and_sharpens():
     assert f[0, 0] / f[0, 1] > 3.0 / 1.0  # larger entries grow relative to smaller ones
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_flatten_is_focused_linear_attention_plus_a_depthwise_convolution(causal):
+    """FLatten (Han et al. 2023): O = phi_p(Q) phi_p(K)^T V normalized per query, with
+    phi_p(x) = ||relu(x)|| relu(x)^p / ||relu(x)^p||, plus DWC(V), then the output
+    projection; written out here as explicit matrices."""
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("flatten", dim=8, heads=2, causal=causal, focusing_power=3.0,
+                            conv_kernel=3).eval()
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    mixer = mixer.double()
+    q, k, v = mixer.project(x)
+
+    def phi(t):
+        r = torch.relu(t) + 1e-6
+        return r.norm(dim=-1, keepdim=True) * r ** 3 / (r ** 3).norm(dim=-1, keepdim=True)
+
+    similarity = phi(q) @ phi(k).transpose(-1, -2)  # (B, H, L, L)
+    if causal:
+        similarity = similarity.tril()
+    # the normalizer carries linear attention's eps (1e-6), which matters for queries whose
+    # relu is (almost) all zero
+    attended = (similarity @ v) / (similarity.sum(-1, keepdim=True) + 1e-6)
+    values = mixer.v_proj(x)  # (B, L, dim)
+    weight = mixer.conv.weight[:, 0]  # (dim, 3)
+    padded = torch.nn.functional.pad(values, (0, 0, 2, 0) if causal else (0, 0, 1, 1))
+    conv = sum(padded[:, i:i + 7] * weight[:, i] for i in range(3)) + mixer.conv.bias
+    expected = mixer.o_proj(mixer.merge_heads(attended) + conv)
+    torch.testing.assert_close(mixer(x), expected, rtol=1e-9, atol=1e-9)
+
+
 def test_hedgehog_feature_maps_learn_to_mimic_softmax():
     """Training the feature maps on the distillation loss shrinks the KL divergence from
     softmax attention (the loss minus the teacher's own entropy)."""

@@ -74,7 +74,8 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_speed(args) -> int:
-    from attnarena.arena.speed import SpeedConfig, parse_mixers, run_speed
+    from attnarena.arena.speed import SpeedConfig, run_speed
+    from attnarena.options import parse_mixers
     from attnarena.arena.speed_report import write_speed
 
     cfg = SpeedConfig(mixers=parse_mixers(args.mixers or list_mixers()), lengths=args.lengths,
@@ -133,7 +134,7 @@ def cmd_train(args) -> int:
     from attnarena.arena.config import RunConfig
     from attnarena.arena.environment import environment, resolve_device
     from attnarena.arena.runner import train_claimed
-    from attnarena.arena.speed import parse_options
+    from attnarena.options import parse_options
     from attnarena.arena.store import Store, new_owner
     from attnarena.arena.train import train
 
@@ -193,7 +194,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from attnarena.arena.speed import parse_options
+    from attnarena.options import parse_options
     from attnarena.tasks.data import write_task_data
 
     paths = write_task_data(args.task, args.out, preset=args.preset,

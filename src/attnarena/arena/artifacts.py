@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attnarena.arena.checkpoint import untie
-from attnarena.arena.speed import DTYPES
+from attnarena.options import DTYPES
 
 FILES = ("model.safetensors", "config.json", "metrics.json")
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from attnarena._validate import check_int, check_real
-from attnarena.arena.speed import DTYPES
+from attnarena.options import DTYPES
 from attnarena.registry import check_mixer_options
 from attnarena.tasks import create_task, task_presets
 

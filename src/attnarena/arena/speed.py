@@ -7,7 +7,6 @@ budget is recorded as such, and the mixer's longer lengths are recorded as skipp
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,55 +15,10 @@ import torch
 
 from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.memory import PeakMemory
-from attnarena.registry import check_mixer_options, create_mixer, mixer_info
+from attnarena.options import DTYPES, MixerSpec
+from attnarena.registry import create_mixer, mixer_info
 
 PASSES = ("fwd", "fwdbwd", "decode")
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-          "float16": torch.float16}
-
-
-def parse_options(pairs, where: str = "") -> dict:
-    """["key=value", ...] -> {key: value}; values read as JSON when they parse, else text."""
-    options = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"option {pair!r}{where} must look like key=value")
-        key, raw = pair.split("=", 1)
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    return options
-
-
-@dataclass(frozen=True)
-class MixerSpec:
-    """A mixer name with options, written ``name:key=value:key=value`` on the command line."""
-
-    name: str
-    options: tuple = ()
-
-    @classmethod
-    def parse(cls, text: str) -> "MixerSpec":
-        name, *pairs = text.strip().split(":")
-        mixer_info(name)  # unknown names fail here, listing the valid ones
-        options = parse_options(pairs, where=f" in {text!r}")
-        check_mixer_options(name, options, where=f" in {text!r}")
-        return cls(name, tuple(options.items()))
-
-    @property
-    def label(self) -> str:
-        return ":".join([self.name] + [f"{k}={v}" for k, v in self.options])
-
-
-def parse_mixers(text: str | list) -> list[MixerSpec]:
-    items = text.split(",") if isinstance(text, str) else list(text)
-    specs = [MixerSpec.parse(item) for item in items if str(item).strip()]
-    if not specs:
-        raise ValueError("no mixers given")
-    return specs
-
-
 @dataclass
 class SpeedConfig:
     mixers: list = field(default_factory=list)  # MixerSpec or "name:k=v" strings

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from attnarena.arena.config import RunConfig
 from attnarena.arena.environment import resolve_device
-from attnarena.arena.speed import PASSES, SpeedConfig, parse_mixers
+from attnarena.arena.speed import PASSES, SpeedConfig
+from attnarena.options import parse_mixers
 from attnarena.registry import list_mixers, mixer_info
 from attnarena.tasks import list_tasks
 from attnarena.tasks.base import task_class

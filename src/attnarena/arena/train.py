@@ -23,7 +23,7 @@ from attnarena.arena.artifacts import save_run
 from attnarena.arena.checkpoint import load_checkpoint, save_checkpoint
 from attnarena.arena.environment import resolve_device
 from attnarena.arena.memory import PeakMemory
-from attnarena.arena.speed import DTYPES
+from attnarena.options import DTYPES
 from attnarena.seeds import batch_seed, eval_seed
 from attnarena.tasks import create_task
 
