@@ -347,3 +347,25 @@ def test_suite_sweeps_expand_and_the_average_takes_the_best_setting(tmp_path):
     assert "| mixer | dim | lr | seed | test accuracy |" in board
     assert "| gla | 16 | 0.01 | 1 | 0.8000 |" in board
     assert "## Average over 2 tasks\n" in board  # copy and mqar are not LRA tasks
+
+
+def test_run_settings_are_typed_and_checked_when_made():
+    from attnarena.arena.config import ModelSettings, TrainSettings, to_dict
+
+    config = RunConfig(task="mqar", mixer="gla", model={"dim": 32}, train={"steps": 3})
+    assert isinstance(config.model, ModelSettings) and isinstance(config.train, TrainSettings)
+    assert config.model.dim == 32 and dict(config.model) == {"dim": 32}
+    assert repr(config.train) == "TrainSettings(steps=3)"
+    assert to_dict(config)["train"] == {"steps": 3}
+    # the same run whether the overrides come as a dict or as settings
+    assert config.run_id() == RunConfig(task="mqar", mixer="gla", model=ModelSettings(dim=32),
+                                        train=TrainSettings(steps=3)).run_id()
+    for bad, message in (({"train": {"lr": -1}}, "train.lr"),
+                         ({"train": {"schedule": "linear"}}, "unknown schedule"),
+                         ({"model": {"dimm": 3}}, "did you mean|unknown model setting"),
+                         ({"model": {"dropout": 1.0}}, "model.dropout"),
+                         ({"model": 3}, "table"),
+                         ({"dtype": "float8"}, "unknown dtype"),
+                         ({"seed": True}, "seed")):
+        with pytest.raises((ValueError, TypeError), match=message):
+            RunConfig(task="mqar", mixer="gla", **bad)  # fails here, before resolve()

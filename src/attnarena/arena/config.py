@@ -4,7 +4,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 from attnarena._validate import check_int, check_real
 from attnarena.options import DTYPES
@@ -12,17 +14,108 @@ from attnarena.registry import check_mixer_options
 from attnarena.tasks import create_task, task_presets
 
 SCHEDULES = ("cosine", "rsqrt", "constant")
-MODEL_KEYS = ("dim", "depth", "heads", "mlp_dim", "position", "dropout", "pooling",
-              "mixer_dim", "norm")
-TRAIN_KEYS = ("steps", "batch", "lr", "warmup", "schedule", "weight_decay", "eval_every",
-              "clip", "eval_examples")
 TRAIN_DEFAULTS = {"clip": 1.0, "eval_examples": 512}
 MODEL_DEFAULTS = {"mlp_dim": None, "dropout": 0.0, "position": "learned"}
 
 
+class _Unset:
+    def __repr__(self):
+        return "unset"
+
+
+UNSET = _Unset()  # a setting not given: the preset's value applies
+
+
+class _Overrides(Mapping):
+    """A typed section of settings that override a task preset's values. Only the fields
+    given count: as a mapping it holds exactly those (so ``{**preset, **overrides}``
+    merges them)."""
+
+    section: ClassVar[str] = ""
+
+    def __iter__(self):
+        return (f.name for f in fields(self) if getattr(self, f.name) is not UNSET)
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+    def __getitem__(self, key):
+        value = getattr(self, key, UNSET) if key in self.keys_valid() else UNSET
+        if value is UNSET:
+            raise KeyError(key)
+        return value
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.items())})"
+
+    @classmethod
+    def keys_valid(cls) -> tuple:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def of(cls, value):
+        """``value`` as this section: an instance, or a mapping of its settings (checked)."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{cls.section} settings must be a table of name = value, got "
+                            f"{type(value).__name__}")
+        bad = sorted(set(value) - set(cls.keys_valid()))
+        if bad:
+            raise ValueError(f"unknown {cls.section} setting(s) {bad}; valid: "
+                             f"{', '.join(cls.keys_valid())}")
+        return cls(**value)
+
+
+@dataclass(frozen=True, repr=False)
+class ModelSettings(_Overrides):
+    """Model settings a run overrides (``[run.model]`` in a suite); unset ones come from the
+    task's preset."""
+
+    section: ClassVar[str] = "model"
+    dim: int = UNSET
+    depth: int = UNSET
+    heads: int = UNSET
+    mlp_dim: int | None = UNSET
+    position: str = UNSET
+    dropout: float = UNSET
+    pooling: str = UNSET
+    mixer_dim: int | None = UNSET
+    norm: bool = UNSET
+
+    def __post_init__(self):
+        _check_model(dict(self))
+
+
+@dataclass(frozen=True, repr=False)
+class TrainSettings(_Overrides):
+    """Training settings a run overrides (``[run.train]`` in a suite); unset ones come from
+    the task's preset."""
+
+    section: ClassVar[str] = "train"
+    steps: int = UNSET
+    batch: int = UNSET
+    lr: float = UNSET
+    warmup: int = UNSET
+    schedule: str = UNSET
+    weight_decay: float = UNSET
+    eval_every: int = UNSET
+    clip: float = UNSET
+    eval_examples: int = UNSET
+
+    def __post_init__(self):
+        _check_train(dict(self))
+
+
+MODEL_KEYS = ModelSettings.keys_valid()
+TRAIN_KEYS = TrainSettings.keys_valid()
+
+
 @dataclass
 class RunConfig:
-    """One training run. ``model`` and ``train`` override the preset's values."""
+    """One training run. ``model`` and ``train`` override the preset's values; they are
+    checked when the config is made (a dict is turned into ``ModelSettings`` /
+    ``TrainSettings``), the names of task, mixer and preset when it is resolved."""
 
     task: str
     mixer: str
@@ -30,10 +123,19 @@ class RunConfig:
     seed: int = 0
     mixer_options: dict = field(default_factory=dict)
     task_options: dict = field(default_factory=dict)
-    model: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
     device: str = "auto"
     dtype: str = "float32"
+
+    def __post_init__(self):
+        self.model = ModelSettings.of(self.model)
+        self.train = TrainSettings.of(self.train)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed < 1 << 30:
+            raise ValueError(f"seed must be an int in [0, 2^30), got {self.seed!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
 
     def resolve(self) -> dict:
         """Every value the run uses, validated, as plain data (written next to results)."""
@@ -43,12 +145,6 @@ class RunConfig:
                              f"{', '.join(sorted(presets))}")
         check_mixer_options(self.mixer, self.mixer_options)  # and an unknown mixer name
         base = copy.deepcopy(presets[self.preset])
-        for section, given, allowed in (("model", self.model, MODEL_KEYS),
-                                        ("train", self.train, TRAIN_KEYS)):
-            bad = sorted(set(given) - set(allowed))
-            if bad:
-                raise ValueError(f"unknown {section} setting(s) {bad}; valid: "
-                                 f"{', '.join(allowed)}")
         model = {**MODEL_DEFAULTS, **base["model"], **self.model}
         train = {**TRAIN_DEFAULTS, **base["train"], **self.train}
         task_options = {**base["task"], **self.task_options}
@@ -61,16 +157,8 @@ class RunConfig:
             raise ValueError(f"mixer {self.mixer!r} has no causal pattern, which the "
                              f"{self.task!r} task's model needs")
         task.check_data()  # a missing or malformed data directory fails before training
-        if train["schedule"] not in SCHEDULES:
-            raise ValueError(f"unknown schedule {train['schedule']!r}; valid: "
-                             f"{', '.join(SCHEDULES)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
-                or not 0 <= self.seed < 1 << 30:
-            raise ValueError(f"seed must be an int in [0, 2^30), got {self.seed!r}")
         _check_train(train)
         _check_model(model)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
         least = task.min_eval_examples  # 0 for datasets: their whole splits
         if not isinstance(train["eval_examples"], int) or train["eval_examples"] < least:
             raise ValueError(f"train.eval_examples must be an int >= {least} for task "
@@ -86,12 +174,21 @@ class RunConfig:
 
 
 def _check_train(train: dict) -> None:
+    """Check the training settings given."""
     for key in ("steps", "batch", "eval_every"):
-        check_int(train[key], f"train.{key}")
-    check_int(train["warmup"], "train.warmup", minimum=0)
-    check_real(train["lr"], "train.lr", low_open=True)
-    check_real(train["weight_decay"], "train.weight_decay")
-    check_real(train["clip"], "train.clip")  # 0 turns clipping off
+        if key in train:
+            check_int(train[key], f"train.{key}")
+    if "warmup" in train:
+        check_int(train["warmup"], "train.warmup", minimum=0)
+    if "lr" in train:
+        check_real(train["lr"], "train.lr", low_open=True)
+    if "weight_decay" in train:
+        check_real(train["weight_decay"], "train.weight_decay")
+    if "clip" in train:
+        check_real(train["clip"], "train.clip")  # 0 turns clipping off
+    if "schedule" in train and train["schedule"] not in SCHEDULES:
+        raise ValueError(f"unknown schedule {train['schedule']!r}; valid: "
+                         f"{', '.join(SCHEDULES)}")
 
 
 def _check_model(model: dict) -> None:
@@ -101,7 +198,8 @@ def _check_model(model: dict) -> None:
     for key, least in (("mlp_dim", 0), ("mixer_dim", 1)):
         if model.get(key) is not None:
             check_int(model[key], f"model.{key}", minimum=least)
-    check_real(model["dropout"], "model.dropout", high=1.0, high_open=True)
+    if "dropout" in model:
+        check_real(model["dropout"], "model.dropout", high=1.0, high_open=True)
     for key in ("position", "pooling"):
         if key in model and not isinstance(model[key], str):
             raise ValueError(f"model.{key} must be a string, got {model[key]!r}")
@@ -125,4 +223,7 @@ def from_dict(data: dict) -> RunConfig:
 
 
 def to_dict(config: RunConfig) -> dict:
-    return asdict(config)
+    """The config as plain data, with only the model and train settings given."""
+    data = asdict(config)
+    data["model"], data["train"] = dict(config.model), dict(config.train)
+    return data
