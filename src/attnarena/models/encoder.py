@@ -4,14 +4,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnarena.models.block import Block
 from attnarena.models.embedding import PatchEmbedding, check_mask, check_tokens
-from attnarena.models.positions import build_positions
+from attnarena.models.trunk import Backbone
 
 POOLINGS = ("mean", "cls")
 
 
-class EncoderClassifier(nn.Module):
+class EncoderClassifier(Backbone):
     """Sequence classifier over token ids (``vocab_size``) or image patches (``image_size``,
     ``patch_size``, ``channels``).
 
@@ -43,15 +42,11 @@ class EncoderClassifier(nn.Module):
             self.embed = PatchEmbedding(image_size, patch_size, channels, dim)
             max_len = self.embed.num_patches
         extra = 1 if pooling == "cls" else 0
-        self.positions, options = build_positions(position, max_len + extra, dim, mixer,
-                                                  mixer_options or {})
+        options = self._build_positions(position, max_len + extra, dim, mixer, mixer_options,
+                                        dropout)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pooling == "cls" else None
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            Block(dim, mixer, heads=heads, causal=causal, mixer_options=options,
-                  mlp_dim=mlp_dim, dropout=dropout, mixer_dim=mixer_dim, norm=norm)
-            for _ in range(depth))
-        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+        self._build_blocks(depth, dim, mixer, options, heads=heads, causal=causal,
+                           mlp_dim=mlp_dim, dropout=dropout, mixer_dim=mixer_dim, norm=norm)
         # num_classes=0: no head, forward returns the pooled features (dual encoders).
         self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
 
@@ -71,25 +66,17 @@ class EncoderClassifier(nn.Module):
             if mask is not None:
                 ones = mask.new_ones(mask.shape[0], 1)
                 mask = torch.cat([mask, ones] if self.causal else [ones, mask], dim=1)
-        if self.positions is not None:
-            x = self.positions(x)
-        return self.drop(x), mask
+        return self._positioned(x), mask
 
     def forward_intermediates(self, inputs, mask=None):
         """List of (B, L', dim) outputs, one per block, and the mask over them."""
         x, mask = self._embed(inputs, mask)
-        outputs = []
-        for block in self.blocks:
-            x = block(x, mask=mask)
-            outputs.append(x)
-        return outputs, mask
+        return self._trunk(x, mask, intermediates=True), mask
 
     def forward_features(self, inputs, mask=None):
         """(B, L', dim) token features after the final norm, and the mask over them."""
         x, mask = self._embed(inputs, mask)
-        for block in self.blocks:
-            x = block(x, mask=mask)
-        return self.norm(x), mask
+        return self._trunk(x, mask), mask
 
     def pool(self, features, mask=None):
         """(B, L', dim) -> (B, dim)."""

@@ -5,13 +5,12 @@ import torch
 from torch import nn
 
 from attnarena._validate import check_int
-from attnarena.models.block import Block
 from attnarena.models.embedding import check_tokens
-from attnarena.models.positions import build_positions
+from attnarena.models.trunk import Backbone
 from attnarena.registry import mixer_info
 
 
-class CausalLM(nn.Module):
+class CausalLM(Backbone):
     """Decoder-only LM: token embedding, causal blocks, final norm, vocabulary head.
 
     ``generate`` decodes with each mixer's ``step`` (O(1) per token for recurrent mixers, a
@@ -36,39 +35,25 @@ class CausalLM(nn.Module):
             # with N(0, 1) embeddings its logit starts near dim and the loss far above
             # ln(vocab_size). Small embeddings (std 0.02, as GPT-2 and nanoGPT) avoid that.
             nn.init.normal_(self.embed.weight, std=0.02)
-        self.positions, options = build_positions(position, max_len, dim, mixer,
-                                                  mixer_options or {})
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            Block(dim, mixer, heads=heads, causal=True, mixer_options=options, mlp_dim=mlp_dim,
-                  dropout=dropout, mixer_dim=mixer_dim, norm=norm) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+        options = self._build_positions(position, max_len, dim, mixer, mixer_options, dropout)
+        self._build_blocks(depth, dim, mixer, options, heads=heads, causal=True,
+                           mlp_dim=mlp_dim, dropout=dropout, mixer_dim=mixer_dim, norm=norm)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         if tie_embeddings:
             self.head.weight = self.embed.weight
 
     def _embed(self, tokens, offset=0):
-        x = self.embed(tokens.long())
-        if self.positions is not None:
-            x = self.positions(x, offset)
-        return self.drop(x)
+        return self._positioned(self.embed(tokens.long()), offset)
 
     def forward_intermediates(self, tokens):
+        """List of (B, L, dim) outputs, one per block."""
         check_tokens(tokens, self.vocab_size)
-        x = self._embed(tokens)
-        outputs = []
-        for block in self.blocks:
-            x = block(x)
-            outputs.append(x)
-        return outputs
+        return self._trunk(self._embed(tokens), intermediates=True)
 
     def forward_features(self, tokens):
         """(B, L) ids -> (B, L, dim) features after the final norm."""
         check_tokens(tokens, self.vocab_size)
-        x = self._embed(tokens)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        return self._trunk(self._embed(tokens))
 
     def forward_head(self, features):
         return self.head(features)

@@ -4,11 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnarena.models.block import Block
-from attnarena.models.positions import build_positions
+from attnarena.models.trunk import Backbone
 
 
-class SequenceRegressor(nn.Module):
+class SequenceRegressor(Backbone):
     """(B, L, input_dim) real tokens -> (B, L) predictions, one per position.
 
     A linear embedding, causal blocks over any mixer, a linear readout. ``norm=False``
@@ -24,12 +23,9 @@ class SequenceRegressor(nn.Module):
         super().__init__()
         self.input_dim = input_dim
         self.embed = nn.Linear(input_dim, dim)
-        self.positions, options = build_positions(position, max_len, dim, mixer,
-                                                  mixer_options or {})
-        self.blocks = nn.ModuleList(
-            Block(dim, mixer, heads=heads, causal=True, mixer_options=options, mlp_dim=mlp_dim,
-                  dropout=dropout, mixer_dim=mixer_dim, norm=norm) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+        options = self._build_positions(position, max_len, dim, mixer, mixer_options, dropout)
+        self._build_blocks(depth, dim, mixer, options, heads=heads, causal=True,
+                           mlp_dim=mlp_dim, dropout=dropout, mixer_dim=mixer_dim, norm=norm)
         self.readout = nn.Linear(dim, 1)
 
     def forward(self, inputs):
@@ -39,9 +35,5 @@ class SequenceRegressor(nn.Module):
                    else type(inputs).__name__)
             raise ValueError(f"inputs must be a float tensor (batch, length, {self.input_dim}), "
                              f"got {got}")
-        x = self.embed(inputs.to(self.embed.weight.dtype))
-        if self.positions is not None:
-            x = self.positions(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.readout(self.norm(x))[..., 0]
+        x = self._positioned(self.embed(inputs.to(self.embed.weight.dtype)))
+        return self.readout(self._trunk(x))[..., 0]

@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnarena.models.block import MLP, Block
+from attnarena.models.block import MLP
 from attnarena.models.embedding import check_mask, check_tokens
 from attnarena.models.positions import build_positions
+from attnarena.models.trunk import block_stack
 from attnarena.registry import create_mixer, list_mixers, mixer_info
 
 
@@ -53,9 +54,8 @@ class EncoderDecoder(nn.Module):
                                                           mixer_options or {})
         self.tgt_positions, dec_options = build_positions(position, max_len, dim, decoder_mixer,
                                                           mixer_options or {})
-        self.encoder = nn.ModuleList(
-            Block(dim, encoder_mixer, heads=heads, mixer_options=enc_options, mlp_dim=mlp_dim,
-                  dropout=dropout) for _ in range(depth))
+        self.encoder = block_stack(depth, dim, encoder_mixer, heads=heads, causal=False,
+                                   mixer_options=enc_options, mlp_dim=mlp_dim, dropout=dropout)
         self.decoder = nn.ModuleList(
             DecoderBlock(dim, decoder_mixer, cross_mixer, heads=heads, mixer_options=dec_options,
                          mlp_dim=mlp_dim, dropout=dropout) for _ in range(depth))
