@@ -24,7 +24,7 @@ from attnarena.arena.train import evaluate, train
 from attnarena.cli import main
 from attnarena.seeds import eval_seed
 from attnarena.tasks import create_task, list_tasks, task_presets
-from attnarena.tasks.base import task_class
+from attnarena.tasks.registry import task_class
 from attnarena.tasks.data import SYNTHETIC
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -46,7 +46,7 @@ def cmd_list(args) -> int:
 
 def cmd_tasks(args) -> int:
     from attnarena.tasks import list_tasks, task_options, task_presets
-    from attnarena.tasks.base import task_class
+    from attnarena.tasks.registry import task_class
 
     if args.name is None:
         print(f"{'task':<16} {'metric':<9} {'presets':<11} data")

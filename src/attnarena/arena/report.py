@@ -38,7 +38,7 @@ def leaderboard_rows(store) -> list[dict]:
 
 def _higher_is_better(task: str, metric: str) -> bool:
     """The task's own direction; a task no longer registered falls back on its metric."""
-    from attnarena.tasks.base import task_class
+    from attnarena.tasks.registry import task_class
 
     try:
         return task_class(task).higher_is_better

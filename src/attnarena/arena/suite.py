@@ -37,7 +37,7 @@ from attnarena.arena.speed import PASSES, SpeedConfig
 from attnarena.options import parse_mixers
 from attnarena.registry import list_mixers, mixer_info
 from attnarena.tasks import list_tasks
-from attnarena.tasks.base import task_class
+from attnarena.tasks.registry import task_class
 
 RUN_KEYS = {"tasks", "mixers", "preset", "seeds", "mixer_options", "task_options", "model",
             "train", "skip_without_data"}

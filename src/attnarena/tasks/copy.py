@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from attnarena.tasks.base import LMTask, register_task
+from attnarena.tasks.kinds import LMTask
+
+from attnarena.tasks.registry import register_task
 
 
 @register_task

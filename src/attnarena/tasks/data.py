@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from attnarena.seeds import batch_seed, eval_seed
-from attnarena.tasks.base import DatasetTask, create_task, task_presets
+from attnarena.tasks.kinds import DatasetTask
+from attnarena.tasks.registry import create_task, task_presets
 
 SYNTHETIC = {"text": "write_synthetic_imdb", "retrieval": "write_synthetic_aan",
              "image": "write_synthetic_cifar"}

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnarena.tasks.base import ClassificationTask, DatasetTask, data_directory, divide, \
-    labelled_batch, register_task
+from attnarena.tasks.io import data_directory, divide, labelled_batch
+from attnarena.tasks.kinds import ClassificationTask, DatasetTask
+from attnarena.tasks.registry import register_task
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"

@@ -23,15 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnarena._validate import check_int
-from attnarena.tasks.base import (
-    ClassificationTask,
-    DatasetTask,
-    data_directory,
-    divide,
-    labelled_batch,
-    pad_sequences,
-    register_task,
-)
+from attnarena.tasks.io import data_directory, divide, labelled_batch, pad_sequences
+from attnarena.tasks.kinds import ClassificationTask, DatasetTask
+from attnarena.tasks.registry import register_task
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"

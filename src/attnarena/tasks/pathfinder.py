@@ -36,8 +36,9 @@ import numpy as np
 import torch
 
 from attnarena._validate import check_int
-from attnarena.tasks.base import ClassificationTask, DatasetTask, data_directory, divide, \
-    labelled_batch, register_task
+from attnarena.tasks.io import data_directory, divide, labelled_batch
+from attnarena.tasks.kinds import ClassificationTask, DatasetTask
+from attnarena.tasks.registry import register_task
 
 DIFFICULTIES = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
 SIZES = (32, 64, 128, 256)

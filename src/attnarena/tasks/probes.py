@@ -8,7 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-from attnarena.tasks.base import LMTask, check_split, register_task
+from attnarena.tasks.base import check_split
+
+from attnarena.tasks.kinds import LMTask
+
+from attnarena.tasks.registry import register_task
 
 
 @register_task

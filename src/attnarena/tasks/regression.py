@@ -19,7 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from attnarena.tasks.base import RegressionTask, check_split, register_task
+from attnarena.tasks.base import check_split
+
+from attnarena.tasks.kinds import RegressionTask
+
+from attnarena.tasks.registry import register_task
 
 
 def gd_step_features(x, y):

@@ -18,15 +18,9 @@ import numpy as np
 import torch
 
 from attnarena._validate import check_int
-from attnarena.tasks.base import (
-    ClassificationTask,
-    DatasetTask,
-    MatchingTask,
-    data_directory,
-    labelled_batch,
-    pad_sequences,
-    register_task,
-)
+from attnarena.tasks.io import data_directory, labelled_batch, pad_sequences
+from attnarena.tasks.kinds import ClassificationTask, DatasetTask, MatchingTask
+from attnarena.tasks.registry import register_task
 
 BYTE_VOCAB = 257
 AAN_FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv",
