@@ -53,3 +53,16 @@ def check_finite(tensor: torch.Tensor, name: str) -> None:
         where = (~finite).nonzero()[0].tolist()
         raise NonFiniteError(f"{name} holds NaN or infinity (first at index {tuple(where)}); "
                              "mixers take finite inputs only")
+
+
+def check_mask(mask, shape, what: str = "the input") -> None:
+    """None, or a bool tensor of exactly ``shape`` = (batch, length) of ``what``, True = a
+    real token: the one mask check of mixers, kernels and models."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"mask must be a bool tensor (True = real token), got {got}")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"mask must have shape (batch, length) of {what} = {tuple(shape)}, "
+                         f"got {tuple(mask.shape)}")

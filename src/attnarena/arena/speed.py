@@ -15,6 +15,7 @@ import torch
 
 from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.memory import PeakMemory
+from attnarena._validate import check_int
 from attnarena.options import DTYPES, MixerSpec
 from attnarena.registry import create_mixer, mixer_info
 
@@ -40,12 +41,12 @@ class SpeedConfig:
             raise ValueError(f"unknown pass {self.pass_!r}; valid: {', '.join(PASSES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
-        if not self.lengths or any(not isinstance(n, int) or n < 1 for n in self.lengths):
-            raise ValueError(f"lengths must be positive ints, got {self.lengths!r}")
+        if not self.lengths or not isinstance(self.lengths, (list, tuple)):
+            raise ValueError(f"lengths must be a list of positive ints, got {self.lengths!r}")
+        for n in self.lengths:
+            check_int(n, "each length")
         for name in ("batch", "heads", "head_dim", "repeats"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(getattr(self, name), name)
         self.lengths = sorted(set(self.lengths))
         self.device = resolve_device(self.device)
         if self.pass_ == "decode" and not self.causal:

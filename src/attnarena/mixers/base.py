@@ -12,7 +12,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from attnarena._validate import check_finite, check_int
+from attnarena._validate import check_finite, check_int, check_mask
 from attnarena.registry import MixerInfo
 
 
@@ -211,12 +211,7 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
                             f"{expected}; convert one with .to()")
 
     def _check_mask(self, mask, source, name):
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise TypeError(f"mask must be a bool tensor (True = real token), got {got}")
-        if tuple(mask.shape) != tuple(source.shape[:2]):
-            raise ValueError(f"mask must have shape (batch, length) of {name} = "
-                             f"{tuple(source.shape[:2])}, got {tuple(mask.shape)}")
+        check_mask(mask, source.shape[:2], name)
 
 
 def _tensors(state):

@@ -14,10 +14,8 @@ import torch.nn.functional as F
 from attnarena import ops
 from attnarena._validate import check_int
 from attnarena.mixers.qkv import QKVMixer
-from attnarena.registry import register_mixer
+from attnarena.registry import FORMS, PATTERNS, register_mixer
 
-ALL_PATTERNS = ("self", "causal", "cross", "causal_cross")
-ALL_FORMS = ("parallel", "chunk", "recurrent")
 
 def align_context(k, v, length):
     """Causal cross attention: query i sees context positions j <= i. Keys past the last
@@ -118,7 +116,7 @@ class LinearAttentionBase(QKVMixer):
     "linear", family="linear attention",
     paper="Katharopoulos et al. 2020, Transformers are RNNs: Fast Autoregressive Transformers "
           "with Linear Attention",
-    complexity="O(L D^2)", patterns=ALL_PATTERNS, forms=ALL_FORMS)
+    complexity="O(L D^2)", patterns=PATTERNS, forms=FORMS)
 class LinearAttention(LinearAttentionBase):
     """Linear attention (Katharopoulos et al. 2020, "Transformers are RNNs"):
     sim(q, k) = phi(q) . phi(k) with phi(x) = elu(x) + 1, normalized by the sum of
@@ -147,7 +145,7 @@ class LinearAttention(LinearAttentionBase):
 @register_mixer(
     "cosine", family="linear attention",
     paper="Mongaras et al. 2024, Cottention: Linear Transformers With Cosine Attention",
-    complexity="O(L D^2)", patterns=ALL_PATTERNS, forms=ALL_FORMS)
+    complexity="O(L D^2)", patterns=PATTERNS, forms=FORMS)
 class CosineAttention(LinearAttentionBase):
     """Cottention (Mongaras et al. 2024, "Cottention: Linear Transformers With Cosine
     Attention"): sim(q, k) = cos(q, k), no softmax, so (N(Q) N(K)^T) V = N(Q) (N(K)^T V)
@@ -209,7 +207,7 @@ class FocusedLinearAttention(LinearAttentionBase):
     "hedgehog", family="linear attention",
     paper="Zhang et al. 2024, The Hedgehog & the Porcupine: Expressive Linear Attentions with "
           "Softmax Mimicry",
-    complexity="O(L D^2)", patterns=ALL_PATTERNS, forms=ALL_FORMS)
+    complexity="O(L D^2)", patterns=PATTERNS, forms=FORMS)
 class Hedgehog(LinearAttentionBase):
     """Hedgehog (Zhang et al. 2024): a learnable feature map per head,
     phi(x) = [softmax(W x), softmax(-W x)] (W initialized to the identity), trained so

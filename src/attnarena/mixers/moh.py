@@ -6,14 +6,14 @@ from torch import nn
 
 from attnarena import ops
 from attnarena._validate import check_int
-from attnarena.mixers.softmax import ALL_PATTERNS, DotProductAttention
-from attnarena.registry import register_mixer
+from attnarena.mixers.softmax import DotProductAttention
+from attnarena.registry import PATTERNS, register_mixer
 
 
 @register_mixer(
     "moh", family="softmax attention",
     paper="Jin et al. 2024, MoH: Multi-Head Attention as Mixture-of-Head Attention",
-    complexity="O(L^2 D)", patterns=ALL_PATTERNS, forms=("parallel", "recurrent"),
+    complexity="O(L^2 D)", patterns=PATTERNS, forms=("parallel", "recurrent"),
     form_notes={"recurrent": "KV cache"})
 class MixtureOfHeads(DotProductAttention):
     """MoH (Jin et al. 2024): each token routes to the top-k of the routed heads, plus a

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from attnarena import ops
+from attnarena._validate import check_int
 from attnarena.mixers.base import Mixer
 from attnarena.registry import register_mixer
 
@@ -27,8 +28,8 @@ class Pooling(Mixer):
 
     def __init__(self, dim, heads=1, causal=False, *, pool_size=3):
         super().__init__(dim, heads, causal)
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1 \
-                or pool_size % 2 == 0:
+        check_int(pool_size, "pool_size")
+        if pool_size % 2 == 0:
             raise ValueError(f"pool_size must be a positive odd int, got {pool_size!r}")
         self.pool_size = pool_size
 

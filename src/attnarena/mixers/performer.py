@@ -9,14 +9,14 @@ import torch
 
 from attnarena import ops
 from attnarena._validate import check_int
-from attnarena.mixers.linear import ALL_FORMS, ALL_PATTERNS, LinearAttentionBase
-from attnarena.registry import register_mixer
+from attnarena.mixers.linear import LinearAttentionBase
+from attnarena.registry import FORMS, PATTERNS, register_mixer
 
 
 @register_mixer(
     "performer", family="linear attention",
     paper="Choromanski et al. 2021, Rethinking Attention with Performers",
-    complexity="O(L M D)", patterns=ALL_PATTERNS, forms=ALL_FORMS)
+    complexity="O(L M D)", patterns=PATTERNS, forms=FORMS)
 class Performer(LinearAttentionBase):
     """FAVOR+ attention (Choromanski et al. 2021, "Rethinking Attention with Performers").
 

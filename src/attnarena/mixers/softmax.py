@@ -8,9 +8,8 @@ import torch
 from attnarena import ops
 from attnarena._validate import check_int
 from attnarena.mixers.qkv import QKVMixer
-from attnarena.registry import register_mixer
+from attnarena.registry import PATTERNS, register_mixer
 
-ALL_PATTERNS = ("self", "causal", "cross", "causal_cross")
 
 
 @dataclass
@@ -132,7 +131,7 @@ class DotProductAttention(QKVMixer):
 @register_mixer(
     "softmax", family="softmax attention",
     paper="Vaswani et al. 2017, Attention Is All You Need",
-    complexity="O(L^2 D)", patterns=ALL_PATTERNS, forms=("parallel", "recurrent"),
+    complexity="O(L^2 D)", patterns=PATTERNS, forms=("parallel", "recurrent"),
     form_notes={"parallel": "SDPA", "recurrent": "KV cache"})
 class SoftmaxAttention(DotProductAttention):
     """Multi-head scaled dot-product attention (Vaswani et al. 2017, "Attention Is All You

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnarena.models.embedding import check_mask
+from attnarena._validate import check_mask
 from attnarena.models.encoder import EncoderClassifier
 
 COMBINES = {"paper": 4, "concat": 2}

@@ -18,16 +18,6 @@ def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> None:
                          f"[{int(tokens.min())}, {int(tokens.max())}]")
 
 
-def check_mask(mask, shape) -> None:
-    if mask is None:
-        return
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise TypeError(f"mask must be a bool tensor (True = real token), got {got}")
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"mask must have shape {tuple(shape)}, got {tuple(mask.shape)}")
-
-
 class PatchEmbedding(nn.Module):
     """(B, C, H, W) images -> (B, (H/p) * (W/p), dim) tokens, one per p x p patch."""
 

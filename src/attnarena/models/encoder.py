@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnarena.models.embedding import PatchEmbedding, check_mask, check_tokens
+from attnarena._validate import check_mask
+from attnarena.models.embedding import PatchEmbedding, check_tokens
 from attnarena.models.trunk import Backbone
 
 POOLINGS = ("mean", "cls")

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from attnarena.models.block import MLP
-from attnarena.models.embedding import check_mask, check_tokens
+from attnarena._validate import check_mask
+from attnarena.models.embedding import check_tokens
 from attnarena.models.positions import build_positions
 from attnarena.models.trunk import block_stack
 from attnarena.registry import create_mixer, list_mixers, mixer_info

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from attnarena._validate import check_int
+from attnarena._validate import check_int, check_mask
+from attnarena.registry import FORMS
 
-FORMS = ("parallel", "chunk", "recurrent")
 
 
 def check_qkv(q, k, v, *, same_length: bool = False) -> None:
@@ -56,14 +56,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+
 def check_key_mask(mask, q, k, name: str = "mask") -> None:
     """A key mask is None or a (batch, key_length) bool tensor, True = real key."""
-    if mask is None:
-        return
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise TypeError(f"{name} must be a bool tensor (True = real token), got {got}")
-    expected = (k.shape[0], k.shape[2])
-    if tuple(mask.shape) != expected:
-        raise ValueError(f"{name} must have shape (batch, key_length) = {expected}, "
-                         f"got {tuple(mask.shape)}")
+    check_mask(mask, (k.shape[0], k.shape[2]), "the keys (a key mask)")

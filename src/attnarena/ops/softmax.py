@@ -12,7 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from attnarena.ops._checks import check_qkv
+from attnarena._validate import check_int
+from attnarena.ops._checks import check_key_mask, check_qkv
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
@@ -41,9 +42,7 @@ def _check_mask(mask, q, k) -> torch.Tensor | None:
     B, H, L, _ = q.shape
     S = k.shape[2]
     if mask.dim() == 2:
-        if tuple(mask.shape) != (B, S):
-            raise ValueError(f"a 2-D mask is a key mask of shape (batch, key_length) = {(B, S)}, "
-                             f"got {tuple(mask.shape)}")
+        check_key_mask(mask, q, k)
         return mask[:, None, None, :]
     if mask.dim() == 4:
         try:
@@ -95,9 +94,8 @@ def softmax_attention(q, k, v, *, causal=False, mask=None, window=None, scale=No
         o: (B, H, L, Dv). A query that sees no key at all gets zeros.
     """
     check_qkv(q, k, v)
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int)
-                               or window < 1):
-        raise ValueError(f"window must be a positive int or None, got {window!r}")
+    if window is not None:
+        check_int(window, "window")
     B, H, L, D = q.shape
     S = k.shape[2]
     if alibi_slopes is not None and tuple(alibi_slopes.shape) != (H,):

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 
 from attnarena.tasks.kinds import LMTask
-
 from attnarena.tasks.registry import register_task
 
 

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from attnarena._validate import check_int
 from attnarena.tasks.base import check_split
-
 from attnarena.tasks.kinds import LMTask
-
 from attnarena.tasks.registry import register_task
 
 
@@ -105,8 +104,8 @@ class InductionHeads(LMTask):
             raise ValueError(f"induction_heads needs vocab >= 3, got {self.vocab}")
         for key in ("length", "test_length"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 4):
-                raise ValueError(f"induction_heads {key} must be an int >= 4, got {value!r}")
+            if value is not None:
+                check_int(value, f"induction_heads {key}", minimum=4)
 
     @property
     def vocab_size(self):

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
+from attnarena._validate import check_int
 from attnarena.tasks.base import check_split
-
 from attnarena.tasks.kinds import RegressionTask
-
 from attnarena.tasks.registry import register_task
 
 
@@ -88,9 +87,7 @@ class InContextRegression(RegressionTask):
 
     def __post_init__(self):
         for key in ("dim", "points"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ValueError(f"icl_regression {key} must be a positive int, got "
-                                 f"{getattr(self, key)!r}")
+            check_int(getattr(self, key), f"icl_regression {key}")
         if self.noise < 0 or (self.ridge is not None and self.ridge < 0):
             raise ValueError("icl_regression noise and ridge must be >= 0")
 
