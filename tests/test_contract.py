@@ -86,6 +86,8 @@ def test_padding(name, pattern):
 
 
 def _forms(name):
+    # Forms run through the constructor's form option; a mechanism without one has a single
+    # training form (registration requires the option of every mechanism with a chunk form).
     forms = aa.mixer_info(name).forms
     return sorted(forms) if "form" in aa.mixer_options(name) else []
 
