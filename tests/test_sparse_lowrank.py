@@ -2,6 +2,8 @@
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 import attnarena as aa
@@ -361,3 +363,64 @@ def test_log_linear_reads_fenwick_segments_with_level_weights():
     expected = mixer.o_proj(mixer.norm(mixer.merge_heads(out)))
     torch.testing.assert_close(mixer(x), expected)
     assert [s[:2] for s in fenwick_segments(7)] == [(0, 4), (4, 6), (6, 7)]
+
+
+def _block_sparse_cases(L, b, causal):
+    from attnarena.ops import sparse as S
+
+    cases = {"strided": (S.strided_pattern(L, b),
+                         lambda **kw: S.strided_attention(block=b, causal=causal, **kw)),
+             "fixed": (S.fixed_pattern(L, b, min(2, b)),
+                       lambda **kw: S.fixed_attention(block=b, summary=min(2, b),
+                                                      causal=causal, **kw))}
+    if not causal:
+        cases["longformer"] = (S.longformer_pattern(L, 2 * b + 1, 2),
+                               lambda **kw: S.longformer_attention(window=2 * b + 1,
+                                                                   global_tokens=2, **kw))
+        cases["bigbird"] = (S.bigbird_pattern(L, b, 1, 2, 5),
+                            lambda **kw: S.bigbird_attention(block=b, global_blocks=1,
+                                                             random_blocks=2, seed=5, **kw))
+    return cases
+
+
+@settings(max_examples=25, deadline=None)
+@given(L=st.integers(1, 70), b=st.integers(1, 9), causal=st.booleans(),
+       padded=st.booleans(), alibi=st.booleans(), seed=st.integers(0, 2**16))
+def test_block_sparse_kernels_equal_the_dense_masked_reference(L, b, causal, padded, alibi,
+                                                               seed):
+    """Every pattern, lengths that are not multiples of the block, causal where declared,
+    padding and ALiBi: the block-sparse kernels give softmax attention under the explicit
+    pattern, and the same gradients."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 2, L, 4, generator=g, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    mask = None
+    if padded:
+        mask = torch.ones(2, L, dtype=torch.bool)
+        mask[1, (L + 1) // 2:] = False
+    slopes = aa.ops.alibi_slopes(2).double() if alibi else None
+    for name, (pattern, kernel) in _block_sparse_cases(L, b, causal).items():
+        expected = aa.ops.pattern_attention(q, k, v, pattern, causal=causal, mask=mask,
+                                            alibi_slopes=slopes)
+        got = kernel(q=q, k=k, v=v, mask=mask, alibi_slopes=slopes)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10, msg=name)
+        grads = torch.autograd.grad(got.square().sum(), (q, k, v))
+        expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+        for a, e in zip(grads, expected_grads):
+            torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("sparse", {"kind": "strided", "block": 8}), ("sparse", {"kind": "fixed", "block": 8}),
+    ("longformer", {"window": 8, "global_tokens": 2}),
+    ("bigbird", {"block": 8, "global_blocks": 1, "random_blocks": 2})])
+def test_pattern_mixers_use_the_block_sparse_kernel(name, options):
+    # the mixer's output is its block-sparse kernel's, and equals its dense form
+    torch.manual_seed(0)
+    mixer = aa.create_mixer(name, dim=16, heads=2, **options).eval()
+    x = torch.randn(2, 45, 16)
+    q, k, v = mixer.project(x)
+    sparse = mixer.sparse_attention(q, k, v, None, None, 0.0)
+    torch.testing.assert_close(sparse, mixer.dense_attention(q, k, v, None), rtol=1e-5,
+                               atol=1e-5)
+    torch.testing.assert_close(mixer(x), mixer.o_proj(mixer.merge_heads(sparse)))

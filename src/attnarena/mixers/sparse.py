@@ -1,7 +1,8 @@
 """Fixed sparsity patterns over softmax attention: the Sparse Transformer, Longformer and
-BigBird. Each builds its (L, L) boolean pattern (``ops.sparse``) and runs softmax attention
-under it, so each equals softmax attention with that explicit mask (checked in the
-tests)."""
+BigBird. Each computes softmax attention under its (L, L) boolean pattern (``ops.sparse``)
+by a block-sparse kernel that touches only the attended blocks, so each equals softmax
+attention with that explicit mask (checked in the tests) at a cost linear in the pattern's
+size."""
 from __future__ import annotations
 
 import abc
@@ -15,17 +16,28 @@ from attnarena.registry import register_mixer
 
 
 class PatternAttention(DotProductAttention):
-    """Softmax attention restricted to ``pattern(L, device)``; no decoding form."""
+    """Softmax attention restricted to ``pattern(L, device)``, computed by a block-sparse
+    kernel that touches only the attended blocks (``sparse_attention``); the dense masked
+    form (``dense_attention``) is the reference it is tested against. No decoding form."""
 
     @abc.abstractmethod
     def pattern(self, L, device) -> torch.Tensor:
         """(L, L) bool: True where query i may attend to key j."""
 
-    def _attend(self, q, k, v, mask):
+    @abc.abstractmethod
+    def sparse_attention(self, q, k, v, mask, alibi_slopes, dropout):
+        """The block-sparse kernel of ``ops.sparse`` for this pattern."""
+
+    def dense_attention(self, q, k, v, mask):
+        """Softmax attention under the explicit (L, L) pattern: O(L^2) time and memory."""
         return ops.pattern_attention(q, k, v, self.pattern(q.shape[2], q.device),
                                      causal=self.causal, mask=mask,
                                      alibi_slopes=self.alibi_slopes,
                                      dropout=self.attn_dropout if self.training else 0.0)
+
+    def _attend(self, q, k, v, mask):
+        return self.sparse_attention(q, k, v, mask, self.alibi_slopes,
+                                     self.attn_dropout if self.training else 0.0)
 
 
 @register_mixer(
@@ -57,6 +69,13 @@ class SparseAttention(PatternAttention):
             return ops.sparse.strided_pattern(L, self.block, device)
         return ops.sparse.fixed_pattern(L, self.block, self.summary, device)
 
+    def sparse_attention(self, q, k, v, mask, alibi_slopes, dropout):
+        options = dict(causal=self.causal, mask=mask, alibi_slopes=alibi_slopes,
+                       dropout=dropout)
+        if self.kind == "strided":
+            return ops.sparse.strided_attention(q, k, v, self.block, **options)
+        return ops.sparse.fixed_attention(q, k, v, self.block, self.summary, **options)
+
 
 @register_mixer(
     "longformer", family="sparse attention",
@@ -79,6 +98,11 @@ class Longformer(PatternAttention):
 
     def pattern(self, L, device):
         return ops.sparse.longformer_pattern(L, self.window, self.global_tokens, device)
+
+    def sparse_attention(self, q, k, v, mask, alibi_slopes, dropout):
+        return ops.sparse.longformer_attention(q, k, v, self.window, self.global_tokens,
+                                               mask=mask, alibi_slopes=alibi_slopes,
+                                               dropout=dropout)
 
 
 @register_mixer(
@@ -110,3 +134,8 @@ class BigBird(PatternAttention):
     def pattern(self, L, device):
         return ops.sparse.bigbird_pattern(L, self.block, self.global_blocks,
                                           self.random_blocks, self.seed, device)
+
+    def sparse_attention(self, q, k, v, mask, alibi_slopes, dropout):
+        return ops.sparse.bigbird_attention(q, k, v, self.block, self.global_blocks,
+                                            self.random_blocks, self.seed, mask=mask,
+                                            alibi_slopes=alibi_slopes, dropout=dropout)

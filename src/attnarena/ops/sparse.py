@@ -6,10 +6,14 @@ where query i may attend to key j; ``pattern_attention`` runs softmax attention 
 """
 from __future__ import annotations
 
-import torch
+import math
 
+import torch
+import torch.nn.functional as F
+
+from attnarena._validate import check_int
 from attnarena.ops._checks import check_key_mask, check_qkv
-from attnarena.ops.softmax import softmax_attention
+from attnarena.ops.softmax import masked_softmax, merge_partial_attention, softmax_attention
 
 
 def strided_pattern(L, block, device=None):
@@ -76,3 +80,222 @@ def pattern_attention(q, k, v, pattern, *, causal=False, mask=None, alibi_slopes
     if mask is not None:
         allowed = allowed & mask[:, None, None, :]
     return softmax_attention(q, k, v, mask=allowed, alibi_slopes=alibi_slopes, dropout=dropout)
+
+
+# -- Block-sparse kernels ----------------------------------------------------------------------
+# Each pattern is the union of a few parts that can be computed without touching the keys
+# outside it (a band, the own block, a fixed set of keys, the keys of one residue class);
+# each part gives outputs and log-sum-exps over its keys, and ``merge_partial_attention``
+# turns them into softmax attention over the union. Parts never share a key (overlaps are
+# masked out of one of them), so the result equals the dense masked reference. Rows that
+# see every key (global tokens) are computed densely and written over.
+
+_QUERY_CHUNK = 1024  # queries per step of a key-set part, so memory stays linear in L
+
+
+class _Sparse:
+    """Shared state of one block-sparse call: inputs, key mask, causality, ALiBi, dropout."""
+
+    def __init__(self, q, k, v, causal, keep, alibi_slopes, dropout):
+        self.q, self.k, self.v = q, k, v
+        self.B, self.H, self.L, self.D = q.shape
+        self.scale = 1.0 / math.sqrt(self.D)
+        self.causal, self.keep = causal, keep
+        self.slopes = None if alibi_slopes is None else alibi_slopes.to(q)
+        self.dropout = dropout
+
+    def attend(self, qs, ks, vs, qpos, kpos, allowed):
+        """Softmax over gathered keys: qs (B, H, *, Q, D), ks/vs (B, H, *, K, D), positions
+        qpos (*, Q), kpos (*, K) (ints; >= L marks padding), allowed broadcastable to
+        (B, H, *, Q, K) -> (o, lse)."""
+        scores = (qs @ ks.transpose(-1, -2)) * self.scale
+        qp, kp = qpos[..., :, None], kpos[..., None, :]
+        allowed = allowed & (kp < self.L)
+        if self.causal:
+            allowed = allowed & (kp <= qp)
+        if self.keep is not None:
+            real = F.pad(self.keep, (0, 1), value=False)  # index L: padding
+            allowed = allowed & _gather_keep(real, kpos, allowed.dim())
+        if self.slopes is not None:
+            distance = (qp - kp).abs().to(scores.dtype)
+            shape = (1, self.H) + (1,) * (scores.dim() - 2)
+            scores = scores - self.slopes.view(shape) * distance
+        weights, lse = masked_softmax(scores, allowed, return_lse=True)
+        if self.dropout > 0:
+            weights = F.dropout(weights, p=self.dropout)
+        return weights @ vs, lse
+
+    def blocks(self, t, b):
+        """(B, H, L, D) -> (B, H, n, b, D), padded to n * b positions."""
+        n = -(-self.L // b)
+        return F.pad(t, (0, 0, 0, n * b - self.L)).view(self.B, self.H, n, b, t.shape[-1])
+
+    def unblock(self, o, lse):
+        """(B, H, n, b, D), (B, H, n, b) -> (B, H, L, D), (B, H, L)."""
+        o = o.reshape(self.B, self.H, -1, o.shape[-1])[:, :, :self.L]
+        return o, lse.reshape(self.B, self.H, -1)[:, :, :self.L]
+
+    def band(self, w, exclude=None):
+        """Keys with |i - j| < w: query blocks of w see their own and the neighbouring
+        blocks (the left one only when causal)."""
+        n = -(-self.L // w)
+        spans = 2 if self.causal else 3
+        qb = self.blocks(self.q, w)
+        kp = F.pad(self.k, (0, 0, w, (n + 2) * w - self.L - w))
+        vp = F.pad(self.v, (0, 0, w, (n + 2) * w - self.L - w))
+        kb = torch.cat([kp[:, :, s * w:(s + n) * w].view(self.B, self.H, n, w, -1)
+                        for s in range(spans)], 3)
+        vb = torch.cat([vp[:, :, s * w:(s + n) * w].view(self.B, self.H, n, w, -1)
+                        for s in range(spans)], 3)
+        device = self.q.device
+        qpos = torch.arange(n * w, device=device).view(n, w)
+        kpos = (torch.arange(n, device=device)[:, None] - 1) * w + torch.arange(
+            spans * w, device=device)[None, :]
+        allowed = ((qpos[:, :, None] - kpos[:, None, :]).abs() < w) & (kpos[:, None, :] >= 0)
+        if exclude is not None:
+            allowed = allowed & ~exclude(qpos[:, :, None], kpos[:, None, :])
+        kpos = torch.where(kpos < 0, self.L, kpos)
+        return self.unblock(*self.attend(qb, kb, vb, qpos, kpos, allowed))
+
+    def own_block(self, b):
+        """Keys in the query's own block of b tokens."""
+        n = -(-self.L // b)
+        pos = torch.arange(n * b, device=self.q.device).view(n, b)
+        allowed = torch.ones(n, b, b, dtype=torch.bool, device=self.q.device)
+        return self.unblock(*self.attend(self.blocks(self.q, b), self.blocks(self.k, b),
+                                         self.blocks(self.v, b), pos, pos, allowed))
+
+    def key_set(self, index, exclude=None):
+        """Every query against the keys at positions ``index`` (K,), in chunks of queries."""
+        ks, vs = self.k[:, :, index], self.v[:, :, index]
+        outs, lses = [], []
+        for start in range(0, self.L, _QUERY_CHUNK):
+            stop = min(self.L, start + _QUERY_CHUNK)
+            qpos = torch.arange(start, stop, device=self.q.device)
+            allowed = torch.ones(stop - start, index.shape[0], dtype=torch.bool,
+                                 device=self.q.device)
+            if exclude is not None:
+                allowed = allowed & ~exclude(qpos[:, None], index[None, :])
+            o, lse = self.attend(self.q[:, :, start:stop], ks, vs, qpos, index, allowed)
+            outs.append(o)
+            lses.append(lse)
+        return torch.cat(outs, 2), torch.cat(lses, 2)
+
+    def residue(self, b):
+        """Keys j with j = i (mod b), j != i: queries and keys regrouped by residue."""
+        n = -(-self.L // b)
+
+        def by_residue(t):
+            return self.blocks(t, b).transpose(2, 3)  # (B, H, b, n, D)
+
+        pos = (torch.arange(n, device=self.q.device)[None, :] * b
+               + torch.arange(b, device=self.q.device)[:, None])  # (b, n)
+        allowed = ~torch.eye(n, dtype=torch.bool, device=self.q.device)[None]
+        o, lse = self.attend(by_residue(self.q), by_residue(self.k), by_residue(self.v), pos,
+                             pos, allowed)
+        o = o.transpose(2, 3).reshape(self.B, self.H, n * b, -1)[:, :, :self.L]
+        return o, lse.transpose(2, 3).reshape(self.B, self.H, n * b)[:, :, :self.L]
+
+    def gathered_blocks(self, b, rows, cols, valid):
+        """Query blocks ``rows`` (R,) against key blocks ``cols`` (R, M) where ``valid``."""
+        qb = self.blocks(self.q, b)[:, :, rows]  # (B, H, R, b, D)
+        kb = self.blocks(self.k, b)[:, :, cols].flatten(3, 4)  # (B, H, R, M * b, D)
+        vb = self.blocks(self.v, b)[:, :, cols].flatten(3, 4)
+        offsets = torch.arange(b, device=self.q.device)
+        qpos = rows[:, None] * b + offsets
+        kpos = (cols[:, :, None] * b + offsets).flatten(1)
+        allowed = valid[:, :, None].expand(-1, -1, b).flatten(1)[:, None, :]
+        return self.attend(qb, kb, vb, qpos, kpos, allowed)
+
+    def dense_rows(self, rows):
+        """Queries at ``rows`` against every key."""
+        kpos = torch.arange(self.L, device=self.q.device)
+        allowed = torch.ones(rows.shape[0], self.L, dtype=torch.bool, device=self.q.device)
+        return self.attend(self.q[:, :, rows], self.k, self.v, rows, kpos, allowed)
+
+
+def _gather_keep(real, kpos, dims):
+    """The key mask (B, L + 1) at positions ``kpos`` (*, K), shaped to broadcast against
+    allowed masks of ``dims`` dimensions (B, H, *, Q, K)."""
+    picked = real[:, kpos.clamp(max=real.shape[1] - 1)]  # (B, *, K)
+    picked = picked.unsqueeze(1).unsqueeze(-2)  # (B, 1, *, 1, K)
+    while picked.dim() < dims:
+        picked = picked.unsqueeze(1)
+    return picked
+
+
+def _start(q, k, v, mask, causal, alibi_slopes, dropout):
+    check_qkv(q, k, v, same_length=True)
+    check_key_mask(mask, q, k)
+    return _Sparse(q, k, v, causal, mask, alibi_slopes, dropout)
+
+
+def strided_attention(q, k, v, block, *, causal=False, mask=None, alibi_slopes=None,
+                      dropout=0.0):
+    """``strided_pattern`` attention in O(L (block + L / block) D): a band of the
+    neighbouring ``block`` positions plus the keys of the query's residue class."""
+    check_int(block, "block")
+    s = _start(q, k, v, mask, causal, alibi_slopes, dropout)
+    band, stride = s.band(block), s.residue(block)
+    return merge_partial_attention([band[0], stride[0]], [band[1], stride[1]])
+
+
+def fixed_attention(q, k, v, block, summary, *, causal=False, mask=None, alibi_slopes=None,
+                    dropout=0.0):
+    """``fixed_pattern`` attention in O(L (block + L summary / block) D): the own block plus
+    the summary positions of the other blocks."""
+    check_int(block, "block")
+    check_int(summary, "summary")
+    s = _start(q, k, v, mask, causal, alibi_slopes, dropout)
+    positions = torch.arange(s.L, device=q.device)
+    index = positions[positions % block >= block - summary]
+    own = s.own_block(block)
+    if index.numel() == 0:
+        return own[0]
+    rest = s.key_set(index, exclude=lambda i, j: i // block == j // block)
+    return merge_partial_attention([own[0], rest[0]], [own[1], rest[1]])
+
+
+def longformer_attention(q, k, v, window, global_tokens, *, mask=None, alibi_slopes=None,
+                         dropout=0.0):
+    """``longformer_pattern`` attention (noncausal) in O(L (window + global_tokens) D): a
+    band of half-width window // 2, the global keys, and the global queries densely."""
+    check_int(window, "window")
+    check_int(global_tokens, "global_tokens", minimum=0)
+    s = _start(q, k, v, mask, False, alibi_slopes, dropout)
+    half = window // 2
+    parts = [s.band(half + 1)]
+    g = min(global_tokens, s.L)
+    if g:
+        parts.append(s.key_set(torch.arange(g, device=q.device),
+                               exclude=lambda i, j: (i - j).abs() <= half))
+    o = merge_partial_attention([p[0] for p in parts], [p[1] for p in parts])
+    if g:
+        o[:, :, :g] = s.dense_rows(torch.arange(g, device=q.device))[0]
+    return o
+
+
+def bigbird_attention(q, k, v, block, global_blocks, random_blocks, seed, *, mask=None,
+                      alibi_slopes=None, dropout=0.0):
+    """``bigbird_pattern`` attention (noncausal) in O(L (3 + G + R) block D): each
+    non-global query block against its gathered key blocks, global query blocks densely."""
+    check_int(block, "block")
+    s = _start(q, k, v, mask, False, alibi_slopes, dropout)
+    n = -(-s.L // block)
+    allowed = bigbird_blocks(n, global_blocks, random_blocks, seed).to(q.device)
+    dense = allowed.all(1)  # rows that see every block: the global ones
+    rows = (~dense).nonzero()[:, 0]
+    o = q.new_zeros(s.B, s.H, n, block, s.D)
+    if rows.numel():
+        picked = allowed[rows]  # (R, n)
+        width = int(picked.sum(1).max())
+        order = picked.to(torch.int8).argsort(dim=1, descending=True, stable=True)
+        cols = order[:, :width]  # the allowed blocks first, in ascending order
+        valid = picked.gather(1, cols)
+        o[:, :, rows] = s.gathered_blocks(block, rows, cols, valid)[0]
+    o = o.reshape(s.B, s.H, n * block, s.D)[:, :, :s.L]
+    if bool(dense.any()):
+        positions = torch.arange(s.L, device=q.device)
+        global_rows = positions[dense[positions // block]]
+        o[:, :, global_rows] = s.dense_rows(global_rows)[0]
+    return o
