@@ -285,6 +285,97 @@ def test_selective_scan_bad_input():
                            torch.randn(1, 2, 6))
 
 
+@pytest.mark.parametrize("groups", [0, 1, 2])
+@pytest.mark.parametrize("strength", [0.1, 30.0])
+def test_compiled_scan_equals_the_loop(groups, strength):
+    """The numba kernel against the loop written in this file: outputs, last state, from an
+    initial state, in float64 (1e-10) and float32 (1e-5)."""
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(groups)
+    b, d, L, n = 2, 4, 19, 3
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    u, z, raw = r(b, d, L), r(b, d, L), r(b, d, L)
+    A = -torch.rand(d, n, generator=g, dtype=torch.float64) * 4
+    B = r(b, n, L) if groups == 0 else r(b, groups, n, L)
+    C = r(b, n, L) if groups == 0 else r(b, groups, n, L)
+    D, bias, x0 = r(d), r(d), r(b, d, n)
+    delta = F.softplus(raw * strength + bias[:, None])
+    ref, ref_state = loop_scan(u, delta, A, B, C, D, z, x0.clone())
+    out, state = ops.selective_scan(u, raw * strength, A, B, C, D, z, delta_bias=bias,
+                                    delta_softplus=True, return_last_state=True,
+                                    initial_state=x0, backend="compiled")
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, ref_state, rtol=1e-10, atol=1e-10)
+    out32 = ops.selective_scan(u.float(), (raw * strength).float(), A.float(), B.float(),
+                               C.float(), D.float(), z.float(), delta_bias=bias.float(),
+                               delta_softplus=True, initial_state=x0.float(),
+                               backend="compiled")
+    torch.testing.assert_close(out32.double(), ref, rtol=1e-5, atol=1e-5 * (1 + ref.abs().max()))
+
+
+@pytest.mark.parametrize("groups", [0, 2])
+def test_compiled_scan_gradients(groups):
+    """gradcheck of the compiled backward in float64 (through every input, the initial
+    state and the last state), and float32 gradients within 1e-5 of the reference form's."""
+    pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(1)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64,  # noqa: E731
+                               requires_grad=True)
+    u, delta = r(1, 4, 6), r(1, 4, 6)
+    A = (-torch.rand(4, 3, generator=g, dtype=torch.float64)).requires_grad_(True)
+    B, C = (r(1, 3, 6), r(1, 3, 6)) if not groups else (r(1, groups, 3, 6), r(1, groups, 3, 6))
+    x0 = r(1, 4, 3)
+    assert torch.autograd.gradcheck(
+        lambda u, delta, A, B, C, x0: ops.selective_scan(
+            u, delta, A, B, C, delta_softplus=True, return_last_state=True, initial_state=x0,
+            backend="compiled"), (u, delta, A, B, C, x0))
+    inputs = [t.detach().float().requires_grad_(True) for t in (u, delta, A, B, C, x0)]
+    grads = {}
+    for backend, form in (("compiled", "chunk"), ("torch", "recurrent")):
+        y, last = ops.selective_scan(*inputs[:5], delta_softplus=True, return_last_state=True,
+                                     initial_state=inputs[5], backend=backend, form=form)
+        grads[backend] = torch.autograd.grad(y.square().sum() + last.sum(), inputs)
+    for a, e in zip(grads["compiled"], grads["torch"]):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_mamba_falls_back_to_the_torch_scan_and_says_so_once(monkeypatch, caplog):
+    import attnarena as aa
+    from attnarena.mixers import mamba as mamba_module
+
+    monkeypatch.setattr(ops.ssm, "compiled_scan_status", lambda: (False, "simulated: no numba"))
+    monkeypatch.setattr(mamba_module, "_fallbacks_said", set())
+    mixer = aa.create_mixer("mamba", dim=8, heads=1, causal=True)
+    assert mixer._backend(torch.device("cpu")) == "torch"
+    with caplog.at_level("WARNING", logger="attnarena"):
+        mixer(torch.randn(1, 5, 8))
+        mixer(torch.randn(1, 5, 8))
+    said = [r.getMessage() for r in caplog.records if "simulated" in r.getMessage()]
+    assert said == ["mamba's selective scan runs the PyTorch chunk form: simulated: no numba"]
+    assert aa.registry.mixer_kernel("mamba") == "PyTorch chunk form: simulated: no numba"
+    with pytest.raises(ValueError, match="scan='compiled': simulated"):
+        aa.create_mixer("mamba", dim=8, causal=True, scan="compiled")
+    with pytest.raises(ValueError, match="the compiled scan cannot run: simulated"):
+        ops.selective_scan(torch.randn(1, 2, 3), torch.rand(1, 2, 3), -torch.ones(2, 1),
+                           torch.randn(1, 1, 3), torch.randn(1, 1, 3), backend="compiled")
+
+
+def test_mamba_runs_the_compiled_scan_where_it_can():
+    pytest.importorskip("numba")
+    import attnarena as aa
+
+    mixer = aa.create_mixer("mamba", dim=8, heads=1, causal=True)
+    assert mixer._backend(torch.device("cpu")) == "compiled"
+    assert aa.registry.mixer_kernel("mamba") == "compiled scan (numba)"
+    torch.manual_seed(0)
+    reference = aa.create_mixer("mamba", dim=8, heads=1, causal=True, scan="torch")
+    reference.load_state_dict(mixer.state_dict())
+    x = torch.randn(2, 11, 8)
+    torch.testing.assert_close(mixer(x), reference(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="scan must be one of"):
+        aa.create_mixer("mamba", dim=8, scan="fast")
+
+
 # -- mLSTM ----------------------------------------------------------------------------------
 
 def loop_mlstm(q, k, v, ig, fg):

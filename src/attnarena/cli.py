@@ -35,9 +35,12 @@ def cmd_list(args) -> int:
 
         print(mechanism_table(names))
         return 0
+    from attnarena.registry import mixer_kernel
+
     rows = [(i.name, i.family, i.complexity, ",".join(sorted(i.patterns)),
-             ",".join(sorted(i.forms)), i.paper) for i in map(mixer_info, names)]
-    header = ("name", "family", "complexity", "patterns", "forms", "paper")
+             ",".join(sorted(i.forms)), mixer_kernel(i.name), i.paper)
+            for i in map(mixer_info, names)]
+    header = ("name", "family", "complexity", "patterns", "forms", "kernel", "paper")
     widths = [max(len(str(r[c])) for r in rows + [header]) for c in range(len(header) - 1)]
     for row in [header] + rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + "  " + row[-1])

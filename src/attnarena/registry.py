@@ -129,6 +129,12 @@ def mixer_info(name: str) -> MixerInfo:
     return _mixer_class(name).info
 
 
+def mixer_kernel(name: str) -> str:
+    """Which implementation the mechanism's forward runs on this machine, e.g. whether a
+    compiled kernel is used or its PyTorch fallback (and why)."""
+    return _mixer_class(name).kernel()
+
+
 def mixer_options(name: str) -> dict[str, object]:
     """The options a mixer accepts beyond dim, heads and causal, with their defaults."""
     cls = _mixer_class(name)

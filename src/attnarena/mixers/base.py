@@ -141,6 +141,11 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
             outputs.append(y_t)
         return torch.stack(outputs, dim=1), state
 
+    @classmethod
+    def kernel(cls) -> str:
+        """Which implementation the mechanism's forward runs here (``attnarena list``)."""
+        return "PyTorch"
+
     # -- for subclasses -----------------------------------------------------------------------
 
     @abc.abstractmethod

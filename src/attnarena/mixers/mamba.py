@@ -1,6 +1,7 @@
 """Mamba (Gu and Dao 2023) and Mamba-2 (Dao and Gu 2024) mixers."""
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -12,6 +13,10 @@ from attnarena import ops
 from attnarena.mixers.recurrent import PATTERNS, HeadNorm, RecurrentMixer, ShortConv, keep_mask
 from attnarena.ops._checks import compute_dtype
 from attnarena.registry import register_mixer
+
+
+SCANS = ("auto", "compiled", "torch")
+_log = logging.getLogger("attnarena")
 
 
 def _dt_bias(channels, dt_min=1e-3, dt_max=0.1):
@@ -31,13 +36,24 @@ class Mamba(RecurrentMixer):
     scan with A = -exp(A_log) (S4D-real init A_n = -(n + 1)) and skip D, gated by silu(z).
     ``heads`` is unused by the math (channels are independent) beyond dim % heads == 0.
 
+    The scan runs compiled (``ops.scan_numba``, numba) when it can: ``scan="auto"`` takes
+    the compiled kernel for the chunk form and for decoding when numba is installed and the
+    tensors are on the CPU, and otherwise the PyTorch chunk form, saying so once in the
+    log; ``"compiled"`` insists on the kernel, ``"torch"`` never uses it. The recurrent
+    form is always the PyTorch reference loop.
+
     Options: state_size (N), expand, conv_size, dt_rank (default ceil(dim / 16)), form,
-    chunk_size.
+    chunk_size, scan.
     """
 
     def __init__(self, dim, heads=1, causal=False, *, state_size=16, expand=2, conv_size=4,
-                 dt_rank=None, form="chunk", chunk_size=16):
+                 dt_rank=None, form="chunk", chunk_size=16, scan="auto"):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
+        if scan not in SCANS:
+            raise ValueError(f"scan must be one of {', '.join(SCANS)}, got {scan!r}")
+        if scan == "compiled" and not ops.ssm.compiled_scan_status()[0]:
+            raise ValueError("scan='compiled': " + ops.ssm.compiled_scan_status()[1])
+        self.scan = scan
         for name, value in (("state_size", state_size), ("expand", expand),
                             ("conv_size", conv_size)):
             check_int(value, name)
@@ -61,6 +77,29 @@ class Mamba(RecurrentMixer):
                 "conv": torch.zeros(batch_size, self.conv.kernel - 1, self.inner,
                                     device=device, dtype=dtype)}
 
+    @classmethod
+    def kernel(cls) -> str:
+        available, why = ops.ssm.compiled_scan_status()
+        return "compiled scan (numba)" if available else f"PyTorch chunk form: {why}"
+
+    def _backend(self, device):
+        """The scan backend for tensors on ``device``."""
+        if self.scan == "torch":
+            return "torch"
+        available, why = ops.ssm.compiled_scan_status()
+        if available and device.type == "cpu":
+            return "compiled"
+        if self.scan == "compiled":
+            raise ValueError(f"scan='compiled' runs on CPU tensors, got {device}")
+        _fallback_once(why if not available else
+                       f"the compiled scan runs on the CPU and the tensors are on {device}")
+        return "torch"
+
+    def _step(self, x_t, state):
+        # decoding takes the kernel the chunk form runs, one token at a time
+        y, state = self._sequence(x_t[:, None], state, None, self.form)
+        return y[:, 0], state
+
     def _sequence(self, x, state, mask, form):
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         xs, conv_state = self.conv(xs, None if state is None else state["conv"])
@@ -72,8 +111,21 @@ class Mamba(RecurrentMixer):
             xs.transpose(1, 2), delta.transpose(1, 2), -self.A_log.exp(), B.transpose(1, 2),
             C.transpose(1, 2), self.D, z.transpose(1, 2), return_last_state=True,
             initial_state=None if state is None else state["ssm"], form=form,
-            chunk_size=self.chunk_size)
+            chunk_size=self.chunk_size,
+            backend="torch" if form == "recurrent" else self._backend(x.device))
         return self.out_proj(y.transpose(1, 2)), {"ssm": ssm, "conv": conv_state}
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, scan={self.scan!r}"
+
+
+_fallbacks_said = set()
+
+
+def _fallback_once(why: str) -> None:
+    if why not in _fallbacks_said:
+        _fallbacks_said.add(why)
+        _log.warning("mamba's selective scan runs the PyTorch chunk form: %s", why)
 
 
 @register_mixer(

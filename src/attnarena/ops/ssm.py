@@ -14,6 +14,8 @@ chunks that decay more are stepped token by token.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -66,9 +68,23 @@ def _per_channel(M, d):
     return M.repeat_interleave(d // g, dim=1).transpose(2, 3)
 
 
+BACKENDS = ("torch", "compiled")
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_scan_status() -> tuple:
+    """(True, "") when the compiled (numba) scan can run here, else (False, why not)."""
+    try:
+        from attnarena.ops import scan_numba  # noqa: F401  (compiles lazily, on first use)
+    except ImportError as error:
+        return False, (f"numba is not installed ({error.name or error}); "
+                       "pip install 'attnarena[fast]'")
+    return True, ""
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, *, initial_state=None, form="chunk",
-                   chunk_size=16):
+                   chunk_size=16, backend="torch"):
     """Mamba's selective scan.
 
     Args:
@@ -78,6 +94,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return_last_state: also return the state (b, d, n) after the last token.
         initial_state: (b, d, n) state to continue from.
         form: "chunk" or "recurrent" (reference); chunk_size: tokens per chunk.
+        backend: "torch" (the forms above) or "compiled" (the numba kernel of
+            ``ops.scan_numba``, a token loop over (batch, channel) pairs in parallel, exact
+            like the reference; CPU tensors; ``form`` and ``chunk_size`` do not apply).
 
     Returns:
         y (b, d, l) in u's dtype, or (y, last_state) with ``return_last_state``.
@@ -86,6 +105,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if form not in ("chunk", "recurrent"):
         raise ValueError(f"unknown form {form!r}; valid forms: chunk, recurrent")
     check_chunk_size(chunk_size)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend == "compiled":
+        available, why = compiled_scan_status()
+        if not available:
+            raise ValueError(f"the compiled scan cannot run: {why}")
+        if u.device.type != "cpu":
+            raise ValueError(f"the compiled scan runs on CPU tensors, got {u.device}")
     b, d, L = u.shape
     n = A.shape[1]
     if initial_state is not None:
@@ -104,7 +131,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Bc = _per_channel(B.to(dtype), d).contiguous()  # (b, d|1, L, n)
     Cc = _per_channel(C.to(dtype), d).contiguous()
     x = u.new_zeros(b, d, n) if initial_state is None else initial_state.to(dtype)
-    if form == "recurrent":
+    if backend == "compiled":
+        from attnarena.ops.scan_numba import compiled_scan
+
+        y, x = compiled_scan(u, delta, A.contiguous(), Bc, Cc, x.contiguous())
+    elif form == "recurrent":
         y, x = _scan_recurrent(u, delta, A, Bc, Cc, x)
     else:
         y, x = _scan_chunked(u, delta, A, Bc, Cc, x, chunk_size)

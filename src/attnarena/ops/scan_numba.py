@@ -1,0 +1,125 @@
+"""Mamba's selective scan compiled by numba (LLVM), forward and backward.
+
+Each (batch, channel) pair is one sequential scan over time on its own (n,) state, and the
+pairs run in parallel threads. The backward pass recomputes the pair's states into a local
+(L, n) buffer (no (b, d, L, n) tensor is kept between the passes) and walks time in
+reverse. ``selective_scan`` uses this kernel when numba is installed (the ``fast`` extra);
+the PyTorch forms stay as the reference and the fallback.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from numba import prange
+
+
+@numba.njit(parallel=True, cache=True)
+def _forward(u, delta, A, B, C, x0, y, last):
+    b, d, L = u.shape
+    n = A.shape[1]
+    G = B.shape[1]
+    for pair in prange(b * d):
+        i, c = pair // d, pair % d
+        g = c * G // d
+        x = x0[i, c].copy()
+        for t in range(L):
+            dt, ut = delta[i, c, t], u[i, c, t]
+            acc = 0.0
+            for k in range(n):
+                x[k] = math.exp(dt * A[c, k]) * x[k] + dt * B[i, g, t, k] * ut
+                acc += C[i, g, t, k] * x[k]
+            y[i, c, t] = acc
+        last[i, c] = x
+
+
+@numba.njit(parallel=True, cache=True)
+def _backward(u, delta, A, B, C, x0, gy, glast, parts, gu, gdelta, gA, gB, gC, gx0):
+    """Gradients of y (b, d, L) and the last state into u, delta, A, B, C and x0. Channels
+    are split into ``parts`` strides, one per thread, so that the B and C gradients shared
+    by a group of channels are summed without races (gB, gC: (b, parts, L, n), summed by
+    the caller); gA is (b, d, n), summed over the batch by the caller."""
+    b, d, L = u.shape
+    n = A.shape[1]
+    G = B.shape[1]
+    for job in prange(b * parts):
+        i, p = job // parts, job % parts
+        xs = np.empty((L, n), dtype=u.dtype)
+        gx = np.empty(n, dtype=u.dtype)
+        for c in range(p, d, parts):
+            g = c * G // d
+            slot = g if G == d else p  # a channel's own B/C, or the thread's partial sum
+            for k in range(n):  # recompute the states
+                gx[k] = x0[i, c, k]
+            for t in range(L):
+                dt, ut = delta[i, c, t], u[i, c, t]
+                for k in range(n):
+                    gx[k] = math.exp(dt * A[c, k]) * gx[k] + dt * B[i, g, t, k] * ut
+                    xs[t, k] = gx[k]
+            for k in range(n):
+                gx[k] = glast[i, c, k]
+            for t in range(L - 1, -1, -1):
+                dt, ut, gyt = delta[i, c, t], u[i, c, t], gy[i, c, t]
+                g_dt, g_u = 0.0, 0.0
+                for k in range(n):
+                    a = math.exp(dt * A[c, k])
+                    total = gx[k] + C[i, g, t, k] * gyt  # d loss / d x_t
+                    gC[i, slot, t, k] += gyt * xs[t, k]
+                    previous = xs[t - 1, k] if t > 0 else x0[i, c, k]
+                    g_a = total * previous * a  # through exp(dt A): d/d(dt A)
+                    g_dt += g_a * A[c, k] + total * B[i, g, t, k] * ut
+                    gA[i, c, k] += g_a * dt
+                    gB[i, slot, t, k] += total * dt * ut
+                    g_u += total * dt * B[i, g, t, k]
+                    gx[k] = total * a
+                gdelta[i, c, t] = g_dt
+                gu[i, c, t] = g_u
+            for k in range(n):
+                gx0[i, c, k] = gx[k]
+
+
+def _array(t):
+    return t.detach().contiguous().numpy()
+
+
+class CompiledScan(torch.autograd.Function):
+    """(u, delta (b, d, L), A (d, n), B, C (b, 1 or d, L, n), x0 (b, d, n)) ->
+    (y (b, d, L), last state (b, d, n)), on CPU float32 or float64 tensors."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, x0):
+        b, d, L = u.shape
+        y = torch.empty(b, d, L, dtype=u.dtype)
+        last = torch.empty(b, d, A.shape[1], dtype=u.dtype)
+        _forward(_array(u), _array(delta), _array(A), _array(B), _array(C), _array(x0),
+                 y.numpy(), last.numpy())
+        ctx.save_for_backward(u, delta, A, B, C, x0)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, gy, glast):
+        u, delta, A, B, C, x0 = ctx.saved_tensors
+        b, d, L = u.shape
+        n, G = A.shape[1], B.shape[1]
+        gy = torch.zeros_like(u) if gy is None else gy
+        glast = torch.zeros_like(x0) if glast is None else glast
+        parts = max(1, min(d, numba.get_num_threads()))
+        slots = d if G == d else parts
+        gu, gdelta = torch.empty_like(u), torch.empty_like(u)
+        gA = torch.zeros(b, d, n, dtype=u.dtype)
+        gB = torch.zeros(b, slots, L, n, dtype=u.dtype)
+        gC = torch.zeros(b, slots, L, n, dtype=u.dtype)
+        gx0 = torch.empty_like(x0)
+        _backward(_array(u), _array(delta), _array(A), _array(B), _array(C), _array(x0),
+                  _array(gy.to(u.dtype)), _array(glast.to(u.dtype)), parts, gu.numpy(),
+                  gdelta.numpy(), gA.numpy(), gB.numpy(), gC.numpy(), gx0.numpy())
+        if G != d:
+            gB, gC = gB.sum(1, keepdim=True), gC.sum(1, keepdim=True)
+        return gu, gdelta, gA.sum(0), gB, gC, gx0
+
+
+def compiled_scan(u, delta, A, B, C, x0):
+    """The selective scan's core recurrence by the compiled kernel (see ``CompiledScan``)."""
+    return CompiledScan.apply(u, delta, A, B, C, x0)
