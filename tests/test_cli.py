@@ -2,6 +2,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 import attnarena as aa
 from attnarena.arena.speed import SpeedConfig, measure_case, run_speed
@@ -84,3 +85,61 @@ def test_unknown_mixer_is_one_clear_error(capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+
+
+def _speed_row(mixer, length, ms, mem, pass_="fwd", error=None):
+    return {"mixer": mixer, "length": length, "pass": pass_, "status": "ok", "median_ms": ms,
+            "peak_mem_mb": mem, "state_mb": mem, "rel_error": error, "batch": 1, "heads": 4,
+            "head_dim": 64, "dtype": "float32"}
+
+
+def test_crossover_and_error_columns_come_from_the_stored_rows(tmp_path):
+    from attnarena.arena.report import leaderboard_markdown
+    from attnarena.arena.speed_report import crossovers
+    from attnarena.arena.store import Store
+
+    rows = [_speed_row("softmax", n, ms, mem) for n, ms, mem in
+            ((1024, 10, 40), (4096, 100, 160), (16384, 1000, 640))]
+    rows += [_speed_row("linear", n, ms, mem) for n, ms, mem in
+             ((1024, 20, 30), (4096, 50, 100), (16384, 200, 400))]  # faster from 4096
+    rows += [_speed_row("local", n, ms, mem, error=e) for n, ms, mem, e in
+             ((1024, 5, 50, 0.5), (4096, 20, 100, 0.2), (16384, 80, 300, 0.1))]
+    rows += [_speed_row("heavy", n, ms, mem) for n, ms, mem in
+             ((4096, 20, 50), (16384, 2000, 100))]  # no 1024 row; loses at the longest
+    store = Store(tmp_path / "a.sqlite")
+    env = {"hardware": "test cpu", "threads": 2}
+    for i, row in enumerate(rows):
+        store.add_speed(f"case{i}", row, "suite", env)
+    stored = [r for r in store.speed_rows() if r["pass"] == "fwd"]
+    # linear is slower at 1024, local needs more memory there; heavy loses at 16384
+    assert crossovers(stored) == {"heavy": None, "linear": 4096, "local": 4096}
+    lines = leaderboard_markdown(store).splitlines()
+
+    def row(mixer):
+        return next(line for line in lines if line.startswith(f"| {mixer} |"))
+
+    assert row("softmax") == "| softmax | 10.00 | 100.00 | 1000.00 | baseline | - |"
+    assert row("linear") == "| linear | 20.00 | 50.00 | 200.00 | L=4096 | - |"
+    assert row("heavy") == "| heavy | - | 20.00 | 2000.00 | never | - |"
+    assert row("local") == "| local | 5.00 | 20.00 | 80.00 | L=4096 | 0.1 (L=16384) |"
+
+
+def test_speed_measures_the_error_of_approximations_against_exact_softmax():
+    from attnarena.arena.speed import softmax_error
+
+    # a window covering the whole sequence is exact softmax attention; a short one is not
+    for window, exact in ((64, True), (4, False)):
+        torch.manual_seed(0)
+        mixer = aa.create_mixer("local", dim=16, heads=2, causal=True, window=window).eval()
+        error = softmax_error(mixer, torch.randn(2, 40, 16))
+        assert (error < 1e-6) if exact else (error > 1e-3)
+    performer = aa.create_mixer("performer", dim=16, heads=2).eval()
+    assert 0 < softmax_error(performer, torch.randn(1, 30, 16)) < 1
+    row = measure_case(MixerSpec.parse("performer"), 32,
+                       SpeedConfig(mixers=["performer"], lengths=[32], heads=2, head_dim=8,
+                                   repeats=1))
+    assert row["status"] == "ok" and 0 < row["rel_error"] < 1
+    row = measure_case(MixerSpec.parse("gla"), 32,
+                       SpeedConfig(mixers=["gla"], lengths=[32], heads=2, head_dim=8,
+                                   repeats=1))
+    assert row["rel_error"] is None  # not an approximation of softmax attention

@@ -79,7 +79,7 @@ def cmd_tasks(args) -> int:
 def cmd_speed(args) -> int:
     from attnarena.arena.speed import SpeedConfig, run_speed
     from attnarena.options import parse_mixers
-    from attnarena.arena.speed_report import write_speed
+    from attnarena.arena.speed_report import crossovers, write_speed
 
     cfg = SpeedConfig(mixers=parse_mixers(args.mixers or list_mixers()), lengths=args.lengths,
                       pass_=args.pass_, batch=args.batch, heads=args.heads,
@@ -90,7 +90,7 @@ def cmd_speed(args) -> int:
     paths = write_speed(result, args.out, stem=f"speed-{args.pass_}")
     print(f"matmul throughput ({args.dtype}): {result['meta']['matmul_gflops']:.1f} GFLOP/s")
     print(f"{'mixer':<28} {'length':>7} {'status':<10} {'median ms':>10} {'tokens/s':>12} "
-          f"{'peak MiB':>9}")
+          f"{'peak MiB':>9} {'error':>9}")
     errors = []
     for r in result["rows"]:
         def fmt(key, spec):
@@ -102,9 +102,16 @@ def cmd_speed(args) -> int:
             status = f"error ({len(errors)})"
         print(f"{r['mixer']:<28} {r['length']:>7} {status:<10} "
               f"{fmt('median_ms', '10.3f')} {fmt('tokens_per_s', '12.0f')} "
-              f"{fmt('peak_mem_mb', '9.1f')}")
+              f"{fmt('peak_mem_mb', '9.1f')} {fmt('rel_error', '9.2g')}")
     for number, text in enumerate(errors, start=1):
         print(f"error ({number}): {text}")
+    cross = crossovers(result["rows"])
+    if cross:
+        print("crossover (shortest length from which faster than softmax with less memory): "
+              + ", ".join(f"{m} {'never' if n is None else n}" for m, n in cross.items()))
+    if any(r.get("rel_error") is not None for r in result["rows"]):
+        print("error: ||y - y*|| / ||y*|| against exact softmax attention through the "
+              "mixer's own projections, at initialization")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if all(r["status"] != "ok" for r in result["rows"]):
         print("attnarena speed: error: no case ran; see the reasons above", file=sys.stderr)

@@ -30,6 +30,8 @@ class MixerInfo:
             "recurrent" (token by token through ``step``; a KV cache for softmax attention).
         form_notes: (form, note) pairs saying how a form is computed, e.g.
             ("recurrent", "KV cache").
+        approximates_softmax: the mechanism is meant to approximate softmax attention
+            (speed sweeps then measure its error against it).
     """
 
     name: str
@@ -39,6 +41,7 @@ class MixerInfo:
     patterns: frozenset
     forms: frozenset
     form_notes: tuple = ()
+    approximates_softmax: bool = False
 
     def describe_forms(self) -> str:
         """The forms in canonical order, each with its note: "parallel (SDPA), recurrent"."""
@@ -61,7 +64,8 @@ class MixerInfo:
 _MIXERS: dict[str, type] = {}
 
 
-def register_mixer(name, *, family, paper, complexity, patterns, forms, form_notes=None):
+def register_mixer(name, *, family, paper, complexity, patterns, forms, form_notes=None,
+                   approximates_softmax=False):
     """Class decorator that adds a mixer class to the registry under ``name``.
 
     ``form_notes`` optionally says how a form is computed, e.g. {"recurrent": "KV cache"}.
@@ -89,7 +93,7 @@ def register_mixer(name, *, family, paper, complexity, patterns, forms, form_not
             raise ValueError(f"mixer {name!r}: form_notes name forms it does not declare: "
                              f"{sorted(set(notes) - forms)}")
         info = MixerInfo(name, family, paper, complexity, patterns, forms,
-                         tuple(sorted(notes.items())))
+                         tuple(sorted(notes.items())), bool(approximates_softmax))
         takes = inspect.signature(cls.__init__).parameters
         if "chunk" in forms and "form" not in takes:
             raise TypeError(f"mixer {name!r} declares the chunk form, so {cls.__name__}'s "

@@ -6,6 +6,8 @@ import io
 import json
 from collections import defaultdict
 
+from attnarena.arena.speed_report import BASELINE, crossovers, errors_at_longest
+
 
 COLUMNS = ["task", "mixer", "preset", "seed", "dim", "lr", "setting", "metric", "test",
            "best_val", "tokens_per_s", "peak_mem_mb", "params", "steps", "train_seconds", "id"]
@@ -252,18 +254,37 @@ def leaderboard_markdown(store) -> str:
         mine = [r for r in speed if r["pass"] == pass_]
         lengths = sorted({r["length"] for r in mine})
         env = mine[0]["environment"]
+        cross, errors = crossovers(mine), errors_at_longest(mine)
+        extra = (["crossover"] if cross else []) + (["error vs softmax"] if errors else [])
+        memory = "decoding state" if pass_ == "decode" else "peak memory"
         lines += [f"## Speed: {pass_} (median ms; batch {mine[0].get('batch')}, "
                   f"{mine[0].get('heads')} heads x {mine[0].get('head_dim')}, "
                   f"{mine[0].get('dtype')}, {env.get('hardware')}, "
-                  f"{env.get('threads')} threads)", "",
-                  "| mixer | " + " | ".join(f"L={n}" for n in lengths) + " |",
-                  "|---" * (len(lengths) + 1) + "|"]
+                  f"{env.get('threads')} threads)", ""]
+        if cross:
+            lines += [f"crossover: the shortest measured length from which the mechanism is "
+                      f"faster than softmax and needs less {memory}, at every longer length "
+                      "measured (never: not by the longest)."]
+        if errors:
+            lines += ["error vs softmax: ||y - y*|| / ||y*|| of the mixer's output against "
+                      "exact softmax attention through its own projections, at its "
+                      "initialization on random inputs, at the longest length measured."]
+        if cross or errors:
+            lines.append("")
+        lines += ["| mixer | " + " | ".join([f"L={n}" for n in lengths] + extra) + " |",
+                  "|---" * (len(lengths) + len(extra) + 1) + "|"]
         for mixer in sorted({r["mixer"] for r in mine}):
             cells = []
             for n in lengths:
                 row = next((r for r in mine if r["mixer"] == mixer and r["length"] == n), None)
                 cells.append("-" if row is None else (f"{row['median_ms']:.2f}"
                                                       if row["status"] == "ok" else row["status"]))
+            if cross:
+                cells.append("baseline" if mixer == BASELINE else
+                             "never" if cross.get(mixer) is None else f"L={cross[mixer]}")
+            if errors:
+                cells.append(f"{errors[mixer][1]:.3g} (L={errors[mixer][0]})"
+                             if mixer in errors else "-")
             lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
         lines.append("")
     if unfinished:

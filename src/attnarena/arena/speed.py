@@ -77,6 +77,23 @@ def _state_bytes(state) -> int:
     return 0
 
 
+def softmax_error(mixer, x) -> float | None:
+    """||y - y*|| / ||y*||: the mixer's output y against y*, exact softmax attention through
+    the mixer's own projections (``softmax_counterpart``), on x at the mixer's current
+    weights; None when the mixer has no counterpart or it cannot be computed."""
+    if not hasattr(mixer, "softmax_counterpart"):
+        return None
+    try:
+        with torch.no_grad():
+            y = mixer(x).double()
+            exact = mixer.softmax_counterpart(x).double()
+    except Exception as error:  # the exact reference may not fit where the mixer does
+        if _is_oom(error):
+            return None
+        raise
+    return float((y - exact).norm() / exact.norm().clamp_min(1e-30))
+
+
 def _make_call(spec: MixerSpec, length: int, cfg: SpeedConfig):
     """Build the mixer and inputs; return (call, extra) where call() runs one pass."""
     dtype = DTYPES[cfg.dtype]
@@ -88,6 +105,8 @@ def _make_call(spec: MixerSpec, length: int, cfg: SpeedConfig):
     extra = {}
     if cfg.pass_ == "fwd":
         mixer.eval()
+        if mixer_info(spec.name).approximates_softmax:
+            extra["rel_error"] = softmax_error(mixer, x)
 
         def call():
             with torch.no_grad():
@@ -121,7 +140,7 @@ def measure_case(spec: MixerSpec, length: int, cfg: SpeedConfig) -> dict:
     row = {"mixer": spec.label, "length": length, "pass": cfg.pass_, "batch": cfg.batch,
            "heads": cfg.heads, "head_dim": cfg.head_dim, "dtype": cfg.dtype,
            "causal": cfg.causal, "status": "ok", "median_ms": None, "min_ms": None,
-           "peak_mem_mb": None, "tokens_per_s": None, "state_mb": None}
+           "peak_mem_mb": None, "tokens_per_s": None, "state_mb": None, "rel_error": None}
     try:
         call, extra = _make_call(spec, length, cfg)
         row.update(extra)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from pathlib import Path
 
 from attnarena.arena.plotstyle import label_log_axis, legend_outside, mixer_style, pyplot
 
 COLUMNS = ["mixer", "length", "pass", "status", "median_ms", "min_ms", "tokens_per_s",
-           "peak_mem_mb", "state_mb", "batch", "heads", "head_dim", "dtype", "causal",
+           "peak_mem_mb", "state_mb", "rel_error", "batch", "heads", "head_dim", "dtype", "causal",
            "hardware", "threads", "torch"]
 
 
@@ -82,5 +83,56 @@ def plot_speed(result: dict, path) -> None:
                  f"{cfg['heads']} heads x {cfg['head_dim']}, {cfg['dtype']} on {env['hardware']} "
                  f"({env['threads']} threads, torch {env['torch']})", fontsize=9)
     fig.tight_layout()
+    cross = crossovers(result["rows"])
+    if cross:  # a footnote under the panels: where each mechanism overtakes the baseline
+        memory = "decoding state" if decode else "peak memory"
+        text = "; ".join(f"{m} {'never' if n is None else n}" for m, n in cross.items())
+        lines = textwrap.wrap(f"Crossover (shortest length from which faster than {BASELINE} "
+                              f"with less {memory}, at every longer length): {text}", 150)
+        fig.subplots_adjust(bottom=0.12 + 0.035 * len(lines))
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=7.5, va="bottom")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+BASELINE = "softmax"
+
+
+def _cost(row: dict):
+    """(time, memory) of a measured row: peak memory, or the state for decoding."""
+    memory = row.get("state_mb") if row.get("pass") == "decode" else row.get("peak_mem_mb")
+    return row.get("median_ms"), memory
+
+
+def crossovers(rows: list, baseline: str = BASELINE) -> dict:
+    """Per mechanism (rows of one pass), the shortest measured length from which it is
+    faster than ``baseline`` and uses less memory at every longer measured length (CAB's
+    efficiency length); None when it never is. Empty without the baseline's rows."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    base = {r["length"]: _cost(r) for r in ok if r["mixer"] == baseline}
+    if not base:
+        return {}
+    found = {}
+    for mixer in dict.fromkeys(r["mixer"] for r in rows if r["mixer"] != baseline):
+        mine = {r["length"]: _cost(r) for r in ok if r["mixer"] == mixer}
+        shared = sorted(set(mine) & set(base))
+        winning = [n for n in shared
+                   if None not in (*mine[n], *base[n])
+                   and mine[n][0] < base[n][0] and mine[n][1] < base[n][1]]
+        crossover = None
+        for n in reversed(shared):  # the longest suffix of lengths where it wins
+            if n not in winning:
+                break
+            crossover = n
+        found[mixer] = crossover
+    return found
+
+
+def errors_at_longest(rows: list) -> dict:
+    """Per mechanism, (length, relative error against exact softmax attention) at the
+    longest length where the error was measured."""
+    found = {}
+    for r in sorted(rows, key=lambda r: r["length"]):
+        if r.get("rel_error") is not None:
+            found[r["mixer"]] = (r["length"], r["rel_error"])
+    return found

@@ -10,7 +10,8 @@ from attnarena.registry import register_mixer
 @register_mixer(
     "dilated", family="sparse attention",
     paper="Ding et al. 2023, LongNet: Scaling Transformers to 1,000,000,000 Tokens",
-    complexity="O(L sum(w / r^2) D)", patterns=("self", "causal"), forms=("parallel",))
+    complexity="O(L sum(w / r^2) D)", patterns=("self", "causal"), forms=("parallel",),
+    approximates_softmax=True)
 class DilatedAttention(QKVMixer):
     """Dilated attention (Ding et al. 2023): for each (segment length w, dilation r) the
     sequence is cut into segments of w tokens and, in each, every r-th token (offset by

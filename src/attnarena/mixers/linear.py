@@ -145,7 +145,8 @@ class LinearAttention(LinearAttentionBase):
 @register_mixer(
     "cosine", family="linear attention",
     paper="Mongaras et al. 2024, Cottention: Linear Transformers With Cosine Attention",
-    complexity="O(L D^2)", patterns=PATTERNS, forms=FORMS)
+    complexity="O(L D^2)", patterns=PATTERNS, forms=FORMS,
+    approximates_softmax=True)
 class CosineAttention(LinearAttentionBase):
     """Cottention (Mongaras et al. 2024, "Cottention: Linear Transformers With Cosine
     Attention"): sim(q, k) = cos(q, k), no softmax, so (N(Q) N(K)^T) V = N(Q) (N(K)^T V)
@@ -207,7 +208,8 @@ class FocusedLinearAttention(LinearAttentionBase):
     "hedgehog", family="linear attention",
     paper="Zhang et al. 2024, The Hedgehog & the Porcupine: Expressive Linear Attentions with "
           "Softmax Mimicry",
-    complexity="O(L D^2)", patterns=PATTERNS, forms=FORMS)
+    complexity="O(L D^2)", patterns=PATTERNS, forms=FORMS,
+    approximates_softmax=True)
 class Hedgehog(LinearAttentionBase):
     """Hedgehog (Zhang et al. 2024): a learnable feature map per head,
     phi(x) = [softmax(W x), softmax(-W x)] (W initialized to the identity), trained so

@@ -15,7 +15,8 @@ from attnarena.registry import register_mixer
 @register_mixer(
     "linformer", family="low-rank attention",
     paper="Wang et al. 2020, Linformer: Self-Attention with Linear Complexity",
-    complexity="O(L K D)", patterns=("self", "cross"), forms=("parallel",))
+    complexity="O(L K D)", patterns=("self", "cross"), forms=("parallel",),
+    approximates_softmax=True)
 class Linformer(QKVMixer):
     """Linformer (Wang et al. 2020): keys and values projected along the sequence by
     learned E, F (max_len -> proj_len, shared by the heads), then softmax attention over
@@ -47,7 +48,8 @@ class Linformer(QKVMixer):
     "nystromformer", family="low-rank attention",
     paper="Xiong et al. 2021, Nystromformer: A Nystrom-Based Algorithm for Approximating "
           "Self-Attention",
-    complexity="O(L M D)", patterns=("self",), forms=("parallel",))
+    complexity="O(L M D)", patterns=("self",), forms=("parallel",),
+    approximates_softmax=True)
 class Nystromformer(QKVMixer):
     """Nystromformer (Xiong et al. 2021): landmarks are segment means of queries and keys;
     softmax(Q K^T) V ~ softmax(Q Kl^T) pinv(softmax(Ql Kl^T)) softmax(Ql K^T) V, with the

@@ -16,7 +16,8 @@ from attnarena.registry import FORMS, PATTERNS, register_mixer
 @register_mixer(
     "performer", family="linear attention",
     paper="Choromanski et al. 2021, Rethinking Attention with Performers",
-    complexity="O(L M D)", patterns=PATTERNS, forms=FORMS)
+    complexity="O(L M D)", patterns=PATTERNS, forms=FORMS,
+    approximates_softmax=True)
 class Performer(LinearAttentionBase):
     """FAVOR+ attention (Choromanski et al. 2021, "Rethinking Attention with Performers").
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from attnarena import ops
 from attnarena.mixers.base import Mixer
 
 
@@ -37,6 +38,13 @@ class QKVMixer(Mixer):
     def merge_heads(self, x):
         """(B, H, L, D) -> (B, L, dim)"""
         return merge_heads(x)
+
+    def softmax_counterpart(self, x, context=None):
+        """Exact softmax attention through this mixer's own projections: what a mechanism
+        that approximates softmax attention is measured against (speed sweeps)."""
+        q, k, v = self.project(x, context)
+        causal = self.causal and context is None
+        return self.o_proj(self.merge_heads(ops.softmax_attention(q, k, v, causal=causal)))
 
     def project(self, x, context=None):
         """q from x, k and v from context (or x): each (B, H, *, D)."""

@@ -1,6 +1,7 @@
 """Reformer's LSH attention (Kitaev et al. 2020, "Reformer: The Efficient Transformer")."""
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 from attnarena import ops
@@ -11,7 +12,8 @@ from attnarena.registry import register_mixer
 @register_mixer(
     "reformer", family="sparse attention",
     paper="Kitaev et al. 2020, Reformer: The Efficient Transformer",
-    complexity="O(L C D)", patterns=("self", "causal"), forms=("parallel",))
+    complexity="O(L C D)", patterns=("self", "causal"), forms=("parallel",),
+    approximates_softmax=True)
 class LSHAttention(Mixer):
     """LSH attention (Kitaev et al. 2020): shared query/key projection (keys are the unit-
     normalized queries), angular LSH by random rotations h(x) = argmax([xR; -xR]) into
@@ -39,6 +41,16 @@ class LSHAttention(Mixer):
     def hashes(self, x, round_index):
         """(B, H, L, D) -> (B, H, L) bucket ids for one hashing round."""
         return ops.lsh.lsh_buckets(x, self.buckets, self.seed, round_index)
+
+    def softmax_counterpart(self, x):
+        """Exact shared-QK softmax attention (keys the unit-normalized queries) through this
+        mixer's projections: what LSH attention approximates."""
+        B, L, _ = x.shape
+        H, D = self.heads, self.head_dim
+        qk = self.qk_proj(x).view(B, L, H, D).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, H, D).transpose(1, 2)
+        o = ops.softmax_attention(qk, F.normalize(qk, dim=-1), v, causal=self.causal)
+        return self.o_proj(o.transpose(1, 2).reshape(B, L, H * D))
 
     def _forward(self, x, context, mask):
         B, L, _ = x.shape

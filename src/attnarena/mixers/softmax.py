@@ -146,7 +146,8 @@ class SoftmaxAttention(DotProductAttention):
     paper="Tay et al. 2021, Long Range Arena: A Benchmark for Efficient Transformers "
           "(local attention baseline)",
     complexity="O(L W D)", patterns=("self", "causal"), forms=("parallel", "recurrent"),
-    form_notes={"parallel": "blocked, O(L W D)", "recurrent": "window cache"})
+    form_notes={"parallel": "blocked, O(L W D)", "recurrent": "window cache"},
+    approximates_softmax=True)
 class LocalAttention(DotProductAttention):
     """Sliding-window softmax attention, the local-attention baseline of Long Range Arena
     (Tay et al. 2021): query i sees keys with |i - j| < window (the ``window`` most recent

@@ -43,7 +43,8 @@ class PatternAttention(DotProductAttention):
 @register_mixer(
     "sparse", family="sparse attention",
     paper="Child et al. 2019, Generating Long Sequences with Sparse Transformers",
-    complexity="O(L sqrt(L) D)", patterns=("self", "causal"), forms=("parallel",))
+    complexity="O(L sqrt(L) D)", patterns=("self", "causal"), forms=("parallel",),
+    approximates_softmax=True)
 class SparseAttention(PatternAttention):
     """Sparse Transformer factorized attention (Child et al. 2019), both factors merged in
     one pattern. ``strided``: the previous ``block`` positions and every ``block``-th one
@@ -80,7 +81,8 @@ class SparseAttention(PatternAttention):
 @register_mixer(
     "longformer", family="sparse attention",
     paper="Beltagy et al. 2020, Longformer: The Long-Document Transformer",
-    complexity="O(L (W + G) D)", patterns=("self",), forms=("parallel",))
+    complexity="O(L (W + G) D)", patterns=("self",), forms=("parallel",),
+    approximates_softmax=True)
 class Longformer(PatternAttention):
     """Longformer (Beltagy et al. 2020): sliding-window attention over ``window`` keys
     centred on each query, plus ``global_tokens`` leading positions that attend to and are
@@ -108,7 +110,8 @@ class Longformer(PatternAttention):
 @register_mixer(
     "bigbird", family="sparse attention",
     paper="Zaheer et al. 2020, Big Bird: Transformers for Longer Sequences",
-    complexity="O(L (3 + G + R) B D)", patterns=("self",), forms=("parallel",))
+    complexity="O(L (3 + G + R) B D)", patterns=("self",), forms=("parallel",),
+    approximates_softmax=True)
 class BigBird(PatternAttention):
     """BigBird (Zaheer et al. 2020) block-sparse attention over blocks of ``block`` tokens:
     each query block sees its own and the two neighbouring blocks, ``global_blocks``
