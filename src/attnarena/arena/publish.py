@@ -41,41 +41,49 @@ def build_reports(store, out_dir) -> list[Path]:
 
 
 def plot_quality_vs_speed(rows, path):
-    """Per mechanism: test accuracy of its best setting per task, averaged over the tasks
-    it ran, against the training throughput of those same runs, with the Pareto front."""
+    """One panel per task: each mechanism's test accuracy (its best setting, mean over
+    seeds) against the training throughput of those same runs, with the Pareto front.
+    Throughputs of different tasks differ by orders of magnitude (lengths, batch sizes), so
+    they are never averaged across tasks; the axis says how they were measured."""
     plt = pyplot()
-    per_mixer = defaultdict(lambda: {"acc": [], "speed": []})
-    tasks = set()
+    panels = defaultdict(list)
     for (mixer, _, problem), (value, runs) in best_runs(rows).items():
-        tasks.add(problem)
-        per_mixer[mixer]["acc"].append(value)
-        per_mixer[mixer]["speed"] += [r["tokens_per_s"] for r in runs]
-    points = sorted((sum(v["speed"]) / len(v["speed"]), sum(v["acc"]) / len(v["acc"]), m)
-                    for m, v in per_mixer.items())
-    fig, ax = plt.subplots(figsize=(8.5, 5))
-    for speed, acc, mixer in points:
-        style = mixer_style(mixer)
-        ax.scatter(speed, acc, s=50, color=style["color"], marker=style["marker"], label=mixer,
-                   zorder=3)
-    front, best = [], -1.0
-    for speed, acc, _ in sorted(points, key=lambda p: -p[0]):
-        if acc > best:
-            front.append((speed, acc))
-            best = acc
-    # the front: mechanisms no other beats on both axes (one point when one beats all)
-    ax.plot(*zip(*sorted(front)), linestyle="--", color="gray", marker="o", markersize=13,
-            markerfacecolor="none", label="Pareto front", zorder=2)
-    accs = [p[1] for p in points]
-    low, high = min(accs), max(accs)
-    pad = max(0.0, MIN_ACCURACY_SPAN - (high - low)) / 2 + 0.02
-    ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.005)
-    ax.set_xscale("log")
-    label_log_axis(ax.xaxis, [p[0] for p in points])
-    ax.set_xlabel("training throughput (tokens/s while training, mean over the runs shown)")
-    ax.set_ylabel("test accuracy (best setting per task, mean over tasks)")
-    ax.set_title(f"Quality against training speed ({plural(len(tasks), 'task')})")
-    ax.grid(True, which="both", alpha=0.3)
-    legend_outside(ax, title="mechanism")
+        speed = sum(r["tokens_per_s"] for r in runs) / len(runs)
+        panels[problem].append((speed, value, mixer))
+    tasks = sorted(panels)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks) + 2.3, 4.8),
+                             squeeze=False)
+    handles = {}
+    for ax, task in zip(axes[0], tasks):
+        points = sorted(panels[task])
+        for speed, acc, mixer in points:
+            style = mixer_style(mixer)
+            handles[mixer] = ax.scatter(speed, acc, s=50, color=style["color"],
+                                        marker=style["marker"], label=mixer, zorder=3)
+        front, best = [], -1.0
+        for speed, acc, _ in sorted(points, key=lambda p: -p[0]):
+            if acc > best:
+                front.append((speed, acc))
+                best = acc
+        # the front: mechanisms no other beats on both axes (one point when one beats all)
+        handles["Pareto front"] = ax.plot(
+            *zip(*sorted(front)), linestyle="--", color="gray", marker="o", markersize=13,
+            markerfacecolor="none", label="Pareto front", zorder=2)[0]
+        accs = [p[1] for p in points]
+        low, high = min(accs), max(accs)
+        pad = max(0.0, MIN_ACCURACY_SPAN - (high - low)) / 2 + 0.02
+        ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.005)
+        ax.set_xscale("log")
+        label_log_axis(ax.xaxis, [p[0] for p in points])
+        ax.set_xlabel("training throughput (tokens/s over each run's training)")
+        ax.set_ylabel("test accuracy (best setting, mean over seeds)")
+        ax.set_title(task)
+        ax.grid(True, which="both", alpha=0.3)
+    order = sorted(m for m in handles if m != "Pareto front") + ["Pareto front"]
+    legend_outside(axes[0][-1], [handles[m] for m in order], order, title="mechanism")
+    fig.suptitle(f"Quality against training speed, per task ({plural(len(tasks), 'task')}); "
+                 "throughput as measured while each run trained, on the machine as it was "
+                 "then (see attnarena speed for controlled timings)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
