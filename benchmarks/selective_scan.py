@@ -12,7 +12,6 @@ slowest). Every candidate's output is checked against the reference loop's first
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -21,13 +20,7 @@ from attnarena import ops
 from attnarena.arena.environment import environment
 
 
-def timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from recurrent_forms import timed  # noqa: E402  (the script's own folder)
 
 
 def main():

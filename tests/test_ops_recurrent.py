@@ -233,10 +233,8 @@ def loop_scan(u, delta, A, B, C, D, z, x):
     return y * F.silu(z), x
 
 
-@pytest.mark.parametrize("form", ["chunk", "recurrent"])
-@pytest.mark.parametrize("groups", [0, 1, 2])
-@pytest.mark.parametrize("strength", [0.1, 30.0])
-def test_selective_scan_equals_the_loop(form, groups, strength):
+def _scan_case(groups, strength):
+    """Random inputs of the scan (B, C shared, or in ``groups``) and the loop's result."""
     g = torch.Generator().manual_seed(groups)
     b, d, L, n = 2, 4, 19, 3
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
@@ -247,6 +245,14 @@ def test_selective_scan_equals_the_loop(form, groups, strength):
     D, bias, x0 = r(d), r(d), r(b, d, n)
     delta = F.softplus(raw * strength + bias[:, None])
     ref, ref_state = loop_scan(u, delta, A, B, C, D, z, x0.clone())
+    return u, z, raw, A, B, C, D, bias, x0, ref, ref_state
+
+
+@pytest.mark.parametrize("form", ["chunk", "recurrent"])
+@pytest.mark.parametrize("groups", [0, 1, 2])
+@pytest.mark.parametrize("strength", [0.1, 30.0])
+def test_selective_scan_equals_the_loop(form, groups, strength):
+    u, z, raw, A, B, C, D, bias, x0, ref, ref_state = _scan_case(groups, strength)
     out, state = ops.selective_scan(u, raw * strength, A, B, C, D, z, delta_bias=bias,
                                     delta_softplus=True, return_last_state=True,
                                     initial_state=x0, form=form, chunk_size=4)
@@ -291,16 +297,7 @@ def test_compiled_scan_equals_the_loop(groups, strength):
     """The numba kernel against the loop written in this file: outputs, last state, from an
     initial state, in float64 (1e-10) and float32 (1e-5)."""
     pytest.importorskip("numba")
-    g = torch.Generator().manual_seed(groups)
-    b, d, L, n = 2, 4, 19, 3
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    u, z, raw = r(b, d, L), r(b, d, L), r(b, d, L)
-    A = -torch.rand(d, n, generator=g, dtype=torch.float64) * 4
-    B = r(b, n, L) if groups == 0 else r(b, groups, n, L)
-    C = r(b, n, L) if groups == 0 else r(b, groups, n, L)
-    D, bias, x0 = r(d), r(d), r(b, d, n)
-    delta = F.softplus(raw * strength + bias[:, None])
-    ref, ref_state = loop_scan(u, delta, A, B, C, D, z, x0.clone())
+    u, z, raw, A, B, C, D, bias, x0, ref, ref_state = _scan_case(groups, strength)
     out, state = ops.selective_scan(u, raw * strength, A, B, C, D, z, delta_bias=bias,
                                     delta_softplus=True, return_last_state=True,
                                     initial_state=x0, backend="compiled")

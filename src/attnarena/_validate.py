@@ -30,6 +30,17 @@ def check_real(value, name: str, *, low: float = 0.0, low_open: bool = False,
     return value
 
 
+def look_up(name, table: dict, kind: str, valid_label: str):
+    """``table[name]``, or a ValueError naming the unknown ``kind`` with a did-you-mean and
+    the valid names (``valid_label``, e.g. "valid tasks")."""
+    if name not in table:
+        close = difflib.get_close_matches(str(name), list(table), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown {kind} {name!r}{hint}; {valid_label}: "
+                         f"{', '.join(sorted(table))}")
+    return table[name]
+
+
 def check_options(given, valid, owner: str) -> None:
     """ValueError naming the options in ``given`` that are not in ``valid`` (the options of
     ``owner``, e.g. "mixer 'gla'"), with a did-you-mean and the valid ones."""

@@ -5,12 +5,11 @@ name and validates its options against the class's constructor.
 """
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass
 
-from attnarena._validate import check_options
+from attnarena._validate import check_options, look_up
 
 PATTERNS = ("self", "causal", "cross", "causal_cross")
 FORMS = ("parallel", "chunk", "recurrent")
@@ -121,11 +120,7 @@ def list_mixers(pattern: str | None = None) -> list[str]:
 def _mixer_class(name: str) -> type:
     if not isinstance(name, str):
         raise TypeError(f"mixer name must be a string, got {type(name).__name__}")
-    if name not in _MIXERS:
-        close = difflib.get_close_matches(name, _MIXERS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown mixer {name!r}{hint}; valid names: {', '.join(list_mixers())}")
-    return _MIXERS[name]
+    return look_up(name, _MIXERS, "mixer", "valid names")
 
 
 def mixer_info(name: str) -> MixerInfo:

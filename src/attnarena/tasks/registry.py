@@ -3,10 +3,9 @@ name with its options checked against their declared types."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 
-from attnarena._validate import check_int, check_options, check_real
+from attnarena._validate import check_int, check_options, check_real, look_up
 from attnarena.tasks.base import Task
 
 _TASKS: dict[str, type] = {}
@@ -28,11 +27,7 @@ def list_tasks() -> list[str]:
 
 
 def task_class(name):
-    if name not in _TASKS:
-        close = difflib.get_close_matches(str(name), _TASKS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown task {name!r}{hint}; valid tasks: {', '.join(list_tasks())}")
-    return _TASKS[name]
+    return look_up(name, _TASKS, "task", "valid tasks")
 
 
 def task_presets(name: str) -> dict:
