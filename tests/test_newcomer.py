@@ -121,7 +121,10 @@ def test_reports_label_sweeps_and_keep_legends_off_the_data(tmp_path, monkeypatc
         box = ax.get_legend().get_window_extent()
         assert box.x0 >= ax.get_window_extent().x1
     low, high = quality.axes[0].get_ylim()
-    assert high - low >= 0.1 and "(1 task)" in quality.axes[0].get_title()
+    # one panel per task, titled by the task; the figure says how throughput was measured
+    assert high - low >= 0.1 and quality.axes[0].get_title().startswith("copy(")
+    assert "(1 task)" in quality._suptitle.get_text()
+    assert "as measured while each run trained" in quality._suptitle.get_text()
 
 
 def test_regression_baselines_stand_beside_the_model(tmp_path):
@@ -313,3 +316,22 @@ def test_readme_mechanism_table_is_the_registry():
     assert readme[begin:end].strip() == mechanism_table(), (
         "README's mechanism table differs from the registry: paste the output of "
         "`attnarena list --markdown` between its markers (CONTRIBUTING.md, step 4)")
+
+
+def test_quality_against_speed_never_averages_throughput_across_tasks(tmp_path, monkeypatch):
+    from attnarena.arena.publish import plot_quality_vs_speed
+
+    def row(mixer, problem, test, speed):
+        return {"mixer": mixer, "preset": "cpu", "problem": problem, "setting": "", "test": test,
+                "tokens_per_s": speed, "metric": "accuracy", "higher_is_better": True}
+
+    rows = [row("softmax", "copy", 1.0, 2_000.0), row("gla", "copy", 0.9, 4_000.0),
+            row("softmax", "mqar", 1.0, 160_000.0), row("gla", "mqar", 0.5, 90_000.0)]
+    saved = _keep_figures(monkeypatch)
+    plot_quality_vs_speed(rows, tmp_path / "q.png")
+    fig = saved[0]
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert set(panels) == {"copy", "mqar"}
+    for task, expected in (("copy", {2_000.0, 4_000.0}), ("mqar", {160_000.0, 90_000.0})):
+        xs = {float(x) for c in panels[task].collections for x, _ in c.get_offsets()}
+        assert xs == expected  # each task's own throughputs, none averaged with another's
