@@ -83,7 +83,7 @@ def _delta(q, k, v, beta, log_alpha, form, chunk_size, initial_state, return_sta
         o, state = _recurrent(q, k, v, beta, log_alpha, state)
     else:
         o, state = _chunked(q, k, v, beta, log_alpha, state,
-                            L if form == "parallel" else chunk_size)
+                            L if form == "parallel" else min(chunk_size, L))
     o = o.to(out_dtype)
     return (o, state) if return_state else o
 

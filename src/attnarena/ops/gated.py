@@ -89,7 +89,7 @@ def scalar_gated(q, k, v, *, log_a, form="chunk", chunk_size=64, initial_state=N
     if form == "recurrent":
         o, state = _recurrent(q, k, v, log_a[..., None], state)
     else:
-        C = L if form == "parallel" else chunk_size
+        C = L if form == "parallel" else min(chunk_size, L)  # short: one unpadded chunk
         o, state = _chunked(q, k, v, log_a, state, C, per_channel=False)
     o = o.to(out_dtype)
     return (o, state) if return_state else o
@@ -113,7 +113,7 @@ def gla(q, k, v, *, log_g, form="chunk", chunk_size=64, initial_state=None, retu
     if form == "recurrent":
         o, state = _recurrent(q, k, v, log_g, state)
     else:
-        C = q.shape[2] if form == "parallel" else chunk_size
+        C = q.shape[2] if form == "parallel" else min(chunk_size, q.shape[2])
         o, state = _chunked(q, k, v, log_g, state, C, per_channel=True)
     o = o.to(out_dtype)
     return (o, state) if return_state else o

@@ -86,7 +86,7 @@ def _chunk(q, k, v, causal, state, chunk_size):
             total = total + state
         return q @ total, total
     B, H, L, Dk = q.shape
-    C = chunk_size
+    C = min(chunk_size, L)  # a sequence shorter than a chunk is one chunk, unpadded
     pad = (-L) % C
     if pad:  # zero rows add nothing to the state and read out zeros
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
@@ -100,10 +100,10 @@ def _chunk(q, k, v, causal, state, chunk_size):
     else:
         chunk_kv = F.pad(chunk_kv, (0, 0, 0, 0, 1, 0))
     states = chunk_kv.cumsum(dim=2)  # states[:, :, i] = state before chunk i
-    inter = qc @ states[:, :, :-1]
-    intra = (qc @ kc.transpose(-1, -2)).tril() @ vc
-    o = (inter + intra).reshape(B, H, n * C, -1)[:, :, :L]
-    return o, states[:, :, -1]
+    o = (qc @ kc.transpose(-1, -2)).tril() @ vc  # within chunks
+    if n > 1 or state is not None:  # one chunk from an empty state has nothing earlier
+        o = o + qc @ states[:, :, :-1]
+    return o.reshape(B, H, n * C, -1)[:, :, :L], states[:, :, -1]
 
 
 def _recurrent(q, k, v, causal, state):

@@ -73,7 +73,8 @@ def mlstm(q, k, v, *, input_gate, forget_gate, form="chunk", chunk_size=64,
     if form == "recurrent":
         h, S, m = _recurrent(q, k, v1, log_i, log_f, S, m)
     else:
-        h, S, m = _chunked(q, k, v1, log_i, log_f, S, m, L if form == "parallel" else chunk_size)
+        C = L if form == "parallel" else min(chunk_size, L)  # short: one unpadded chunk
+        h, S, m = _chunked(q, k, v1, log_i, log_f, S, m, C)
     h = h.to(out_dtype)
     return (h, (S, m)) if return_state else h
 
