@@ -229,3 +229,10 @@ def test_a_skipped_step_names_itself(skip):
                                         forms=("parallel", "chunk"))(cls)
     finally:
         registry._MIXERS.pop("fixture_step", None)
+
+
+def test_every_approximation_of_softmax_can_be_measured_against_it():
+    # speed sweeps measure these mechanisms' error through softmax_counterpart
+    missing = [n for n in aa.list_mixers() if aa.mixer_info(n).approximates_softmax
+               and not hasattr(registry._mixer_class(n), "softmax_counterpart")]
+    assert not missing, f"{missing} approximate softmax but have no softmax_counterpart"

@@ -12,11 +12,11 @@ import torch
 from matplotlib.colors import to_hex
 
 import attnarena as aa
+from conftest import run_tiny_suite
 from attnarena.arena.config import RunConfig
 from attnarena.arena.plotstyle import mixer_style
 from attnarena.arena.publish import build_reports
 from attnarena.arena.report import leaderboard_markdown
-from attnarena.arena.runner import run_suite
 from attnarena.arena.speed_report import plot_speed
 from attnarena.arena.store import Store
 from attnarena.arena.suite import load_suite
@@ -97,13 +97,9 @@ def test_a_mechanism_keeps_its_colour_across_figures(tmp_path, monkeypatch):
 
 
 def test_reports_label_sweeps_and_keep_legends_off_the_data(tmp_path, monkeypatch):
-    suite = tmp_path / "s.toml"
-    suite.write_text('[[runs]]\ntasks = ["copy"]\nmixers = ["softmax", "gla"]\n'
-                     'train = { steps = 4, eval_every = 2, eval_examples = 16, batch = 4, '
-                     'lr = [1e-3, 1e-2] }\nmodel = { dim = 16, depth = 1, heads = 2 }\n')
-    store = tmp_path / "a.sqlite"
-    run_suite(str(suite), store_path=store, out_dir=tmp_path, progress=False, report=False,
-              log=lambda line: None)
+    store, _ = run_tiny_suite(tmp_path, ["softmax", "gla"],
+                              "steps = 4, eval_every = 2, eval_examples = 16, batch = 4, "
+                              "lr = [1e-3, 1e-2]", report=False)
     board = leaderboard_markdown(Store(store))
     assert ("All rows: preset cpu, seed 0, dim 16, depth 1, heads 2, steps 4, batch 4, "
             "task copy(") in board

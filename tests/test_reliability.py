@@ -17,12 +17,11 @@ from attnarena import ops
 from attnarena.arena.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from attnarena.arena.config import RunConfig
 from attnarena.arena.report import leaderboard_markdown, leaderboard_rows
-from attnarena.arena.runner import run_suite
 from attnarena.arena.store import Store, StoreError
 from attnarena.arena.suite import SuiteError, load_suite
 from attnarena.cli import main
 from attnarena.models import CausalLM
-from conftest import make_mixer, pattern_cases
+from conftest import make_mixer, pattern_cases, run_tiny_suite
 
 SUITE = """
 name = "together"
@@ -113,13 +112,9 @@ def test_old_stores_are_migrated_and_empty_files_refused(tmp_path):
 
 
 def test_a_diverging_run_is_recorded_and_never_ranked(tmp_path, capsys):
-    path = tmp_path / "s.toml"
-    path.write_text('[[runs]]\ntasks = ["copy"]\nmixers = ["softmax"]\n'
-                    'train = { steps = 6, eval_every = 3, eval_examples = 16, batch = 4, '
-                    'lr = [1e3, 1e-3], warmup = 0 }\nmodel = { dim = 16, depth = 1, heads = 2 }\n')
-    store = tmp_path / "a.sqlite"
-    counts = run_suite(str(path), store_path=store, out_dir=tmp_path, progress=False,
-                       log=lambda line: None)
+    store, counts = run_tiny_suite(tmp_path, ["softmax"],
+                                   "steps = 6, eval_every = 3, eval_examples = 16, batch = 4, "
+                                   "lr = [1e3, 1e-3], warmup = 0")
     assert counts["diverged"] == 1 and counts["trained"] == 1
     db = Store(store)
     assert sorted(r["status"] for r in db.runs()) == ["diverged", "done"]

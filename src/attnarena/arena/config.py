@@ -40,10 +40,9 @@ class _Overrides(Mapping):
         return sum(1 for _ in self)
 
     def __getitem__(self, key):
-        value = getattr(self, key, UNSET) if key in self.keys_valid() else UNSET
-        if value is UNSET:
+        if key not in self.keys_valid() or getattr(self, key) is UNSET:
             raise KeyError(key)
-        return value
+        return getattr(self, key)
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.items())})"

@@ -9,10 +9,10 @@ from torch import nn
 
 from attnarena._validate import check_int
 from attnarena import ops
-from attnarena.mixers.recurrent import (FORMS, PATTERNS, HeadNorm, RecurrentMixer, ShortConv,
+from attnarena.mixers.recurrent import (PATTERNS, HeadNorm, RecurrentMixer, ShortConv,
                                         keep_mask, l2_normalize, merge_heads, split_heads)
 from attnarena.ops._checks import compute_dtype
-from attnarena.registry import register_mixer
+from attnarena.registry import FORMS, register_mixer
 
 
 class _DeltaBase(RecurrentMixer):

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnarena import ops
-from attnarena.mixers.recurrent import (FORMS, PATTERNS, HeadNorm, RecurrentMixer, keep_mask,
+from attnarena.mixers.recurrent import (PATTERNS, HeadNorm, RecurrentMixer, keep_mask,
                                         merge_heads, split_heads)
 from attnarena.ops._checks import compute_dtype
-from attnarena.registry import register_mixer
+from attnarena.registry import FORMS, register_mixer
 
 
 @register_mixer(

@@ -21,7 +21,6 @@ from torch import nn
 from attnarena.mixers.base import Mixer
 from attnarena.mixers.qkv import merge_heads, split_heads  # noqa: F401  (re-exported)
 from attnarena.ops._checks import compute_dtype
-from attnarena.registry import FORMS  # noqa: F401  (the recurrent mixers' forms)
 
 PATTERNS = ("self", "causal")  # a causal recurrence, and its bidirectional use
 

@@ -57,6 +57,6 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 
-def check_key_mask(mask, q, k, name: str = "mask") -> None:
+def check_key_mask(mask, q, k) -> None:
     """A key mask is None or a (batch, key_length) bool tensor, True = real key."""
     check_mask(mask, (k.shape[0], k.shape[2]), "the keys (a key mask)")

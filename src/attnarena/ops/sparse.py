@@ -6,6 +6,7 @@ where query i may attend to key j; ``pattern_attention`` runs softmax attention 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -45,6 +46,13 @@ def bigbird_blocks(n, global_blocks, random_blocks, seed):
     """(n, n) bool over blocks: each block sees its own and the two neighbouring blocks,
     the ``global_blocks`` leading blocks (which see everything), and ``random_blocks``
     random blocks drawn from ``seed`` and n (fixed for a given length)."""
+    return _bigbird_blocks(n, global_blocks, random_blocks, seed).clone()
+
+
+@functools.lru_cache(maxsize=64)
+def _bigbird_blocks(n, global_blocks, random_blocks, seed):
+    """The pattern of ``bigbird_blocks``, drawn once per configuration (a loop of n random
+    permutations: thousands at 64K tokens), read-only."""
     bi = torch.arange(n)[:, None]
     bj = torch.arange(n)[None, :]
     allowed = ((bi - bj).abs() <= 1) | (bi < global_blocks) | (bj < global_blocks)
@@ -60,7 +68,7 @@ def bigbird_pattern(L, block, global_blocks, random_blocks, seed, device=None):
     ``block``."""
     n = -(-L // block)
     blocks = torch.arange(L) // block
-    allowed = bigbird_blocks(n, global_blocks, random_blocks, seed)
+    allowed = _bigbird_blocks(n, global_blocks, random_blocks, seed)
     return allowed[blocks[:, None], blocks[None, :]].to(device)
 
 
@@ -282,7 +290,7 @@ def bigbird_attention(q, k, v, block, global_blocks, random_blocks, seed, *, mas
     check_int(block, "block")
     s = _start(q, k, v, mask, False, alibi_slopes, dropout)
     n = -(-s.L // block)
-    allowed = bigbird_blocks(n, global_blocks, random_blocks, seed).to(q.device)
+    allowed = _bigbird_blocks(n, global_blocks, random_blocks, seed).to(q.device)
     dense = allowed.all(1)  # rows that see every block: the global ones
     rows = (~dense).nonzero()[:, 0]
     o = q.new_zeros(s.B, s.H, n, block, s.D)
