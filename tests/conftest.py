@@ -36,6 +36,7 @@ TEST_OPTIONS = {
     "agent": {"agents": 4},
     "flatten": {"chunk_size": 4},
     "hedgehog": {"chunk_size": 4},
+    "lolcats": {"chunk_size": 4, "window": 3},
     "dilated": {"segment_lengths": (4, 8), "dilation_rates": (1, 2)},
     "reformer": {"chunk_size": 4, "buckets": 4, "rounds": 2},
     "gaam": {"gaussians": 2},

@@ -18,15 +18,17 @@ from attnarena.mixers import Mixer
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "attnarena"
 
-# Lower layers never import higher ones: cli -> arena -> tasks -> models -> mixers -> ops ->
+# Lower layers never import higher ones: cli -> arena -> compress -> tasks -> models (and
+# pretrained) -> mixers -> ops ->
 # shared utilities. The package itself (its __init__) is the public facade, at the top.
 LAYERS = [
     ("shared", ("attnarena._validate", "attnarena.seeds", "attnarena.registry",
                 "attnarena.options", "attnarena.suites")),
     ("ops", ("attnarena.ops",)),
     ("mixers", ("attnarena.mixers",)),
-    ("models", ("attnarena.models",)),
+    ("models", ("attnarena.models", "attnarena.pretrained")),
     ("tasks", ("attnarena.tasks",)),
+    ("compress", ("attnarena.compress",)),
     ("arena", ("attnarena.arena",)),
     ("top", ("attnarena.cli", "attnarena.__main__", "attnarena")),
 ]

@@ -31,6 +31,10 @@ class MixerInfo:
             ("recurrent", "KV cache").
         approximates_softmax: the mechanism is meant to approximate softmax attention
             (speed sweeps then measure its error against it).
+        pretrained_options: (option, value) pairs under which the mixer's query, key,
+            value and output projections can take over a pretrained model's attention
+            weights (``attnarena.pretrained.swap_attention``); None when it has no such
+            projections.
     """
 
     name: str
@@ -41,6 +45,13 @@ class MixerInfo:
     forms: frozenset
     form_notes: tuple = ()
     approximates_softmax: bool = False
+    pretrained_options: tuple | None = None
+
+    @property
+    def reuses_attention_weights(self) -> bool:
+        """True when the mechanism can take over a pretrained softmax attention's query,
+        key, value and output weights."""
+        return self.pretrained_options is not None
 
     def describe_forms(self) -> str:
         """The forms in canonical order, each with its note: "parallel (SDPA), recurrent"."""
@@ -91,8 +102,10 @@ def register_mixer(name, *, family, paper, complexity, patterns, forms, form_not
         if set(notes) - forms:
             raise ValueError(f"mixer {name!r}: form_notes name forms it does not declare: "
                              f"{sorted(set(notes) - forms)}")
+        reuse = getattr(cls, "pretrained_options", None)
         info = MixerInfo(name, family, paper, complexity, patterns, forms,
-                         tuple(sorted(notes.items())), bool(approximates_softmax))
+                         tuple(sorted(notes.items())), bool(approximates_softmax),
+                         None if reuse is None else tuple(sorted(reuse.items())))
         takes = inspect.signature(cls.__init__).parameters
         if "chunk" in forms and "form" not in takes:
             raise TypeError(f"mixer {name!r} declares the chunk form, so {cls.__name__}'s "

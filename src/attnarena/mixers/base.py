@@ -25,6 +25,9 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
 
     info: MixerInfo  # set by @register_mixer
     _is_mixer = True  # what @register_mixer checks
+    # Options under which the mixer has square q_proj, k_proj, v_proj and o_proj linear maps
+    # that a pretrained model's attention weights can take over; None when it has none.
+    pretrained_options: dict | None = None
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, *,
                  form: str | None = None, chunk_size: int | None = None):

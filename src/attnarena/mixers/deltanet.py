@@ -19,6 +19,8 @@ class _DeltaBase(RecurrentMixer):
     """q, k, v projections with short causal convolutions and SiLU, L2-normalized q and k,
     beta = sigmoid(W_b x) per head, a per-head RMS norm on the output."""
 
+    pretrained_options = {}
+
     def __init__(self, dim, heads=1, causal=False, *, conv_size=4, form="chunk", chunk_size=64):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
         check_int(conv_size, "conv_size")

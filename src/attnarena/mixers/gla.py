@@ -26,6 +26,8 @@ class GatedLinearAttention(RecurrentMixer):
     Options: expand_k (key width / dim), gate_rank, gate_temperature, form, chunk_size.
     """
 
+    pretrained_options = {"expand_k": 1.0}  # keys as wide as a pretrained model's
+
     def __init__(self, dim, heads=1, causal=False, *, expand_k=0.5, gate_rank=16,
                  gate_temperature=16.0, form="chunk", chunk_size=64):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)

@@ -217,17 +217,21 @@ class Hedgehog(LinearAttentionBase):
     is the paper's attention-distillation objective (cross-entropy from the softmax
     attention weights to the linear ones).
 
-    Options: form, chunk_size.
+    Options: feature_size (rows of W per head, default head_dim; the map has twice as
+    many features), form, chunk_size.
     """
 
-    def __init__(self, dim, heads=1, causal=False, *, form="chunk", chunk_size=64):
+    def __init__(self, dim, heads=1, causal=False, *, feature_size=None, form="chunk",
+                 chunk_size=64):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
-        eye = torch.eye(self.head_dim).repeat(heads, 1, 1)
-        self.feature_weight = torch.nn.Parameter(eye)  # (H, D, D)
+        size = self.head_dim if feature_size is None else feature_size
+        check_int(size, "feature_size")
+        eye = torch.eye(size, self.head_dim).repeat(heads, 1, 1)
+        self.feature_weight = torch.nn.Parameter(eye)  # (H, F, D): the identity when square
 
     @property
     def feature_dim(self) -> int:
-        return 2 * self.head_dim
+        return 2 * self.feature_weight.shape[1]
 
     def map_features(self, x, positions, is_query):
         return ops.hedgehog_features(x, self.feature_weight)
@@ -240,3 +244,39 @@ class Hedgehog(LinearAttentionBase):
         return ops.attention_distillation_loss(
             q, k, self.map_features(q, positions, True), self.map_features(k, positions, False),
             causal=self.causal, mask=mask)
+
+
+@register_mixer(
+    "lolcats", family="linear attention",
+    paper="Zhang et al. 2025, LoLCATs: On Low-Rank Linearizing of Large Language Models",
+    complexity="O(L W D + L D^2)", patterns=("self", "causal"), forms=("parallel", "chunk"),
+    approximates_softmax=True)
+class SlidingWindowHedgehog(Hedgehog):
+    """LoLCATs' hybrid attention (Zhang et al. 2025): exact softmax weights for the
+    ``window`` nearest keys (the most recent ones when causal), Hedgehog's learnable feature
+    map for every key outside the window, one normalizer over both
+    (``ops.window_linear_attention``). The paper linearizes pretrained models with it,
+    window 64.
+
+    Options: window, feature_size, form ("chunk" is linear in length; "parallel" is the
+    quadratic reference), chunk_size (blocks of max(chunk_size, window)).
+    """
+
+    def __init__(self, dim, heads=1, causal=False, *, window=64, feature_size=None,
+                 form="chunk", chunk_size=64):
+        super().__init__(dim, heads, causal, feature_size=feature_size, form=form,
+                         chunk_size=chunk_size)
+        check_int(window, "window")
+        self.window = window
+
+    def _forward(self, x, context, mask):
+        q, k, v = self.project(x)
+        wide = ops._checks.compute_dtype(q.dtype)
+        q, k, v = q.to(wide), k.to(wide), v.to(wide)
+        positions = torch.arange(q.shape[2], device=q.device)
+        fq = self.map_features(q, positions, True)
+        fk = self.map_features(k, positions, False)
+        o = ops.window_linear_attention(q, k, v, fq, fk, window=self.window,
+                                        causal=self.causal, mask=mask, form=self.form,
+                                        chunk_size=self.chunk_size)
+        return self.o_proj(self.merge_heads(o).to(x.dtype))

@@ -28,6 +28,8 @@ class MLSTM(RecurrentMixer):
     Options: form, chunk_size.
     """
 
+    pretrained_options = {}
+
     def __init__(self, dim, heads=1, causal=False, *, form="chunk", chunk_size=64):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
         self.q_proj, self.k_proj, self.v_proj, self.o_gate, self.o_proj = (

@@ -23,6 +23,8 @@ class QKVMixer(Mixer):
     """A mixer with query/key/value/output projections; keys and values come from the
     context in cross attention and from x otherwise."""
 
+    pretrained_options = {}
+
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, *, bias: bool = True,
                  form: str | None = None, chunk_size: int | None = None):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)

@@ -29,6 +29,8 @@ class Retention(RecurrentMixer):
     Options: rope (rotary positions, default on as in the paper), form, chunk_size.
     """
 
+    pretrained_options = {}
+
     def __init__(self, dim, heads=1, causal=False, *, rope=True, form="chunk", chunk_size=64):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
         if rope and self.head_dim % 2:

