@@ -25,6 +25,16 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _indices(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}")
+    if min(values, default=0) < 0:
+        raise argparse.ArgumentTypeError(f"expected layer indices >= 0, got {text!r}")
+    return values
+
+
 def cmd_list(args) -> int:
     names = list_mixers(args.pattern)
     if not names:
@@ -237,6 +247,42 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_linearize(args) -> int:
+    from attnarena.arena.linearize import linearize_pretrained, linearize_run
+    from attnarena.arena.publish import build_reports
+    from attnarena.arena.store import Store
+    from attnarena.compress.linearize import LinearizeConfig
+    from attnarena.options import parse_options
+
+    if (args.model is None) == (args.run is None):
+        raise ValueError("name what to linearize: --model NAME_OR_DIR (a pretrained encoder, "
+                         "e.g. minilm) or --run RUN_ID (a trained arena run), not both")
+    steps = {"transfer_steps": args.transfer_steps if args.transfer_steps is not None
+             else args.steps,
+             "finetune_steps": args.finetune_steps if args.finetune_steps is not None
+             else args.steps}
+    config = LinearizeConfig(
+        mixer=args.mixer, options=parse_options(args.option or []),
+        keep_softmax=tuple(args.keep_softmax or ()), loss=args.loss,
+        lora_rank=args.lora_rank, batch_size=args.batch, seed=args.seed,
+        **{k: v for k, v in steps.items() if v is not None})
+    log = (lambda message: None) if args.quiet else print
+    if args.model is not None:
+        rows = linearize_pretrained(args.model, config, store_path=args.store,
+                                    results_dir=args.out, lengths=args.lengths or [128, 512],
+                                    device=args.device, eval_sentences=args.eval_sentences,
+                                    rerun=args.rerun, log=log)
+    else:
+        rows = linearize_run(args.run, config, store_path=args.store, results_dir=args.out,
+                             device=args.device, rerun=args.rerun, log=log)
+    from attnarena.arena.report import linearize_markdown
+
+    print(linearize_markdown(rows))
+    paths = build_reports(Store(args.store), args.out)
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
 def _names(text):
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
@@ -344,6 +390,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write into")
     p.add_argument("--results", default="results", help="where the run's results are")
     p.set_defaults(func=cmd_export)
+
+    p = command("linearize", help="linearize a pretrained encoder or a trained softmax run "
+                                  "by attention transfer, then fine-tuning")
+    p.add_argument("--model", default=None,
+                   help="a pretrained encoder: minilm (all-MiniLM-L6-v2, offline with the "
+                        "pretrained extra) or a model directory")
+    p.add_argument("--run", default=None, help="a finished softmax run of the store (its id)")
+    p.add_argument("--mixer", required=True, help="the mechanism that replaces softmax")
+    p.add_argument("--option", action="append", help="mixer option key=value (repeatable)")
+    p.add_argument("--keep-softmax", type=_indices, default=None,
+                   help="layers that stay softmax attention, e.g. 0,5")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps of each stage (default 300 each for --model)")
+    p.add_argument("--transfer-steps", type=int, default=None, help="steps of stage 1 only")
+    p.add_argument("--finetune-steps", type=int, default=None, help="steps of stage 2 only")
+    p.add_argument("--loss", choices=["mse", "attention"], default="mse",
+                   help="stage 1: match attention outputs (mse, LoLCATs) or attention "
+                        "weights (Hedgehog's cross-entropy)")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lengths", type=_ints, default=None,
+                   help="encoder lengths to time (default 128,512)")
+    p.add_argument("--eval-sentences", type=int, default=None,
+                   help="measure agreement on only the first N held-out sentences")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--store", default="results/arena.sqlite")
+    p.add_argument("--out", default="results")
+    p.add_argument("--rerun", action="store_true", help="measure again rows already stored")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_linearize)
 
     p = command("report", help="leaderboard and plots from the store")
     p.add_argument("--store", default="results/arena.sqlite")

@@ -36,7 +36,68 @@ def build_reports(store, out_dir) -> list[Path]:
         path = out / f"speed-{pass_}.png"
         plot_speed(result, path)
         paths.append(path)
+    encoders = [r for r in store.linearize_rows() if "mean_cosine" in r]
+    if encoders:
+        paths.append(plot_linearization(encoders, out / "linearization.png"))
     return paths
+
+
+def _variant(row) -> str:
+    """A linearized model's label: mechanism, options and the layers kept softmax."""
+    label = row["mixer"]
+    if row.get("options"):
+        label += " (" + ", ".join(f"{k}={v}" for k, v in sorted(row["options"].items())) + ")"
+    if row.get("keep_softmax"):
+        label += " + softmax in " + ",".join(map(str, row["keep_softmax"]))
+    if row.get("loss", "mse") != "mse" and row["stage"] != "original":
+        label += f" [{row['loss']} loss]"
+    return label
+
+
+def plot_linearization(rows, path):
+    """Linearized pretrained encoders: agreement with the original after each stage, and
+    encoder time and peak memory against length beside the original's."""
+    plt = pyplot()
+    fig, (quality, timing, memory) = plt.subplots(1, 3, figsize=(17, 4.8))
+    finals = [r for r in rows if r["stage"] in ("original", "finetune")]
+    labels = sorted({_variant(r) for r in rows if r["stage"] != "original"})
+    for offset, stage, colour in ((-0.2, "transfer", "#9ecae1"), (0.2, "finetune", "#3182bd")):
+        values = [next((r["mean_cosine"] for r in rows
+                        if r["stage"] == stage and _variant(r) == label), 0.0)
+                  for label in labels]
+        quality.barh([i + offset for i in range(len(labels))], values, height=0.4,
+                     color=colour, label="attention transfer" if stage == "transfer"
+                     else "transfer + fine-tuning")
+    quality.set_yticks(range(len(labels)), labels, fontsize=8)
+    quality.set_xlim(max(0.0, min([r["mean_cosine"] for r in rows] + [1.0]) - 0.05), 1.0)
+    quality.set_xlabel("mean cosine with the original's sentence embeddings")
+    quality.legend(fontsize=8, loc="lower left")
+    quality.set_title(f"agreement on {rows[0].get('test_sentences')} held-out sentences")
+    for row in finals:
+        speed = row.get("speed") or {}
+        lengths = sorted(int(n) for n in speed)
+        label = "original (softmax)" if row["stage"] == "original" else _variant(row)
+        style = mixer_style("softmax" if row["stage"] == "original" else row["mixer"])
+        timing.plot(lengths, [speed[str(n)]["ms"] for n in lengths], label=label, **style)
+        peaks = [speed[str(n)]["peak_mb"] for n in lengths]
+        if all(p is not None for p in peaks):
+            memory.plot(lengths, peaks, label=label, **style)
+    for ax, what in ((timing, "forward time (ms)"), (memory, "peak memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_ylabel(what)
+        label_log_axis(ax.xaxis, sorted({int(n) for r in finals for n in (r.get("speed") or {})}),
+                       at_values=True)
+    legend_outside(memory)
+    first = rows[0]
+    timing.set_title(f"encoder forward, batch {first.get('batch')}, {first.get('hardware')}")
+    memory.set_title("peak memory of that forward")
+    fig.suptitle(f"linearized {first['source']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 

@@ -287,6 +287,9 @@ def leaderboard_markdown(store) -> str:
                              if mixer in errors else "-")
             lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
         lines.append("")
+    linearized = store.linearize_rows()
+    if linearized:
+        lines += [linearize_markdown(linearized)]
     if unfinished:
         lines += ["## Runs without a result (not ranked)", "",
                   "diverged: a non-finite loss stopped training; failed: an error; "
@@ -297,3 +300,62 @@ def leaderboard_markdown(store) -> str:
                   for r in unfinished]
         lines.append("")
     return "\n".join(lines)
+
+
+def _speed_cells(row, lengths):
+    speed = row.get("speed") or {}
+    times = [_fmt((speed.get(str(n)) or {}).get("ms"), ".1f") for n in lengths]
+    memory = [_fmt((speed.get(str(n)) or {}).get("peak_mb"), ".0f") for n in lengths]
+    return times + memory
+
+
+def linearize_markdown(rows) -> str:
+    """Tables of linearization rows: pretrained encoders (agreement with the teacher, speed)
+    and arena runs (test metric against training the mechanism from scratch)."""
+    lines = []
+    encoders = [r for r in rows if "mean_cosine" in r]
+    if encoders:
+        lengths = sorted({int(n) for r in encoders for n in (r.get("speed") or {})})
+        first = encoders[0]
+        lines += ["## Linearized pretrained encoders", "",
+                  f"Agreement with the original on {first.get('test_sentences')} held-out "
+                  "sentences: mean cosine of sentence embeddings, overlap of the 10 nearest "
+                  "neighbours, Spearman correlation of all pairwise similarities. Stages: "
+                  "transfer = attention transfer only; finetune = transfer, then LoRA "
+                  f"fine-tuning. Encoder forward of batch {first.get('batch')} "
+                  f"on {first.get('hardware')}: median ms and peak MiB.", "",
+                  "| model | mixer | softmax layers | stage | steps | cosine | top-10 | "
+                  "Spearman | " + " | ".join([f"ms L={n}" for n in lengths]
+                                              + [f"MiB L={n}" for n in lengths])
+                  + " | params added |",
+                  "|---" * (9 + 2 * len(lengths)) + "|"]
+        for r in encoders:
+            steps = f"{r['transfer_steps']}+{r['finetune_steps']}" if r["stage"] == "finetune" \
+                else str(r["transfer_steps"])
+            lines.append(" | ".join([
+                f"| {r['source']}", r["mixer"] + _options_text(r.get("options")),
+                ",".join(map(str, r.get("keep_softmax") or [])) or "-", r["stage"],
+                steps if r["stage"] != "original" else "-", _fmt(r["mean_cosine"], ".4f"),
+                _fmt(r["top10_overlap"], ".3f"), _fmt(r["spearman"], ".4f"),
+                *_speed_cells(r, lengths), f"{r.get('params_added', 0):,}"]) + " |")
+        lines.append("")
+    runs = [r for r in rows if "mean_cosine" not in r]
+    if runs:
+        lines += ["## Linearized arena models", "",
+                  "A trained softmax run linearized (transfer: attention transfer only; "
+                  "finetune: transfer, then LoRA fine-tuning on the task) against the same "
+                  "mechanism trained from scratch for as many steps.", "",
+                  "| run | task | mixer | stage | steps | test | params added |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in runs:
+            added = r.get("params_added")
+            lines.append(f"| {r['source']} | {r['task']} | {r['mixer']}"
+                         f"{_options_text(r.get('options'))} | {r['stage']} | {r['steps']} | "
+                         f"{format_metric(r['test'], r['metric'])} | "
+                         f"{'-' if added is None else f'{added:,}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _options_text(options) -> str:
+    return f" ({', '.join(f'{k}={v}' for k, v in sorted(options.items()))})" if options else ""

@@ -1,7 +1,8 @@
 """The results store: one SQLite file, every write a transaction.
 
-Tables: ``runs`` (one row per training run, keyed by its config's id) and ``speed`` (one
-row per speed case, keyed by its settings and environment). A crash mid-write leaves the
+Tables: ``runs`` (one row per training run, keyed by its config's id), ``speed`` (one
+row per speed case, keyed by its settings and environment) and ``linearize`` (one row per
+stage of a linearization, keyed by its source model and recipe). A crash mid-write leaves the
 previous committed state; finished runs are never lost.
 
 Several processes, on one machine or on several sharing the file, can work through one
@@ -58,6 +59,15 @@ CREATE TABLE IF NOT EXISTS speed (
     length INTEGER NOT NULL,
     pass TEXT NOT NULL,
     status TEXT NOT NULL,
+    row TEXT NOT NULL,
+    environment TEXT,
+    created REAL
+);
+CREATE TABLE IF NOT EXISTS linearize (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    mixer TEXT NOT NULL,
+    stage TEXT NOT NULL,
     row TEXT NOT NULL,
     environment TEXT,
     created REAL
@@ -262,6 +272,28 @@ class Store:
     def speed_rows(self):
         rows = []
         for r in self.db.execute("SELECT * FROM speed ORDER BY mixer, pass, length"):
+            row = json.loads(r["row"])
+            row["environment"] = json.loads(r["environment"] or "{}")
+            rows.append(row)
+        return rows
+
+
+    # -- linearize ---------------------------------------------------------------------------
+
+    def linearize_row(self, row_id):
+        found = self.db.execute("SELECT row FROM linearize WHERE id = ?", (row_id,)).fetchone()
+        return None if found is None else json.loads(found[0])
+
+    def add_linearize(self, row_id, row, environment):
+        self._write(
+            "INSERT OR REPLACE INTO linearize (id, source, mixer, stage, row, environment, "
+            "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row_id, row["source"], row["mixer"], row["stage"], json.dumps(row),
+             json.dumps(environment), time.time()))
+
+    def linearize_rows(self):
+        rows = []
+        for r in self.db.execute("SELECT * FROM linearize ORDER BY source, created"):
             row = json.loads(r["row"])
             row["environment"] = json.loads(r["environment"] or "{}")
             rows.append(row)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from attnarena.pretrained._extra import require
-from attnarena.registry import create_mixer, list_mixers, mixer_info
+from attnarena.registry import check_mixer_options, create_mixer, list_mixers, mixer_info
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -83,7 +83,7 @@ class ArenaSelfAttention(nn.Module):
         return self.mixer(hidden_states, mask=keep), None
 
 
-def _resolve_layers(count: int, layers, keep_softmax) -> list[int]:
+def resolve_layers(count: int, layers, keep_softmax) -> list[int]:
     chosen = list(range(count)) if layers is None else list(layers)
     keep = set(keep_softmax or ())
     for index in [*chosen, *keep]:
@@ -93,14 +93,26 @@ def _resolve_layers(count: int, layers, keep_softmax) -> list[int]:
     return [i for i in sorted(set(chosen)) if i not in keep]
 
 
-def build_swapped(block, mechanism: str, options: dict | None = None) -> ArenaSelfAttention:
-    """An ``ArenaSelfAttention`` for one attention block, sharing its q/k/v weights."""
-    options = dict(options or {})
+def check_swap(mechanism: str, options: dict | None = None) -> None:
+    """ValueError unless ``mechanism`` (with ``options``) can stand in for a pretrained
+    encoder's self-attention: a known name that takes over the projections, bidirectional,
+    options it accepts."""
     info = mixer_info(mechanism)
     if not info.reuses_attention_weights:
         raise ValueError(f"mixer {mechanism!r} cannot reuse a pretrained attention's query, "
                          "key, value and output weights (it has no such projections); "
                          f"mixers that can: {', '.join(swappable_mixers())}")
+    if "self" not in info.patterns:
+        raise ValueError(f"mixer {mechanism!r} does not support the 'self' pattern (it is "
+                         f"{', '.join(sorted(info.patterns))} only), which an encoder needs")
+    check_mixer_options(mechanism, dict(options or {}))
+
+
+def build_swapped(block, mechanism: str, options: dict | None = None) -> ArenaSelfAttention:
+    """An ``ArenaSelfAttention`` for one attention block, sharing its q/k/v weights."""
+    options = dict(options or {})
+    check_swap(mechanism, options)
+    info = mixer_info(mechanism)
     inner = block.self
     width = inner.query.in_features
     heads = getattr(inner, "num_attention_heads", None)
@@ -135,7 +147,8 @@ def swap_attention(model, mechanism: str, *, layers=None, keep_softmax=(),
     if not blocks:
         raise ValueError(f"found no BERT-style self-attention (query/key/value and "
                          f"output.dense) in {type(model).__name__}")
-    chosen = _resolve_layers(len(blocks), layers, keep_softmax)
+    check_swap(mechanism, options)
+    chosen = resolve_layers(len(blocks), layers, keep_softmax)
     for index in chosen:
         if isinstance(blocks[index].self, ArenaSelfAttention):
             raise ValueError(f"layer {index} is already swapped "
@@ -165,7 +178,7 @@ def restore_swapped(directory: Path, record: dict):
     blocks = attention_layers(model)
     for index, entry in record.get("layers", {}).items():
         index = int(index)
-        _resolve_layers(len(blocks), [index], ())
+        resolve_layers(len(blocks), [index], ())
         blocks[index].self = build_swapped(blocks[index], entry["mixer"], entry["options"])
     files = sorted(Path(directory).glob("*.safetensors"))
     if not files:

@@ -1,0 +1,199 @@
+"""Linearization by attention transfer: LoRA, the two stages, the agreement measures, and
+`attnarena linearize` end to end on a pretrained encoder and on an arena run."""
+import copy
+
+import pytest
+import torch
+
+from attnarena.arena.store import Store
+from attnarena.cli import main
+from attnarena.compress.linearize import LinearizeConfig, agreement
+from attnarena.compress.lora import LoRALinear, add_lora, merge_lora
+from conftest import run_tiny_suite
+
+
+def test_lora_starts_as_the_identity_and_merges_exactly():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4))
+    x = torch.randn(3, 6)
+    before = model(x)
+    assert add_lora(model, lambda name: name == "0", rank=2) == ["0"]
+    assert isinstance(model[0], LoRALinear) and isinstance(model[2], torch.nn.Linear)
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+    with torch.no_grad():
+        model[0].lora_B.normal_()
+    adapted = model(x)
+    assert not torch.allclose(adapted, before)
+    assert merge_lora(model) == 1 and type(model[0]) is torch.nn.Linear
+    torch.testing.assert_close(model(x), adapted, rtol=1e-6, atol=1e-6)
+
+
+def test_lora_rejects_a_rank_above_the_layer():
+    with pytest.raises(ValueError, match="rank must be at most min"):
+        LoRALinear(torch.nn.Linear(4, 3), rank=4)
+    with pytest.raises(ValueError, match="no linear layer matched"):
+        add_lora(torch.nn.Sequential(torch.nn.Linear(2, 2)), lambda name: False)
+
+
+def test_agreement_measures():
+    torch.manual_seed(0)
+    a = torch.randn(30, 8)
+    same = agreement(a, a.clone())
+    assert same == pytest.approx({"mean_cosine": 1.0, "top10_overlap": 1.0, "spearman": 1.0})
+    noisy = agreement(a, a + 0.5 * torch.randn(30, 8))
+    assert 0 < noisy["mean_cosine"] < 1 and noisy["top10_overlap"] < 1
+    stats = pytest.importorskip("scipy.stats")
+    an, bn = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(
+        a + 0.5 * torch.randn(30, 8), dim=-1)
+    upper = torch.triu(torch.ones(30, 30, dtype=torch.bool), 1)
+    expected = stats.spearmanr((an @ an.T)[upper].numpy(), (bn @ bn.T)[upper].numpy())[0]
+    assert agreement(a, bn)["spearman"] == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(ValueError, match="need more than 10 sentences"):
+        agreement(a[:5], a[:5])
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="loss must be one of"):
+        LinearizeConfig(loss="kl")
+    with pytest.raises(ValueError, match="transfer_steps must be an int >= 0"):
+        LinearizeConfig(transfer_steps=-1)
+
+
+# -- the pretrained encoder (needs the pretrained extra) ----------------------------------------
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("transformers")
+    from attnarena.pretrained import load_pretrained
+
+    return load_pretrained("minilm")
+
+
+@pytest.mark.parametrize("loss", ["mse", "attention"])
+def test_attention_transfer_lowers_each_layers_matching_loss(minilm, loss):
+    from attnarena.compress.linearize import (attention_transfer, sentence_batches,
+                                              transfer_losses)
+    from attnarena.pretrained import swap_attention
+    from attnarena.pretrained.corpus import corpus_split
+
+    student = copy.deepcopy(minilm)
+    swap_attention(student.model, "hedgehog", keep_softmax=[5])
+    batches = sentence_batches(minilm, corpus_split("train"), 8, 32, 6, seed=0)
+    before = transfer_losses(minilm, student, batches[:2], loss)
+    info = attention_transfer(minilm, student, batches, loss=loss, lr=3e-2)
+    after = transfer_losses(minilm, student, batches[:2], loss)
+    assert info["steps"] == 6 and info["trained_parameters"] == 5 * 12 * 32 * 32
+    assert set(before) == set(range(5))
+    assert all(after[i] < before[i] for i in before), (before, after)
+
+
+def test_attention_loss_needs_attention_weights(minilm):
+    from attnarena.compress.linearize import attention_transfer, sentence_batches
+    from attnarena.pretrained import swap_attention
+    from attnarena.pretrained.corpus import corpus_split
+
+    student = copy.deepcopy(minilm)
+    swap_attention(student.model, "gla", layers=[0])
+    batches = sentence_batches(minilm, corpus_split("train"), 2, 16, 1, seed=0)
+    with pytest.raises(ValueError, match="gla does not expose"):
+        attention_transfer(minilm, student, batches, loss="attention")
+
+
+def test_linearize_encoder_both_stages_then_save_and_load(minilm, tmp_path):
+    from attnarena.compress.linearize import linearize_encoder
+    from attnarena.pretrained import load_pretrained
+    from attnarena.pretrained.corpus import corpus_split
+
+    config = LinearizeConfig(mixer="cosine", keep_softmax=(0,), transfer_steps=2,
+                             finetune_steps=2, batch_size=4, max_length=24)
+    student, info = linearize_encoder(minilm, config, corpus_split("train")[:40])
+    assert info["transfer"]["trained_parameters"] == 5 * 12  # cosine's length powers
+    assert info["finetune"]["trained_parameters"] == 5 * 4 * 2 * 8 * 384
+    assert not any("lora" in n for n, _ in student.named_parameters())  # merged
+    student.save(tmp_path / "m")
+    sentences = corpus_split("test")[:6]
+    assert torch.equal(load_pretrained(tmp_path / "m").encode(sentences),
+                       student.encode(sentences))
+
+
+def test_cli_linearize_a_pretrained_encoder_end_to_end(minilm, tmp_path, capsys):
+    store = tmp_path / "a.sqlite"
+    args = ["linearize", "--model", "minilm", "--mixer", "hedgehog", "--keep-softmax", "0,5",
+            "--steps", "2", "--batch", "4", "--lengths", "16,32", "--eval-sentences", "40",
+            "--store", str(store), "--out", str(tmp_path), "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "## Linearized pretrained encoders" in out and "| minilm | hedgehog | 0,5 |" in out
+    rows = Store(store).linearize_rows()
+    assert [r["stage"] for r in rows] == ["original", "transfer", "finetune"]
+    for r in rows:
+        assert set(r["speed"]) == {"16", "32"} and r["speed"]["32"]["ms"] > 0
+        assert 0 < r["mean_cosine"] <= 1 + 1e-9
+    assert rows[1]["params_added"] == 4 * 12 * 32 * 32
+    assert (tmp_path / "linearization.png").is_file()
+    assert "Linearized pretrained encoders" in (tmp_path / "leaderboard.md").read_text()
+    assert (tmp_path / "linearize").is_dir()
+    # a second call reuses the stored rows
+    assert main(args) == 0
+    assert len(Store(store).linearize_rows()) == 3
+
+
+def test_cli_linearize_errors_are_one_line(tmp_path, capsys):
+    store = str(tmp_path / "a.sqlite")
+    assert main(["linearize", "--mixer", "hedgehog", "--store", store]) == 2
+    assert "name what to linearize" in capsys.readouterr().err
+    assert main(["linearize", "--run", "nope", "--mixer", "gla", "--store", store]) == 2
+    assert "run 'nope' is not in the store" in capsys.readouterr().err
+
+
+def test_cli_linearize_pretrained_errors(minilm, tmp_path, capsys):
+    store = str(tmp_path / "a.sqlite")
+    base = ["linearize", "--store", store, "--out", str(tmp_path), "--steps", "1"]
+    assert main([*base, "--model", "minilm", "--mixer", "mamba"]) == 2
+    assert "'mamba' cannot reuse" in capsys.readouterr().err
+    assert main([*base, "--model", "minilm", "--mixer", "hedgehog", "--keep-softmax", "6"]) == 2
+    assert "layer index 6 is out of range: the model has 6" in capsys.readouterr().err
+    assert main([*base, "--model", "bert-base", "--mixer", "hedgehog"]) == 2
+    assert "unknown pretrained model 'bert-base'" in capsys.readouterr().err
+
+
+# -- arena runs ----------------------------------------------------------------------------------
+
+def test_transfer_lowers_each_arena_mixers_matching_loss(tmp_path):
+    from attnarena import load_run
+    from attnarena.compress.linearize_model import (_teacher_mixers, mixer_blocks, swap_mixers,
+                                                    transfer_mixers)
+    from attnarena.tasks import create_task
+
+    store, _ = run_tiny_suite(tmp_path, ["softmax"], "steps = 20, batch = 8, eval_every = 20")
+    run = Store(store).runs()[0]
+    teacher = load_run(run["id"], results_dir=tmp_path)
+    task = create_task(run["config"]["task"], **run["config"]["task_options"])
+    student = copy.deepcopy(teacher)
+    swapped = swap_mixers(student, "hedgehog")
+    assert mixer_blocks(student)[0].mixer.q_proj is not mixer_blocks(teacher)[0].mixer.q_proj
+    batch = {k: v for k, v in task.batch(8, torch.Generator().manual_seed(0)).items()}
+
+    def loss():
+        x, mask, target = _teacher_mixers(teacher, task, batch, swapped)[0]
+        with torch.no_grad():
+            return float(((mixer_blocks(student)[0].mixer(x, mask=mask) - target) ** 2).mean())
+
+    before = loss()
+    transfer_mixers(teacher, student, task, swapped, steps=10, batch_size=8, lr=3e-2, seed=0)
+    assert loss() < before
+
+
+def test_cli_linearize_an_arena_run_against_scratch(tmp_path, capsys):
+    store, _ = run_tiny_suite(tmp_path, ["softmax", "gla"], "steps = 6, batch = 8, eval_every = 6")
+    runs = {r["mixer"]: r["id"] for r in Store(store).runs()}
+    base = ["linearize", "--store", str(store), "--out", str(tmp_path), "--quiet"]
+    assert main([*base, "--run", runs["softmax"], "--mixer", "linear", "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "## Linearized arena models" in out
+    rows = Store(store).linearize_rows()
+    assert [r["stage"] for r in rows] == ["original", "transfer", "finetune", "scratch"]
+    assert [r["steps"] for r in rows[1:]] == [3, 6, 6]
+    assert all(0 <= r["test"] <= 1 for r in rows)
+    assert main([*base, "--run", runs["gla"], "--mixer", "linear"]) == 2
+    assert "trained 'gla'; linearization starts from a softmax run" in capsys.readouterr().err
