@@ -197,3 +197,33 @@ def test_cli_linearize_an_arena_run_against_scratch(tmp_path, capsys):
     assert all(0 <= r["test"] <= 1 for r in rows)
     assert main([*base, "--run", runs["gla"], "--mixer", "linear"]) == 2
     assert "trained 'gla'; linearization starts from a softmax run" in capsys.readouterr().err
+
+
+def test_an_interrupted_linearization_resumes_after_attention_transfer(minilm, tmp_path,
+                                                                        monkeypatch):
+    from attnarena.arena.linearize import linearize_pretrained
+    from attnarena.compress import linearize as stages
+
+    config = LinearizeConfig(mixer="hedgehog", transfer_steps=2, finetune_steps=2,
+                             batch_size=4, max_length=24)
+    kwargs = dict(store_path=tmp_path / "a.sqlite", results_dir=tmp_path, lengths=[16],
+                  batch=2, eval_sentences=20, log=lambda line: None)
+    finetune = stages.finetune
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "finetune", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        linearize_pretrained("minilm", config, **kwargs)
+    stored = [r["stage"] for r in Store(tmp_path / "a.sqlite").linearize_rows()]
+    assert stored == ["original", "transfer"]
+
+    def no_second_transfer(*args, **kw):
+        raise AssertionError("attention transfer ran again")
+
+    monkeypatch.setattr(stages, "finetune", finetune)
+    monkeypatch.setattr(stages, "attention_transfer", no_second_transfer)
+    rows = linearize_pretrained("minilm", config, **kwargs)
+    assert [r["stage"] for r in rows] == ["original", "transfer", "finetune"]
+    assert not any((tmp_path / "linearize").glob("*/after_transfer"))

@@ -38,8 +38,7 @@ def encoder_speed(encoder, lengths, batch=8, repeats=3, device="cpu") -> dict:
     for length in lengths:
         if limit is not None and length > limit:
             raise ValueError(f"length {length} exceeds the model's {limit} positions")
-        ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch, length), device=device,
-                            generator=None)
+        ids = torch.randint(1, vocab, (batch, length), device=device)
         keep = torch.ones_like(ids)
         encoder(ids, keep)  # warm-up
         times = []
