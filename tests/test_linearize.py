@@ -136,6 +136,13 @@ def test_cli_linearize_a_pretrained_encoder_end_to_end(minilm, tmp_path, capsys)
     # a second call reuses the stored rows
     assert main(args) == 0
     assert len(Store(store).linearize_rows()) == 3
+    # timing again keeps the agreement and the order, and times every row
+    assert main(["linearize", "--model", "minilm", "--remeasure-speed", "--lengths", "24",
+                 "--store", str(store), "--out", str(tmp_path), "--quiet"]) == 0
+    again = Store(store).linearize_rows()
+    assert [r["stage"] for r in again] == ["original", "transfer", "finetune"]
+    assert [r["mean_cosine"] for r in again] == [r["mean_cosine"] for r in rows]
+    assert all(set(r["speed"]) == {"24"} for r in again)
 
 
 def test_cli_linearize_errors_are_one_line(tmp_path, capsys):
@@ -144,6 +151,8 @@ def test_cli_linearize_errors_are_one_line(tmp_path, capsys):
     assert "name what to linearize" in capsys.readouterr().err
     assert main(["linearize", "--run", "nope", "--mixer", "gla", "--store", store]) == 2
     assert "run 'nope' is not in the store" in capsys.readouterr().err
+    assert main(["linearize", "--run", "nope", "--store", store]) == 2
+    assert "--mixer is required" in capsys.readouterr().err
 
 
 def test_cli_linearize_pretrained_errors(minilm, tmp_path, capsys):

@@ -248,15 +248,22 @@ def cmd_report(args) -> int:
 
 
 def cmd_linearize(args) -> int:
-    from attnarena.arena.linearize import linearize_pretrained, linearize_run
-    from attnarena.arena.publish import build_reports
-    from attnarena.arena.store import Store
+    from attnarena.arena.linearize import linearize_pretrained, linearize_run, remeasure_speed
     from attnarena.compress.linearize import LinearizeConfig
     from attnarena.options import parse_options
 
     if (args.model is None) == (args.run is None):
         raise ValueError("name what to linearize: --model NAME_OR_DIR (a pretrained encoder, "
                          "e.g. minilm) or --run RUN_ID (a trained arena run), not both")
+    log = (lambda message: None) if args.quiet else print
+    if args.remeasure_speed:
+        if args.model is None:
+            raise ValueError("--remeasure-speed times the stored rows of a --model")
+        rows = remeasure_speed(args.model, store_path=args.store, lengths=args.lengths,
+                               device=args.device, log=log)
+        return _linearize_report(rows, args)
+    if args.mixer is None:
+        raise ValueError("--mixer is required: the mechanism that replaces softmax")
     steps = {"transfer_steps": args.transfer_steps if args.transfer_steps is not None
              else args.steps,
              "finetune_steps": args.finetune_steps if args.finetune_steps is not None
@@ -266,7 +273,6 @@ def cmd_linearize(args) -> int:
         keep_softmax=tuple(args.keep_softmax or ()), loss=args.loss,
         lora_rank=args.lora_rank, batch_size=args.batch, seed=args.seed,
         **{k: v for k, v in steps.items() if v is not None})
-    log = (lambda message: None) if args.quiet else print
     if args.model is not None:
         rows = linearize_pretrained(args.model, config, store_path=args.store,
                                     results_dir=args.out, lengths=args.lengths or [128, 512],
@@ -275,7 +281,13 @@ def cmd_linearize(args) -> int:
     else:
         rows = linearize_run(args.run, config, store_path=args.store, results_dir=args.out,
                              device=args.device, rerun=args.rerun, log=log)
+    return _linearize_report(rows, args)
+
+
+def _linearize_report(rows, args) -> int:
+    from attnarena.arena.publish import build_reports
     from attnarena.arena.report import linearize_markdown
+    from attnarena.arena.store import Store
 
     print(linearize_markdown(rows))
     paths = build_reports(Store(args.store), args.out)
@@ -397,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a pretrained encoder: minilm (all-MiniLM-L6-v2, offline with the "
                         "pretrained extra) or a model directory")
     p.add_argument("--run", default=None, help="a finished softmax run of the store (its id)")
-    p.add_argument("--mixer", required=True, help="the mechanism that replaces softmax")
+    p.add_argument("--mixer", default=None, help="the mechanism that replaces softmax")
     p.add_argument("--option", action="append", help="mixer option key=value (repeatable)")
     p.add_argument("--keep-softmax", type=_indices, default=None,
                    help="layers that stay softmax attention, e.g. 0,5")
@@ -419,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="results/arena.sqlite")
     p.add_argument("--out", default="results")
     p.add_argument("--rerun", action="store_true", help="measure again rows already stored")
+    p.add_argument("--remeasure-speed", action="store_true",
+                   help="time again every stored row of --model on this machine (the "
+                        "original and each architecture back to back), keeping the rest")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_linearize)
 

@@ -9,6 +9,7 @@ resumes from the student saved then.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -153,8 +154,6 @@ def linearize_run(run_id, config, *, store_path="results/arena.sqlite", results_
 
     Returns the rows: original, transfer, finetune (both stages), scratch.
     """
-    import copy
-
     from attnarena.arena.artifacts import load_run
     from attnarena.arena.train import evaluate, train
     from attnarena.compress.linearize_model import (finetune_task, mixer_blocks,
@@ -244,3 +243,44 @@ def linearize_run(run_id, config, *, store_path="results/arena.sqlite", results_
                             "train_seconds": metrics["train_seconds"]}
         store.add_linearize(ids["scratch"], found["scratch"], env)
     return rows + [found["transfer"], found["finetune"], found["scratch"]]
+
+
+def remeasure_speed(model, *, store_path="results/arena.sqlite", lengths=None, batch=None,
+                    device="auto", log=print) -> list[dict]:
+    """Time again every stored row of the pretrained encoder ``model`` on this machine,
+    the original and each linearized architecture back to back (speed does not depend on
+    the trained values, so the architecture is rebuilt from the row's recipe); for rows
+    first measured on a busy machine. Returns the updated rows."""
+    from attnarena.pretrained import load_pretrained, swap_attention
+
+    device = resolve_device(device)
+    env = environment(device)
+    store = Store(store_path)
+    source = str(model)
+    stored = [(i, r) for i, r in store.linearize_items() if r["source"] == source
+              and "mean_cosine" in r]
+    if not stored:
+        raise ValueError(f"no linearization of {source!r} in {store_path}")
+    original = load_pretrained(model, device=device)
+    measured = {}
+    updated = []
+    for row_id, row in stored:
+        row_lengths = lengths or sorted(int(n) for n in row["speed"])
+        key = (row["mixer"], json.dumps(row.get("options"), sort_keys=True),
+               tuple(row.get("keep_softmax") or ()), tuple(row_lengths))
+        if key not in measured:
+            if row["stage"] == "original":
+                encoder = original
+            else:
+                encoder = copy.deepcopy(original)
+                swap_attention(encoder.model, row["mixer"], keep_softmax=row["keep_softmax"],
+                               **row.get("options", {}))
+            log(f"timing {row['mixer']} at lengths {row_lengths}")
+            measured[key] = encoder_speed(encoder, row_lengths, batch or row["batch"],
+                                          device=device)
+        row = {**row, "speed": measured[key], "batch": batch or row["batch"],
+               "hardware": env["hardware"]}
+        row.pop("environment", None)
+        store.add_linearize(row_id, row, env)
+        updated.append(row)
+    return updated

@@ -291,13 +291,17 @@ class Store:
             (row_id, row["source"], row["mixer"], row["stage"], json.dumps(row),
              json.dumps(environment), time.time()))
 
-    def linearize_rows(self):
-        rows = []
+    def linearize_items(self):
+        """(id, row) pairs of the linearize table, by source and time of writing."""
+        items = []
         for r in self.db.execute("SELECT * FROM linearize ORDER BY source, created"):
             row = json.loads(r["row"])
             row["environment"] = json.loads(r["environment"] or "{}")
-            rows.append(row)
-        return rows
+            items.append((r["id"], row))
+        return items
+
+    def linearize_rows(self):
+        return [row for _, row in self.linearize_items()]
 
 
 class Lease:
