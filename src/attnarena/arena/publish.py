@@ -73,15 +73,19 @@ def plot_linearization(rows, path):
     quality.set_xlabel("mean cosine with the original's sentence embeddings")
     quality.legend(fontsize=8, loc="lower left")
     quality.set_title(f"agreement on {rows[0].get('test_sentences')} held-out sentences")
+    plotted = {timing: [], memory: []}
     for row in finals:
         speed = row.get("speed") or {}
         lengths = sorted(int(n) for n in speed)
         label = "original (softmax)" if row["stage"] == "original" else _variant(row)
         style = mixer_style("softmax" if row["stage"] == "original" else row["mixer"])
-        timing.plot(lengths, [speed[str(n)]["ms"] for n in lengths], label=label, **style)
+        times = [speed[str(n)]["ms"] for n in lengths]
+        timing.plot(lengths, times, label=label, **style)
+        plotted[timing] += times
         peaks = [speed[str(n)]["peak_mb"] for n in lengths]
         if all(p is not None for p in peaks):
             memory.plot(lengths, peaks, label=label, **style)
+            plotted[memory] += peaks
     for ax, what in ((timing, "forward time (ms)"), (memory, "peak memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -89,6 +93,7 @@ def plot_linearization(rows, path):
         ax.set_ylabel(what)
         label_log_axis(ax.xaxis, sorted({int(n) for r in finals for n in (r.get("speed") or {})}),
                        at_values=True)
+        label_log_axis(ax.yaxis, plotted[ax])
     legend_outside(memory)
     first = rows[0]
     timing.set_title(f"encoder forward, batch {first.get('batch')}, {first.get('hardware')}")

@@ -44,10 +44,10 @@ def model_directory(model: str | os.PathLike) -> Path:
                      f"model directory holding config.json, got {str(model)!r}")
 
 
-def _pooling(directory: Path) -> dict:
-    """sentence-transformers' pooling settings when the directory has them; mean pooling
-    with normalization otherwise."""
-    settings = {"mean": True, "normalize": True}
+def _normalizes(directory: Path) -> bool:
+    """Whether the directory's sentence-transformers pipeline L2-normalizes its mean-pooled
+    embeddings (True when it has no pipeline); other poolings are refused."""
+    normalize = True
     pooling = directory / "1_Pooling" / "config.json"
     if pooling.is_file():
         config = json.loads(pooling.read_text())
@@ -56,8 +56,8 @@ def _pooling(directory: Path) -> dict:
     modules = directory / "modules.json"
     if modules.is_file():
         kinds = [m.get("type", "") for m in json.loads(modules.read_text())]
-        settings["normalize"] = any(k.endswith("Normalize") for k in kinds)
-    return settings
+        normalize = any(k.endswith("Normalize") for k in kinds)
+    return normalize
 
 
 class PretrainedEncoder(nn.Module):
@@ -150,8 +150,7 @@ def load_pretrained(model: str | os.PathLike = "minilm", *, device="cpu") -> Pre
         normalize, max_length = pooling.get("normalize", True), pooling.get("max_length", 256)
     else:
         net = transformers.AutoModel.from_pretrained(directory, attn_implementation="sdpa")
-        settings = _pooling(directory)
-        normalize = settings["normalize"]
+        normalize = _normalizes(directory)
         max_length = _max_length(directory)
     encoder = PretrainedEncoder(net, tokenizer, normalize=normalize, max_length=max_length,
                                 source=str(model))
