@@ -197,13 +197,16 @@ def test_cli_linearize_an_arena_run_against_scratch(tmp_path, capsys):
     store, _ = run_tiny_suite(tmp_path, ["softmax", "gla"], "steps = 6, batch = 8, eval_every = 6")
     runs = {r["mixer"]: r["id"] for r in Store(store).runs()}
     base = ["linearize", "--store", str(store), "--out", str(tmp_path), "--quiet"]
-    assert main([*base, "--run", runs["softmax"], "--mixer", "linear", "--steps", "3"]) == 0
+    assert main([*base, "--run", runs["softmax"], "--mixer", "hedgehog", "--steps", "3"]) == 0
     out = capsys.readouterr().out
     assert "## Linearized arena models" in out
     rows = Store(store).linearize_rows()
     assert [r["stage"] for r in rows] == ["original", "transfer", "finetune", "scratch"]
     assert [r["steps"] for r in rows[1:]] == [3, 6, 6]
     assert all(0 <= r["test"] <= 1 for r in rows)
+    # linear attention adds no parameters: stage 1 has nothing to train
+    assert main([*base, "--run", runs["softmax"], "--mixer", "linear", "--steps", "3"]) == 0
+    assert [r["steps"] for r in Store(store).linearize_rows()[4:]] == [0, 3, 6]
     assert main([*base, "--run", runs["gla"], "--mixer", "linear"]) == 2
     assert "trained 'gla'; linearization starts from a softmax run" in capsys.readouterr().err
 

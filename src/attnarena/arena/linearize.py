@@ -98,7 +98,7 @@ def linearize_pretrained(model, config, *, store_path="results/arena.sqlite",
         original = {**base, "mixer": "softmax (original)", "stage": "original",
                     "options": {}, "keep_softmax": [], "transfer_steps": 0,
                     "finetune_steps": 0, "mean_cosine": 1.0, "top10_overlap": 1.0,
-                    "spearman": 1.0, "params_added": 0, "train_seconds": 0.0,
+                    "spearman": 1.0, "params_added": 0, "train_seconds": 0.0, "steps": 0,
                     "speed": encoder_speed(teacher, lengths, batch, device=device)}
         store.add_linearize(original_id, original, env)
     rows.append(original)
@@ -118,14 +118,15 @@ def linearize_pretrained(model, config, *, store_path="results/arena.sqlite",
         return sum(p.numel() for b in attention_layers(student.model)
                    if isinstance(b.self, ArenaSelfAttention) for p in new_parameters(b))
 
-    def measured(student, stage, seconds):
-        return {**base, "stage": stage, **agreement(reference, student.encode(test)),
+    def measured(student, stage, seconds, steps):
+        return {**base, "stage": stage, "steps": steps,
+                **agreement(reference, student.encode(test)),
                 "params_added": added(student), "train_seconds": seconds,
                 "speed": encoder_speed(student, lengths, batch, device=device)}
 
-    def after_transfer(student):
+    def after_transfer(student, info):
         student.save(saved)
-        row = measured(student, "transfer", time.perf_counter() - started)
+        row = measured(student, "transfer", time.perf_counter() - started, info["steps"])
         store.add_linearize(ids["transfer"], row, env)
         found["transfer"] = row
 
@@ -137,7 +138,8 @@ def linearize_pretrained(model, config, *, store_path="results/arena.sqlite",
     student, info = linearize_encoder(teacher, config, train, log=log,
                                       after_transfer=after_transfer, start_from=start_from)
     seconds = (found["transfer"] or {}).get("train_seconds", 0.0) + info["finetune"]["seconds"]
-    final = measured(student, "finetune", seconds)
+    steps = found["transfer"].get("steps", 0) + info["finetune"]["steps"]
+    final = measured(student, "finetune", seconds, steps)
     student.save(folder / "model")
     shutil.rmtree(saved, ignore_errors=True)
     store.add_linearize(ids["finetune"], final, env)
@@ -211,20 +213,23 @@ def linearize_run(run_id, config, *, store_path="results/arena.sqlite", results_
                     for p in new_mixer_parameters(mixer_blocks(student)[i].mixer))
         batch = train_cfg["batch"]
         start = time.perf_counter()
-        transfer_mixers(teacher, student, task, swapped, steps=config.transfer_steps,
-                        batch_size=batch, lr=config.transfer_lr, seed=seed, device=device)
+        first = transfer_mixers(teacher, student, task, swapped, steps=config.transfer_steps,
+                                batch_size=batch, lr=config.transfer_lr, seed=seed,
+                                device=device)
         seconds = time.perf_counter() - start
         score = evaluate(student, task, examples, test_seed, device, "test")["metric"]
         found["transfer"] = {**base, "stage": "transfer", "test": score,
-                             "steps": config.transfer_steps, "params_added": added,
+                             "steps": first["steps"], "params_added": added,
                              "train_seconds": seconds}
         store.add_linearize(ids["transfer"], found["transfer"], env)
         start = time.perf_counter()
-        finetune_task(student, task, swapped, steps=config.finetune_steps, batch_size=batch,
-                      lr=config.finetune_lr, rank=config.lora_rank, seed=seed, device=device)
+        second = finetune_task(student, task, swapped, steps=config.finetune_steps,
+                               batch_size=batch, lr=config.finetune_lr, rank=config.lora_rank,
+                               seed=seed, device=device)
         seconds += time.perf_counter() - start
         score = evaluate(student, task, examples, test_seed, device, "test")["metric"]
-        found["finetune"] = {**base, "stage": "finetune", "test": score, "steps": total,
+        found["finetune"] = {**base, "stage": "finetune", "test": score,
+                             "steps": first["steps"] + second["steps"],
                              "params_added": added, "train_seconds": seconds}
         store.add_linearize(ids["finetune"], found["finetune"], env)
 

@@ -330,8 +330,10 @@ def linearize_markdown(rows) -> str:
                   + " | params added |",
                   "|---" * (9 + 2 * len(lengths)) + "|"]
         for r in encoders:
-            steps = f"{r['transfer_steps']}+{r['finetune_steps']}" if r["stage"] == "finetune" \
-                else str(r["transfer_steps"])
+            # rows written before the steps taken were recorded: the recipe's steps
+            recipe = r["transfer_steps"] + (r["finetune_steps"] if r["stage"] == "finetune"
+                                            else 0)
+            steps = str(r.get("steps", recipe))
             lines.append(" | ".join([
                 f"| {r['source']}", r["mixer"] + _options_text(r.get("options")),
                 ",".join(map(str, r.get("keep_softmax") or [])) or "-", r["stage"],

@@ -244,7 +244,7 @@ def linearize_encoder(teacher, config: LinearizeConfig, train_sentences, *, log=
     Args:
         teacher: a ``PretrainedEncoder`` (left unchanged).
         train_sentences: the training corpus.
-        after_transfer: called with the student after stage 1 (to save it).
+        after_transfer: called with the student and stage 1's info after stage 1.
         start_from: a student already past stage 1 (skips it).
 
     Returns:
@@ -266,7 +266,7 @@ def linearize_encoder(teacher, config: LinearizeConfig, train_sentences, *, log=
                                               lr=config.transfer_lr, log=log)
         info["transfer"]["seconds"] = time.perf_counter() - started
         if after_transfer is not None:
-            after_transfer(student)
+            after_transfer(student, info["transfer"])
     else:
         student = start_from
     started = time.perf_counter()
