@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from attnarena._validate import check_int, check_real
-from attnarena.compress.lora import add_lora, lora_parameters, merge_lora
+from attnarena.compress.lora import add_lora, lora_parameters, merge_lora, train_only
 from attnarena.pretrained.swap import ArenaSelfAttention, attention_layers, swap_attention
 
 LOSSES = ("mse", "attention")
@@ -154,11 +154,7 @@ def attention_transfer(teacher, student, batches, *, loss="mse", lr=1e-2,
         if lacking:
             raise ValueError(f"loss 'attention' needs attention weights to match, which "
                              f"{', '.join(lacking)} does not expose; use loss 'mse'")
-    params = [p for i in swapped for p in new_parameters(blocks[i])]
-    for p in student.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+    params = train_only(student, (p for i in swapped for p in new_parameters(blocks[i])))
     if not params or not batches:
         return {"steps": 0, "trained_parameters": 0}
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -188,8 +184,7 @@ def finetune(teacher, student, batches, *, rank=8, lr=1e-3, log=None) -> dict:
                      if isinstance(b.self, ArenaSelfAttention))
     if not prefixes or not batches:
         return {"steps": 0, "trained_parameters": 0}
-    for p in student.parameters():
-        p.requires_grad_(False)
+    train_only(student, ())
     add_lora(student.model, lambda name: _adapted(name, prefixes), rank=rank)
     params = lora_parameters(student.model)
     optimizer = torch.optim.Adam(params, lr=lr)

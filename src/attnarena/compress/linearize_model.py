@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnarena.compress.lora import add_lora, lora_parameters, merge_lora
+from attnarena.compress.lora import add_lora, lora_parameters, merge_lora, train_only
 from attnarena.models.block import Block
 from attnarena.registry import create_mixer, mixer_info
 from attnarena.seeds import batch_seed
@@ -90,11 +90,8 @@ def transfer_mixers(teacher, student, task, swapped, *, steps, batch_size, lr, s
     """Stage 1 on an arena model: each swapped mixer matches the teacher's mixer output on
     the teacher's input to it."""
     blocks = mixer_blocks(student)
-    params = [p for i in swapped for p in new_mixer_parameters(blocks[i].mixer)]
-    for p in student.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+    params = train_only(student,
+                        (p for i in swapped for p in new_mixer_parameters(blocks[i].mixer)))
     if not params or not steps:
         return {"steps": 0, "trained_parameters": 0}
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -124,8 +121,7 @@ def finetune_task(student, task, swapped, *, steps, batch_size, lr, rank, seed,
     blocks = mixer_blocks(student)
     names = {id(m): n for n, m in student.named_modules()}
     targets = {f"{names[id(blocks[i].mixer)]}.{p}" for i in swapped for p in PROJECTIONS}
-    for p in student.parameters():
-        p.requires_grad_(False)
+    train_only(student, ())
     add_lora(student, targets.__contains__, rank=min(rank, blocks[swapped[0]].mixer.dim))
     params = lora_parameters(student)
     optimizer = torch.optim.Adam(params, lr=lr)

@@ -86,6 +86,16 @@ def merge_lora(model: nn.Module) -> int:
     return count
 
 
+def train_only(model: nn.Module, params) -> list[nn.Parameter]:
+    """Freeze every parameter of ``model`` but ``params`` (returned as a list)."""
+    params = list(params)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in model.modules() if isinstance(m, LoRALinear)
             for p in (m.lora_A, m.lora_B)]
