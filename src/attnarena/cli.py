@@ -414,14 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-softmax", type=_indices, default=None,
                    help="layers that stay softmax attention, e.g. 0,5")
     p.add_argument("--steps", type=int, default=None,
-                   help="steps of each stage (default 300 each for --model)")
+                   help="steps of each stage (default 300 each)")
     p.add_argument("--transfer-steps", type=int, default=None, help="steps of stage 1 only")
     p.add_argument("--finetune-steps", type=int, default=None, help="steps of stage 2 only")
     p.add_argument("--loss", choices=["mse", "attention"], default="mse",
                    help="stage 1: match attention outputs (mse, LoLCATs) or attention "
                         "weights (Hedgehog's cross-entropy)")
-    p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lora-rank", type=int, default=8, help="rank of the stage-2 adapters")
+    p.add_argument("--batch", type=int, default=32,
+                   help="sentences per step with --model (a --run trains on its own batch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lengths", type=_ints, default=None,
                    help="encoder lengths to time (default 128,512)")
