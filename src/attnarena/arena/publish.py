@@ -71,7 +71,8 @@ def plot_linearization(rows, path):
     quality.set_yticks(range(len(labels)), labels, fontsize=8)
     quality.set_xlim(max(0.0, min([r["mean_cosine"] for r in rows] + [1.0]) - 0.05), 1.0)
     quality.set_xlabel("mean cosine with the original's sentence embeddings")
-    quality.legend(fontsize=8, loc="lower left")
+    quality.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+                   frameon=False)
     quality.set_title(f"agreement on {rows[0].get('test_sentences')} held-out sentences")
     plotted = {timing: [], memory: []}
     for row in finals:
