@@ -13,10 +13,9 @@ from torch import nn
 
 from attnarena.compress.lora import add_lora, lora_parameters, merge_lora, train_only
 from attnarena.models.block import Block
-from attnarena.registry import create_mixer, mixer_info
+from attnarena.pretrained.swap import PROJECTIONS, mixer_taking_over, resolve_layers
+from attnarena.registry import mixer_info
 from attnarena.seeds import batch_seed
-
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def mixer_blocks(model) -> list[Block]:
@@ -32,29 +31,15 @@ def swap_mixers(model, mechanism: str, *, keep_softmax=(), **options) -> list[in
         raise ValueError(f"mixer {mechanism!r} cannot reuse the trained query, key, value and "
                          "output weights (it has no such projections)")
     blocks = mixer_blocks(model)
-    for index in keep_softmax:
-        if isinstance(index, bool) or not isinstance(index, int) or \
-                not 0 <= index < len(blocks):
-            raise ValueError(f"layer index {index!r} is out of range: the model has "
-                             f"{len(blocks)} blocks, 0 to {len(blocks) - 1}")
-    settings = {**dict(info.pretrained_options), **options}
-    chosen = [i for i in range(len(blocks)) if i not in set(keep_softmax)]
+    chosen = resolve_layers(len(blocks), None, keep_softmax)
     for index in chosen:
         old = blocks[index].mixer
         if not all(isinstance(getattr(old, n, None), nn.Linear) for n in PROJECTIONS):
             raise ValueError(f"block {index} holds {old.info.name}, which has no query, key, "
                              "value and output projections to hand over")
-        new = create_mixer(mechanism, dim=old.dim, heads=old.heads, causal=old.causal,
-                           **settings)
-        for name in PROJECTIONS:
-            current = getattr(new, name, None)
-            if not (isinstance(current, nn.Linear)
-                    and current.weight.shape == getattr(old, name).weight.shape):
-                raise ValueError(f"mixer {mechanism!r} with options {settings} has no "
-                                 f"{name} shaped like the trained one")
-            setattr(new, name, getattr(old, name))
-        reference = old.q_proj.weight
-        blocks[index].mixer = new.to(device=reference.device, dtype=reference.dtype)
+        blocks[index].mixer, _ = mixer_taking_over(
+            mechanism, {n: getattr(old, n) for n in PROJECTIONS}, heads=old.heads,
+            causal=old.causal, options=options)
     return chosen
 
 

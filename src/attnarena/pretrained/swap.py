@@ -108,29 +108,41 @@ def check_swap(mechanism: str, options: dict | None = None) -> None:
     check_mixer_options(mechanism, dict(options or {}))
 
 
+def mixer_taking_over(mechanism: str, projections: dict, *, heads: int, causal: bool,
+                      options: dict | None = None):
+    """A new ``mechanism`` mixer whose q_proj, k_proj, v_proj, o_proj are the given trained
+    ``nn.Linear`` modules (those named in ``projections``), built with the mechanism's
+    ``pretrained_options`` and ``options``; returns (mixer, the options it was built with).
+    Raises ValueError when the mixer has no square projection to take one over."""
+    reference = next(iter(projections.values())).weight
+    width = reference.shape[1]
+    settings = {**dict(mixer_info(mechanism).pretrained_options or ()), **(options or {})}
+    mixer = create_mixer(mechanism, dim=width, heads=heads, causal=causal, **settings)
+    for name in PROJECTIONS:
+        current = getattr(mixer, name, None)
+        if not (isinstance(current, nn.Linear) and current.weight.shape == (width, width)):
+            raise ValueError(f"mixer {mechanism!r} with options {settings} has no square "
+                             f"{name} of width {width} to take the trained weights")
+    for name, module in projections.items():
+        setattr(mixer, name, module)
+    return mixer.to(device=reference.device, dtype=reference.dtype), settings
+
+
 def build_swapped(block, mechanism: str, options: dict | None = None) -> ArenaSelfAttention:
     """An ``ArenaSelfAttention`` for one attention block, sharing its q/k/v weights."""
     options = dict(options or {})
     check_swap(mechanism, options)
-    info = mixer_info(mechanism)
     inner = block.self
     width = inner.query.in_features
     heads = getattr(inner, "num_attention_heads", None)
     if inner.query.out_features != width or heads is None:
         raise ValueError("expected a self-attention with square query/key/value maps and a "
                          f"num_attention_heads attribute, got {type(inner).__name__}")
-    settings = {**dict(info.pretrained_options), **options}
-    mixer = create_mixer(mechanism, dim=width, heads=heads, causal=False, **settings)
-    for name in PROJECTIONS:
-        current = getattr(mixer, name, None)
-        if not (isinstance(current, nn.Linear) and current.weight.shape == (width, width)):
-            raise ValueError(f"mixer {mechanism!r} with options {settings} has no square "
-                             f"{name} of width {width} to take the pretrained weights")
-    mixer.q_proj, mixer.k_proj, mixer.v_proj = inner.query, inner.key, inner.value
+    mixer, settings = mixer_taking_over(
+        mechanism, {"q_proj": inner.query, "k_proj": inner.key, "v_proj": inner.value},
+        heads=heads, causal=False, options=options)
     mixer.o_proj = nn.Identity()  # the block's output.dense applies it
-    reference = inner.query.weight
-    return ArenaSelfAttention(mixer.to(device=reference.device, dtype=reference.dtype),
-                              mechanism, settings)
+    return ArenaSelfAttention(mixer, mechanism, settings)
 
 
 def swap_attention(model, mechanism: str, *, layers=None, keep_softmax=(),
