@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# the CPU wheel first, so that the range in pyproject.toml is already met
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[test,fast,pretrained]"
+	$(BIN)/pip install --quiet -e ".[test,fast,pretrained,compress]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -284,6 +284,53 @@ def cmd_linearize(args) -> int:
     return _linearize_report(rows, args)
 
 
+def _compress_recipes(args) -> list:
+    from attnarena.compress.recipe import make_step, recipe_from_dicts
+    from attnarena.options import parse_options
+
+    if bool(args.method) == bool(args.recipes):
+        raise ValueError("give a recipe: --method 'NAME key=value ...' (repeatable, one "
+                         "recipe applied in order) or --recipes FILE.toml (several), not both")
+    if args.method:
+        steps = []
+        for text in args.method:
+            name, *pairs = text.split()
+            steps.append(make_step(name, parse_options(pairs, f" of method {name}")))
+        return [steps]
+    import tomllib
+
+    try:
+        loaded = tomllib.loads(Path(args.recipes).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"cannot read the recipes {args.recipes}: {error}") from None
+    recipes = loaded.get("recipe")
+    if not isinstance(recipes, list) or not recipes:
+        raise ValueError(f"{args.recipes} lists no [[recipe]] tables (each with steps = "
+                         "[{method = 'NAME', ...}, ...] or a single method = 'NAME')")
+    out = []
+    for entry in recipes:
+        steps = entry.get("steps") if "steps" in entry else [entry]
+        out.append(recipe_from_dicts(steps))
+    return out
+
+
+def cmd_compress(args) -> int:
+    from attnarena.arena.compress import compress_run
+    from attnarena.arena.compress_report import compress_markdown
+    from attnarena.arena.publish import build_reports
+    from attnarena.arena.store import Store
+
+    recipes = _compress_recipes(args)
+    log = (lambda message: None) if args.quiet else print
+    rows = compress_run(args.source, recipes, store_path=args.store, results_dir=args.out,
+                        device=args.device, calibration=args.calibration, batch=args.batch,
+                        repeats=args.repeats, rerun=args.rerun, log=log)
+    print(compress_markdown(rows))
+    paths = build_reports(Store(args.store), args.out)
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
 def _linearize_report(rows, args) -> int:
     from attnarena.arena.publish import build_reports
     from attnarena.arena.report import linearize_markdown
@@ -437,6 +484,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "original and each architecture back to back), keeping the rest")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_linearize)
+
+    from attnarena.compress.recipe import list_methods
+
+    p = command("compress", help="compress a trained run by recipes (quantization, pruning, "
+                                 "low-rank, distillation), measured before and after",
+                epilog="methods: " + ", ".join(list_methods()) + ". Example: attnarena "
+                       "compress RUN_ID --method 'prune_heads fraction=0.5' --method "
+                       "'distill steps=200' --method int8_dynamic")
+    p.add_argument("source", help="a finished run's id (see the leaderboard) or a run folder")
+    p.add_argument("--method", action="append",
+                   help="one step, 'NAME key=value ...' (repeatable: the steps of one recipe, "
+                        "in order)")
+    p.add_argument("--recipes", default=None,
+                   help="a TOML file of several recipes: [[recipe]] tables, each with "
+                        "steps = [{method = 'NAME', key = value}, ...]")
+    p.add_argument("--calibration", type=int, default=4,
+                   help="calibration batches (training split) for data-driven methods")
+    p.add_argument("--batch", type=int, default=None,
+                   help="calibration and distillation batch (default: the run's own)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per latency")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--store", default="results/arena.sqlite")
+    p.add_argument("--out", default="results",
+                   help="where runs were trained; compressed models go to OUT/compressed")
+    p.add_argument("--rerun", action="store_true", help="compress again recipes already stored")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_compress)
 
     p = command("report", help="leaderboard and plots from the store")
     p.add_argument("--store", default="results/arena.sqlite")

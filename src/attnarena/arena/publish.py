@@ -1,10 +1,11 @@
 """The report's files: leaderboard.md, and the plots (quality against training throughput,
-training curves, and time and memory against length)."""
+training curves, time and memory against length, linearization and compression)."""
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
 
+from attnarena.arena.compress_report import by_source, plot_compression
 from attnarena.arena.plotstyle import (label_log_axis, legend_outside, mixer_style, plural,
                                        pyplot)
 from attnarena.arena.report import (best_runs, leaderboard_markdown, leaderboard_rows,
@@ -39,6 +40,8 @@ def build_reports(store, out_dir) -> list[Path]:
     encoders = [r for r in store.linearize_rows() if "mean_cosine" in r]
     if encoders:
         paths.append(plot_linearization(encoders, out / "linearization.png"))
+    if by_source(store.compress_rows()):
+        paths.append(plot_compression(store.compress_rows(), out / "compression.png"))
     return paths
 
 

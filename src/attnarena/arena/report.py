@@ -290,6 +290,11 @@ def leaderboard_markdown(store) -> str:
     linearized = store.linearize_rows()
     if linearized:
         lines += [linearize_markdown(linearized)]
+    compressed = store.compress_rows()
+    if compressed:
+        from attnarena.arena.compress_report import compress_markdown
+
+        lines += [compress_markdown(compressed)]
     if unfinished:
         lines += ["## Runs without a result (not ranked)", "",
                   "diverged: a non-finite loss stopped training; failed: an error; "

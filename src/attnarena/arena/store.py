@@ -1,8 +1,9 @@
 """The results store: one SQLite file, every write a transaction.
 
 Tables: ``runs`` (one row per training run, keyed by its config's id), ``speed`` (one
-row per speed case, keyed by its settings and environment) and ``linearize`` (one row per
-stage of a linearization, keyed by its source model and recipe). A crash mid-write leaves the
+row per speed case, keyed by its settings and environment), ``linearize`` (one row per
+stage of a linearization, keyed by its source model and recipe) and ``compress`` (one row
+per compressed model, keyed by its source run, recipe and hardware). A crash mid-write leaves the
 previous committed state; finished runs are never lost.
 
 Several processes, on one machine or on several sharing the file, can work through one
@@ -68,6 +69,14 @@ CREATE TABLE IF NOT EXISTS linearize (
     source TEXT NOT NULL,
     mixer TEXT NOT NULL,
     stage TEXT NOT NULL,
+    row TEXT NOT NULL,
+    environment TEXT,
+    created REAL
+);
+CREATE TABLE IF NOT EXISTS compress (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    recipe TEXT NOT NULL,
     row TEXT NOT NULL,
     environment TEXT,
     created REAL
@@ -302,6 +311,28 @@ class Store:
 
     def linearize_rows(self):
         return [row for _, row in self.linearize_items()]
+
+    # -- compress ----------------------------------------------------------------------------
+
+    def compress_row(self, row_id):
+        found = self.db.execute("SELECT row FROM compress WHERE id = ?", (row_id,)).fetchone()
+        return None if found is None else json.loads(found[0])
+
+    def add_compress(self, row_id, row, environment):
+        self._write(
+            "INSERT OR REPLACE INTO compress (id, source, recipe, row, environment, created) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (row_id, row["source"], row["recipe"], json.dumps(row), json.dumps(environment),
+             time.time()))
+
+    def compress_rows(self):
+        """Rows of the compress table, by source and time of writing."""
+        rows = []
+        for r in self.db.execute("SELECT * FROM compress ORDER BY source, created"):
+            row = json.loads(r["row"])
+            row["environment"] = json.loads(r["environment"] or "{}")
+            rows.append(row)
+        return rows
 
 
 class Lease:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from attnarena import ops
 from attnarena._validate import check_int
@@ -104,6 +105,9 @@ class DotProductAttention(QKVMixer):
         q, k = self._positions(q, k)
         return self._output(self._attend(q, k, v, mask), x)
 
+    def _decode(self, q, keys, values):
+        return ops.decode_attention(q, keys, values, alibi_slopes=self.alibi_slopes)
+
     def _init_state(self, batch_size, device, dtype):
         max_keys = self.window
         capacity = 2 * max_keys if max_keys else 16
@@ -124,7 +128,7 @@ class DotProductAttention(QKVMixer):
         q, k, v = self.project(x_t[:, None])  # (B, H, 1, D)
         q, k = self._positions(q, k, offset=state.position)
         state.append(k, v)
-        o = ops.decode_attention(q, state.keys(), state.values(), alibi_slopes=self.alibi_slopes)
+        o = self._decode(q, state.keys(), state.values())
         return self._output(o, x_t[:, None])[:, 0], state
 
 
@@ -137,8 +141,51 @@ class SoftmaxAttention(DotProductAttention):
     """Multi-head scaled dot-product attention (Vaswani et al. 2017, "Attention Is All You
     Need") through torch's SDPA; decoding keeps a KV cache.
 
-    Options: attn_dropout, rope (RoFormer rotary positions), alibi (ALiBi biases), bias.
+    Options: attn_dropout, rope (RoFormer rotary positions), alibi (ALiBi biases), bias,
+    and the two training-time remedies of Bondarenko et al. 2023 ("Quantizable
+    Transformers: Removing Outliers by Helping Attention Heads Do Nothing") for the
+    activation outliers that break 8-bit quantization: ``clip_gamma`` (< 0 turns on the
+    clipped softmax, clip((zeta - gamma) softmax + gamma, 0, 1)) with ``clip_zeta`` (>= 1),
+    and ``gated`` (each head's output times sigmoid of a per-head linear gate of the token).
     """
+
+    def __init__(self, dim, heads=1, causal=False, *, attn_dropout=0.0, rope=False,
+                 rope_base=10000.0, alibi=False, bias=True, clip_gamma=0.0, clip_zeta=1.0,
+                 gated=False):
+        super().__init__(dim, heads, causal, attn_dropout=attn_dropout, rope=rope,
+                         rope_base=rope_base, alibi=alibi, bias=bias)
+        for name, value in (("clip_gamma", clip_gamma), ("clip_zeta", clip_zeta)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+        if clip_gamma > 0 or clip_zeta < 1:
+            raise ValueError(f"clip_gamma must be <= 0 and clip_zeta >= 1, got "
+                             f"{clip_gamma!r} and {clip_zeta!r}")
+        if not isinstance(gated, bool):
+            raise TypeError(f"gated must be true or false, got {gated!r}")
+        if (clip_gamma, clip_zeta) != (0, 1) and (alibi or attn_dropout):
+            raise ValueError("the clipped softmax takes no alibi or attn_dropout")
+        self.clip = None if (clip_gamma, clip_zeta) == (0, 1) else (float(clip_gamma),
+                                                                  float(clip_zeta))
+        # One gate per head from the token itself (the paper's linear gating function).
+        self.gate = nn.Linear(dim, heads) if gated else None
+
+    def _attend(self, q, k, v, mask):
+        if self.clip is None:
+            return super()._attend(q, k, v, mask)
+        gamma, zeta = self.clip
+        return ops.clipped_softmax_attention(q, k, v, gamma=gamma, zeta=zeta,
+                                             causal=self.causal, mask=mask)
+
+    def _decode(self, q, keys, values):
+        if self.clip is None:
+            return super()._decode(q, keys, values)
+        gamma, zeta = self.clip
+        return ops.clipped_softmax_attention(q, keys, values, gamma=gamma, zeta=zeta)
+
+    def _output(self, o, x):
+        if self.gate is not None:
+            o = o * torch.sigmoid(self.gate(x)).transpose(1, 2)[..., None]  # (B, H, L, 1)
+        return super()._output(o, x)
 
 
 @register_mixer(

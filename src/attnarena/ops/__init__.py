@@ -21,13 +21,15 @@ from attnarena.ops.moh import head_routing_weights
 from attnarena.ops.rotary import rotary
 from attnarena.ops.s4d import s4d
 from attnarena.ops.sinkhorn import sinkhorn, sinkhorn_attention
-from attnarena.ops.softmax import (alibi_slopes, decode_attention, masked_softmax,
-                                   merge_partial_attention, score_attention, softmax_attention)
+from attnarena.ops.softmax import (alibi_slopes, clipped_softmax_attention, decode_attention,
+                                   masked_softmax, merge_partial_attention, score_attention,
+                                   softmax_attention)
 from attnarena.ops.sparse import pattern_attention
 from attnarena.ops.ssm import selective_scan
 from attnarena.ops.window_linear import window_linear_attention
 
-__all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss", "cosine_features",
+__all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss",
+           "clipped_softmax_attention", "cosine_features",
            "decode_attention", "delta_rule", "dilated_attention", "favor_features", "FEATURE_MAPS",
            "focused", "fourier_mix", "gated_delta_rule", "gaussian_adaptive", "gla",
            "head_routing_weights", "hedgehog_features", "iterative_pinv", "linear_attention",

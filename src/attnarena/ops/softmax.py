@@ -167,6 +167,39 @@ def _blocked_local(q, k, v, causal, window, key_mask, scale, alibi_slopes, dropo
     return o[:, :, :L]
 
 
+def clipped_softmax_attention(q, k, v, *, gamma: float, zeta: float = 1.0, causal=False,
+                              mask=None, scale=None):
+    """Attention with the clipped softmax of Bondarenko et al. 2023 ("Quantizable
+    Transformers: Removing Outliers by Helping Attention Heads Do Nothing"):
+    clip((zeta - gamma) * softmax(scores) + gamma, 0, 1). With gamma < 0 a head can give a
+    key exactly zero weight from a finite score, so it need not grow huge logits (and the
+    activation outliers behind them) to attend to nothing. gamma = 0, zeta = 1 is softmax.
+
+    Args:
+        q: (B, H, L, D).  k: (B, H, S, D).  v: (B, H, S, Dv).
+        gamma: lower stretch, <= 0.  zeta: upper stretch, >= 1.
+        causal, mask, scale: as in ``softmax_attention``.
+
+    Returns:
+        (B, H, L, Dv).
+    """
+    check_qkv(q, k, v)
+    if not gamma <= 0.0 or not zeta >= 1.0:
+        raise ValueError(f"clipped softmax needs gamma <= 0 and zeta >= 1, got gamma={gamma!r}, "
+                         f"zeta={zeta!r}")
+    L, S = q.shape[2], k.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    allowed = _structure_mask(L, S, causal, None, q.device)
+    key_or_full = _check_mask(mask, q, k)
+    if key_or_full is not None:
+        allowed = key_or_full if allowed is None else allowed & key_or_full
+    weights = masked_softmax((q @ k.transpose(-1, -2)) * scale, allowed)
+    weights = ((zeta - gamma) * weights + gamma).clamp(0.0, 1.0)
+    if allowed is not None:  # a key the query may not see stays at exactly zero
+        weights = weights * allowed
+    return weights @ v
+
+
 def masked_softmax(scores, allowed=None, *, return_lse=False):
     """Softmax over the last dimension restricted to ``allowed`` entries (bool, broadcastable
     to ``scores``; None = all). A row with no allowed entry gets all-zero weights, so a query

@@ -1,0 +1,161 @@
+"""Compression in the report: a table per source model (each recipe's quality, size and
+latency as ratios to the uncompressed model), the outlier measures beside the W8A8 drop,
+and a plot of quality against size and against latency with the Pareto front."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from attnarena.arena.plotstyle import pyplot
+
+W8A8 = "int_static"  # the recipe label of 8-bit weights and static 8-bit activations
+
+
+def _ms(row, where: str, batch: str, factor: str = "1"):
+    speed = row.get("speed") or {}
+    part = speed.get("model", {}) if where == "model" else speed.get("blocks", {}).get(factor, {})
+    return (part.get(batch) or {}).get("ms")
+
+
+def _peak(row, factor="4", batch="32"):
+    return ((row.get("speed") or {}).get("blocks", {}).get(factor, {}).get(batch) or {}).get(
+        "peak_mb")
+
+
+def by_source(rows) -> dict[str, tuple[dict, list[dict]]]:
+    """{source: (the uncompressed row, [compressed rows])}, sources with a float row."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups[row["source"]].append(row)
+    out = {}
+    for source, mine in groups.items():
+        base = next((r for r in mine if r["recipe"] == "float"), None)
+        if base is not None:
+            out[source] = (base, [r for r in mine if r["recipe"] != "float"])
+    return out
+
+
+def _ratio(a, b, spec=".2f"):
+    return "-" if a is None or b is None or not b else f"{a / b:{spec}}x"
+
+
+def _points(row, base):
+    scale = 100.0 if row["metric"] == "accuracy" else 1.0
+    delta = (row["test"] - base["test"]) * scale
+    unit = " pts" if row["metric"] == "accuracy" else ""
+    return f"{delta:+.2f}{unit}"
+
+
+def _value(row):
+    return f"{100 * row['test']:.2f}%" if row["metric"] == "accuracy" else f"{row['test']:.4g}"
+
+
+def compress_markdown(rows) -> str:
+    """Tables of the compress rows: per source, every recipe against the float model."""
+    lines = ["## Compressed models", "",
+             "Each recipe against its uncompressed model, measured side by side: test "
+             "metric and its change, weight bytes as saved (safetensors) and how many times "
+             "smaller, parameters, and speed-up of the whole model at the task's length "
+             "(batch 1 and 32) and of its blocks at 4x that length (batch 32), with their "
+             "peak memory there.", ""]
+    groups = by_source(rows)
+    for source, (base, compressed) in groups.items():
+        options = base.get("mixer_options") or {}
+        mixer = base["mixer"] + (f" ({', '.join(f'{k}={v}' for k, v in sorted(options.items()))})"
+                                 if options else "")
+        out = base.get("outliers") or {}
+        lines += [f"### {source}: {mixer} on {base['task']}", "",
+                  f"Float: {_value(base)} {base['metric']}, {base['bytes'] / 1024:,.1f} KiB, "
+                  f"{base['params']:,} parameters; outliers: max |block output| "
+                  f"{out.get('max_inf_norm', float('nan')):.1f}, kurtosis "
+                  f"{out.get('kurtosis', float('nan')):.1f}. {base.get('hardware', '')}.", "",
+                  "| recipe | test | change | KiB | smaller | params | speed-up b1 | "
+                  "speed-up b32 | blocks 4L b32 | MiB 4L b32 |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in [base] + compressed:
+            blocks = _ms(row, "blocks", "32", "4")
+            lines.append(" | ".join([
+                f"| {row['recipe']}", _value(row), _points(row, base) if row is not base else "-",
+                f"{row['bytes'] / 1024:,.1f}", _ratio(base["bytes"], row["bytes"]),
+                f"{row['params']:,}",
+                _ratio(_ms(base, "model", "1"), _ms(row, "model", "1")),
+                _ratio(_ms(base, "model", "32"), _ms(row, "model", "32")),
+                "-" if blocks is None else f"{blocks:.1f} ms "
+                f"({_ratio(_ms(base, 'blocks', '32', '4'), blocks)})",
+                "-" if _peak(row) is None else f"{_peak(row):.1f}"]) + " |")
+        lines.append("")
+    lines += outlier_markdown(groups)
+    return "\n".join(lines)
+
+
+def outlier_markdown(groups) -> list[str]:
+    """Float models with their outlier measures and the accuracy W8A8 costs them."""
+    found = []
+    for source, (base, compressed) in groups.items():
+        w8a8 = next((r for r in compressed if r["recipe"] == W8A8), None)
+        if w8a8 is not None and base.get("outliers"):
+            found.append((source, base, w8a8))
+    if not found:
+        return []
+    lines = ["### Activation outliers and 8-bit quantization", "",
+             "Bondarenko et al. 2023: the largest block output and the kurtosis of block "
+             "outputs of each float model, and its change under W8A8 (8-bit weights, static "
+             "per-tensor 8-bit activations).", "",
+             "| source | task | mixer | float | max inf norm | kurtosis | W8A8 | change |",
+             "|---|---|---|---|---|---|---|---|"]
+    for source, base, w8a8 in sorted(found, key=lambda f: (f[1]["task"], f[0])):
+        options = base.get("mixer_options") or {}
+        mixer = base["mixer"] + "".join(f" {k}={v}" for k, v in sorted(options.items()))
+        lines.append(f"| {source} | {base['task']} | {mixer} | {_value(base)} | "
+                     f"{base['outliers']['max_inf_norm']:.1f} | "
+                     f"{base['outliers']['kurtosis']:.1f} | {_value(w8a8)} | "
+                     f"{_points(w8a8, base)} |")
+    lines.append("")
+    return lines
+
+
+def pareto(points, higher_is_better=True):
+    """Indices of the points (cost, quality) no other point beats on both."""
+    sign = 1 if higher_is_better else -1
+    front = []
+    for i, (cost, quality) in enumerate(points):
+        if not any((c <= cost and sign * q >= sign * quality)
+                   and (c < cost or sign * q > sign * quality)
+                   for j, (c, q) in enumerate(points) if j != i):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_compression(rows, path):
+    """One row of panels per source: quality against weight bytes and against whole-model
+    latency at batch 32 (relative to the float model), Pareto front drawn."""
+    plt = pyplot()
+    groups = by_source(rows)
+    fig, axes = plt.subplots(len(groups), 2, figsize=(13, 4.2 * len(groups)), squeeze=False)
+    for (source, (base, compressed)), (size_ax, time_ax) in zip(groups.items(), axes):
+        mine = [base] + compressed
+        better = base.get("higher_is_better", True)
+        for ax, cost, label in ((size_ax, lambda r: r["bytes"] / base["bytes"],
+                                 "weight bytes / float"),
+                                (time_ax, lambda r: (_ms(r, "model", "32") or 0)
+                                 / (_ms(base, "model", "32") or 1),
+                                 "latency (whole model, batch 32) / float")):
+            points = [(cost(r), r["test"]) for r in mine]
+            for (x, y), row in zip(points, mine):
+                ax.scatter([x], [y], color="black" if row is base else "#3182bd", s=22,
+                           zorder=3)
+                ax.annotate(row["recipe"], (x, y), fontsize=7, xytext=(4, 3),
+                            textcoords="offset points")
+            front = pareto(points, better)
+            ax.plot([points[i][0] for i in front], [points[i][1] for i in front],
+                    color="#e6550d", lw=1.2, label="Pareto front", zorder=2)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"test {base['metric']}")
+            ax.legend(fontsize=8, loc="lower right")
+            ax.grid(alpha=0.3)
+        size_ax.set_title(f"{source}: {base['mixer']} on {base['task']}", fontsize=10)
+        time_ax.set_title(base.get("hardware", ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

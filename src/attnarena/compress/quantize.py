@@ -1,0 +1,221 @@
+"""Post-training quantization of linear layers.
+
+torchao (the ``compress`` extra) does what it has CPU kernels or fallbacks for: int8
+weight-only, int8 dynamic activations with int8 weights, 4-bit group-wise weights (held
+unpacked in int8 by its CPU path), int8 activations with 4-bit weights, float8 weights.
+What torchao lacks is written here on ``fakequant``: E2M1 4-bit floating point for weights
+and activations with searched scales (LLM-FP4, Liu et al. 2023) and k-bit integers with
+static per-tensor activation ranges (the W8A8 setting of Bondarenko et al. 2023).
+
+Every method quantizes the model's ``nn.Linear`` layers; whatever else holds weights
+(embeddings, norms, convolutions, a recurrent mixer's decay parameters) stays in float
+and is listed in the step's report under ``kept_float``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from attnarena.compress.fakequant import QuantLinear
+from attnarena.compress.recipe import (check_number, float_parameters, linear_inputs,
+                                       linear_layers, register_method, set_module)
+
+# torchao's import logs the GPU kernels it cannot load on a CPU machine, and torch logs a
+# deprecation torchao triggers: neither is the user's concern.
+_NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+@contextlib.contextmanager
+def _quiet():
+    saved = [(n, logging.getLogger(n).level) for n in _NOISY_LOGGERS]
+    for name, _ in saved:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved:
+            logging.getLogger(name).setLevel(level)
+
+
+def torchao():
+    """The torchao package, imported quietly, or one line naming the pip command."""
+    from attnarena.pretrained._extra import require
+
+    with _quiet():
+        module = require("torchao", "torchao quantization methods", extra="compress")
+        require("torchao.quantization", "torchao quantization methods", extra="compress")
+    return module
+
+
+# -- torchao ------------------------------------------------------------------------------
+
+@dataclass
+class Int8WeightConfig:
+    """int8 weights, one scale per output channel; activations stay float."""
+
+
+@dataclass
+class Int8DynamicConfig:
+    """int8 weights per channel, activations quantized to int8 per token at run time."""
+
+
+@dataclass
+class Int4WeightConfig:
+    """4-bit integer weights with one scale per ``group_size`` input columns."""
+    group_size: int = 32
+
+    def __post_init__(self):
+        if self.group_size not in (16, 32, 64, 128, 256):
+            raise ValueError(f"group_size must be one of 16, 32, 64, 128, 256, got "
+                             f"{self.group_size!r}")
+
+
+@dataclass
+class Int8DynamicInt4Config(Int4WeightConfig):
+    """int8 per-token activations with 4-bit group-wise weights."""
+
+
+@dataclass
+class Float8WeightConfig:
+    """float8 (e4m3) weights, one scale per output channel."""
+
+
+def _torchao_config(config):
+    torchao()
+    from torchao.quantization import (Float8WeightOnlyConfig,
+                                      Int8DynamicActivationInt8WeightConfig,
+                                      Int8DynamicActivationIntxWeightConfig,
+                                      Int8WeightOnlyConfig, IntxWeightOnlyConfig, PerGroup)
+    if isinstance(config, Int8DynamicInt4Config):
+        return Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=torch.int4, weight_granularity=PerGroup(config.group_size))
+    if isinstance(config, Int4WeightConfig):
+        return IntxWeightOnlyConfig(weight_dtype=torch.int4,
+                                    granularity=PerGroup(config.group_size))
+    return {Int8WeightConfig: Int8WeightOnlyConfig,
+            Int8DynamicConfig: Int8DynamicActivationInt8WeightConfig,
+            Float8WeightConfig: Float8WeightOnlyConfig}[type(config)]()
+
+
+def _takes(config, linear) -> str | None:
+    """Why torchao cannot quantize ``linear`` under ``config`` (None when it can)."""
+    group = getattr(config, "group_size", None)
+    if group is not None and linear.in_features % group:
+        return f"{linear.in_features} input features, not a multiple of group_size {group}"
+    return None
+
+
+def torchao_quantize(model, config, data=None):
+    """Quantize every linear layer torchao can take, in place; returns (model, report)."""
+    torchao()
+    from torchao.quantization import quantize_
+
+    layers = linear_layers(model)
+    refused = {n: why for n, m in layers.items() if (why := _takes(config, m))}
+    chosen = {id(m) for n, m in layers.items() if n not in refused}
+    with _quiet():
+        quantize_(model, _torchao_config(config),
+                  filter_fn=lambda module, name: id(module) in chosen)
+    done = set(layers) - set(refused)
+    kept = float_parameters(model, done)
+    for entry in kept:
+        if entry["module"] in refused:
+            entry["reason"] = refused[entry["module"]]
+    return model, {"quantized": sorted(done), "kept_float": kept}
+
+
+def _torchao_restore(model, config, report):
+    torchao()
+    from torchao.quantization import quantize_
+
+    names = set(report["quantized"])
+    chosen = {id(m) for n, m in linear_layers(model).items() if n in names}
+    with _quiet():
+        quantize_(model, _torchao_config(config),
+                  filter_fn=lambda module, name: id(module) in chosen)
+    return model
+
+
+TORCHAO_PAPER = "torchao: PyTorch native quantization (PyTorch team, 2024)"
+for _name, _config in (("int8_weight", Int8WeightConfig), ("int8_dynamic", Int8DynamicConfig),
+                       ("int4_weight", Int4WeightConfig),
+                       ("int8_dynamic_int4", Int8DynamicInt4Config),
+                       ("float8_weight", Float8WeightConfig)):
+    register_method(_name, _config, family="quantization (torchao)", paper=TORCHAO_PAPER,
+                    restore=_torchao_restore,
+                    check=lambda m, c: torchao())(torchao_quantize)
+
+
+# -- written here -------------------------------------------------------------------------
+
+@dataclass
+class FP4Config:
+    """E2M1 weights (per-channel scales) and, with ``activations``, E2M1 inputs (one
+    per-tensor scale per layer), both scales searched on calibration data."""
+    activations: bool = True
+    search: bool = True
+
+    def __post_init__(self):
+        for name in ("activations", "search"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+
+@dataclass
+class IntStaticConfig:
+    """k-bit integer weights (per-channel, symmetric) and inputs (per-tensor, asymmetric,
+    a static min-max range from calibration); ``act_bits=0`` leaves inputs float."""
+    weight_bits: int = 8
+    act_bits: int = 8
+    search: bool = False
+
+    def __post_init__(self):
+        check_number("weight_bits", self.weight_bits, 2, 8, integer=True)
+        if self.act_bits != 0:
+            check_number("act_bits", self.act_bits, 2, 8, integer=True)
+
+
+def fake_quantize(model, data, *, fmt, bits, act_bits, search, names=None, bits_of=None):
+    """Replace the named linear layers (default: all) by ``QuantLinear``; ``bits_of`` maps
+    a name to its own weight bit width (mixed precision)."""
+    layers = linear_layers(model)
+    names = sorted(layers) if names is None else sorted(names)
+    inputs = (linear_inputs(model, names, data.calibration, data.loss) if act_bits else {})
+    for name in names:
+        set_module(model, name, QuantLinear.from_linear(
+            layers[name], fmt=fmt, bits=(bits_of or {}).get(name, bits),
+            act_bits=act_bits or None, inputs=inputs.get(name), search=search))
+    return {"quantized": names, "kept_float": float_parameters(model, set(names)),
+            "bits": {n: (bits_of or {}).get(n, bits) for n in names}}
+
+
+def restore_fake(model, *, fmt, act_bits, bits_of):
+    for name, linear in linear_layers(model).items():
+        if name in bits_of:
+            set_module(model, name, QuantLinear(
+                linear.in_features, linear.out_features, linear.bias is not None, fmt=fmt,
+                bits=bits_of[name], act_bits=act_bits or None).to(linear.weight.device))
+    return model
+
+
+@register_method("fp4", FP4Config, family="quantization",
+                 paper="Liu et al. 2023, LLM-FP4: 4-Bit Floating-Point Quantized Transformers",
+                 restore=lambda m, c, r: restore_fake(m, fmt="fp4",
+                                                      act_bits=4 if c.activations else 0,
+                                                      bits_of=r["bits"]))
+def fp4(model, config, data):
+    return model, fake_quantize(model, data, fmt="fp4", bits=4,
+                                act_bits=4 if config.activations else 0, search=config.search)
+
+
+@register_method("int_static", IntStaticConfig, family="quantization",
+                 paper="Bondarenko et al. 2023, Quantizable Transformers: Removing Outliers by "
+                       "Helping Attention Heads Do Nothing (W8A8 static ranges)",
+                 restore=lambda m, c, r: restore_fake(m, fmt="int", act_bits=c.act_bits,
+                                                      bits_of=r["bits"]))
+def int_static(model, config, data):
+    return model, fake_quantize(model, data, fmt="int", bits=config.weight_bits,
+                                act_bits=config.act_bits, search=config.search)
