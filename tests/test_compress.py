@@ -342,7 +342,7 @@ def test_distillation_lowers_the_students_loss():
 
     def loss_now():
         return float(distill_loss(student, data.teacher, batch, data, config,
-                                  nn.ModuleList(nn.Identity() for _ in range(2)))[0])
+                                  nn.ModuleList(nn.Identity() for _ in range(2)))[0].detach())
     before = loss_now()
     distill(student, data, config)
     assert loss_now() < before
@@ -380,3 +380,21 @@ def test_recipes_refuse_bad_input_in_one_line():
     with pytest.raises(ValueError, match="unknown mixer|Unknown mixer|valid"):
         from attnarena.compress.recipe import check_recipe
         check_recipe(nn.Linear(2, 2), [make_step("distill", {"mixer": "nonesuch"})])
+
+
+def test_outlier_measures_of_known_block_outputs():
+    from attnarena.compress.outliers import outlier_measures
+
+    block = Block(64, "softmax", heads=2, mlp_dim=0)
+    with torch.no_grad():  # the mixer adds nothing: the block's output is its input
+        block.mixer.o_proj.weight.zero_()
+        block.mixer.o_proj.bias.zero_()
+    model = nn.Sequential(block)
+    x = torch.randn(4, 256, 64, generator=torch.Generator().manual_seed(0))
+    measures = outlier_measures(model, [x], lambda m, b: m(b).sum())
+    assert abs(measures["kurtosis"] - 3.0) < 0.3  # Gaussian values
+    x[:, :, 5] = 80.0  # an outlier channel, as in trained transformers
+    x[1, 7, 5] = 90.0
+    measures = outlier_measures(model, [x], lambda m, b: m(b).sum())
+    assert measures["max_inf_norm"] == 90.0
+    assert measures["kurtosis"] > 50.0

@@ -121,3 +121,54 @@ def test_bad_input(kwargs, error, match):
     q = k = v = torch.ones(1, 2, 4, 3)
     with pytest.raises(error, match=match):
         softmax_attention(q, k, v, **kwargs)
+
+
+def test_clipped_softmax_reduces_to_softmax_and_clips():
+    from attnarena.ops import clipped_softmax_attention, softmax_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 4, dtype=torch.float64) for _ in range(3))
+    keep = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    for causal in (False, True):
+        plain = softmax_attention(q, k, v, causal=causal, mask=keep)
+        same = clipped_softmax_attention(q, k, v, gamma=0.0, zeta=1.0, causal=causal, mask=keep)
+        assert torch.allclose(same, plain)
+    gamma, zeta = -0.1, 1.05
+    scores = (q @ k.transpose(-1, -2)) / 2.0
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril() & keep[:, None, None, :]
+    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1)
+    weights = ((zeta - gamma) * weights + gamma).clamp(0, 1) * allowed
+    expected = weights @ v
+    got = clipped_softmax_attention(q, k, v, gamma=gamma, zeta=zeta, causal=True, mask=keep)
+    assert torch.allclose(got, expected)
+    with pytest.raises(ValueError, match="gamma <= 0 and zeta >= 1"):
+        clipped_softmax_attention(q, k, v, gamma=0.1)
+
+
+@pytest.mark.parametrize("options", [{"clip_gamma": -0.05}, {"gated": True},
+                                     {"clip_gamma": -0.05, "clip_zeta": 1.1, "gated": True}])
+def test_quantizable_softmax_options_decode_like_their_forward(options):
+    import attnarena as aa
+
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("softmax", dim=16, heads=2, causal=True, **options).eval()
+    x = torch.randn(2, 7, 16)
+    state = mixer.init_state(batch_size=2)
+    steps = []
+    for t in range(7):
+        y, state = mixer.step(x[:, t], state)
+        steps.append(y)
+    assert torch.allclose(torch.stack(steps, 1), mixer(x), atol=1e-5)
+    if options.get("gated"):
+        assert mixer.gate.out_features == 2  # one gate per head
+
+
+def test_quantizable_softmax_options_are_checked():
+    import attnarena as aa
+
+    with pytest.raises(ValueError, match="clip_gamma must be <= 0 and clip_zeta >= 1"):
+        aa.create_mixer("softmax", dim=16, heads=2, clip_gamma=0.2)
+    with pytest.raises(TypeError, match="gated must be true or false"):
+        aa.create_mixer("softmax", dim=16, heads=2, gated="yes")
+    with pytest.raises(ValueError, match="takes no alibi"):
+        aa.create_mixer("softmax", dim=16, heads=2, clip_gamma=-0.1, alibi=True)

@@ -320,8 +320,9 @@ class Store:
 
     def add_compress(self, row_id, row, environment):
         self._write(
-            "INSERT OR REPLACE INTO compress (id, source, recipe, row, environment, created) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO compress (id, source, recipe, row, environment, created) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET row = excluded.row, "
+            "environment = excluded.environment",  # a row re-timed keeps its place
             (row_id, row["source"], row["recipe"], json.dumps(row), json.dumps(environment),
              time.time()))
 

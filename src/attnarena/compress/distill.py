@@ -91,7 +91,8 @@ def distill_loss(student, teacher, batch, data, config, projections):
                 hidden = hidden + F.mse_loss(proj(s), t)
         hidden = hidden / len(s_blocks)
     loss = config.alpha * task_loss + (1 - config.alpha) * kd + config.hidden * hidden
-    return loss, {"task": float(task_loss), "kd": float(kd), "hidden": float(hidden)}
+    return loss, {"task": float(task_loss.detach()), "kd": float(kd.detach()),
+                  "hidden": float(hidden.detach())}
 
 
 def _projections(student, teacher) -> nn.ModuleList:
@@ -125,7 +126,7 @@ def distill(student, data, config) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        history.append({"loss": float(loss), **parts})
+        history.append({"loss": float(loss.detach()), **parts})
     student.eval()
     tenth = max(1, len(history) // 10)
 

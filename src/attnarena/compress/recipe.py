@@ -61,21 +61,14 @@ def register_method(name: str, config: type, *, family: str, paper: str,
 
 
 def list_methods() -> list[str]:
-    _load_methods()
     return sorted(METHODS)
 
 
 def method(name: str) -> Method:
-    _load_methods()
     if name not in METHODS:
         raise ValueError(f"unknown compression method {name!r}; valid: "
                          f"{', '.join(sorted(METHODS))}")
     return METHODS[name]
-
-
-def _load_methods():
-    # The method modules register themselves on import.
-    from attnarena.compress import distill, lowrank, mixed, prune, quantize, repquant  # noqa
 
 
 @dataclass

@@ -1,0 +1,53 @@
+"""Compression benchmark: train softmax, gla and mamba2 (and softmax with the clipped
+softmax and with gated attention) on MQAR and ListOps at the cpu preset, then compress each
+by every recipe of compress_recipes.toml (and compress_pruning.toml where the model has
+several heads and an MLP), all into one store; the leaderboard's compression tables and
+compression.png hold the results.
+
+    python benchmarks/compress_models.py --out results/compress
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SOURCES = [("softmax", []), ("gla", []), ("mamba2", []),
+           ("softmax", ["--option", "clip_gamma=-0.03"]), ("softmax", ["--option", "gated=true"])]
+
+
+def attnarena(*args):
+    subprocess.run([sys.executable, "-m", "attnarena", *args], check=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/compress")
+    parser.add_argument("--tasks", default="mqar,listops")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    out = Path(args.out)
+    store = str(out / "arena.sqlite")
+    for task in args.tasks.split(","):
+        for mixer, options in SOURCES:
+            # a finished run is reused by the store
+            attnarena("train", "--task", task, "--mixer", mixer, *options, "--preset", "cpu",
+                      "--store", store, "--out", str(out), "--quiet")
+    from attnarena.arena.store import Store
+
+    for run in Store(store).runs():
+        if run["status"] != "done":
+            continue
+        model = run["config"]["model"]
+        recipes = [HERE / "compress_recipes.toml"]
+        if model.get("heads", 1) > 1 and model.get("mlp_dim") and run["mixer"] != "mamba2":
+            recipes.append(HERE / "compress_pruning.toml")
+        for recipe in recipes:
+            attnarena("compress", run["id"], "--recipes", str(recipe), "--store", store,
+                      "--out", str(out), "--repeats", str(args.repeats), "--quiet")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""``attnarena compress`` end to end: stored runs compressed, rows in the store, the report's
+table and plot, saved models that load back to the same outputs."""
+import copy
+
+import pytest
+import torch
+
+from attnarena.arena.compress import load_compressed, save_compressed, stored_bytes
+from attnarena.arena.compress_report import pareto
+from attnarena.arena.store import Store
+from attnarena.cli import main
+from attnarena.compress.recipe import apply_recipe, make_step
+from conftest import run_tiny_suite
+from test_compress import data_for, outputs, tiny
+
+
+@pytest.mark.parametrize("recipe", [
+    [("int8_dynamic", {})], [("int4_weight", {"group_size": 16})], [("fp4", {})],
+    [("repquant", {})], [("mixed", {"budget": 4.0})], [("prune_heads", {})],
+    [("prune_mlp", {"fraction": 0.25})], [("lowrank", {"keep": 0.5})],
+    [("magnitude", {})], [("prune_heads", {}), ("distill", {"steps": 2}),
+                          ("int8_weight", {})],
+    [("distill", {"steps": 2, "mixer": "gla", "model": {"depth": 1}}),
+     ("int_static", {"weight_bits": 4})],
+])
+def test_save_then_load_gives_the_same_outputs(tmp_path, recipe):
+    task, model = tiny(heads=4)
+    resolved = {"task": "mqar", "task_options": {"vocab": 16, "length": 12, "pairs": 2},
+                "mixer": "softmax", "mixer_options": {},
+                "model": {"dim": 16, "depth": 2, "heads": 4, "mlp_dim": 32}}
+    data = data_for(task, model)
+    data.build = lambda mixer, options, overrides: (
+        task.build_model(mixer, options, {**resolved["model"], **overrides}),
+        {**resolved, "mixer": mixer, "mixer_options": options,
+         "model": {**resolved["model"], **overrides}})
+    steps = [make_step(name, options) for name, options in recipe]
+    compressed, reports = apply_recipe(copy.deepcopy(model), steps, data, log=lambda m: None)
+    compressed.eval()
+    save_compressed(tmp_path / "saved", compressed, resolved, steps, reports)
+    loaded = load_compressed(tmp_path / "saved")
+    assert torch.equal(outputs(loaded, data), outputs(compressed, data))
+    assert stored_bytes(loaded) == stored_bytes(compressed)
+    assert (tmp_path / "saved" / "model.safetensors").stat().st_size == stored_bytes(compressed)
+
+
+def test_pareto_front():
+    points = [(1.0, 0.9), (0.5, 0.9), (0.25, 0.5), (0.5, 0.4), (2.0, 0.95)]
+    assert pareto(points) == [2, 1, 4]
+    assert pareto([(1.0, 3.0), (0.5, 2.0)], higher_is_better=False) == [1]
+
+
+def test_cli_compress_end_to_end(tmp_path, capsys):
+    store, _ = run_tiny_suite(tmp_path, ["softmax"], "steps = 2, batch = 8, eval_every = 2")
+    run = Store(store).runs()[0]["id"]
+    base = ["compress", run, "--store", str(store), "--out", str(tmp_path), "--quiet",
+            "--repeats", "1", "--calibration", "1"]
+    assert main([*base, "--method", "int8_dynamic"]) == 0
+    recipes = tmp_path / "recipes.toml"
+    recipes.write_text('[[recipe]]\nmethod = "int_static"\n\n'
+                       '[[recipe]]\nsteps = [{method = "prune_heads", fraction = 0.5},\n'
+                       '         {method = "distill", steps = 2}, {method = "fp4"}]\n')
+    assert main([*base, "--recipes", str(recipes)]) == 0
+    out = capsys.readouterr().out
+    assert "## Compressed models" in out and "prune_heads + distill(steps=2) + fp4" in out
+    rows = Store(store).compress_rows()
+    assert [r["recipe"] for r in rows] == ["float", "int8_dynamic", "int_static",
+                                           "prune_heads + distill(steps=2) + fp4"]
+    float_row = rows[0]
+    assert float_row["outliers"]["max_inf_norm"] > 0
+    for row in rows:
+        assert 0 <= row["test"] <= 1 and row["run"] == run
+        assert set(row["speed"]["model"]) == {"1", "32"}
+        assert set(row["speed"]["blocks"]) == {"1", "4"}
+    assert rows[1]["bytes"] < float_row["bytes"]
+    assert rows[3]["params"] < float_row["params"]
+    assert (tmp_path / "compression.png").stat().st_size > 0
+    assert "### Activation outliers and 8-bit quantization" in (
+        tmp_path / "leaderboard.md").read_text()
+    # a stored recipe is reused, not recomputed
+    assert main([*base, "--method", "int8_dynamic"]) == 0
+    assert len(Store(store).compress_rows()) == 4
+    loaded = load_compressed(rows[3]["folder"])
+    assert loaded.compression[0]["method"] == "prune_heads"
+
+
+def test_cli_compress_refuses_bad_input_in_one_line(tmp_path, capsys):
+    store, _ = run_tiny_suite(tmp_path, ["softmax", "mamba2"],
+                              "steps = 2, batch = 8, eval_every = 2")
+    runs = {r["mixer"]: r["id"] for r in Store(store).runs()}
+    run = runs["softmax"]
+    base = ["compress", "--store", str(store), "--out", str(tmp_path), "--quiet"]
+    cases = [
+        ([run, "--method", "zip"], "unknown compression method 'zip'; valid: distill"),
+        ([run, "--method", "int_static act_bits=1"], "act_bits must be in [2, 8], got 1"),
+        ([run, "--method", "magnitude sparsity=1"], "sparsity must be in [0.0, 1.0), got 1"),
+        ([run, "--method", "mixed budget=1"], "no assignment meets a budget of 1 bits"),
+        (["nope", "--method", "int8_dynamic"], "run 'nope' is not in the store"),
+        ([run], "give a recipe"),
+        ([runs["mamba2"], "--method", "prune_heads"],
+         "head pruning does not know how mamba2 lays out its heads"),
+    ]
+    for argv, message in cases:
+        assert main([*base, *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert Store(store).compress_rows() == []  # refused before any work was done
