@@ -30,13 +30,17 @@ def main():
     args = parser.parse_args()
     out = Path(args.out)
     store = str(out / "arena.sqlite")
+    from attnarena.arena.store import Store
+    from attnarena.options import parse_options
+
     for task in args.tasks.split(","):
         for mixer, options in SOURCES:
-            # a finished run is reused by the store
-            attnarena("train", "--task", task, "--mixer", mixer, *options, "--preset", "cpu",
-                      "--store", store, "--out", str(out), "--quiet")
-    from attnarena.arena.store import Store
-
+            settings = parse_options(options[1::2])
+            if not any(r["status"] == "done" and r["task"] == task and r["mixer"] == mixer
+                       and r["config"]["mixer_options"] == settings
+                       for r in Store(store).runs()):
+                attnarena("train", "--task", task, "--mixer", mixer, *options, "--preset",
+                          "cpu", "--store", store, "--out", str(out), "--quiet")
     for run in Store(store).runs():
         if run["status"] != "done":
             continue

@@ -104,3 +104,32 @@ def test_cli_compress_refuses_bad_input_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
     assert Store(store).compress_rows() == []  # refused before any work was done
+
+
+def test_a_suite_compresses_its_runs(tmp_path):
+    from attnarena.arena.runner import run_suite
+
+    suite = tmp_path / "s.toml"
+    suite.write_text('[[runs]]\ntasks = ["copy"]\nmixers = ["softmax", "mamba2"]\n'
+                     'train = { steps = 2, batch = 8, eval_every = 2 }\n'
+                     'model = { dim = 16, depth = 1, heads = 2 }\n'
+                     '[[compress]]\nrecipes = [{method = "int8_dynamic"},\n'
+                     '           {steps = [{method = "prune_heads"}, {method = "int_static"}]}]\n')
+    lines = []
+    counts = run_suite(str(suite), store_path=tmp_path / "a.sqlite", out_dir=tmp_path,
+                       progress=False, log=lines.append)
+    assert counts["compressed"] == 3  # mamba2's heads cannot be pruned: noted, left out
+    assert any("prune_heads + int_static left out" in line for line in lines)
+    rows = Store(tmp_path / "a.sqlite").compress_rows()
+    assert sorted(r["recipe"] for r in rows) == ["float", "float", "int8_dynamic",
+                                                 "int8_dynamic", "prune_heads + int_static"]
+
+
+def test_a_suite_with_a_bad_recipe_is_refused_before_training(tmp_path):
+    from attnarena.arena.suite import load_suite
+
+    suite = tmp_path / "s.toml"
+    suite.write_text('[[runs]]\ntasks = ["copy"]\nmixers = ["softmax"]\n'
+                     '[[compress]]\nrecipes = [{method = "int9"}]\n')
+    with pytest.raises(ValueError, match="unknown compression method 'int9'"):
+        load_suite(str(suite))

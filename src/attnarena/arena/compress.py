@@ -242,10 +242,12 @@ def _summary(report: dict) -> dict:
 
 def compress_run(source, recipes, *, store_path="results/arena.sqlite", results_dir="results",
                  device="auto", calibration: int = 4, batch: int | None = None,
-                 repeats: int = 5, rerun: bool = False, log=print) -> list[dict]:
+                 repeats: int = 5, rerun: bool = False, skip_unfit: bool = False,
+                 log=print) -> list[dict]:
     """Compress the trained model ``source`` (a run id in the store, or a run folder) by
     each recipe in ``recipes`` (lists of ``Step``) and store one row each, plus the
-    uncompressed model's row first.
+    uncompressed model's row first. A recipe the model cannot take (head pruning without
+    heads) stops everything before any work, or with ``skip_unfit`` is logged and left out.
 
     Returns the rows, the uncompressed model's first.
     """
@@ -262,8 +264,17 @@ def compress_run(source, recipes, *, store_path="results/arena.sqlite", results_
     label, run_id = _source(source, store, results_dir)
     model = load_run(source, results_dir=results_dir, device=device)
     resolved = model.arena_config
+    fit = []
     for steps in recipes:
-        check_recipe(model, steps)
+        try:
+            check_recipe(model, steps)
+        except ValueError as error:
+            if not skip_unfit:
+                raise
+            log(f"{label}: {recipe_label(steps)} left out: {error}")
+            continue
+        fit.append(steps)
+    recipes = fit
     task = create_task(resolved["task"], **resolved["task_options"])
     task.prepare()
     train_cfg = resolved["train"]

@@ -69,6 +69,29 @@ def _result_line(status, outcome) -> str:
             f"{outcome['tokens_per_s']:,.0f} tokens/s, {outcome['train_seconds']:.0f} s")
 
 
+def _compress_runs(suite, store, store_path, out, device, rerun, log) -> int:
+    """The suite's [[compress]] recipes on its finished runs; a recipe a model cannot take
+    (head pruning without heads) is noted and skipped. Returns the recipes applied."""
+    if not suite.compress:
+        return 0
+    from attnarena.arena.compress import compress_run
+
+    done = 0
+    for config in suite.runs:
+        run_id = config.run_id()
+        run = store.run(run_id)
+        recipes = [steps for group in suite.compress if group.takes(config)
+                   for steps in group.recipes]
+        if run is None or run["status"] != "done" or not recipes:
+            continue
+        log(f"compressing {run_id} by {len(recipes)} recipe(s)")
+        rows = compress_run(run_id, recipes, store_path=store_path, results_dir=out,
+                            device=device, rerun=rerun, skip_unfit=True,
+                            log=lambda line: log(line) if "left out" in line else None)
+        done += len(rows) - 1
+    return done
+
+
 def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
               out_dir="results", mixers=None, tasks=None, device="auto", rerun=False,
               progress=True, report=True, data_root=None, log=print) -> dict:
@@ -147,6 +170,8 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
             log(f"speed sweep, {cfg.pass_} pass: {len(cfg.mixers)} mechanisms x "
                 f"{len(cfg.lengths)} lengths")
             run_speed(cfg, progress=progress, known=known, on_row=record)
+        counts["compressed"] = _compress_runs(suite, store, store_path, out, device, rerun,
+                                              log)
         if report:
             from attnarena.arena.publish import build_reports
 

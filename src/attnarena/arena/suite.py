@@ -18,6 +18,11 @@
     lengths = [1024, 4096]
     passes = ["fwd", "decode"]     # fwd, fwdbwd, decode
     batch = 1, heads = 4, head_dim = 64, causal = true   (optional)
+    [[compress]]                   # optional, after training: compress the suite's runs
+    mixers = ["softmax"]           # optional: only these runs' mixers (default: all)
+    tasks = ["mqar"]               # optional
+    recipes = [{method = "int8_dynamic"},
+               {steps = [{method = "prune_heads", fraction = 0.5}, {method = "distill"}]}]
 
 Tasks that read data find it under the data root given to ``load_suite`` (``attnarena
 run --data ROOT``): ``ROOT/<task>``, e.g. ``ROOT/text`` holding ``aclImdb``. ListOps and
@@ -54,7 +59,48 @@ class Suite:
     name: str
     runs: list = field(default_factory=list)  # RunConfig
     speed: list = field(default_factory=list)  # SpeedConfig, one per pass
+    compress: list = field(default_factory=list)  # CompressGroup
     notes: list = field(default_factory=list)  # what was left out, and why
+
+
+@dataclass
+class CompressGroup:
+    """Recipes (lists of compression steps) for the suite's runs of these mixers and
+    tasks (None: all)."""
+    recipes: list
+    mixers: list | None = None
+    tasks: list | None = None
+
+    def takes(self, config) -> bool:
+        return ((self.mixers is None or config.mixer in self.mixers)
+                and (self.tasks is None or config.task in self.tasks))
+
+
+COMPRESS_KEYS = {"mixers", "tasks", "recipes"}
+
+
+def _compress_groups(groups) -> list[CompressGroup]:
+    from attnarena.compress.recipe import recipe_from_dicts
+
+    if not isinstance(groups, list):
+        raise ValueError("compress must be an array of tables ([[compress]])")
+    out = []
+    for group in groups:
+        bad = sorted(set(group) - COMPRESS_KEYS)
+        if bad:
+            raise ValueError(f"unknown compress key(s) {bad}; valid: "
+                             f"{', '.join(sorted(COMPRESS_KEYS))}")
+        recipes = group.get("recipes")
+        if not isinstance(recipes, list) or not recipes:
+            raise ValueError("each [[compress]] needs recipes = [{method = ...}, "
+                             "{steps = [...]}, ...]")
+        out.append(CompressGroup(
+            recipes=[recipe_from_dicts(r["steps"] if "steps" in r else [r]) for r in recipes],
+            mixers=None if "mixers" not in group else _names(group["mixers"], list_mixers(),
+                                                             "compress.mixers"),
+            tasks=None if "tasks" not in group else _names(group["tasks"], list_tasks(),
+                                                           "compress.tasks")))
+    return out
 
 
 def builtin_suites() -> list[str]:
@@ -125,14 +171,16 @@ def _grid(settings, what) -> list[dict]:
 
 
 def _build(data, mixer_filter, task_filter, device, data_root=None):
-    unknown = sorted(set(data) - {"name", "runs", "speed"})
+    unknown = sorted(set(data) - {"name", "runs", "speed", "compress"})
     if unknown:
-        raise ValueError(f"unknown top-level key(s) {unknown}; valid: name, runs, speed")
+        raise ValueError(f"unknown top-level key(s) {unknown}; valid: name, runs, speed, "
+                         "compress")
     for name in mixer_filter or []:
         mixer_info(name)
     for name in task_filter or []:
         task_class(name)  # an unknown name fails here, with a did-you-mean
-    suite = Suite(name=str(data.get("name", "custom")))
+    suite = Suite(name=str(data.get("name", "custom")),
+                  compress=_compress_groups(data.get("compress", [])))
     groups = data.get("runs", [])
     if not isinstance(groups, list):
         raise ValueError("runs must be an array of tables ([[runs]])")
