@@ -79,7 +79,9 @@ def test_cli_compress_end_to_end(tmp_path, capsys):
     # a stored recipe is reused, not recomputed
     assert main([*base, "--method", "int8_dynamic"]) == 0
     assert len(Store(store).compress_rows()) == 4
-    loaded = load_compressed(rows[3]["folder"])
+    import attnarena as aa
+
+    loaded = aa.load_compressed(rows[3]["folder"])
     assert loaded.compression[0]["method"] == "prune_heads"
 
 

@@ -20,5 +20,13 @@ def load_run(source, *, results_dir="results", device="cpu"):
     return load(source, results_dir=results_dir, device=device)
 
 
-__all__ = ["Mixer", "MixerInfo", "create_mixer", "list_mixers", "load_run", "mixer_info",
-           "mixer_options", "ops", "register_mixer"]
+def load_compressed(folder, *, device="cpu"):
+    """A model saved by ``attnarena compress`` (its folder under ``results/compressed``),
+    in eval mode; see ``attnarena.arena.compress.load_compressed``."""
+    from attnarena.arena.compress import load_compressed as load
+
+    return load(folder, device=device)
+
+
+__all__ = ["Mixer", "MixerInfo", "create_mixer", "list_mixers", "load_compressed", "load_run",
+           "mixer_info", "mixer_options", "ops", "register_mixer"]
