@@ -12,7 +12,7 @@ from attnarena.compress import fakequant as fq
 from attnarena.compress.distill import DistillConfig, copy_teacher, distill, distill_loss
 from attnarena.compress.lowrank import LowRankLinear, choose_rank
 from attnarena.compress.mixed import assign_bits
-from attnarena.compress.prune import (HEAD_LAYOUTS, head_mixers, prune_mixer_heads,
+from attnarena.compress.prune import (HEAD_LAYOUTS, head_groups, prune_mixer_heads,
                                       prune_mlp_neurons)
 from attnarena.compress.recipe import (CompressData, apply_recipe, linear_layers, make_step,
                                        model_output, recipe_from_dicts)
@@ -280,7 +280,7 @@ def test_pruning_mlp_neurons_equals_zeroing_them():
     drop = [0, 3, 7, 8]
     with torch.no_grad():
         zeroed.mlp[-1].weight[:, drop] = 0
-    prune_mlp_neurons(pruned, [i for i in range(32) if i not in drop])
+    prune_mlp_neurons(pruned.mlp[0], pruned.mlp[-1], [i for i in range(32) if i not in drop])
     assert pruned.mlp[0].out_features == 28
     assert torch.allclose(pruned(x), zeroed(x), atol=1e-6)
 
@@ -297,11 +297,11 @@ def test_magnitude_pruning_reaches_its_sparsity():
 
 def test_head_pruning_needs_heads():
     task, model = tiny(heads=1)
-    with pytest.raises(ValueError, match="no mixer with more than one head"):
-        head_mixers(model)
+    with pytest.raises(ValueError, match="no attention layer with more than one head"):
+        head_groups(model)
     _, model = tiny(mixer="mamba2")
     with pytest.raises(ValueError, match="does not know how mamba2 lays out its heads"):
-        head_mixers(model)
+        head_groups(model)
 
 
 # -- low rank -----------------------------------------------------------------------------

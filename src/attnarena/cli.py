@@ -322,9 +322,22 @@ def cmd_compress(args) -> int:
 
     recipes = _compress_recipes(args)
     log = (lambda message: None) if args.quiet else print
-    rows = compress_run(args.source, recipes, store_path=args.store, results_dir=args.out,
-                        device=args.device, calibration=args.calibration, batch=args.batch,
-                        repeats=args.repeats, rerun=args.rerun, log=log)
+    if (args.source is None) == (args.model is None):
+        raise ValueError("name what to compress: a run id or run folder, or --model "
+                         "NAME_OR_DIR (a pretrained encoder, e.g. minilm), not both")
+    if args.model is not None:
+        from attnarena.arena.compress_pretrained import compress_pretrained
+
+        rows = compress_pretrained(args.model, recipes, store_path=args.store,
+                                   results_dir=args.out, device=args.device,
+                                   calibration=args.calibration, batch=args.batch or 32,
+                                   eval_sentences=args.eval_sentences, length=args.length,
+                                   repeats=args.repeats, rerun=args.rerun, log=log)
+    else:
+        rows = compress_run(args.source, recipes, store_path=args.store,
+                            results_dir=args.out, device=args.device,
+                            calibration=args.calibration, batch=args.batch,
+                            repeats=args.repeats, rerun=args.rerun, log=log)
     print(compress_markdown(rows))
     paths = build_reports(Store(args.store), args.out)
     print("wrote " + ", ".join(map(str, paths)))
@@ -492,7 +505,16 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="methods: " + ", ".join(list_methods()) + ". Example: attnarena "
                        "compress RUN_ID --method 'prune_heads fraction=0.5' --method "
                        "'distill steps=200' --method int8_dynamic")
-    p.add_argument("source", help="a finished run's id (see the leaderboard) or a run folder")
+    p.add_argument("source", nargs="?", default=None,
+                   help="a finished run's id (see the leaderboard) or a run folder")
+    p.add_argument("--model", default=None,
+                   help="or a pretrained encoder: minilm (offline with the pretrained extra) "
+                        "or a model directory; quality = agreement with the original")
+    p.add_argument("--eval-sentences", type=int, default=None,
+                   help="with --model: measure agreement on the first N held-out sentences")
+    p.add_argument("--length", type=int, default=128,
+                   help="with --model: the encoder length timed (and 4x it, within its "
+                        "positions)")
     p.add_argument("--method", action="append",
                    help="one step, 'NAME key=value ...' (repeatable: the steps of one recipe, "
                         "in order)")

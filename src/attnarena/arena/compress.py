@@ -60,6 +60,17 @@ def stored_bytes(model) -> int:
     return len(save(tensors, metadata=metadata or None))
 
 
+def linear_bytes(model) -> int:
+    """Bytes of the linear layers' tensors as saved: the part of the model the methods
+    compress (embeddings, norms and the like are the rest)."""
+    from attnarena.compress.fakequant import QuantLinear
+
+    names = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, QuantLinear))}
+    tensors, _ = _flatten(model)
+    return sum(t.numel() * t.element_size() for k, t in tensors.items()
+               if k.rsplit(".", 1)[0] in names)
+
+
 def weight_count(model) -> int:
     """Parameters and persistent buffers the model computes with (quantized weights
     counted by their number of values, not their bytes)."""
@@ -100,7 +111,8 @@ def save_compressed(folder, model, resolved: dict, steps: list, reports: list,
 
 def load_compressed(folder, device="cpu") -> torch.nn.Module:
     """A model saved by ``attnarena compress`` (its folder), in eval mode; its
-    ``arena_config`` is the source run's config and ``compression`` the recipe."""
+    ``arena_config`` is the source run's config and ``compression`` the recipe (a
+    pretrained source gives back its ``PretrainedEncoder``)."""
     from attnarena.arena.artifacts import build_run_model
     from attnarena.compress.recipe import recipe_from_dicts, restore_recipe
 
@@ -109,6 +121,10 @@ def load_compressed(folder, device="cpu") -> torch.nn.Module:
         saved = json.loads((folder / "compressed.json").read_text())
     except (OSError, ValueError) as error:
         raise ValueError(f"no compressed model in {folder}: {error}") from None
+    if "pretrained" in saved["config"]:
+        from attnarena.arena.compress_pretrained import load_compressed_pretrained
+
+        return load_compressed_pretrained(saved, folder, device)
     steps = recipe_from_dicts(saved["recipe"])
     reports = saved["reports"]
     resolved = saved["config"]
@@ -118,10 +134,19 @@ def load_compressed(folder, device="cpu") -> torch.nn.Module:
             resolved, start = report["student"], index + 1
     model = build_run_model(resolved)
     model = restore_recipe(model, steps[start:], reports[start:])
-    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+    load_state(model, folder)
+    model.arena_config, model.compression = resolved, saved["recipe"]
+    return model.to(device).eval()
+
+
+def load_state(model, folder) -> None:
+    """Load ``model.safetensors`` of ``folder`` into ``model`` (quantized tensors rebuilt
+    from their parts), replacing its tensors."""
+    path = str(Path(folder) / "model.safetensors")
+    with safe_open(path, "pt") as handle:
         metadata = handle.metadata() or {}
-    tensors = load_file(str(folder / "model.safetensors"))
-    if metadata:
+    tensors = load_file(path)
+    if "tensor_names" in metadata:  # torchao's tensors, flattened
         from attnarena.compress.quantize import torchao
 
         torchao()
@@ -131,8 +156,6 @@ def load_compressed(folder, device="cpu") -> torch.nn.Module:
         tensors, leftover = unflatten_tensor_state_dict(tensors, metadata)
         tensors.update(leftover)
     model.load_state_dict(tensors, assign=True)
-    model.arena_config, model.compression = resolved, saved["recipe"]
-    return model.to(device).eval()
 
 
 # -- measuring ----------------------------------------------------------------------------
@@ -293,7 +316,8 @@ def compress_run(source, recipes, *, store_path="results/arena.sqlite", results_
     if found is None:
         found = {**base, "recipe": "float", "steps": [],
                  "test": evaluate(model, task, examples, test_seed, device, "test")["metric"],
-                 "bytes": stored_bytes(model), "params": weight_count(model),
+                 "bytes": stored_bytes(model), "linear_bytes": linear_bytes(model),
+                 "params": weight_count(model),
                  "outliers": outlier_measures(model, data.calibration, data.loss),
                  "compress_seconds": 0.0}
     original = {**found, "speed": speed}
@@ -324,7 +348,8 @@ def compress_run(source, recipes, *, store_path="results/arena.sqlite", results_
         compressed.eval()
         row = {**base, "recipe": name, "steps": recipe,
                "test": evaluate(compressed, task, examples, test_seed, device, "test")["metric"],
-               "bytes": stored_bytes(compressed), "params": weight_count(compressed),
+               "bytes": stored_bytes(compressed), "linear_bytes": linear_bytes(compressed),
+               "params": weight_count(compressed),
                "speed": model_latency(compressed, task, device, repeats=repeats),
                "reports": [_summary(r) for r in reports], "compress_seconds": seconds,
                "folder": str(folder)}

@@ -34,29 +34,35 @@ def by_source(rows) -> dict[str, tuple[dict, list[dict]]]:
     return out
 
 
+def _kib(value):
+    return "-" if value is None else f"{value / 1024:,.1f}"
+
+
 def _ratio(a, b, spec=".2f"):
     return "-" if a is None or b is None or not b else f"{a / b:{spec}}x"
 
 
 def _points(row, base):
-    scale = 100.0 if row["metric"] == "accuracy" else 1.0
-    delta = (row["test"] - base["test"]) * scale
-    unit = " pts" if row["metric"] == "accuracy" else ""
-    return f"{delta:+.2f}{unit}"
+    if row["metric"] == "accuracy":
+        return f"{100 * (row['test'] - base['test']):+.2f} pts"
+    return f"{row['test'] - base['test']:+.4f}"
 
 
 def _value(row):
-    return f"{100 * row['test']:.2f}%" if row["metric"] == "accuracy" else f"{row['test']:.4g}"
+    return f"{100 * row['test']:.2f}%" if row["metric"] == "accuracy" else f"{row['test']:.4f}"
 
 
 def compress_markdown(rows) -> str:
     """Tables of the compress rows: per source, every recipe against the float model."""
     lines = ["## Compressed models", "",
              "Each recipe against its uncompressed model, measured side by side: test "
-             "metric and its change, weight bytes as saved (safetensors) and how many times "
-             "smaller, parameters, and speed-up of the whole model at the task's length "
-             "(batch 1 and 32) and of its blocks at 4x that length (batch 32), with their "
-             "peak memory there.", ""]
+             "metric and its change; weight bytes as saved (safetensors), all of them and "
+             "those of the linear layers (what the methods compress; embeddings and norms "
+             "are the rest), and how many times smaller; parameters; speed-up of the whole "
+             "model at the task's length (batch 1 and 32) and time of its blocks at 4x that "
+             "length (batch 32; a pretrained encoder: the whole encoder), with peak memory "
+             "there. A pretrained encoder's metric is the mean cosine with the original's "
+             "sentence embeddings.", ""]
     groups = by_source(rows)
     for source, (base, compressed) in groups.items():
         options = base.get("mixer_options") or {}
@@ -68,14 +74,16 @@ def compress_markdown(rows) -> str:
                   f"{base['params']:,} parameters; outliers: max |block output| "
                   f"{out.get('max_inf_norm', float('nan')):.1f}, kurtosis "
                   f"{out.get('kurtosis', float('nan')):.1f}. {base.get('hardware', '')}.", "",
-                  "| recipe | test | change | KiB | smaller | params | speed-up b1 | "
-                  "speed-up b32 | blocks 4L b32 | MiB 4L b32 |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| recipe | test | change | KiB | smaller | linear KiB | smaller | params | "
+                  "speed-up b1 | speed-up b32 | blocks 4L b32 | MiB 4L b32 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in [base] + compressed:
             blocks = _ms(row, "blocks", "32", "4")
             lines.append(" | ".join([
                 f"| {row['recipe']}", _value(row), _points(row, base) if row is not base else "-",
                 f"{row['bytes'] / 1024:,.1f}", _ratio(base["bytes"], row["bytes"]),
+                _kib(row.get("linear_bytes")),
+                _ratio(base.get("linear_bytes"), row.get("linear_bytes")),
                 f"{row['params']:,}",
                 _ratio(_ms(base, "model", "1"), _ms(row, "model", "1")),
                 _ratio(_ms(base, "model", "32"), _ms(row, "model", "32")),

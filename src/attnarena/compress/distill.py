@@ -47,11 +47,23 @@ class DistillConfig:
             raise ValueError("mixer_options and model describe a new student: give its mixer")
 
 
+def blocks_of(model) -> list[nn.Module]:
+    """The model's residual blocks: arena ``Block``s, or a BERT-family ``encoder.layer``."""
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    if blocks:
+        return blocks
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    return list(layers) if isinstance(layers, nn.ModuleList) else []
+
+
 def block_outputs(model):
     """Hooks collecting each block's output on the next forward: (list, handles)."""
     outputs, handles = [], []
-    for block in (m for m in model.modules() if isinstance(m, Block)):
-        handles.append(block.register_forward_hook(lambda m, a, out: outputs.append(out)))
+
+    def keep(module, args, out):
+        outputs.append(out[0] if isinstance(out, tuple) else out)
+    for block in blocks_of(model):
+        handles.append(block.register_forward_hook(keep))
     return outputs, handles
 
 
@@ -95,11 +107,14 @@ def distill_loss(student, teacher, batch, data, config, projections):
                   "hidden": float(hidden.detach())}
 
 
+def _width(block) -> int | None:
+    norm = getattr(block, "norm1", None)
+    return norm.normalized_shape[0] if isinstance(norm, nn.LayerNorm) else None
+
+
 def _projections(student, teacher) -> nn.ModuleList:
-    s_dims = [b.norm1.normalized_shape[0] if isinstance(b.norm1, nn.LayerNorm) else None
-              for b in student.modules() if isinstance(b, Block)]
-    t_dim = next((b.norm1.normalized_shape[0] for b in teacher.modules()
-                  if isinstance(b, Block) and isinstance(b.norm1, nn.LayerNorm)), None)
+    s_dims = [_width(b) for b in blocks_of(student)]
+    t_dim = next((_width(b) for b in blocks_of(teacher) if _width(b)), None)
     return nn.ModuleList(nn.Identity() if d is None or t_dim is None or d == t_dim
                          else nn.Linear(d, t_dim, bias=False) for d in s_dims)
 

@@ -1,6 +1,6 @@
 """Pruning: attention heads and MLP neurons by importance, removed structurally (the
 matrices shrink, so the model gets smaller and faster), and unstructured magnitude pruning
-for comparison.
+for comparison. Arena models and BERT-family pretrained encoders alike.
 
 Importance follows Michel et al. 2019 ("Are Sixteen Heads Really Better than One?"): a
 gate xi multiplies each head's output (each MLP neuron's activation); its importance is
@@ -18,6 +18,7 @@ its heads' dilation offsets follow their index, so removing one shifts the other
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.utils.prune as torch_prune
@@ -64,27 +65,68 @@ HEAD_LAYOUTS["gated_deltanet"] = HEAD_LAYOUTS["deltanet"] + (
     ("A_log", 0), ("dt_bias", 0), ("a_proj.weight", 0), ("g_proj.weight", 0))
 
 
-def output_projection(mixer) -> str:
-    """Name of the layer whose input columns are the heads' outputs."""
-    return "o_proj"
+@dataclass
+class HeadGroup:
+    """The heads of one attention layer: ``output`` names the linear layer whose input
+    columns are the heads' outputs (head by head); ``prune(kept)`` keeps those heads."""
+    name: str
+    heads: int
+    output: str
+    prune: Callable
 
 
-def head_mixers(model, strict: bool = True) -> list[tuple[str, Mixer]]:
-    """(name, mixer) of every mixer in ``model`` whose heads can be pruned. ``strict``:
-    a clear error when there is none, or a mixer with heads has no layout."""
+def _bert_attentions(model) -> list[tuple[str, nn.Module]]:
+    """(name, self-attention) of BERT-family layers: query, key and value linear maps and
+    ``num_attention_heads``, the output map in the parent's ``output.dense``."""
+    found = []
+    for name, module in model.named_modules():
+        if all(isinstance(getattr(module, a, None), nn.Linear) for a in ("query", "key", "value")) \
+                and hasattr(module, "num_attention_heads") and "." in name:
+            parent = model.get_submodule(name.rsplit(".", 1)[0])
+            if isinstance(getattr(getattr(parent, "output", None), "dense", None), nn.Linear):
+                found.append((name, module))
+    return found
+
+
+def prune_bert_heads(attention, output: nn.Linear, kept: list[int]) -> None:
+    """Keep only the heads ``kept`` of a BERT-family self-attention, in place."""
+    heads, width = attention.num_attention_heads, attention.attention_head_size
+    if len(kept) == heads:
+        return
+    index = torch.cat([h * width + torch.arange(width) for h in sorted(kept)])
+    for linear in (attention.query, attention.key, attention.value):
+        linear.weight = nn.Parameter(linear.weight.detach()[index])
+        linear.bias = nn.Parameter(linear.bias.detach()[index])
+        linear.out_features = len(index)
+    output.weight = nn.Parameter(output.weight.detach()[:, index])
+    output.in_features = len(index)
+    attention.num_attention_heads, attention.all_head_size = len(kept), len(index)
+
+
+def head_groups(model, strict: bool = True) -> list[HeadGroup]:
+    """Every attention layer of ``model`` whose heads can be pruned: arena mixers with a
+    layout in ``HEAD_LAYOUTS`` and BERT-family self-attention. ``strict``: a clear error
+    when there is none, or a mixer with heads has no layout."""
     found, missing = [], set()
     for name, module in model.named_modules():
         if isinstance(module, Mixer) and module.heads > 1:
             if module.info.name in HEAD_LAYOUTS:
-                found.append((name, module))
+                found.append(HeadGroup(name, module.heads, f"{name}.o_proj",
+                                       lambda kept, m=module: prune_mixer_heads(m, kept)))
             else:
                 missing.add(module.info.name)
+    for name, module in _bert_attentions(model):
+        if module.num_attention_heads > 1:
+            parent = name.rsplit(".", 1)[0]
+            output = model.get_submodule(f"{parent}.output.dense")
+            found.append(HeadGroup(name, module.num_attention_heads, f"{parent}.output.dense",
+                                   lambda kept, m=module, o=output: prune_bert_heads(m, o, kept)))
     if strict and missing:
         raise ValueError(f"head pruning does not know how {', '.join(sorted(missing))} lays out "
                          f"its heads; it prunes: {', '.join(sorted(HEAD_LAYOUTS))}")
     if strict and not found:
-        raise ValueError("this model has no mixer with more than one head to prune (head "
-                         "pruning needs heads > 1)")
+        raise ValueError("this model has no attention layer with more than one head to prune "
+                         "(head pruning needs heads > 1)")
     return found
 
 
@@ -157,7 +199,7 @@ def _gated_importance(model, data, targets: dict[str, int]) -> dict[str, torch.T
             for gate in gates.values():
                 gate.grad = None
             model.zero_grad(set_to_none=True)
-            data.loss(model, batch).backward()
+            (data.importance_loss or data.loss)(model, batch).backward()
             for name, gate in gates.items():
                 scores[name] += gate.grad.abs().cpu()
     finally:
@@ -196,47 +238,52 @@ class HeadPruneConfig:
 
 
 def head_importance(model, data) -> dict[str, torch.Tensor]:
-    """Michel et al.'s importance of every head: {mixer name: (heads,) scores}."""
-    mixers = head_mixers(model)
-    targets = {f"{n}.{output_projection(m)}": m.heads for n, m in mixers}
-    scores = _gated_importance(model, data, targets)
-    return {n: scores[f"{n}.{output_projection(m)}"] for n, m in mixers}
+    """Michel et al.'s importance of every head: {layer name: (heads,) scores}."""
+    groups = head_groups(model)
+    scores = _gated_importance(model, data, {g.output: g.heads for g in groups})
+    return {g.name: scores[g.output] for g in groups}
 
 
 @register_method("prune_heads", HeadPruneConfig, family="pruning",
                  paper="Michel et al. 2019, Are Sixteen Heads Really Better than One?",
                  restore=lambda m, c, r: _restore_heads(m, r),
-                 check=lambda m, c: head_mixers(m))
+                 check=lambda m, c: head_groups(m))
 def prune_heads(model, config, data):
     scores = head_importance(model, data)
     kept = _choose(scores, config.fraction)
-    before = sum(len(s) for s in scores.values())
-    for name, indices in kept.items():
-        prune_mixer_heads(model.get_submodule(name), indices)
-    return model, {"kept": kept, "heads_before": before,
+    _restore_heads(model, {"kept": kept})
+    return model, {"kept": kept, "heads_before": sum(len(s) for s in scores.values()),
                    "heads_after": sum(len(k) for k in kept.values()),
                    "importance": {n: s.tolist() for n, s in scores.items()}}
 
 
 def _restore_heads(model, report):
+    groups = {g.name: g for g in head_groups(model, strict=False)}
     for name, indices in report["kept"].items():
-        prune_mixer_heads(model.get_submodule(name), indices)
+        groups[name].prune(indices)
     return model
 
 
 # -- MLP neurons --------------------------------------------------------------------------
 
-def mlp_blocks(model) -> dict[str, Block]:
-    found = {n: m for n, m in model.named_modules() if isinstance(m, Block) and m.mlp is not None}
+def mlp_units(model) -> dict[str, tuple[nn.Linear, nn.Linear]]:
+    """{name: (first, last)} linear pairs of every MLP: arena blocks' ``mlp`` and
+    BERT-family layers' ``intermediate.dense`` / ``output.dense``."""
+    found = {n: (m.mlp[0], m.mlp[-1]) for n, m in model.named_modules()
+             if isinstance(m, Block) and m.mlp is not None}
+    for name, module in model.named_modules():
+        first = getattr(getattr(module, "intermediate", None), "dense", None)
+        last = getattr(getattr(module, "output", None), "dense", None)
+        if isinstance(first, nn.Linear) and isinstance(last, nn.Linear):
+            found[name] = (first, last)
     if not found:
         raise ValueError("this model has no MLP to prune (its blocks were built with "
                          "mlp_dim=0)")
     return found
 
 
-def prune_mlp_neurons(block: Block, kept: list[int]) -> None:
-    """Keep only the hidden neurons ``kept`` of ``block``'s MLP, in place."""
-    first, last = block.mlp[0], block.mlp[-1]
+def prune_mlp_neurons(first: nn.Linear, last: nn.Linear, kept: list[int]) -> None:
+    """Keep only the hidden neurons ``kept`` between ``first`` and ``last``, in place."""
     index = torch.as_tensor(sorted(kept), dtype=torch.long, device=first.weight.device)
     if len(index) == first.out_features:
         return
@@ -260,23 +307,27 @@ class MLPPruneConfig:
                  paper="Michel et al. 2019 (gradient importance, applied to MLP neurons); "
                        "Kurtic et al. 2023, Ziplm (structured MLP pruning)",
                  restore=lambda m, c, r: _restore_mlp(m, r),
-                 check=lambda m, c: mlp_blocks(m))
+                 check=lambda m, c: mlp_units(m))
 def prune_mlp(model, config, data):
-    blocks = mlp_blocks(model)
-    scores = _gated_importance(model, data, {f"{n}.mlp.{len(b.mlp) - 1}": b.mlp[-1].in_features
-                                             for n, b in blocks.items()})
-    kept = _choose({n.rsplit(".mlp.", 1)[0]: s for n, s in scores.items()}, config.fraction)
-    before = sum(b.mlp[0].out_features for b in blocks.values())
-    for name, indices in kept.items():
-        prune_mlp_neurons(blocks[name], indices)
+    units = mlp_units(model)
+    names = {n: _name_of(model, last) for n, (_, last) in units.items()}
+    scores = _gated_importance(model, data, {names[n]: last.in_features
+                                             for n, (_, last) in units.items()})
+    kept = _choose({n: scores[names[n]] for n in units}, config.fraction)
+    before = sum(first.out_features for first, _ in units.values())
+    _restore_mlp(model, {"kept": kept})
     return model, {"kept": kept, "neurons_before": before,
                    "neurons_after": sum(len(k) for k in kept.values())}
 
 
+def _name_of(model, module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
+
+
 def _restore_mlp(model, report):
-    blocks = mlp_blocks(model)
+    units = mlp_units(model)
     for name, indices in report["kept"].items():
-        prune_mlp_neurons(blocks[name], indices)
+        prune_mlp_neurons(*units[name], indices)
     return model
 
 

@@ -13,8 +13,6 @@ and is listed in the step's report under ``kept_float``.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -22,22 +20,7 @@ import torch
 from attnarena.compress.fakequant import QuantLinear
 from attnarena.compress.recipe import (check_number, float_parameters, linear_inputs,
                                        linear_layers, register_method, set_module)
-
-# torchao's import logs the GPU kernels it cannot load on a CPU machine, and torch logs a
-# deprecation torchao triggers: neither is the user's concern.
-_NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
-
-
-@contextlib.contextmanager
-def _quiet():
-    saved = [(n, logging.getLogger(n).level) for n in _NOISY_LOGGERS]
-    for name, _ in saved:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for name, level in saved:
-            logging.getLogger(name).setLevel(level)
+from attnarena.pretrained._extra import quiet_imports as _quiet
 
 
 def torchao():

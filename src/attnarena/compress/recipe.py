@@ -21,11 +21,14 @@ class CompressData:
     ``calibration``: a few batches (dicts of tensors on the model's device);
     ``loss(model, batch)``: the task's loss; ``train_batch(step)``: a fresh training batch;
     ``teacher``: the uncompressed model (distillation); ``build(mixer, options, model)``:
-    a new untrained model for this task (a student of another mechanism).
+    a new untrained model for this task (a student of another mechanism);
+    ``importance_loss``: what head and neuron importance differentiate (default ``loss``;
+    a model whose loss is its distance to itself needs another, as that is zero).
     """
 
     calibration: list
     loss: Callable
+    importance_loss: Callable | None = None
     train_batch: Callable | None = None
     teacher: nn.Module | None = None
     build: Callable | None = None
@@ -227,6 +230,8 @@ def loss_and_output(model, batch, loss):
     if not captured:
         raise ValueError("the task's loss did not call the model's forward")
     out = captured[-1]
+    if hasattr(out, "last_hidden_state"):  # a transformers model's output
+        out = out.last_hidden_state
     return value, (out[0] if isinstance(out, tuple) else out)
 
 

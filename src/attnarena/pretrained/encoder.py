@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnarena._validate import look_up
-from attnarena.pretrained._extra import require
+from attnarena.pretrained._extra import quiet_imports, require
 
 SWAP_FILE = "attnarena_swap.json"  # written beside a saved model whose attention was swapped
 
@@ -136,6 +136,11 @@ def load_pretrained(model: str | os.PathLike = "minilm", *, device="cpu") -> Pre
         MissingExtraError: the ``pretrained`` extra is not installed.
         ValueError: an unknown name or a directory without config.json.
     """
+    with quiet_imports():  # transformers imports torchao when it is installed
+        return _load(model, device)
+
+
+def _load(model, device) -> PretrainedEncoder:
     transformers = require("transformers")
     transformers.utils.logging.disable_progress_bar()  # no bars on every load
     directory = model_directory(model)
