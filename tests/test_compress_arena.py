@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from attnarena.arena.compress import load_compressed, save_compressed, stored_bytes
+from attnarena.arena.compressed import load_compressed, save_compressed, stored_bytes
 from attnarena.arena.compress_report import pareto
 from attnarena.arena.store import Store
 from attnarena.cli import main

@@ -6,7 +6,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from attnarena.arena.compress import load_compressed  # noqa: E402
+from attnarena.arena.compressed import load_compressed  # noqa: E402
 from attnarena.arena.compress_pretrained import compress_pretrained  # noqa: E402
 from attnarena.arena.store import Store  # noqa: E402
 from attnarena.cli import main  # noqa: E402

@@ -22,8 +22,8 @@ def load_run(source, *, results_dir="results", device="cpu"):
 
 def load_compressed(folder, *, device="cpu"):
     """A model saved by ``attnarena compress`` (its folder under ``results/compressed``),
-    in eval mode; see ``attnarena.arena.compress.load_compressed``."""
-    from attnarena.arena.compress import load_compressed as load
+    in eval mode; see ``attnarena.arena.compressed.load_compressed``."""
+    from attnarena.arena.compressed import load_compressed as load
 
     return load(folder, device=device)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from attnarena.arena.compress import (_digest, _summary, linear_bytes, save_compressed,
-                                      stored_bytes, weight_count)
+from attnarena.arena.compressed import (row_key, report_summary, linear_bytes, save_compressed,
+                                        stored_bytes, weight_count)
 from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.linearize import encoder_speed
 from attnarena.arena.store import Store
@@ -122,7 +122,7 @@ def compress_pretrained(model, recipes, *, store_path="results/arena.sqlite",
                 "linear_bytes": linear_bytes(encoder.model), "params": weight_count(encoder.model),
                 "speed": _speed(encoder, length, device, repeats)}
 
-    float_id = _digest(label, "float", length, env["hardware"])
+    float_id = row_key(label, "float", length, env["hardware"])
     log(f"measuring the uncompressed {label}")
     original = {**base, "recipe": "float", "steps": [], **measured(teacher),
                 "outliers": outlier_measures(teacher.model, data.calibration, data.loss),
@@ -133,7 +133,7 @@ def compress_pretrained(model, recipes, *, store_path="results/arena.sqlite",
     for steps in fit:
         name = recipe_label(steps)
         recipe = [s.to_dict() for s in steps]
-        row_id = _digest(label, recipe, calibration, batch, length, len(test), env["hardware"])
+        row_id = row_key(label, recipe, calibration, batch, length, len(test), env["hardware"])
         stored = None if rerun else store.compress_row(row_id)
         if stored is not None:
             log(f"reusing stored results of {name} (pass --rerun to measure again)")
@@ -148,24 +148,10 @@ def compress_pretrained(model, recipes, *, store_path="results/arena.sqlite",
         student.eval()
         folder = Path(results_dir) / "compressed" / row_id
         row = {**base, "recipe": name, "steps": recipe, **measured(student),
-               "reports": [_summary(r) for r in reports],
+               "reports": [report_summary(r) for r in reports],
                "compress_seconds": seconds, "folder": str(folder)}
         row["test"] = row["mean_cosine"]
         save_compressed(folder, student.model, {"pretrained": label}, steps, reports, row)
         store.add_compress(row_id, row, env)
         rows.append(row)
     return rows
-
-
-def load_compressed_pretrained(saved: dict, folder, device="cpu"):
-    """The encoder ``save_compressed`` wrote for a pretrained source."""
-    from attnarena.arena.compress import load_state
-    from attnarena.compress.recipe import recipe_from_dicts, restore_recipe
-    from attnarena.pretrained import load_pretrained
-
-    encoder = load_pretrained(saved["config"]["pretrained"])
-    steps = recipe_from_dicts(saved["recipe"])
-    encoder.model = restore_recipe(encoder.model, steps, saved["reports"])
-    load_state(encoder.model, folder)
-    encoder.compression = saved["recipe"]
-    return encoder.to(device).eval()

@@ -12,8 +12,8 @@ A mixer's heads are laid out in its parameters: ``HEAD_LAYOUTS`` says, for each 
 which parameters have a heads-major axis (``(name, axis)``, or ``(name, axis, groups)``
 when the axis holds several heads-major blocks side by side). Pruning keeps those slices
 of the kept heads and lowers the mixer's head count; depthwise convolutions, group norms
-and head norms over the pruned channels shrink with them. (Dilated attention is left out:
-its heads' dilation offsets follow their index, so removing one shifts the others.)
+and head norms over the pruned channels shrink with them. ``UNPRUNABLE`` says why the
+others are left out.
 """
 from __future__ import annotations
 
@@ -60,6 +60,12 @@ HEAD_LAYOUTS = {
                  ("k_conv.conv.weight", 0), ("k_conv.conv.bias", 0),
                  ("v_conv.conv.weight", 0), ("v_conv.conv.bias", 0),
                  ("b_proj.weight", 0), ("b_proj.bias", 0), ("norm.weight", 0)) + _OUT,
+}
+# Mechanisms whose heads depend on each other: removing one would change the rest.
+UNPRUNABLE = {
+    "dilated": "its heads' dilation offsets follow their index",
+    "mamba2": "its output norm is taken over all heads together",
+    "moh": "its router scores every head jointly",
 }
 HEAD_LAYOUTS["gated_deltanet"] = HEAD_LAYOUTS["deltanet"] + (
     ("A_log", 0), ("dt_bias", 0), ("a_proj.weight", 0), ("g_proj.weight", 0))
@@ -122,8 +128,10 @@ def head_groups(model, strict: bool = True) -> list[HeadGroup]:
             found.append(HeadGroup(name, module.num_attention_heads, f"{parent}.output.dense",
                                    lambda kept, m=module, o=output: prune_bert_heads(m, o, kept)))
     if strict and missing:
+        why = "; ".join(f"{n}: {UNPRUNABLE[n]}" for n in sorted(missing) if n in UNPRUNABLE)
         raise ValueError(f"head pruning does not know how {', '.join(sorted(missing))} lays out "
-                         f"its heads; it prunes: {', '.join(sorted(HEAD_LAYOUTS))}")
+                         f"its heads{f' ({why})' if why else ''}; it prunes: "
+                         f"{', '.join(sorted(HEAD_LAYOUTS))}")
     if strict and not found:
         raise ValueError("this model has no attention layer with more than one head to prune "
                          "(head pruning needs heads > 1)")

@@ -1,0 +1,160 @@
+"""Compressed models on disk: ``model.safetensors`` (torchao's quantized tensors flattened
+into their parts) and ``compressed.json`` (the source, the recipe and what each step did),
+and how their size is counted."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save, save_file
+
+from attnarena.arena.checkpoint import untie
+
+
+def row_key(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# -- saving -------------------------------------------------------------------------------
+
+def _flatten(model) -> tuple[dict, dict]:
+    """(tensors, metadata) safetensors can hold, torchao's quantized tensors flattened into
+    their parts."""
+    state = untie({k: v for k, v in model.state_dict().items()})
+    if all(type(v) is torch.Tensor for v in state.values()):
+        return state, {}
+    from attnarena.compress.quantize import torchao
+
+    torchao()
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    return flatten_tensor_state_dict(state)
+
+
+def stored_bytes(model) -> int:
+    """Size of the model's weights as ``save_compressed`` writes them."""
+    tensors, metadata = _flatten(model)
+    return len(save(tensors, metadata=metadata or None))
+
+
+def linear_bytes(model) -> int:
+    """Bytes of the linear layers' tensors as saved: the part of the model the methods
+    compress (embeddings, norms and the like are the rest)."""
+    from attnarena.compress.fakequant import QuantLinear
+
+    names = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, QuantLinear))}
+    tensors, _ = _flatten(model)
+    return sum(t.numel() * t.element_size() for k, t in tensors.items()
+               if k.rsplit(".", 1)[0] in names)
+
+
+def weight_count(model) -> int:
+    """Parameters and persistent buffers the model computes with (quantized weights
+    counted by their number of values, not their bytes)."""
+    count = 0
+    for module in model.modules():
+        for name, tensor in list(module.named_parameters(recurse=False)) + [
+                (n, b) for n, b in module.named_buffers(recurse=False)
+                if b is not None and n not in module._non_persistent_buffers_set]:
+            if name == "codes":
+                count += module.in_features * module.out_features
+            elif name in ("scale", "act_scale"):
+                continue
+            else:
+                count += tensor.numel()
+    return count
+
+
+def save_compressed(folder, model, resolved: dict, steps: list, reports: list,
+                    row: dict | None = None) -> Path:
+    """Write ``model.safetensors`` and ``compressed.json`` (the source run's config, the
+    recipe and what each step did), whole or not at all."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir()
+    try:
+        tensors, metadata = _flatten(model)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata=metadata or None)
+        (tmp / "compressed.json").write_text(json.dumps(
+            {"config": resolved, "recipe": [s.to_dict() for s in steps], "reports": reports,
+             "row": row}, indent=2, default=str))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_compressed(folder, device="cpu") -> torch.nn.Module:
+    """A model saved by ``attnarena compress`` (its folder), in eval mode; its
+    ``arena_config`` is the source run's config and ``compression`` the recipe (a
+    pretrained source gives back its ``PretrainedEncoder``)."""
+    from attnarena.arena.artifacts import build_run_model
+    from attnarena.compress.recipe import recipe_from_dicts, restore_recipe
+
+    folder = Path(folder)
+    try:
+        saved = json.loads((folder / "compressed.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"no compressed model in {folder}: {error}") from None
+    if "pretrained" in saved["config"]:
+        return _load_pretrained(saved, folder, device)
+    steps = recipe_from_dicts(saved["recipe"])
+    reports = saved["reports"]
+    resolved = saved["config"]
+    start = 0
+    for index, report in enumerate(reports):
+        if "student" in report:  # a new student: its own architecture, later steps on it
+            resolved, start = report["student"], index + 1
+    model = build_run_model(resolved)
+    model = restore_recipe(model, steps[start:], reports[start:])
+    load_state(model, folder)
+    model.arena_config, model.compression = resolved, saved["recipe"]
+    return model.to(device).eval()
+
+
+def load_state(model, folder) -> None:
+    """Load ``model.safetensors`` of ``folder`` into ``model`` (quantized tensors rebuilt
+    from their parts), replacing its tensors."""
+    path = str(Path(folder) / "model.safetensors")
+    with safe_open(path, "pt") as handle:
+        metadata = handle.metadata() or {}
+    tensors = load_file(path)
+    if "tensor_names" in metadata:  # torchao's tensors, flattened
+        from attnarena.compress.quantize import torchao
+
+        torchao()
+        from torchao.prototype.safetensors.safetensors_support import (
+            unflatten_tensor_state_dict)
+
+        tensors, leftover = unflatten_tensor_state_dict(tensors, metadata)
+        tensors.update(leftover)
+    model.load_state_dict(tensors, assign=True)
+
+
+def _load_pretrained(saved: dict, folder, device="cpu"):
+    """The encoder ``save_compressed`` wrote for a pretrained source."""
+    from attnarena.compress.recipe import recipe_from_dicts, restore_recipe
+    from attnarena.pretrained import load_pretrained
+
+    encoder = load_pretrained(saved["config"]["pretrained"])
+    steps = recipe_from_dicts(saved["recipe"])
+    encoder.model = restore_recipe(encoder.model, steps, saved["reports"])
+    load_state(encoder.model, folder)
+    encoder.compression = saved["recipe"]
+    return encoder.to(device).eval()
+
+
+def report_summary(report: dict) -> dict:
+    """What a step's report says that a reader of the row needs (not its raw scores)."""
+    keep = ("quantized", "kept_float", "mean_bits", "heads_before", "heads_after",
+            "neurons_before", "neurons_after", "ranks", "weights_before", "weights_after",
+            "sparsity", "folded", "not_folded", "first", "last", "student")
+    return {k: v for k, v in report.items() if k in keep}
