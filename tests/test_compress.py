@@ -398,3 +398,13 @@ def test_outlier_measures_of_known_block_outputs():
     measures = outlier_measures(model, [x], lambda m, b: m(b).sum())
     assert measures["max_inf_norm"] == 90.0
     assert measures["kurtosis"] > 50.0
+
+
+@given(st.integers(0, 10**6))
+def test_fp4_codes_are_the_nearest_grid_values(seed):
+    x = torch.randn(300, generator=torch.Generator().manual_seed(seed)) * 4
+    x[:3] = torch.tensor([0.25, 2.5, -5.0])  # midpoints: ties
+    grid = fq.fp4_grid()
+    codes = fq.to_codes(x, torch.tensor(1.0), "fp4", 4).long()
+    nearest = (x[:, None] - grid).abs().argmin(-1)  # the first of equally near values
+    assert torch.equal(codes, nearest)

@@ -135,3 +135,18 @@ def test_a_suite_with_a_bad_recipe_is_refused_before_training(tmp_path):
                      '[[compress]]\nrecipes = [{method = "int9"}]\n')
     with pytest.raises(ValueError, match="unknown compression method 'int9'"):
         load_suite(str(suite))
+
+
+def test_side_by_side_takes_each_models_faster_pass():
+    from attnarena.arena.compress import side_by_side
+
+    calls = []
+
+    def measure(name):  # the first model timed runs cold: slower in the first pass
+        calls.append(name)
+        cold = 5.0 if len(calls) == 1 else 0.0
+        return {"model": {"1": {"ms": {"a": 1.0, "b": 2.0}[name] + cold, "peak_mb": 1.0}}}
+
+    speeds = side_by_side(["a", "b"], measure)
+    assert calls == ["a", "b", "b", "a"]
+    assert [s["model"]["1"]["ms"] for s in speeds] == [1.0, 2.0]

@@ -55,6 +55,22 @@ def _width(model) -> int | None:
     return block.down.in_features if isinstance(block.down, torch.nn.Linear) else block.mixer.dim
 
 
+def side_by_side(models, measure) -> list[dict]:
+    """``measure`` (nested dicts of {"ms", "peak_mb"} timings) of every model, in order and
+    then in reverse order, each cell the faster of the two: no model is favoured by its
+    place in the sequence (the first timed in a process runs colder)."""
+    forward = [measure(m) for m in models]
+    backward = [measure(m) for m in reversed(models)][::-1]
+
+    def faster(a, b):
+        if isinstance(a, dict) and "ms" in a:
+            return a if a["ms"] <= b["ms"] else b
+        if isinstance(a, dict):
+            return {k: faster(a[k], b[k]) for k in a}
+        return a
+    return [faster(a, b) for a, b in zip(forward, backward)]
+
+
 @torch.no_grad()
 def model_latency(model, task, device, *, repeats: int = 5, seed: int = 0) -> dict:
     """{"model": {batch: timing}} for the whole model on test batches at the task's length,
@@ -172,20 +188,16 @@ def compress_run(source, recipes, *, store_path="results/arena.sqlite", results_
             "calibration_batches": calibration, "batch": batch, "hardware": env["hardware"]}
 
     float_id = row_key(label, "float", env["hardware"])
-    found = None if rerun else store.compress_row(float_id)
-    log(f"timing the uncompressed model of {label}")
-    speed = model_latency(model, task, device, repeats=repeats)
-    if found is None:
-        found = {**base, "recipe": "float", "steps": [],
-                 "test": evaluate(model, task, examples, test_seed, device, "test")["metric"],
-                 "bytes": stored_bytes(model), "linear_bytes": linear_bytes(model),
-                 "params": weight_count(model),
-                 "outliers": outlier_measures(model, data.calibration, data.loss),
-                 "compress_seconds": 0.0}
-    original = {**found, "speed": speed}
-    original.pop("environment", None)
-    store.add_compress(float_id, original, env)
-    rows = [original]
+    original = None if rerun else store.compress_row(float_id)
+    if original is None:
+        original = {**base, "recipe": "float", "steps": [],
+                    "test": evaluate(model, task, examples, test_seed, device, "test")["metric"],
+                    "bytes": stored_bytes(model), "linear_bytes": linear_bytes(model),
+                    "params": weight_count(model),
+                    "outliers": outlier_measures(model, data.calibration, data.loss),
+                    "compress_seconds": 0.0}
+        store.add_compress(float_id, original, env)
+    measured = [(float_id, original, model)]
 
     for steps in recipes:
         name = recipe_label(steps)
@@ -195,12 +207,7 @@ def compress_run(source, recipes, *, store_path="results/arena.sqlite", results_
         folder = Path(results_dir) / "compressed" / row_id
         if stored is not None and (folder / "compressed.json").is_file():
             log(f"reusing stored results of {name} (pass --rerun to measure again)")
-            compressed = load_compressed(folder, device)
-            stored = {**stored, "speed": model_latency(compressed, task, device,
-                                                       repeats=repeats)}
-            stored.pop("environment", None)
-            store.add_compress(row_id, stored, env)
-            rows.append(stored)
+            measured.append((row_id, stored, load_compressed(folder, device)))
             continue
         log(f"compressing {label} by {name}")
         torch.manual_seed(resolved["seed"])
@@ -212,10 +219,19 @@ def compress_run(source, recipes, *, store_path="results/arena.sqlite", results_
                "test": evaluate(compressed, task, examples, test_seed, device, "test")["metric"],
                "bytes": stored_bytes(compressed), "linear_bytes": linear_bytes(compressed),
                "params": weight_count(compressed),
-               "speed": model_latency(compressed, task, device, repeats=repeats),
                "reports": [report_summary(r) for r in reports], "compress_seconds": seconds,
                "folder": str(folder)}
         save_compressed(folder, compressed, resolved, steps, reports, row)
+        store.add_compress(row_id, row, env)  # kept even if the timing below is cut short
+        measured.append((row_id, row, compressed))
+
+    log(f"timing {len(measured)} models of {label} side by side")
+    speeds = side_by_side([m for _, _, m in measured],
+                          lambda m: model_latency(m, task, device, repeats=repeats))
+    rows = []
+    for (row_id, row, _), speed in zip(measured, speeds):
+        row = {**row, "speed": speed}
+        row.pop("environment", None)
         store.add_compress(row_id, row, env)
         rows.append(row)
     return rows

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from attnarena.arena.compressed import (row_key, report_summary, linear_bytes, save_compressed,
-                                        stored_bytes, weight_count)
+from attnarena.arena.compress import side_by_side
+from attnarena.arena.compressed import (linear_bytes, load_compressed, report_summary, row_key,
+                                        save_compressed, stored_bytes, weight_count)
 from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.linearize import encoder_speed
 from attnarena.arena.store import Store
@@ -119,8 +120,7 @@ def compress_pretrained(model, recipes, *, store_path="results/arena.sqlite",
     def measured(encoder):
         return {**agreement(reference, encoder.encode(test)),
                 "bytes": stored_bytes(encoder.model),
-                "linear_bytes": linear_bytes(encoder.model), "params": weight_count(encoder.model),
-                "speed": _speed(encoder, length, device, repeats)}
+                "linear_bytes": linear_bytes(encoder.model), "params": weight_count(encoder.model)}
 
     float_id = row_key(label, "float", length, env["hardware"])
     log(f"measuring the uncompressed {label}")
@@ -129,15 +129,15 @@ def compress_pretrained(model, recipes, *, store_path="results/arena.sqlite",
                 "compress_seconds": 0.0}
     original["test"] = original["mean_cosine"]
     store.add_compress(float_id, original, env)
-    rows = [original]
+    done = [(float_id, original, teacher)]
     for steps in fit:
         name = recipe_label(steps)
         recipe = [s.to_dict() for s in steps]
         row_id = row_key(label, recipe, calibration, batch, length, len(test), env["hardware"])
         stored = None if rerun else store.compress_row(row_id)
-        if stored is not None:
+        if stored is not None and Path(stored.get("folder", "")).is_dir():
             log(f"reusing stored results of {name} (pass --rerun to measure again)")
-            rows.append(stored)
+            done.append((row_id, stored, load_compressed(stored["folder"], device)))
             continue
         log(f"compressing {label} by {name}")
         torch.manual_seed(0)
@@ -152,6 +152,15 @@ def compress_pretrained(model, recipes, *, store_path="results/arena.sqlite",
                "compress_seconds": seconds, "folder": str(folder)}
         row["test"] = row["mean_cosine"]
         save_compressed(folder, student.model, {"pretrained": label}, steps, reports, row)
+        store.add_compress(row_id, row, env)
+        done.append((row_id, row, student))
+    log(f"timing {len(done)} encoders side by side")
+    speeds = side_by_side([e for _, _, e in done],
+                          lambda e: _speed(e, length, device, repeats))
+    rows = []
+    for (row_id, row, _), speed in zip(done, speeds):
+        row = {**row, "speed": speed}
+        row.pop("environment", None)
         store.add_compress(row_id, row, env)
         rows.append(row)
     return rows

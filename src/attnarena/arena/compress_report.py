@@ -144,11 +144,13 @@ def plot_compression(rows, path):
         better = base.get("higher_is_better", True)
         for ax, cost, label in ((size_ax, lambda r: r["bytes"] / base["bytes"],
                                  "weight bytes / float"),
-                                (time_ax, lambda r: (_ms(r, "model", "32") or 0)
-                                 / (_ms(base, "model", "32") or 1),
+                                (time_ax, lambda r: _ms(r, "model", "32")
+                                 / _ms(base, "model", "32"),
                                  "latency (whole model, batch 32) / float")):
-            points = [(cost(r), r["test"]) for r in mine]
-            for (x, y), row in zip(points, mine):
+            shown = [r for r in mine if ax is size_ax or (_ms(r, "model", "32")
+                                                          and _ms(base, "model", "32"))]
+            points = [(cost(r), r["test"]) for r in shown]
+            for (x, y), row in zip(points, shown):
                 ax.scatter([x], [y], color="black" if row is base else "#3182bd", s=22,
                            zorder=3)
                 ax.annotate(row["recipe"], (x, y), fontsize=7, xytext=(4, 3),

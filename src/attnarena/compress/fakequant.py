@@ -46,7 +46,8 @@ def to_codes(x: torch.Tensor, scale: torch.Tensor, fmt: str, bits: int) -> torch
     y = x / scale
     if fmt == "fp4":
         grid = fp4_grid(x.device, x.dtype)
-        return (y[..., None] - grid).abs().argmin(-1).to(torch.uint8)
+        # nearest grid value: between two neighbours, the midpoint decides (a tie goes down)
+        return torch.bucketize(y, (grid[1:] + grid[:-1]) / 2).to(torch.uint8)
     top = 2 ** (bits - 1) - 1
     return (y.round().clamp(-top, top) + top).to(torch.uint8)
 

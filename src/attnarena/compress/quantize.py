@@ -93,16 +93,10 @@ def _takes(config, linear) -> str | None:
 
 def torchao_quantize(model, config, data=None):
     """Quantize every linear layer torchao can take, in place; returns (model, report)."""
-    torchao()
-    from torchao.quantization import quantize_
-
     layers = linear_layers(model)
     refused = {n: why for n, m in layers.items() if (why := _takes(config, m))}
-    chosen = {id(m) for n, m in layers.items() if n not in refused}
-    with _quiet():
-        quantize_(model, _torchao_config(config),
-                  filter_fn=lambda module, name: id(module) in chosen)
     done = set(layers) - set(refused)
+    _quantize_named(model, config, done)
     kept = float_parameters(model, done)
     for entry in kept:
         if entry["module"] in refused:
@@ -110,16 +104,19 @@ def torchao_quantize(model, config, data=None):
     return model, {"quantized": sorted(done), "kept_float": kept}
 
 
-def _torchao_restore(model, config, report):
+def _quantize_named(model, config, names):
     torchao()
     from torchao.quantization import quantize_
 
-    names = set(report["quantized"])
     chosen = {id(m) for n, m in linear_layers(model).items() if n in names}
     with _quiet():
         quantize_(model, _torchao_config(config),
                   filter_fn=lambda module, name: id(module) in chosen)
     return model
+
+
+def _torchao_restore(model, config, report):
+    return _quantize_named(model, config, set(report["quantized"]))
 
 
 TORCHAO_PAPER = "torchao: PyTorch native quantization (PyTorch team, 2024)"
