@@ -2,9 +2,10 @@
 softmax and with gated attention) on MQAR and ListOps at the cpu preset, then compress each
 by every recipe of compress_recipes.toml (and compress_pruning.toml where the model has
 several heads and an MLP), all into one store; the leaderboard's compression tables and
-compression.png hold the results.
+compression.png hold the results. ``--minilm`` also compresses the pretrained MiniLM by
+compress_minilm.toml (the pretrained and compress extras).
 
-    python benchmarks/compress_models.py --out results/compress
+    python benchmarks/compress_models.py --out results/compress [--minilm]
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/compress")
     parser.add_argument("--tasks", default="mqar,listops")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--minilm", action="store_true",
+                        help="also the pretrained MiniLM (encoder timed at length 64 and 256)")
     args = parser.parse_args()
     out = Path(args.out)
     store = str(out / "arena.sqlite")
@@ -51,6 +54,10 @@ def main():
         for recipe in recipes:
             attnarena("compress", run["id"], "--recipes", str(recipe), "--store", store,
                       "--out", str(out), "--repeats", str(args.repeats), "--quiet")
+    if args.minilm:
+        attnarena("compress", "--model", "minilm", "--recipes",
+                  str(HERE / "compress_minilm.toml"), "--length", "64", "--repeats", "3",
+                  "--store", store, "--out", str(out), "--quiet")
 
 
 if __name__ == "__main__":

@@ -233,12 +233,13 @@ def _zero_heads(mixer, heads):
             mixer.o_proj.weight[:, h * width:(h + 1) * width] = 0
 
 
-@pytest.mark.parametrize("name", sorted(HEAD_LAYOUTS))
-def test_pruning_heads_equals_zeroing_their_outputs(name):
+@pytest.mark.parametrize("name,options", [(n, {}) for n in sorted(HEAD_LAYOUTS)] + [
+    ("softmax", {"gated": True}), ("softmax", {"clip_gamma": -0.05})])
+def test_pruning_heads_equals_zeroing_their_outputs(name, options):
     from attnarena import mixer_info
 
     causal = "self" not in mixer_info(name).patterns
-    mixer = make_mixer(name, causal=causal, dim=32, heads=4)
+    mixer = make_mixer(name, causal=causal, dim=32, heads=4, **options)
     x = torch.randn(2, 12, 32)
     same = copy.deepcopy(mixer)
     prune_mixer_heads(same, [0, 1, 2, 3])
@@ -408,3 +409,15 @@ def test_fp4_codes_are_the_nearest_grid_values(seed):
     codes = fq.to_codes(x, torch.tensor(1.0), "fp4", 4).long()
     nearest = (x[:, None] - grid).abs().argmin(-1)  # the first of equally near values
     assert torch.equal(codes, nearest)
+
+
+def test_torchao_methods_without_the_extra_name_the_pip_command(monkeypatch):
+    import sys
+
+    from attnarena.compress.recipe import check_recipe
+    from attnarena.pretrained import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "torchao", None)  # as if it were not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'attnarena\[compress\]'"):
+        check_recipe(nn.Linear(2, 2), [make_step("int8_dynamic")])
+    check_recipe(nn.Linear(2, 2), [make_step("int_static")])  # written here: no extra needed

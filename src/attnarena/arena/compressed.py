@@ -154,7 +154,7 @@ def _load_pretrained(saved: dict, folder, device="cpu"):
 
 def report_summary(report: dict) -> dict:
     """What a step's report says that a reader of the row needs (not its raw scores)."""
-    keep = ("quantized", "kept_float", "mean_bits", "heads_before", "heads_after",
+    keep = ("quantized", "kept_float", "not_pruned", "mean_bits", "heads_before", "heads_after",
             "neurons_before", "neurons_after", "ranks", "weights_before", "weights_after",
             "sparsity", "folded", "not_folded", "first", "last", "student")
     return {k: v for k, v in report.items() if k in keep}

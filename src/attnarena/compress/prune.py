@@ -32,8 +32,9 @@ from attnarena.mixers.base import Mixer
 _QKV = tuple((f"{p}.{t}", 0) for p in ("q_proj", "k_proj", "v_proj") for t in ("weight", "bias"))
 _OUT = (("o_proj.weight", 1),)
 HEAD_LAYOUTS = {
-    **{name: _QKV + _OUT for name in ("softmax", "local", "bigbird", "longformer", "sparse",
-                                      "linear", "performer", "linformer")},
+    **{name: _QKV + _OUT for name in ("local", "bigbird", "longformer", "sparse", "linear",
+                                      "performer", "linformer")},
+    "softmax": _QKV + _OUT + (("gate.weight", 0), ("gate.bias", 0)),  # gated attention
     "cosine": _QKV + _OUT + (("length_power", 0),),
     "hedgehog": _QKV + _OUT + (("feature_weight", 0),),
     "lolcats": _QKV + _OUT + (("feature_weight", 0),),
@@ -156,9 +157,11 @@ def prune_mixer_heads(mixer: Mixer, kept: list[int]) -> None:
     for entry in HEAD_LAYOUTS[mixer.info.name]:
         name, axis, groups = (*entry, 1)[:3]
         module_name, _, attribute = name.rpartition(".")
-        module = mixer.get_submodule(module_name) if module_name else mixer
-        tensor = getattr(module, attribute)
-        if tensor is None:
+        module = mixer
+        for part in module_name.split(".") if module_name else ():
+            module = getattr(module, part, None)
+        tensor = getattr(module, attribute, None)
+        if tensor is None:  # an optional part this mixer was built without
             continue
         index = _per_head_index(tensor.shape[axis], heads, kept, groups).to(tensor.device)
         sliced = tensor.detach().index_select(axis, index)
@@ -371,4 +374,4 @@ def magnitude(model, config, data):
     zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
     total = sum(m.weight.numel() for m in layers.values())
     return model, {"sparsity": zeros / max(total, 1), "pruned": sorted(layers),
-                   "kept_float": float_parameters(model, set(layers))}
+                   "not_pruned": float_parameters(model, set(layers))}
