@@ -43,6 +43,27 @@ def test_save_then_load_gives_the_same_outputs(tmp_path, recipe):
     assert (tmp_path / "saved" / "model.safetensors").stat().st_size == stored_bytes(compressed)
 
 
+def test_a_model_with_top_level_parameters_saves_and_loads(tmp_path):
+    from attnarena.tasks import create_task
+
+    torch.manual_seed(0)
+    resolved = {"task": "listops", "task_options": {"train_examples": 8, "val_examples": 4,
+                                                   "test_examples": 4, "min_length": 8,
+                                                   "max_length": 20},
+                "mixer": "softmax", "mixer_options": {},
+                "model": {"dim": 16, "depth": 1, "heads": 2, "pooling": "cls"}}
+    task = create_task("listops", **resolved["task_options"])
+    task.prepare()
+    model = task.build_model("softmax", {}, resolved["model"]).eval()
+    assert any("." not in name for name, _ in model.named_parameters())  # the cls token
+    data = data_for(task, model, batches=1, size=4)
+    steps = [make_step("int8_dynamic")]
+    compressed, reports = apply_recipe(copy.deepcopy(model), steps, data, log=lambda m: None)
+    save_compressed(tmp_path / "saved", compressed, resolved, steps, reports)
+    assert torch.equal(outputs(load_compressed(tmp_path / "saved"), data),
+                       outputs(compressed, data))
+
+
 def test_pareto_front():
     points = [(1.0, 0.9), (0.5, 0.9), (0.25, 0.5), (0.5, 0.4), (2.0, 0.95)]
     assert pareto(points) == [2, 1, 4]

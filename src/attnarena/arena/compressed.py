@@ -23,9 +23,12 @@ def row_key(*parts) -> str:
 
 # -- saving -------------------------------------------------------------------------------
 
+ROOT = "model."  # torchao's flattening needs a module path in front of every name
+
+
 def _flatten(model) -> tuple[dict, dict]:
     """(tensors, metadata) safetensors can hold, torchao's quantized tensors flattened into
-    their parts."""
+    their parts (their names then start with ``ROOT``)."""
     state = untie({k: v for k, v in model.state_dict().items()})
     if all(type(v) is torch.Tensor for v in state.values()):
         return state, {}
@@ -34,7 +37,7 @@ def _flatten(model) -> tuple[dict, dict]:
     torchao()
     from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
 
-    return flatten_tensor_state_dict(state)
+    return flatten_tensor_state_dict({ROOT + k: v for k, v in state.items()})
 
 
 def stored_bytes(model) -> int:
@@ -49,9 +52,10 @@ def linear_bytes(model) -> int:
     from attnarena.compress.fakequant import QuantLinear
 
     names = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, QuantLinear))}
-    tensors, _ = _flatten(model)
+    tensors, metadata = _flatten(model)
+    skip = len(ROOT) if metadata else 0
     return sum(t.numel() * t.element_size() for k, t in tensors.items()
-               if k.rsplit(".", 1)[0] in names)
+               if k[skip:].rsplit(".", 1)[0] in names)
 
 
 def weight_count(model) -> int:
@@ -135,7 +139,7 @@ def load_state(model, folder) -> None:
             unflatten_tensor_state_dict)
 
         tensors, leftover = unflatten_tensor_state_dict(tensors, metadata)
-        tensors.update(leftover)
+        tensors = {k[len(ROOT):]: v for k, v in {**tensors, **leftover}.items()}
     model.load_state_dict(tensors, assign=True)
 
 
