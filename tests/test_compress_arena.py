@@ -158,16 +158,15 @@ def test_a_suite_with_a_bad_recipe_is_refused_before_training(tmp_path):
         load_suite(str(suite))
 
 
-def test_side_by_side_takes_each_models_faster_pass():
+def test_side_by_side_times_every_model_round_robin():
     from attnarena.arena.compress import side_by_side
 
     calls = []
 
-    def measure(name):  # the first model timed runs cold: slower in the first pass
-        calls.append(name)
-        cold = 5.0 if len(calls) == 1 else 0.0
-        return {"model": {"1": {"ms": {"a": 1.0, "b": 2.0}[name] + cold, "peak_mb": 1.0}}}
+    def cells_of(name):
+        return {("model", "1"): lambda: calls.append(name), ("blocks", "4", "32"): lambda: None}
 
-    speeds = side_by_side(["a", "b"], measure)
-    assert calls == ["a", "b", "b", "a"]
-    assert [s["model"]["1"]["ms"] for s in speeds] == [1.0, 2.0]
+    speeds = side_by_side(["a", "b"], cells_of, "cpu", repeats=3)
+    # a warm-up each, then a, b, a, b, a, b, then one more each for the peak memory
+    assert calls == ["a", "b"] + ["a", "b"] * 3 + ["a", "b"]
+    assert set(speeds[0]) == {"model", "blocks"} and speeds[1]["blocks"]["4"]["32"]["ms"] >= 0

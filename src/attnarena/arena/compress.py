@@ -30,21 +30,6 @@ LENGTH_FACTORS = (1, 4)
 
 # -- measuring ----------------------------------------------------------------------------
 
-def _timed(fn, device, repeats: int) -> dict:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    with PeakMemory(device) as memory:
-        fn()
-    return {"ms": statistics.median(times),
-            "peak_mb": None if memory.peak_bytes is None else memory.peak_bytes / 2**20}
-
-
 def _width(model) -> int | None:
     from attnarena.compress.linearize_model import mixer_blocks
 
@@ -55,48 +40,63 @@ def _width(model) -> int | None:
     return block.down.in_features if isinstance(block.down, torch.nn.Linear) else block.mixer.dim
 
 
-def side_by_side(models, measure) -> list[dict]:
-    """``measure`` (nested dicts of {"ms", "peak_mb"} timings) of every model, in order and
-    then in reverse order, each cell the faster of the two: no model is favoured by its
-    place in the sequence (the first timed in a process runs colder)."""
-    forward = [measure(m) for m in models]
-    backward = [measure(m) for m in reversed(models)][::-1]
+def side_by_side(models, cells_of, device, repeats: int = 5) -> list[dict]:
+    """Time every model's cells (``cells_of(model)``: {(key, ...): call}) round-robin: each
+    repeat runs every cell of every model once, so drift in the machine's speed over the
+    measurement falls on all models alike. Returns, per model, nested dicts of
+    {"ms": median, "peak_mb": peak memory of one more call} along each cell's key path."""
+    cells = [cells_of(m) for m in models]
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda d: None)
+    for calls in cells:
+        for call in calls.values():
+            call()  # warm-up
+    times = [{key: [] for key in calls} for calls in cells]
+    for _ in range(repeats):
+        for calls, timing in zip(cells, times):
+            for key, call in calls.items():
+                start = time.perf_counter()
+                call()
+                sync(device)
+                timing[key].append((time.perf_counter() - start) * 1e3)
+    out = []
+    for calls, timing in zip(cells, times):
+        nested = {}
+        for key, call in calls.items():
+            with PeakMemory(device) as memory:
+                call()
+            place = nested
+            for part in key[:-1]:
+                place = place.setdefault(part, {})
+            place[key[-1]] = {"ms": statistics.median(timing[key]),
+                              "peak_mb": None if memory.peak_bytes is None
+                              else memory.peak_bytes / 2**20}
+        out.append(nested)
+    return out
 
-    def faster(a, b):
-        if isinstance(a, dict) and "ms" in a:
-            return a if a["ms"] <= b["ms"] else b
-        if isinstance(a, dict):
-            return {k: faster(a[k], b[k]) for k in a}
-        return a
-    return [faster(a, b) for a, b in zip(forward, backward)]
 
-
-@torch.no_grad()
-def model_latency(model, task, device, *, repeats: int = 5, seed: int = 0) -> dict:
-    """{"model": {batch: timing}} for the whole model on test batches at the task's length,
-    and {"blocks": {factor: {batch: timing}}} for its stack of blocks on (batch, factor * L,
-    dim) inputs (the part every compression method changes; a longer input would overrun
-    learned position tables)."""
+def latency_cells(model, task, device, seed: int = 0) -> dict:
+    """What is timed of a trained model: the whole model on test batches at the task's
+    length (("model", batch)), and its stack of blocks on (batch, factor * L, dim) inputs
+    (("blocks", factor, batch): the part every compression method changes; a longer input
+    would overrun learned position tables)."""
     model.eval()
-    length = task.sequence_length
-    out = {"length": length, "model": {}, "blocks": {}}
+    cells = {}
     for size in BATCH_SIZES:
         batch = {k: v.to(device) for k, v in task.batch(
             size, torch.Generator().manual_seed(seed), "test").items()}
-        out["model"][str(size)] = _timed(lambda: task.score(model, batch, stats=False),
-                                         device, repeats)
+        cells[("model", str(size))] = torch.no_grad()(
+            lambda batch=batch: task.score(model, batch, stats=False))
     width = _width(model)
     if width is None or not hasattr(model, "_trunk"):
-        return out
+        return cells
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     for factor in LENGTH_FACTORS:
-        out["blocks"][str(factor)] = {}
         for size in BATCH_SIZES:
-            x = torch.randn(size, factor * length, width, device=device, dtype=dtype,
-                            generator=torch.Generator(device).manual_seed(seed))
-            out["blocks"][str(factor)][str(size)] = _timed(lambda: model._trunk(x), device,
-                                                           repeats)
-    return out
+            x = torch.randn(size, factor * task.sequence_length, width, device=device,
+                            dtype=dtype, generator=torch.Generator(device).manual_seed(seed))
+            cells[("blocks", str(factor), str(size))] = torch.no_grad()(
+                lambda x=x: model._trunk(x))
+    return cells
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -227,10 +227,10 @@ def compress_run(source, recipes, *, store_path="results/arena.sqlite", results_
 
     log(f"timing {len(measured)} models of {label} side by side")
     speeds = side_by_side([m for _, _, m in measured],
-                          lambda m: model_latency(m, task, device, repeats=repeats))
+                          lambda m: latency_cells(m, task, device), device, repeats)
     rows = []
     for (row_id, row, _), speed in zip(measured, speeds):
-        row = {**row, "speed": speed}
+        row = {**row, "speed": {"length": task.sequence_length, **speed}}
         row.pop("environment", None)
         store.add_compress(row_id, row, env)
         rows.append(row)

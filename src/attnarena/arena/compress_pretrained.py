@@ -22,7 +22,6 @@ from attnarena.arena.compress import side_by_side
 from attnarena.arena.compressed import (linear_bytes, load_compressed, report_summary, row_key,
                                         save_compressed, stored_bytes, weight_count)
 from attnarena.arena.environment import environment, resolve_device
-from attnarena.arena.linearize import encoder_speed
 from attnarena.arena.store import Store
 
 
@@ -61,19 +60,24 @@ def pretrained_data(encoder, teacher, sentences, *, calibration, batch, device):
         teacher=copy.deepcopy(teacher.model).eval())
 
 
-def _speed(encoder, length, device, repeats):
-    """Whole-encoder timings in the rows' layout: batch 1 and 32 at ``length`` ("model")
-    and at 4x it ("blocks", the encoder being its blocks but for the embedding lookup)."""
-    out = {"length": length, "model": {}, "blocks": {"1": {}, "4": {}}}
+def _cells(encoder, length, device) -> dict:
+    """Whole-encoder calls in the rows' layout: batch 1 and 32 at ``length`` ("model") and
+    at it and 4x it within the encoder's positions ("blocks"; the encoder is its blocks but
+    for the embedding lookup)."""
     limit = getattr(encoder.config, "max_position_embeddings", None) or 4 * length
+    vocab = encoder.config.vocab_size
+    cells = {}
     for factor in (1, 4):
         if factor * length > limit:
             continue
         for size in (1, 32):
-            timing = encoder_speed(encoder, [factor * length], size, repeats, device)
-            out["blocks"][str(factor)][str(size)] = timing[str(factor * length)]
-    out["model"] = dict(out["blocks"]["1"])
-    return out
+            ids = torch.randint(1, vocab, (size, factor * length), device=device,
+                                generator=torch.Generator(device).manual_seed(factor))
+            call = torch.no_grad()(lambda ids=ids: encoder(ids, torch.ones_like(ids)))
+            cells[("blocks", str(factor), str(size))] = call
+            if factor == 1:
+                cells[("model", str(size))] = call
+    return cells
 
 
 def compress_pretrained(model, recipes, *, store_path="results/arena.sqlite",
@@ -155,11 +159,13 @@ def compress_pretrained(model, recipes, *, store_path="results/arena.sqlite",
         store.add_compress(row_id, row, env)
         done.append((row_id, row, student))
     log(f"timing {len(done)} encoders side by side")
-    speeds = side_by_side([e for _, _, e in done],
-                          lambda e: _speed(e, length, device, repeats))
+    for _, _, encoder in done:
+        encoder.eval()
+    speeds = side_by_side([e for _, _, e in done], lambda e: _cells(e, length, device), device,
+                          repeats)
     rows = []
     for (row_id, row, _), speed in zip(done, speeds):
-        row = {**row, "speed": speed}
+        row = {**row, "speed": {"length": length, **speed}}
         row.pop("environment", None)
         store.add_compress(row_id, row, env)
         rows.append(row)
