@@ -79,21 +79,22 @@ def output_divergence(student_out, teacher_out, temperature: float) -> torch.Ten
                     log_target=True, reduction="batchmean") * t * t
 
 
-def distill_loss(student, teacher, batch, data, config, projections):
-    """The student's distillation loss on one batch, and its parts (floats)."""
-    with torch.no_grad():
-        t_blocks, handles = block_outputs(teacher)
-        try:
-            _, t_out = loss_and_output(teacher, batch, data.loss)
-        finally:
-            for h in handles:
-                h.remove()
-    s_blocks, handles = block_outputs(student)
+def _traced(model, batch, loss):
+    """(loss, output, block outputs) of one forward."""
+    blocks, handles = block_outputs(model)
     try:
-        task_loss, s_out = loss_and_output(student, batch, data.loss)
+        value, out = loss_and_output(model, batch, loss)
     finally:
         for h in handles:
             h.remove()
+    return value, out, blocks
+
+
+def distill_loss(student, teacher, batch, data, config, projections):
+    """The student's distillation loss on one batch, and its parts (floats)."""
+    with torch.no_grad():
+        _, t_out, t_blocks = _traced(teacher, batch, data.loss)
+    task_loss, s_out, s_blocks = _traced(student, batch, data.loss)
     kd = output_divergence(s_out, t_out.detach(), config.temperature)
     hidden = task_loss.new_zeros(())
     if config.hidden and s_blocks and t_blocks:
