@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
 
 from attnarena.arena.checkpoint import untie
+from attnarena.pretrained._extra import quiet_imports
 
 
 def row_key(*parts) -> str:
@@ -35,7 +36,9 @@ def _flatten(model) -> tuple[dict, dict]:
     from attnarena.compress.quantize import torchao
 
     torchao()
-    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+    with quiet_imports():
+        from torchao.prototype.safetensors.safetensors_support import (
+            flatten_tensor_state_dict)
 
     return flatten_tensor_state_dict({ROOT + k: v for k, v in state.items()})
 
@@ -135,8 +138,9 @@ def load_state(model, folder) -> None:
         from attnarena.compress.quantize import torchao
 
         torchao()
-        from torchao.prototype.safetensors.safetensors_support import (
-            unflatten_tensor_state_dict)
+        with quiet_imports():
+            from torchao.prototype.safetensors.safetensors_support import (
+                unflatten_tensor_state_dict)
 
         tensors, leftover = unflatten_tensor_state_dict(tensors, metadata)
         tensors = {k[len(ROOT):]: v for k, v in {**tensors, **leftover}.items()}
