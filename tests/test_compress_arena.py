@@ -170,3 +170,10 @@ def test_side_by_side_times_every_model_round_robin():
     # a warm-up each, then a, b, a, b, a, b, then one more each for the peak memory
     assert calls == ["a", "b"] + ["a", "b"] * 3 + ["a", "b"]
     assert set(speeds[0]) == {"model", "blocks"} and speeds[1]["blocks"]["4"]["32"]["ms"] >= 0
+
+
+def test_compress_help_names_every_method(capsys):
+    from attnarena import cli
+    from attnarena.compress import list_methods
+
+    assert list(cli.COMPRESS_METHODS) == list_methods()
