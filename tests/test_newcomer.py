@@ -218,7 +218,7 @@ def test_an_interrupted_train_is_marked_interrupted(tmp_path, signum):
             time.sleep(0.2)
             if store.exists() and Store(store).runs(status="running"):
                 break
-        time.sleep(1.0)
+        time.sleep(3.0)  # past start-up (imports, building the model): into the training loop
         process.send_signal(signum)
         _, err = process.communicate(timeout=60)
     finally:
