@@ -10,7 +10,6 @@ resumes from the student saved then.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 import statistics
@@ -19,13 +18,10 @@ from pathlib import Path
 
 import torch
 
+from attnarena.arena.compressed import row_key
 from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.memory import PeakMemory
 from attnarena.arena.store import Store
-
-
-def _digest(*parts) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @torch.no_grad()
@@ -88,8 +84,8 @@ def linearize_pretrained(model, config, *, store_path="results/arena.sqlite",
             "batch": batch, "hardware": env["hardware"]}
     lengths = sorted(set(lengths))
     key = (source, recipe, len(train), len(test), lengths, batch, env["hardware"])
-    ids = {stage: _digest(*key, stage) for stage in ("transfer", "finetune")}
-    original_id = _digest(source, "original", lengths, batch, env["hardware"])
+    ids = {stage: row_key(*key, stage) for stage in ("transfer", "finetune")}
+    original_id = row_key(source, "original", lengths, batch, env["hardware"])
     rows = []
 
     original = None if rerun else store.linearize_row(original_id)
@@ -189,8 +185,8 @@ def linearize_run(run_id, config, *, store_path="results/arena.sqlite", results_
             "transfer_steps": config.transfer_steps, "finetune_steps": config.finetune_steps,
             "recipe": config.to_dict(), "metric": metric, "hardware": env["hardware"]}
     key = (run_id, config.to_dict(), env["hardware"])
-    ids = {s: _digest(*key, s) for s in ("transfer", "finetune", "scratch")}
-    original_id = _digest(run_id, "original")
+    ids = {s: row_key(*key, s) for s in ("transfer", "finetune", "scratch")}
+    original_id = row_key(run_id, "original")
     rows = []
     original = None if rerun else store.linearize_row(original_id)
     if original is None:
