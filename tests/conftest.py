@@ -64,15 +64,17 @@ def rng():
     return torch.Generator().manual_seed(1234)
 
 
-def run_tiny_suite(tmp_path, mixers, train, **options):
-    """Write and run a small copy-task suite over ``mixers`` (dim 16, one layer, 2 heads)
-    with the TOML ``train`` table's entries; returns (store path, run counts)."""
+def run_tiny_suite(tmp_path, mixers, train, model="dim = 16, depth = 1, heads = 2",
+                   **options):
+    """Write and run a small copy-task suite over ``mixers`` (by default dim 16, one layer,
+    2 heads) with the TOML ``train`` and ``model`` tables' entries; returns (store path, run
+    counts)."""
     from attnarena.arena.runner import run_suite
 
     suite = tmp_path / "s.toml"
     names = ", ".join(f'"{m}"' for m in mixers)
     suite.write_text(f'[[runs]]\ntasks = ["copy"]\nmixers = [{names}]\n'
-                     f'train = {{ {train} }}\nmodel = {{ dim = 16, depth = 1, heads = 2 }}\n')
+                     f'train = {{ {train} }}\nmodel = {{ {model} }}\n')
     store = tmp_path / "a.sqlite"
     counts = run_suite(str(suite), store_path=store, out_dir=tmp_path, progress=False,
                        log=lambda line: None, **options)

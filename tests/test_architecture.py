@@ -23,7 +23,7 @@ PACKAGE = ROOT / "src" / "attnarena"
 # shared utilities. The package itself (its __init__) is the public facade, at the top.
 LAYERS = [
     ("shared", ("attnarena._validate", "attnarena.seeds", "attnarena.registry",
-                "attnarena.options", "attnarena.suites")),
+                "attnarena.options", "attnarena.stack", "attnarena.suites")),
     ("ops", ("attnarena.ops",)),
     ("mixers", ("attnarena.mixers",)),
     ("models", ("attnarena.models", "attnarena.pretrained")),

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from attnarena._validate import check_int, check_real
 from attnarena.options import DTYPES
-from attnarena.registry import check_mixer_options
+from attnarena.stack import canonical, layer_mixers, path_name
 from attnarena.tasks import create_task, task_presets
 
 SCHEDULES = ("cosine", "rsqrt", "constant")
@@ -142,7 +142,7 @@ class RunConfig:
         if self.preset not in presets:
             raise ValueError(f"task {self.task!r} has no preset {self.preset!r}; presets: "
                              f"{', '.join(sorted(presets))}")
-        check_mixer_options(self.mixer, self.mixer_options)  # and an unknown mixer name
+        mixer = canonical(self.mixer)  # unknown names, bad patterns and layer options fail
         base = copy.deepcopy(presets[self.preset])
         model = {**MODEL_DEFAULTS, **base["model"], **self.model}
         train = {**TRAIN_DEFAULTS, **base["train"], **self.train}
@@ -152,18 +152,20 @@ class RunConfig:
         if unused:
             raise ValueError(f"task {self.task!r} builds a model that takes no {unused} "
                              f"setting; it takes: {', '.join(task.model_keys)}")
-        if not task.takes(self.mixer):
-            raise ValueError(f"mixer {self.mixer!r} has no causal pattern, which the "
-                             f"{self.task!r} task's model needs")
+        if not task.takes(mixer):
+            raise ValueError(f"mixer {mixer!r} has no causal pattern in every layer, which "
+                             f"the {self.task!r} task's model needs")
         task.check_data()  # a missing or malformed data directory fails before training
         _check_train(train)
         _check_model(model)
+        # the stack fits the depth, and every model-wide option is taken by some layer
+        layer_mixers(self.mixer, model.get("depth", 2), self.mixer_options)
         least = task.min_eval_examples  # 0 for datasets: their whole splits
         if not isinstance(train["eval_examples"], int) or train["eval_examples"] < least:
             raise ValueError(f"train.eval_examples must be an int >= {least} for task "
                              f"{self.task!r}" + (" (0 evaluates whole splits)" if not least
                                                  else "") + f", got {train['eval_examples']!r}")
-        return {"task": self.task, "preset": self.preset, "mixer": self.mixer,
+        return {"task": self.task, "preset": self.preset, "mixer": mixer,
                 "mixer_options": dict(self.mixer_options), "task_options": task_options,
                 "model": model, "train": train, "seed": self.seed, "device": self.device,
                 "dtype": self.dtype}
@@ -210,7 +212,7 @@ def run_id(resolved: dict) -> str:
     """Stable id of a resolved config; the device is not part of what a run computes."""
     key = {k: v for k, v in resolved.items() if k != "device"}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{resolved['task']}-{resolved['mixer']}-s{resolved['seed']}-{digest}"
+    return f"{resolved['task']}-{path_name(resolved['mixer'])}-s{resolved['seed']}-{digest}"
 
 
 def from_dict(data: dict) -> RunConfig:

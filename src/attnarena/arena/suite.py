@@ -41,6 +41,7 @@ from attnarena.arena.environment import resolve_device
 from attnarena.arena.speed import PASSES, SpeedConfig
 from attnarena.options import parse_mixers
 from attnarena.registry import list_mixers, mixer_info
+from attnarena.stack import canonical
 from attnarena.tasks import list_tasks
 from attnarena.tasks.registry import task_class
 
@@ -72,7 +73,7 @@ class CompressGroup:
     tasks: list | None = None
 
     def takes(self, config) -> bool:
-        return ((self.mixers is None or config.mixer in self.mixers)
+        return ((self.mixers is None or canonical(config.mixer) in map(canonical, self.mixers))
                 and (self.tasks is None or config.task in self.tasks))
 
 
@@ -175,8 +176,8 @@ def _build(data, mixer_filter, task_filter, device, data_root=None):
     if unknown:
         raise ValueError(f"unknown top-level key(s) {unknown}; valid: name, runs, speed, "
                          "compress")
-    for name in mixer_filter or []:
-        mixer_info(name)
+    # names and patterns, each in its canonical form (unknown names fail here)
+    mixer_filter = [canonical(name) for name in mixer_filter] if mixer_filter else None
     for name in task_filter or []:
         task_class(name)  # an unknown name fails here, with a did-you-mean
     suite = Suite(name=str(data.get("name", "custom")),
@@ -210,7 +211,7 @@ def _build(data, mixer_filter, task_filter, device, data_root=None):
             if task_filter and task not in task_filter:
                 continue
             for mixer in mixers:
-                if mixer_filter and mixer not in mixer_filter:
+                if mixer_filter and canonical(mixer) not in mixer_filter:
                     continue
                 if every_mixer and not task_class(task).takes(mixer):
                     continue

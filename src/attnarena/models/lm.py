@@ -7,15 +7,17 @@ from torch import nn
 from attnarena._validate import check_int
 from attnarena.models.embedding import check_tokens
 from attnarena.models.trunk import Backbone
-from attnarena.registry import mixer_info
+from attnarena.stack import stack_decodes
 
 
 class CausalLM(Backbone):
     """Decoder-only LM: token embedding, causal blocks, final norm, vocabulary head.
 
-    ``generate`` decodes with each mixer's ``step`` (O(1) per token for recurrent mixers, a
-    KV cache for softmax attention); mixers without a recurrent form fall back to full
-    forwards. Either way the tokens equal greedy decoding by repeated full forwards.
+    ``mixer`` is a mechanism name or a hybrid stack (``"3*gla+softmax"``, see
+    ``attnarena.stack``). ``generate`` decodes with each layer's ``step`` (O(1) per token for
+    recurrent mixers, a KV cache for softmax attention; a hybrid stack keeps each layer's own
+    state); a stack with a layer that has no recurrent form falls back to full forwards.
+    Either way the tokens equal greedy decoding by repeated full forwards.
 
     The head is a separate linear map by default (its initial logits are small, so the
     initial loss is near ln(vocab_size)); ``tie_embeddings=True`` shares the embedding
@@ -77,7 +79,7 @@ class CausalLM(Backbone):
         was_training = self.training
         self.eval()
         try:
-            if mixer_info(self.mixer).decodes:
+            if stack_decodes(self.mixer):
                 return self._generate_incremental(prompt, max_new_tokens, temperature, top_k,
                                                   generator)
             return self._generate_full(prompt, max_new_tokens, temperature, top_k, generator)

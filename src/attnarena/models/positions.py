@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from attnarena.registry import mixer_options
+from attnarena.stack import stack_names
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 IN_MIXER = {"rope": "rope", "alibi": "alibi"}
@@ -45,8 +46,9 @@ class AddedPositions(nn.Module):
         return x + self.table[offset:offset + L].to(x.dtype)
 
 
-def build_positions(kind: str, max_len: int, dim: int, mixer: str, mixer_options_in: dict):
-    """Returns (module or None, mixer options updated for in-mixer positions)."""
+def build_positions(kind: str, max_len: int, dim: int, mixer, mixer_options_in: dict):
+    """Returns (module or None, mixer options updated for in-mixer positions). In a hybrid
+    stack, in-mixer positions go to the layers whose mechanism takes them."""
     if kind not in POSITIONS:
         raise ValueError(f"unknown position {kind!r}; valid: {', '.join(POSITIONS)}")
     options = dict(mixer_options_in)
@@ -54,7 +56,7 @@ def build_positions(kind: str, max_len: int, dim: int, mixer: str, mixer_options
         return AddedPositions(kind, max_len, dim), options
     if kind in IN_MIXER:
         flag = IN_MIXER[kind]
-        if flag not in mixer_options(mixer):
+        if not any(flag in mixer_options(name) for name in stack_names(mixer)):
             from attnarena.registry import list_mixers
             able = [n for n in list_mixers() if flag in mixer_options(n)]
             raise ValueError(f"position {kind!r} acts inside attention, and mixer {mixer!r} "

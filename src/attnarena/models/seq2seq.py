@@ -12,12 +12,13 @@ from attnarena.models.embedding import check_tokens
 from attnarena.models.positions import build_positions
 from attnarena.models.trunk import block_stack
 from attnarena.registry import create_mixer, list_mixers, mixer_info
+from attnarena.stack import layer_mixers, stack_patterns
 
 
 class DecoderBlock(nn.Module):
     """x + self(norm(x)), x + cross(norm(x), memory), x + mlp(norm(x))."""
 
-    def __init__(self, dim, mixer, cross_mixer, *, heads, mixer_options=None,
+    def __init__(self, dim, mixer: str, cross_mixer: str, *, heads, mixer_options=None,
                  cross_options=None, mlp_dim=None, dropout=0.0):
         super().__init__()
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
@@ -36,7 +37,11 @@ class DecoderBlock(nn.Module):
 
 class EncoderDecoder(nn.Module):
     """Sequence to sequence: ``forward(src, tgt, src_mask)`` gives next-token logits of tgt
-    (teacher forcing); ``generate`` decodes greedily."""
+    (teacher forcing); ``generate`` decodes greedily.
+
+    Each of ``encoder_mixer``, ``decoder_mixer`` and ``cross_mixer`` is a mechanism name or a
+    hybrid stack (see ``attnarena.stack``), repeated to the depth.
+    """
 
     def __init__(self, src_vocab: int, tgt_vocab: int, *, dim: int = 64, depth: int = 2,
                  heads: int = 4, encoder_mixer: str = "softmax", decoder_mixer: str = "softmax",
@@ -44,7 +49,7 @@ class EncoderDecoder(nn.Module):
                  mlp_dim: int | None = None, position: str = "learned", max_len: int = 1024,
                  dropout: float = 0.0):
         super().__init__()
-        if "cross" not in mixer_info(cross_mixer).patterns:
+        if "cross" not in stack_patterns(cross_mixer):
             able = [n for n in list_mixers() if "cross" in mixer_info(n).patterns]
             raise ValueError(f"cross_mixer {cross_mixer!r} has no cross pattern; mixers with "
                              f"one: {', '.join(able)}")
@@ -58,8 +63,11 @@ class EncoderDecoder(nn.Module):
         self.encoder = block_stack(depth, dim, encoder_mixer, heads=heads, causal=False,
                                    mixer_options=enc_options, mlp_dim=mlp_dim, dropout=dropout)
         self.decoder = nn.ModuleList(
-            DecoderBlock(dim, decoder_mixer, cross_mixer, heads=heads, mixer_options=dec_options,
-                         mlp_dim=mlp_dim, dropout=dropout) for _ in range(depth))
+            DecoderBlock(dim, name, cross, heads=heads, mixer_options=options,
+                         cross_options=cross_options, mlp_dim=mlp_dim, dropout=dropout)
+            for (name, options), (cross, cross_options) in zip(
+                layer_mixers(decoder_mixer, depth, dec_options),
+                layer_mixers(cross_mixer, depth)))
         self.enc_norm, self.dec_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.head = nn.Linear(dim, tgt_vocab, bias=False)
 

@@ -7,17 +7,19 @@ from torch import nn
 
 from attnarena.models.block import Block
 from attnarena.models.positions import build_positions
+from attnarena.stack import layer_mixers
 
 
-def block_stack(depth: int, dim: int, mixer: str, *, heads: int, causal: bool,
+def block_stack(depth: int, dim: int, mixer, *, heads: int, causal: bool,
                 mixer_options: dict | None = None, mlp_dim: int | None = None,
                 dropout: float = 0.0, mixer_dim: int | None = None,
                 norm: bool = True) -> nn.ModuleList:
-    """``depth`` blocks over mixer ``mixer``."""
+    """``depth`` blocks over the stack ``mixer`` (a mechanism name or a pattern, see
+    ``attnarena.stack``)."""
     return nn.ModuleList(
-        Block(dim, mixer, heads=heads, causal=causal, mixer_options=mixer_options,
+        Block(dim, name, heads=heads, causal=causal, mixer_options=options,
               mlp_dim=mlp_dim, dropout=dropout, mixer_dim=mixer_dim, norm=norm)
-        for _ in range(depth))
+        for name, options in layer_mixers(mixer, depth, mixer_options))
 
 
 class Backbone(nn.Module):

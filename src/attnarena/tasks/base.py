@@ -25,7 +25,7 @@ import abc
 
 import torch
 
-from attnarena.registry import mixer_info
+from attnarena.stack import stack_patterns
 
 SPLITS = ("train", "val", "test")
 
@@ -72,7 +72,7 @@ class Task(abc.ABC):
     @classmethod
     def takes(cls, mixer: str) -> bool:
         """Whether the task's model can be built around ``mixer``."""
-        return not cls.needs_causal or "causal" in mixer_info(mixer).patterns
+        return not cls.needs_causal or "causal" in stack_patterns(mixer)
 
     def baselines(self, examples: int, seed: int) -> dict | None:
         """Reference scores computed without a model on the test examples of ``seed``
@@ -88,6 +88,15 @@ class Task(abc.ABC):
             size = min(batch_size, remaining)
             yield self.batch(size, generator, split)
             remaining -= size
+
+    def generalization_lengths(self) -> tuple:
+        """Lengths a trained model is tested at one by one, the training length first
+        (``at_length`` gives the task at each); none by default."""
+        return ()
+
+    def at_length(self, length: int) -> "Task":
+        """The same task with sequences of ``length`` (tasks with generalization lengths)."""
+        raise ValueError(f"task {self.name!r} is tested at its training length only")
 
     def check_data(self) -> None:
         """Raises ValueError when the task's data directory is missing or malformed."""

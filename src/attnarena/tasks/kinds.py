@@ -7,7 +7,7 @@ import abc
 import torch
 import torch.nn.functional as F
 
-from attnarena.registry import mixer_info
+from attnarena.stack import stack_patterns
 from attnarena.tasks.base import SPLITS, Task, check_split
 
 
@@ -45,7 +45,7 @@ def encoder_settings(mixer: str, model: dict) -> dict:
     """EncoderClassifier settings: noncausal when the mixer has a noncausal self pattern,
     otherwise causal (pooling then reads the last position or a causal mean)."""
     settings = _model_settings(model, ClassificationTask.model_keys)
-    settings["causal"] = "self" not in mixer_info(mixer).patterns
+    settings["causal"] = "self" not in stack_patterns(mixer)
     return settings
 
 
