@@ -24,6 +24,7 @@ TEST_OPTIONS = {
     "gla": {"chunk_size": 4},
     "deltanet": {"chunk_size": 4},
     "gated_deltanet": {"chunk_size": 4},
+    "deltaproduct": {"chunk_size": 4, "gated": True, "negative_eigenvalues": True},
     "mamba": {"chunk_size": 4, "state_size": 4},
     "mamba2": {"chunk_size": 4, "state_size": 8},
     "mlstm": {"chunk_size": 4},

@@ -234,7 +234,8 @@ def _zero_heads(mixer, heads):
 
 
 @pytest.mark.parametrize("name,options", [(n, {}) for n in sorted(HEAD_LAYOUTS)] + [
-    ("softmax", {"gated": True}), ("softmax", {"clip_gamma": -0.05})])
+    ("softmax", {"gated": True}), ("softmax", {"clip_gamma": -0.05}),
+    ("deltaproduct", {"gated": False, "householder": 3})])
 def test_pruning_heads_equals_zeroing_their_outputs(name, options):
     from attnarena import mixer_info
 

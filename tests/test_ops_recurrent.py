@@ -85,11 +85,12 @@ def test_scalar_decays_equal_the_loop(s, form, dtype):
 
 
 @given(shapes, st.sampled_from(FORMS), st.sampled_from([torch.float32, torch.float64]),
-       st.booleans())
-def test_delta_rules_equal_the_loop(s, form, dtype, gated):
+       st.booleans(), st.sampled_from([1.0, 2.0]))
+def test_delta_rules_equal_the_loop(s, form, dtype, gated, beta_max):
+    """beta up to 2: transitions with negative eigenvalues (Grazzi et al. 2025) too."""
     q, k, v, g = tensors(s["B"], s["H"], s["L"], s["Dk"], s["Dv"], s["seed"])
     k = F.normalize(k, dim=-1)
-    beta = torch.rand(s["B"], s["H"], s["L"], generator=g, dtype=torch.float64)
+    beta = beta_max * torch.rand(s["B"], s["H"], s["L"], generator=g, dtype=torch.float64)
     log_alpha = -torch.rand(beta.shape, generator=g, dtype=torch.float64) * s["strength"]
     alpha = log_alpha.exp() if gated else torch.ones_like(beta)
     ref, ref_state = loop_delta(q, k, v, beta, alpha)
@@ -101,6 +102,68 @@ def test_delta_rules_equal_the_loop(s, form, dtype, gated):
         out, state = ops.delta_rule(*args, **kw)
     close(out, ref, dtype)
     close(state, ref_state, dtype)
+
+
+def loop_householder_product(q, k, v, beta, alpha, S):
+    """DeltaProduct from its equations: S_t = alpha_t A_t S_{t-1} + B_t with the product
+    A_t = H_tn ... H_t1 of generalized Householder matrices H_tj = I - beta_tj k_tj k_tj^T
+    and B_t = sum_j H_tn ... H_t(j+1) beta_tj k_tj v_tj^T; o_t = S_t^T q_t."""
+    B, H, L, n, Dk = k.shape
+    eye = torch.eye(Dk, dtype=torch.float64).expand(B, H, Dk, Dk)
+    out = []
+    for t in range(L):
+        A, write = eye, torch.zeros_like(S)
+        for j in range(n):
+            kj = k[:, :, t, j]
+            householder = eye - beta[:, :, t, j, None, None] * torch.einsum("bhi,bhj->bhij",
+                                                                              kj, kj)
+            A = householder @ A
+            write = householder @ write + beta[:, :, t, j, None, None] * torch.einsum(
+                "bhk,bhv->bhkv", kj, v[:, :, t, j])
+        S = alpha[:, :, t, None, None] * A @ S + write
+        out.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], S))
+    return torch.stack(out, 2), S
+
+
+@given(shapes, st.sampled_from(FORMS), st.sampled_from([torch.float32, torch.float64]),
+       st.integers(1, 3), st.booleans(), st.sampled_from([1.0, 2.0]))
+def test_delta_product_equals_the_householder_products(s, form, dtype, n, gated, beta_max):
+    g = torch.Generator().manual_seed(s["seed"])
+    B, H, L, Dk, Dv = s["B"], s["H"], s["L"], s["Dk"], s["Dv"]
+    q = torch.randn(B, H, L, Dk, generator=g, dtype=torch.float64)
+    k = F.normalize(torch.randn(B, H, L, n, Dk, generator=g, dtype=torch.float64), dim=-1)
+    v = torch.randn(B, H, L, n, Dv, generator=g, dtype=torch.float64)
+    beta = beta_max * torch.rand(B, H, L, n, generator=g, dtype=torch.float64)
+    log_alpha = -torch.rand(B, H, L, generator=g, dtype=torch.float64) * s["strength"]
+    start = torch.randn(B, H, Dk, Dv, generator=g, dtype=torch.float64)
+    alpha = log_alpha.exp() if gated else torch.ones_like(log_alpha)
+    ref, ref_state = loop_householder_product(q, k, v, beta, alpha, start)
+    out, state = ops.delta_product(
+        q.to(dtype), k.to(dtype), v.to(dtype), beta=beta.to(dtype),
+        log_alpha=log_alpha.to(dtype) if gated else None, form=form, chunk_size=s["chunk"],
+        initial_state=start.to(dtype), return_state=True)
+    close(out, ref, dtype)
+    close(state, ref_state, dtype)
+    if n == 1:  # one step per token is the delta rule
+        kw = dict(beta=beta[..., 0], form=form, initial_state=start)
+        one = (ops.gated_delta_rule(q, k[:, :, :, 0], v[:, :, :, 0], log_alpha=log_alpha, **kw)
+               if gated else ops.delta_rule(q, k[:, :, :, 0], v[:, :, :, 0], **kw))
+        close(one, ref, torch.float64)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda q, k, v: ops.delta_product(q, k, v, beta=torch.rand(1, 2, 5, 2)),
+     "delta_product takes"),
+    (lambda q, k, v: ops.delta_product(q, k[:, :, :, None].expand(1, 2, 5, 2, 4),
+                                       v[:, :, :, None], beta=torch.rand(1, 2, 5, 2)),
+     "disagree"),
+    (lambda q, k, v: ops.delta_product(q, k[:, :, :, None], v[:, :, :, None],
+                                       beta=torch.full((1, 2, 5, 1), 3.0)), r"\[0, 2\]"),
+])
+def test_delta_product_refuses_bad_inputs(call, message):
+    q, k, v, _ = tensors(1, 2, 5, 4, 3, 0)
+    with pytest.raises(ValueError, match=message):
+        call(q, k, v)
 
 
 def _call(name, q, k, v, aux, **kw):
@@ -200,8 +263,8 @@ def test_chunk_form_handles_strong_per_channel_decay_in_some_chunks():
     (lambda q, k, v: ops.gla(q, k, v, log_g=torch.ones(1, 2, 5, 3)), "<= 0"),
     (lambda q, k, v: ops.gla(q, k, v, log_g=-torch.ones(1, 2, 5, 4)), "log_g must have shape"),
     (lambda q, k, v: ops.retention(q, k, v, log_decay=torch.tensor([0.1, -0.1])), "<= 0"),
-    (lambda q, k, v: ops.delta_rule(q, k, v, beta=torch.full((1, 2, 5), 1.5)), r"\[0, 1\]"),
-    (lambda q, k, v: ops.delta_rule(q, k, v, beta=-torch.ones(1, 2, 5)), r"\[0, 1\]"),
+    (lambda q, k, v: ops.delta_rule(q, k, v, beta=torch.full((1, 2, 5), 2.5)), r"\[0, 2\]"),
+    (lambda q, k, v: ops.delta_rule(q, k, v, beta=-torch.ones(1, 2, 5)), r"\[0, 2\]"),
     (lambda q, k, v: ops.gated_delta_rule(q, k, v, beta=torch.rand(1, 2, 5),
                                           log_alpha=torch.ones(1, 2, 5)), "<= 0"),
     (lambda q, k, v: ops.delta_rule(q, k[..., :2], v, beta=torch.rand(1, 2, 5)), "head_dim"),

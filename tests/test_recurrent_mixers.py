@@ -7,7 +7,8 @@ import torch
 import attnarena as aa
 from conftest import make_mixer
 
-RECURRENT = ["retention", "gla", "deltanet", "gated_deltanet", "mamba", "mamba2", "mlstm", "s4d"]
+RECURRENT = ["retention", "gla", "deltanet", "gated_deltanet", "deltaproduct", "mamba", "mamba2",
+             "mlstm", "s4d"]
 
 
 @pytest.mark.parametrize("name", RECURRENT)
@@ -74,3 +75,29 @@ def test_mamba2_is_decayed_attention_over_its_ssm_inputs():
         y[t] += mixer.D[0] * xs[0, t]
     expected = mixer.out_proj(mixer.norm(y[None] * torch.nn.functional.silu(z)))
     torch.testing.assert_close(mixer(x), expected)
+
+
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "deltaproduct"])
+def test_negative_eigenvalues_double_beta(name):
+    """Grazzi et al. 2025: beta in (0, 2), so I - beta k k^T has eigenvalues in (-1, 1]."""
+    plain = make_mixer(name, causal=True, negative_eigenvalues=False)
+    extended = make_mixer(name, causal=True, negative_eigenvalues=True)
+    extended.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 7, 16)
+    betas = {}
+    for label, mixer in (("plain", plain), ("extended", extended)):
+        betas[label] = mixer._qkv_beta(x, None, None)[3].detach()
+    torch.testing.assert_close(betas["extended"], 2 * betas["plain"])
+    assert float(betas["extended"].max()) > 1.0  # some transitions flip a direction
+    with pytest.raises(TypeError, match="negative_eigenvalues must be true or false"):
+        make_mixer(name, negative_eigenvalues="yes")
+
+
+def test_deltaproduct_with_one_step_is_deltanet():
+    """n_h = 1: one Householder factor per token, which is DeltaNet."""
+    product = make_mixer("deltaproduct", causal=True, householder=1, gated=False,
+                         negative_eigenvalues=False)
+    deltanet = make_mixer("deltanet", causal=True)
+    deltanet.load_state_dict(product.state_dict())
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(product(x), deltanet(x), rtol=1e-5, atol=1e-6)

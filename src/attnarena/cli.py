@@ -170,6 +170,7 @@ def cmd_train(args) -> int:
         task_options["data_dir"] = str(Path(args.data).resolve())
     config = RunConfig(task=args.task, mixer=args.mixer, preset=args.preset, seed=args.seed,
                        mixer_options=parse_options(args.option), task_options=task_options,
+                       model=parse_options(args.model, where=" in --model"),
                        train=train_overrides, device=args.device)
     device = resolve_device(args.device)  # an unavailable device: one line, before anything
     Path(args.out).mkdir(parents=True, exist_ok=True)  # an unusable folder: likewise
@@ -429,13 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", help="one training run")
     p.add_argument("--task", required=True)
-    p.add_argument("--mixer", required=True)
+    p.add_argument("--mixer", required=True,
+                   help="a mechanism, or a stack of them across layers: '3*gla+softmax', "
+                        "'gla,gla,local(window=64)' (repeated to the depth)")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch", type=int, default=None, help="global batch")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--option", action="append", help="mixer option key=value (repeatable)")
+    p.add_argument("--model", action="append",
+                   help="model setting key=value (repeatable), e.g. depth=4 or dim=128")
     p.add_argument("--task-option", action="append",
                    help="task option key=value (repeatable), e.g. max_length=4096")
     p.add_argument("--data", default=None,

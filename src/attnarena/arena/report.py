@@ -34,7 +34,7 @@ def leaderboard_rows(store) -> list[dict]:
                      "tokens_per_s": m["tokens_per_s"], "peak_mem_mb": m["peak_mem_mb"],
                      "params": m["params"], "steps": m["steps"],
                      "train_seconds": m["train_seconds"], "baselines": m.get("baselines"),
-                     "id": run["id"]})
+                     "by_length": m.get("test_by_length"), "id": run["id"]})
     return rows
 
 
@@ -200,12 +200,20 @@ def _task_table(task, mine) -> list[str]:
     common = common_line(mine, swept)
     if common:
         lines += [common, ""]
-    head = ["mixer"] + swept + [f"test {metric}", f"best val {metric}", "train tokens/s",
-                                "peak MiB", "params"]
+    lengths = sorted({int(n) for r in mine for n in (r.get("by_length") or {})})
+    if lengths:
+        lines += [f"Length generalization: test {metric} at each length (L=...), the model "
+                  "trained at the first; the test column is at the training length.", ""]
+    head = ["mixer"] + swept + [f"test {metric}"] + [f"L={n}" for n in lengths] + [
+        f"best val {metric}", "train tokens/s", "peak MiB", "params"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in mine:
+        by_length = r.get("by_length") or {}
         cells = [r["mixer"]] + [format_value(r["settings"].get(k)) for k in swept] + [
-            format_metric(r["test"], metric), format_metric(r["best_val"], metric),
+            format_metric(r["test"], metric)] + [
+            format_metric(by_length[str(n)], metric) if str(n) in by_length else "-"
+            for n in lengths] + [
+            format_metric(r["best_val"], metric),
             _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["peak_mem_mb"], ",.0f"),
             _fmt(r["params"], ",")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -214,12 +222,12 @@ def _task_table(task, mine) -> list[str]:
         if len({json.dumps(r["baselines"], sort_keys=True) for r in mine
                 if r["baselines"]}) > 1:
             lines += ["", "Baselines below are those of the first run's test prompts."]
-        blanks = [""] * (len(swept) + 4)
+        blanks = [""] * len(swept)
         for key, name in BASELINE_NAMES.items():
             if key in baselines:
-                lines.append("| " + " | ".join([f"*baseline: {name}*"] + blanks[:len(swept)]
+                lines.append("| " + " | ".join([f"*baseline: {name}*"] + blanks
                                               + [format_metric(baselines[key], metric)]
-                                              + ["-"] * 4) + " |")
+                                              + ["-"] * (4 + len(lengths))) + " |")
     lines.append("")
     return lines
 

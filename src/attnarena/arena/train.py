@@ -186,9 +186,15 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True, save_dir=N
         model.load_state_dict(best)
     test = evaluate(model, task, train_cfg["eval_examples"], eval_seed(seed, "test"), device,
                     "test")
+    by_length = {str(length): evaluate(model, task.at_length(length),
+                                       train_cfg["eval_examples"], eval_seed(seed, "test"),
+                                       device, "test")["metric"]
+                 for length in task.generalization_lengths()}
     best_val = sign * state["best_score"]
     baselines = task.baselines(train_cfg["eval_examples"], eval_seed(seed, "test"))
     extra = {} if baselines is None else {"baselines": baselines}
+    if by_length:
+        extra["test_by_length"] = by_length
     metrics = {**extra, "metric": task.metric, f"test_{task.metric}": test["metric"],
             "test_loss": test["loss"], f"best_val_{task.metric}": best_val,
             "test_examples": test["count"], "steps": state["step"],

@@ -70,6 +70,9 @@ UNPRUNABLE = {
 }
 HEAD_LAYOUTS["gated_deltanet"] = HEAD_LAYOUTS["deltanet"] + (
     ("A_log", 0), ("dt_bias", 0), ("a_proj.weight", 0), ("g_proj.weight", 0))
+# DeltaProduct's n_h keys, values and betas of a head lie together (head-major); its decay
+# and output gate exist only when gated.
+HEAD_LAYOUTS["deltaproduct"] = HEAD_LAYOUTS["gated_deltanet"]
 
 
 @dataclass

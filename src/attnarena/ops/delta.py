@@ -7,6 +7,11 @@
     Rule"):
         S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T
 
+    DeltaProduct (Siems et al. 2025, "DeltaProduct: Improving State-Tracking in Linear RNNs
+    via Householder Products"): n_h delta-rule steps per token, each with its own key,
+    value and beta, so the transition is a product of n_h generalized Householder
+    matrices; the query reads the state after the last step.
+
 Chunkwise form (the WY representation): inside a chunk the state is
 S_t = g_t S_0 + sum_{j<=t} (g_t / g_j) k_j u_j^T with g the cumulative decay, and the
 pseudo-values U solve the unit lower-triangular system
@@ -31,9 +36,10 @@ def _check_beta(beta, shape):
                         f"{getattr(beta, 'dtype', type(beta).__name__)}")
     if tuple(beta.shape) != tuple(shape):
         raise ValueError(f"beta must have shape {tuple(shape)}, got {tuple(beta.shape)}")
-    if torch.isnan(beta).any() or (beta < 0).any() or (beta > 1).any():
-        raise ValueError("beta must lie in [0, 1] (the delta rule's learning rate; 0 skips a "
-                         f"token); got values in [{float(beta.min()):.4g}, "
+    if torch.isnan(beta).any() or (beta < 0).any() or (beta > 2).any():
+        raise ValueError("beta must lie in [0, 2] (the delta rule's learning rate; 0 skips a "
+                         "token, above 1 the transition I - beta k k^T of a unit key has a "
+                         f"negative eigenvalue); got values in [{float(beta.min()):.4g}, "
                          f"{float(beta.max()):.4g}]")
 
 
@@ -44,8 +50,10 @@ def delta_rule(q, k, v, *, beta, form="chunk", chunk_size=64, initial_state=None
     Args:
         q, k: (B, H, L, Dk); k is used as given (DeltaNet L2-normalizes it first).
         v: (B, H, L, Dv).
-        beta: (B, H, L) in [0, 1] (the paper's range is (0, 1); 0 leaves the state as is,
-            which is how padding is skipped).
+        beta: (B, H, L) in [0, 2]. The paper's range is (0, 1); (1, 2) gives the transition
+            I - beta k k^T of a unit key the eigenvalue 1 - beta < 0 (Grazzi et al. 2025,
+            "Unlocking State-Tracking in Linear RNNs Through Negative Eigenvalues"); 0
+            leaves the state as is, which is how padding is skipped.
         form: "recurrent" (reference), "chunk" (WY chunkwise) or "parallel".
         chunk_size, initial_state (B, H, Dk, Dv), return_state: as in linear_attention.
 
@@ -60,6 +68,53 @@ def gated_delta_rule(q, k, v, *, log_alpha, beta, form="chunk", chunk_size=64,
     """Gated DeltaNet's recurrence; as ``delta_rule`` plus log_alpha: (B, H, L) <= 0, the
     log of the per-token decay alpha."""
     return _delta(q, k, v, beta, log_alpha, form, chunk_size, initial_state, return_state)
+
+
+def delta_product(q, k, v, *, beta, log_alpha=None, form="chunk", chunk_size=64,
+                  initial_state=None, return_state=False):
+    """DeltaProduct's recurrence: for each token t, the decay alpha_t (when ``log_alpha``
+    is given; Gated DeltaProduct) and then, for j = 1..n_h,
+    S <- (I - beta_tj k_tj k_tj^T) S + beta_tj k_tj v_tj^T; then o_t = S^T q_t.
+
+    Args:
+        q: (B, H, L, Dk).
+        k: (B, H, L, n_h, Dk); v: (B, H, L, n_h, Dv); beta: (B, H, L, n_h) in [0, 2].
+        log_alpha: (B, H, L) <= 0 or None (no decay).
+        form, chunk_size (in tokens), initial_state, return_state: as in ``delta_rule``.
+
+    The n_h steps of a token are n_h consecutive steps of the delta rule over a sequence
+    n_h times as long, with the decay on each token's first step and the query read at
+    its last, so every form of ``delta_rule`` serves.
+    """
+    if not isinstance(k, torch.Tensor) or k.dim() != 5 or not isinstance(v, torch.Tensor) \
+            or v.dim() != 5 or not isinstance(q, torch.Tensor) or q.dim() != 4:
+        raise ValueError("delta_product takes q (B, H, L, Dk), k (B, H, L, n_h, Dk) and "
+                         f"v (B, H, L, n_h, Dv); got {_shape(q)}, {_shape(k)} and {_shape(v)}")
+    B, H, L, n, Dk = k.shape
+    if tuple(q.shape) != (B, H, L, Dk) or v.shape[:4] != k.shape[:4]:
+        raise ValueError(f"delta_product: q {_shape(q)}, k {_shape(k)} and v {_shape(v)} "
+                         "disagree; q must be (B, H, L, Dk) and v (B, H, L, n_h, Dv) for k "
+                         "(B, H, L, n_h, Dk)")
+    _check_beta(beta, (B, H, L, n))
+    if log_alpha is not None:
+        check_log_decay(log_alpha, (B, H, L), "log_alpha")
+    check_chunk_size(chunk_size)
+    reads = q.new_zeros(B, H, L, n, Dk)
+    reads[:, :, :, -1] = q
+    decay = None
+    if log_alpha is not None:
+        decay = log_alpha.new_zeros(B, H, L, n)
+        decay[..., 0] = log_alpha
+        decay = decay.reshape(B, H, L * n)
+    out = _delta(reads.reshape(B, H, L * n, Dk), k.reshape(B, H, L * n, Dk),
+                 v.reshape(B, H, L * n, -1), beta.reshape(B, H, L * n), decay, form,
+                 chunk_size * n, initial_state, True)
+    o = out[0][:, :, n - 1::n]
+    return (o, out[1]) if return_state else o
+
+
+def _shape(t):
+    return tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
 def _delta(q, k, v, beta, log_alpha, form, chunk_size, initial_state, return_state):
