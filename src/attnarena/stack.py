@@ -17,6 +17,9 @@ The pattern is repeated to the depth: its length must divide the model's depth. 
 given for the whole model (``mixer_options``) go to every layer whose mechanism takes them
 (an option no layer takes is an error); a layer's own options win.
 
+Named stacks stand for their pattern anywhere a name may (``STACKS``): ``"griffin"`` is
+Griffin's two RG-LRU blocks then one local-attention block (De et al. 2024; window 1024).
+
 ``canonical`` writes a stack in its shortest form (the shortest repeating period, runs as
 ``N*``), so equal stacks get equal names: ``"gla,gla"`` is ``"gla"``.
 """
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 from attnarena.registry import check_mixer_options, mixer_info, mixer_options
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Named stacks: published hybrids, written as patterns.
+STACKS = {"griffin": "2*rglru+local(window=1024)"}
 _COUNT = re.compile(r"[0-9]+")
 
 
@@ -117,6 +122,8 @@ class _Parser:
         name = self.match(_NAME)
         if name is None:
             self.fail("a mechanism name")
+        if name in STACKS and self.peek() != "(":
+            return _Parser(STACKS[name]).parse()
         options = {}
         if self.peek() == "(":
             self.at += 1
@@ -150,7 +157,7 @@ def parse_stack(mixer) -> list[Layer]:
         if not mixer.strip():
             raise ValueError("mixer is empty; give a mechanism name or a pattern such as "
                              "'3*gla+softmax'")
-        if _NAME.fullmatch(mixer):
+        if _NAME.fullmatch(mixer) and mixer not in STACKS:
             return [_layer(mixer, {}, "")]
         return _Parser(mixer).parse()
     if isinstance(mixer, (list, tuple)) and mixer:

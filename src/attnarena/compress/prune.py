@@ -70,6 +70,10 @@ UNPRUNABLE = {
 }
 HEAD_LAYOUTS["gated_deltanet"] = HEAD_LAYOUTS["deltanet"] + (
     ("A_log", 0), ("dt_bias", 0), ("a_proj.weight", 0), ("g_proj.weight", 0))
+# RG-LRU's heads are the blocks of its block-diagonal gates and the channels they gate.
+HEAD_LAYOUTS["rglru"] = tuple((f"{p}.{t}", 0) for p in ("in_proj", "gate_proj", "conv.conv",
+                                                         "gate_a", "gate_x")
+                              for t in ("weight", "bias")) + (("Lambda", 0),) + _OUT
 # DeltaProduct's n_h keys, values and betas of a head lie together (head-major); its decay
 # and output gate exist only when gated.
 HEAD_LAYOUTS["deltaproduct"] = HEAD_LAYOUTS["gated_deltanet"]

@@ -5,6 +5,7 @@ the others are tested against."""
 from attnarena.ops import feature_maps, gaussian, lsh, sparse  # noqa: F401  (namespaces)
 from attnarena.ops.agent import agent_attention
 from attnarena.ops.delta import delta_product, delta_rule, gated_delta_rule
+from attnarena.ops.diagonal import diagonal_recurrence
 from attnarena.ops.dilated import dilated_attention
 from attnarena.ops.feature_maps import (FEATURE_MAPS, attention_distillation_loss,
                                         cosine_features, favor_features,
@@ -30,7 +31,8 @@ from attnarena.ops.window_linear import window_linear_attention
 
 __all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss",
            "clipped_softmax_attention", "cosine_features", "decode_attention",
-           "delta_product", "delta_rule", "dilated_attention", "favor_features", "FEATURE_MAPS",
+           "delta_product", "delta_rule", "diagonal_recurrence", "dilated_attention",
+           "favor_features", "FEATURE_MAPS",
            "focused", "fourier_mix", "gated_delta_rule", "gaussian_adaptive", "gla",
            "head_routing_weights", "hedgehog_features", "iterative_pinv", "linear_attention",
            "linformer_attention", "log_linear_attention", "lsh_attention", "masked_softmax",

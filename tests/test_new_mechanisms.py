@@ -1,0 +1,93 @@
+"""Defining properties of the newer mechanisms, each against a computation written here from
+its paper's equations."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import attnarena as aa
+from attnarena import ops
+from attnarena.models import CausalLM
+
+
+# -- the diagonal recurrence and RG-LRU (Griffin) -------------------------------------------
+
+@given(st.integers(1, 3), st.integers(1, 70), st.integers(1, 5), st.integers(0, 999),
+       st.sampled_from([0.01, 1.0, 30.0]), st.booleans())
+def test_diagonal_scan_equals_the_loop(B, L, C, seed, strength, start):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, L, C, generator=g, dtype=torch.float64)
+    log_a = -strength * torch.rand(B, L, C, generator=g, dtype=torch.float64)
+    h0 = torch.randn(B, C, generator=g, dtype=torch.float64) if start else None
+    h, expected = (h0 if start else torch.zeros(B, C, dtype=torch.float64)), []
+    for t in range(L):  # h_t = a_t h_{t-1} + x_t, written out
+        h = log_a[:, t].exp() * h + x[:, t]
+        expected.append(h)
+    expected = torch.stack(expected, 1)
+    for form in ("parallel", "recurrent"):
+        out, last = ops.diagonal_recurrence(x, log_a, form=form, initial_state=h0,
+                                            return_state=True)
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(last, expected[:, -1], rtol=1e-10, atol=1e-10)
+
+
+def test_diagonal_scan_gradients():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    log_a = (-torch.rand(2, 9, 3, generator=g, dtype=torch.float64) - 0.05).requires_grad_()
+    h0 = torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda *t: ops.diagonal_recurrence(t[0], t[1], initial_state=t[2]), (x, log_a, h0))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: ops.diagonal_recurrence(torch.zeros(1, 4, 2), torch.ones(1, 4, 2)), "<= 0"),
+    (lambda: ops.diagonal_recurrence(torch.zeros(1, 4, 2), torch.zeros(1, 4, 3)), "shape of x"),
+    (lambda: ops.diagonal_recurrence(torch.zeros(4, 2), torch.zeros(4, 2)), "batch, length"),
+    (lambda: ops.diagonal_recurrence(torch.zeros(1, 4, 2), torch.zeros(1, 4, 2), form="chunk"),
+     "valid forms: parallel, recurrent"),
+])
+def test_diagonal_scan_refuses_bad_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_rglru_follows_the_griffin_equations():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("rglru", dim=8, heads=2, causal=True).double().eval()
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    with torch.no_grad():
+        pre = mixer.in_proj(x)  # temporal convolution (kernel 4, causal, depthwise)
+        w = mixer.conv.conv.weight[:, 0]  # (C, 4)
+        padded = F.pad(pre, (0, 0, 3, 0))
+        u = sum(padded[:, j:j + 7] * w[:, j] for j in range(4)) + mixer.conv.conv.bias
+
+        def block_diagonal(layer, v):
+            halves = v.split(4, dim=-1)
+            return torch.cat([halves[h] @ layer.weight[h] + layer.bias[h] for h in range(2)], -1)
+
+        r = torch.sigmoid(block_diagonal(mixer.gate_a, u))
+        i = torch.sigmoid(block_diagonal(mixer.gate_x, u))
+        a = torch.sigmoid(mixer.Lambda) ** (8 * r)  # a_t = a^(c r_t), c = 8
+        h, states = torch.zeros(2, 8, dtype=torch.float64), []
+        for t in range(7):
+            h = a[:, t] * h + torch.sqrt(1 - a[:, t] ** 2) * (i[:, t] * u[:, t])
+            states.append(h)
+        expected = mixer.o_proj(F.gelu(mixer.gate_proj(x)) * torch.stack(states, 1))
+    torch.testing.assert_close(mixer(x), expected, rtol=1e-9, atol=1e-9)
+    # the paper's initialization: a^c in [0.9, 0.999]
+    decay = torch.sigmoid(mixer.Lambda) ** 8
+    assert bool((decay >= 0.9 - 1e-9).all() and (decay <= 0.999 + 1e-9).all())
+
+
+def test_griffin_is_rglru_layers_with_local_attention():
+    model = CausalLM(30, dim=16, depth=3, heads=2, mixer="griffin")
+    assert [type(b.mixer).__name__ for b in model.blocks] == ["RGLRU", "RGLRU",
+                                                              "LocalAttention"]
+    assert model.blocks[2].mixer.window == 1024
+    prompt = torch.randint(0, 30, (2, 4))
+    full = prompt
+    for _ in range(6):
+        full = torch.cat([full, model(full)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(model.generate(prompt, 6), full)
