@@ -91,3 +91,61 @@ def test_griffin_is_rglru_layers_with_local_attention():
     for _ in range(6):
         full = torch.cat([full, model(full)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(model.generate(prompt, 6), full)
+
+
+# -- Gated Slot Attention -------------------------------------------------------------------
+
+def _slot_loop(q, k, v, alpha, K, V):
+    """The GSA equations: K_t = diag(a_t) K_{t-1} + (1 - a_t) k_t^T (V likewise),
+    o_t = V_t^T softmax(K_t q_t)."""
+    out = []
+    for t in range(q.shape[2]):
+        a = alpha[:, :, t].unsqueeze(-1)
+        K = a * K + (1 - a) * k[:, :, t].unsqueeze(-2)
+        V = a * V + (1 - a) * v[:, :, t].unsqueeze(-2)
+        weights = torch.softmax(torch.einsum("bhmd,bhd->bhm", K, q[:, :, t]), dim=-1)
+        out.append(torch.einsum("bhm,bhmd->bhd", weights, V))
+    return torch.stack(out, 2), K, V
+
+
+@given(st.integers(1, 40), st.integers(1, 6), st.integers(1, 12),
+       st.sampled_from(["recurrent", "chunk", "parallel"]), st.integers(0, 999),
+       st.sampled_from([0.01, 1.0, 40.0]))
+def test_gsa_equals_the_slot_equations(L, m, chunk, form, seed, strength):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(2, 2, L, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(2, 2, L, 4, generator=g, dtype=torch.float64)
+    log_alpha = -strength * torch.rand(2, 2, L, m, generator=g, dtype=torch.float64)
+    K0 = torch.randn(2, 2, m, 3, generator=g, dtype=torch.float64)
+    V0 = torch.randn(2, 2, m, 4, generator=g, dtype=torch.float64)
+    expected, K, V = _slot_loop(q, k, v, log_alpha.exp(), K0, V0)
+    out, (K1, V1) = ops.gated_slot_attention(q, k, v, log_alpha=log_alpha, form=form,
+                                             chunk_size=chunk, initial_state=(K0, V0),
+                                             return_state=True)
+    for got, want in ((out, expected), (K1, K), (V1, V)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_gsa_mixer_forgets_at_the_damped_gate_rate():
+    """a_t = sigmoid(W_a x_t)^(1/tau): the slots' forget gates the mixer hands the op."""
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("gsa", dim=8, heads=2, causal=True, slots=3, tau=4.0).double()
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    seen = {}
+    original = ops.gated_slot_attention
+
+    def spy(*args, **kwargs):
+        seen["log_alpha"] = kwargs["log_alpha"]
+        return original(*args, **kwargs)
+
+    ops.gated_slot_attention = spy
+    try:
+        mixer(x)
+    finally:
+        ops.gated_slot_attention = original
+    gate = torch.sigmoid(mixer.a_proj(x)) ** 0.25  # (1, 5, heads * slots)
+    torch.testing.assert_close(seen["log_alpha"].exp(),
+                               gate.unflatten(-1, (2, 3)).transpose(1, 2))
+    with pytest.raises(ValueError, match="log_alpha must have shape"):
+        ops.gated_slot_attention(x.view(1, 1, 5, 8), x.view(1, 1, 5, 8), x.view(1, 1, 5, 8),
+                                 log_alpha=torch.zeros(1, 1, 5))

@@ -56,6 +56,8 @@ HEAD_LAYOUTS = {
     "mlstm": (("q_proj.weight", 0), ("k_proj.weight", 0), ("v_proj.weight", 0),
               ("o_gate.weight", 0), ("gates.weight", 0, 2), ("gates.bias", 0, 2),
               ("norm.weight", 0)) + _OUT,
+    "gsa": (("q_proj.weight", 0), ("k_proj.weight", 0), ("v_proj.weight", 0),
+            ("a_proj.weight", 0), ("g_proj.weight", 0), ("norm.weight", 0)) + _OUT,
     "deltanet": (("q_proj.weight", 0), ("k_proj.weight", 0), ("v_proj.weight", 0),
                  ("q_conv.conv.weight", 0), ("q_conv.conv.bias", 0),
                  ("k_conv.conv.weight", 0), ("k_conv.conv.bias", 0),

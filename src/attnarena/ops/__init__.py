@@ -11,6 +11,7 @@ from attnarena.ops.feature_maps import (FEATURE_MAPS, attention_distillation_los
                                         cosine_features, favor_features,
                                         focused, hedgehog_features, orthogonal_gaussian)
 from attnarena.ops.gated import gla, retention, scalar_gated
+from attnarena.ops.gsa import gated_slot_attention
 from attnarena.ops.gaussian import gaussian_adaptive
 from attnarena.ops.linear import linear_attention
 from attnarena.ops.log_linear import log_linear_attention
@@ -32,8 +33,8 @@ from attnarena.ops.window_linear import window_linear_attention
 __all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss",
            "clipped_softmax_attention", "cosine_features", "decode_attention",
            "delta_product", "delta_rule", "diagonal_recurrence", "dilated_attention",
-           "favor_features", "FEATURE_MAPS",
-           "focused", "fourier_mix", "gated_delta_rule", "gaussian_adaptive", "gla",
+           "favor_features", "FEATURE_MAPS", "focused", "fourier_mix", "gated_delta_rule",
+           "gated_slot_attention", "gaussian_adaptive", "gla",
            "head_routing_weights", "hedgehog_features", "iterative_pinv", "linear_attention",
            "linformer_attention", "log_linear_attention", "lsh_attention", "masked_softmax",
            "merge_partial_attention", "mlstm", "nystrom_attention", "orthogonal_gaussian",
