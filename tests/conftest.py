@@ -26,6 +26,7 @@ TEST_OPTIONS = {
     "gated_deltanet": {"chunk_size": 4},
     "deltaproduct": {"chunk_size": 4, "gated": True, "negative_eigenvalues": True},
     "gsa": {"chunk_size": 4, "slots": 4},
+    "ttt_linear": {"mini_batch": 3},
     "mamba": {"chunk_size": 4, "state_size": 4},
     "mamba2": {"chunk_size": 4, "state_size": 8},
     "mlstm": {"chunk_size": 4},

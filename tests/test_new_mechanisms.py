@@ -149,3 +149,72 @@ def test_gsa_mixer_forgets_at_the_damped_gate_rate():
     with pytest.raises(ValueError, match="log_alpha must have shape"):
         ops.gated_slot_attention(x.view(1, 1, 5, 8), x.view(1, 1, 5, 8), x.view(1, 1, 5, 8),
                                  log_alpha=torch.zeros(1, 1, 5))
+
+
+# -- TTT-Linear -----------------------------------------------------------------------------
+
+def _ttt_loop(q, k, v, eta, W, b):
+    """Mini-batch gradient descent on l(W; k, v) = 1/2 ||W^T k - v||^2, written out: the
+    gradient of each token is taken at the weight its mini-batch started from."""
+    out, grads, at_start = [], torch.zeros_like(W), W
+    for t in range(q.shape[2]):
+        kt = k[:, :, t]
+        W_start = at_start.detach().clone().requires_grad_(True)
+        loss = 0.5 * ((torch.einsum("bhkv,bhk->bhv", W_start, kt) - v[:, :, t]) ** 2).sum()
+        (gradient,) = torch.autograd.grad(loss, W_start)  # summed over batch and heads
+        grads = grads + eta[:, :, t, None, None] * gradient
+        out.append(torch.einsum("bhkv,bhk->bhv", at_start - grads, q[:, :, t]))
+        if (t + 1) % b == 0:
+            at_start, grads = at_start - grads, torch.zeros_like(W)
+    return torch.stack(out, 2), at_start - grads
+
+
+@given(st.integers(1, 30), st.integers(1, 9), st.sampled_from(["chunk", "recurrent"]),
+       st.integers(0, 999), st.integers(1, 29))
+def test_ttt_linear_is_mini_batch_gradient_descent(L, b, form, seed, split):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 2, L, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    eta = torch.rand(2, 2, L, generator=g, dtype=torch.float64)
+    W0 = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64)
+    expected, W_end = _ttt_loop(q, k, v, eta, W0, b)
+    out, (start, grad, offset) = ops.ttt_linear(q, k, v, eta=eta, mini_batch=b, form=form,
+                                                initial_state=W0, return_state=True)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(start - grad, W_end, rtol=1e-9, atol=1e-9)
+    assert offset == L % b
+    # the state continues a sequence split anywhere, mid mini-batch included
+    cut = min(split, L - 1) if L > 1 else 1
+    if cut < L:
+        first, state = ops.ttt_linear(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut],
+                                      eta=eta[:, :, :cut], mini_batch=b, form=form,
+                                      initial_state=W0, return_state=True)
+        rest = ops.ttt_linear(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:],
+                              eta=eta[:, :, cut:], mini_batch=b, form=form,
+                              initial_state=state)
+        torch.testing.assert_close(torch.cat([first, rest], 2), expected, rtol=1e-9,
+                                   atol=1e-9)
+
+
+def test_ttt_linear_with_single_token_batches_is_the_delta_rule():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 12, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    eta = torch.rand(1, 2, 12, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(ops.ttt_linear(q, k, v, eta=eta, mini_batch=1),
+                               ops.delta_rule(q, k, v, beta=eta, form="recurrent"))
+    with pytest.raises(ValueError, match="eta must have shape"):
+        ops.ttt_linear(q, k, v, eta=eta[..., :5])
+    with pytest.raises(ValueError, match="i must be an int in"):
+        ops.ttt_linear(q, k, v, eta=eta, mini_batch=2,
+                       initial_state=(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4), 5))
+
+
+def test_ttt_linear_mixer_starts_from_its_learned_weight():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("ttt_linear", dim=8, heads=2, causal=True, mini_batch=3)
+    with torch.no_grad():
+        mixer.initial_weight.normal_()
+    x = torch.randn(2, 7, 8)
+    mixer(x).sum().backward()
+    assert mixer.initial_weight.grad is not None and mixer.initial_weight.grad.abs().sum() > 0
+    state = mixer.init_state(2)
+    torch.testing.assert_close(state["ttt"][0][0], mixer.initial_weight.detach())

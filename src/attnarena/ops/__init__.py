@@ -28,6 +28,7 @@ from attnarena.ops.softmax import (alibi_slopes, clipped_softmax_attention, deco
                                    softmax_attention)
 from attnarena.ops.sparse import pattern_attention
 from attnarena.ops.ssm import selective_scan
+from attnarena.ops.ttt import ttt_linear
 from attnarena.ops.window_linear import window_linear_attention
 
 __all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss",
@@ -40,4 +41,4 @@ __all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss",
            "merge_partial_attention", "mlstm", "nystrom_attention", "orthogonal_gaussian",
            "pattern_attention", "pool_mix", "retention", "rotary", "s4d", "scalar_gated",
            "score_attention", "selective_scan", "sinkhorn", "sinkhorn_attention",
-           "softmax_attention", "window_linear_attention"]
+           "softmax_attention", "ttt_linear", "window_linear_attention"]
