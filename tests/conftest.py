@@ -27,6 +27,7 @@ TEST_OPTIONS = {
     "deltaproduct": {"chunk_size": 4, "gated": True, "negative_eigenvalues": True},
     "gsa": {"chunk_size": 4, "slots": 4},
     "ttt_linear": {"mini_batch": 3},
+    "latte": {"chunk_size": 4, "latents": 4},
     "mamba": {"chunk_size": 4, "state_size": 4},
     "mamba2": {"chunk_size": 4, "state_size": 8},
     "mlstm": {"chunk_size": 4},

@@ -218,3 +218,104 @@ def test_ttt_linear_mixer_starts_from_its_learned_weight():
     assert mixer.initial_weight.grad is not None and mixer.initial_weight.grad.abs().sum() > 0
     state = mixer.init_state(2)
     torch.testing.assert_close(state["ttt"][0][0], mixer.initial_weight.detach())
+
+
+# -- prefix softmax pooling: Aaren, separable attention, Latte ---------------------------------
+
+def _prefix_pool(scores, values):
+    """sum_{s <= t} softmax over s <= t of the scores, times v_s, for every t."""
+    L = scores.shape[-1]
+    return torch.stack([(torch.softmax(scores[..., :t + 1], -1)[..., None]
+                         * values[..., :t + 1, :]).sum(-2) for t in range(L)], -2)
+
+
+@given(st.integers(1, 50), st.integers(0, 999), st.sampled_from([1.0, 30.0, 300.0]),
+       st.sampled_from(["parallel", "recurrent"]), st.integers(1, 49))
+def test_prefix_attention_is_softmax_over_each_prefix(L, seed, scale, form, cut):
+    g = torch.Generator().manual_seed(seed)
+    scores = scale * torch.randn(2, 3, L, generator=g, dtype=torch.float64)
+    values = torch.randn(2, 3, L, 4, generator=g, dtype=torch.float64)
+    expected = _prefix_pool(scores, values)
+    torch.testing.assert_close(ops.prefix_attention(scores, values, form=form), expected)
+    cut = min(cut, L)
+    first, state = ops.prefix_attention(scores[..., :cut], values[..., :cut, :], form=form,
+                                        return_state=True)
+    if cut < L:
+        rest = ops.prefix_attention(scores[..., cut:], values[..., cut:, :], form=form,
+                                    initial_state=state)
+        torch.testing.assert_close(torch.cat([first, rest], -2), expected)
+    whole = ops.softmax_pool(scores, values)
+    torch.testing.assert_close(whole, expected[..., -1, :])
+
+
+def test_prefix_ops_refuse_bad_inputs():
+    with pytest.raises(ValueError, match="same leading shape"):
+        ops.prefix_attention(torch.zeros(2, 5), torch.zeros(2, 4, 3))
+    with pytest.raises(ValueError, match="finite"):
+        ops.prefix_attention(torch.full((2, 5), float("inf")), torch.zeros(2, 5, 3))
+    with pytest.raises(ValueError, match="valid forms: parallel, recurrent"):
+        ops.prefix_attention(torch.zeros(2, 5), torch.zeros(2, 5, 3), form="chunk")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_aaren_attends_with_its_learned_query(causal):
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("aaren", dim=8, heads=2, causal=causal).double()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    k = mixer.k_proj(x).view(2, 9, 2, 4).transpose(1, 2)
+    v = mixer.v_proj(x).view(2, 9, 2, 4).transpose(1, 2)
+    scores = torch.einsum("bhld,hd->bhl", k, mixer.query) / 2.0  # q . k_s / sqrt(D)
+    def out(o):
+        return mixer.o_proj(o.transpose(1, 2).reshape(2, 9, 8))
+
+    expected = out(_prefix_pool(scores, v))
+    if not causal:  # the prefix pass plus the pass over the reversed sequence
+        expected = expected + out(_prefix_pool(scores.flip(-1), v.flip(-2)).flip(-2))
+    torch.testing.assert_close(mixer(x), expected)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_separable_attention_follows_mobilevit_v2(causal):
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("separable", dim=8, heads=1, causal=causal).double()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    keep = torch.ones(2, 9, dtype=torch.bool)
+    scores = mixer.score(x)[..., 0]  # (B, L): x W_I
+    keys = mixer.k_proj(x)
+    if causal:
+        context = _prefix_pool(scores, keys)  # (B, L, D): pools s <= t
+    else:
+        keep[1, 6:] = False
+        weights = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1)
+        context = (weights[..., None] * keys).sum(1, keepdim=True)
+    expected = mixer.o_proj(F.relu(mixer.v_proj(x)) * context)
+    got = mixer(x, mask=None if causal else keep)
+    torch.testing.assert_close(got[keep], expected[keep])
+
+
+def _latte(mixer, x, causal):
+    """y_t = sum_l p(l | t) sum_s p(s | l) v_s, written out."""
+    B, L, _ = x.shape
+    H, M = mixer.heads, mixer.latents
+    p_latent = mixer.q_proj(x).view(B, L, H, M).softmax(-1)  # (B, L, H, M)
+    scores = mixer.k_proj(x).view(B, L, H, M)
+    v = mixer.v_proj(x).view(B, L, H, -1)
+    y = torch.zeros_like(v)
+    for t in range(L):
+        seen = t + 1 if causal else L
+        p_token = scores[:, :seen].softmax(1)  # p(s | l) over the tokens seen
+        pooled = torch.einsum("bshm,bshd->bhmd", p_token, v[:, :seen])
+        y[:, t] = torch.einsum("bhm,bhmd->bhd", p_latent[:, t], pooled)
+    return mixer.o_proj(y.reshape(B, L, -1))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("spread", [1.0, 200.0])  # 200: scores span beyond the chunk form's
+def test_latte_is_latent_attention(causal, spread):
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("latte", dim=8, heads=2, causal=causal, latents=3,
+                            chunk_size=4).double()
+    with torch.no_grad():
+        mixer.k_proj.weight.mul_(spread)
+    x = torch.randn(2, 10, 8, dtype=torch.float64)
+    torch.testing.assert_close(mixer(x), _latte(mixer, x, causal))

@@ -7,8 +7,8 @@ import torch
 import attnarena as aa
 from conftest import make_mixer
 
-RECURRENT = ["retention", "gla", "gsa", "deltanet", "gated_deltanet", "deltaproduct", "rglru",
-             "mamba", "mamba2", "mlstm", "s4d"]
+RECURRENT = ["retention", "gla", "gsa", "aaren", "deltanet", "gated_deltanet", "deltaproduct",
+             "rglru", "mamba", "mamba2", "mlstm", "s4d"]
 
 
 @pytest.mark.parametrize("name", RECURRENT)

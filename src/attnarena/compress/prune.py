@@ -35,6 +35,9 @@ HEAD_LAYOUTS = {
     **{name: _QKV + _OUT for name in ("local", "bigbird", "longformer", "sparse", "linear",
                                       "performer", "linformer")},
     "softmax": _QKV + _OUT + (("gate.weight", 0), ("gate.bias", 0)),  # gated attention
+    "aaren": _QKV + _OUT + (("query", 0),),
+    "separable": _QKV + _OUT + (("score.weight", 0), ("score.bias", 0)),
+    "latte": _QKV + _OUT,  # q_proj and k_proj rows: each head's latents together
     "cosine": _QKV + _OUT + (("length_power", 0),),
     "hedgehog": _QKV + _OUT + (("feature_weight", 0),),
     "lolcats": _QKV + _OUT + (("feature_weight", 0),),
