@@ -28,6 +28,8 @@ TEST_OPTIONS = {
     "gsa": {"chunk_size": 4, "slots": 4},
     "ttt_linear": {"mini_batch": 3},
     "latte": {"chunk_size": 4, "latents": 4},
+    "soft": {"landmarks": 4},
+    "transnormer": {"chunk_size": 4},
     "mamba": {"chunk_size": 4, "state_size": 4},
     "mamba2": {"chunk_size": 4, "state_size": 8},
     "mlstm": {"chunk_size": 4},

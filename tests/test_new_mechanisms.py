@@ -319,3 +319,94 @@ def test_latte_is_latent_attention(causal, spread):
         mixer.k_proj.weight.mul_(spread)
     x = torch.randn(2, 10, 8, dtype=torch.float64)
     torch.testing.assert_close(mixer(x), _latte(mixer, x, causal))
+
+
+# -- XCiT, SOFT, TransNormer ----------------------------------------------------------------
+
+def test_xcit_attends_across_channels():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("xcit", dim=8, heads=2).double()
+    with torch.no_grad():
+        mixer.temperature.copy_(torch.tensor([0.7, 2.0]))
+    x = torch.randn(2, 6, 8, dtype=torch.float64)
+    keep = torch.ones(2, 6, dtype=torch.bool)
+    keep[1, 4:] = False
+    heads = []
+    for h in range(2):
+        cols = slice(4 * h, 4 * h + 4)
+        outs = []
+        for b in range(2):
+            real = keep[b]
+            q, k = mixer.q_proj(x[b, real])[:, cols], mixer.k_proj(x[b, real])[:, cols]
+            v = mixer.v_proj(x[b])[:, cols]
+            q_hat = q / q.norm(dim=0, keepdim=True)  # channel i over the tokens
+            k_hat = k / k.norm(dim=0, keepdim=True)
+            A = torch.softmax(mixer.temperature[h] * q_hat.T @ k_hat, dim=-1)  # (D, D)
+            outs.append(v @ A.T)  # y_t = A v_t
+        heads.append(torch.stack(outs))
+    expected = mixer.o_proj(torch.cat(heads, -1))
+    torch.testing.assert_close(mixer(x, mask=keep)[keep], expected[keep])
+
+
+def test_soft_with_every_token_a_landmark_is_exact_gaussian_attention():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("soft", dim=8, heads=2, landmarks=7, iterations=60).double()
+    with torch.no_grad():
+        mixer.qk_proj.weight.mul_(4)  # spread points: a well-conditioned kernel
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    q = mixer.qk_proj(x).view(2, 7, 2, 4).transpose(1, 2)
+    v = mixer.v_proj(x).view(2, 7, 2, 4).transpose(1, 2)
+    distance = ((q[:, :, :, None] - q[:, :, None]) ** 2).sum(-1)
+    S = torch.exp(-distance / (2 * 4 ** 0.5))  # exp(-||q_i - q_j||^2 / (2 sqrt(D)))
+    expected = mixer.o_proj((S @ v).transpose(1, 2).reshape(2, 7, 8))
+    torch.testing.assert_close(mixer(x), expected, rtol=1e-8, atol=1e-8)
+
+
+def test_soft_newton_inverse_is_the_pseudo_inverse():
+    from attnarena.ops.soft import newton_inverse
+
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    A = torch.exp(-((points[:, None] - points[None]) ** 2).sum(-1))
+    torch.testing.assert_close(newton_inverse(A, 80), torch.linalg.pinv(A), rtol=1e-6,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_transnormer_norm_attention(causal):
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("transnormer", dim=8, heads=2, causal=causal).double()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    q, k, v = (p(x).view(2, 9, 2, 4).transpose(1, 2)
+               for p in (mixer.q_proj, mixer.k_proj, mixer.v_proj))
+    scores = (F.elu(q) + 1) @ (F.elu(k) + 1).transpose(-1, -2)  # no division by their sum
+    if causal:
+        scores = scores.tril()
+    o = scores @ v
+    o = o / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + 1e-6) * mixer.norm_weight
+    torch.testing.assert_close(mixer(x), mixer.o_proj(o.transpose(1, 2).reshape(2, 9, 8)))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_transnormer_diag_attention_stays_in_its_block(causal):
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("transnormer", dim=8, heads=2, causal=causal, attention="diag",
+                            block=4).double().eval()
+    x = torch.randn(2, 10, 8, dtype=torch.float64)
+    q, k, v = (p(x).view(2, 10, 2, 4).transpose(1, 2)
+               for p in (mixer.q_proj, mixer.k_proj, mixer.v_proj))
+    index = torch.arange(10)
+    allowed = (index[:, None] // 4) == (index[None] // 4)  # the same block of 4
+    if causal:
+        allowed &= index[None] <= index[:, None]
+    scores = (q @ k.transpose(-1, -2) / 2.0).masked_fill(~allowed, float("-inf"))
+    expected = mixer.o_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 10, 8))
+    torch.testing.assert_close(mixer(x), expected)
+    if causal:  # decoding keeps only the current block
+        state, steps = mixer.init_state(2), []
+        for t in range(10):
+            y, state = mixer.step(x[:, t], state)
+            steps.append(y)
+        torch.testing.assert_close(torch.stack(steps, 1), expected)
+    with pytest.raises(ValueError, match="attention must be one of norm, diag"):
+        aa.create_mixer("transnormer", dim=8, attention="block")

@@ -38,6 +38,10 @@ HEAD_LAYOUTS = {
     "aaren": _QKV + _OUT + (("query", 0),),
     "separable": _QKV + _OUT + (("score.weight", 0), ("score.bias", 0)),
     "latte": _QKV + _OUT,  # q_proj and k_proj rows: each head's latents together
+    "xcit": _QKV + _OUT + (("temperature", 0),),
+    "transnormer": _QKV + _OUT + (("norm_weight", 0),),
+    "soft": (("qk_proj.weight", 0), ("qk_proj.bias", 0), ("v_proj.weight", 0),
+             ("v_proj.bias", 0)) + _OUT,
     "cosine": _QKV + _OUT + (("length_power", 0),),
     "hedgehog": _QKV + _OUT + (("feature_weight", 0),),
     "lolcats": _QKV + _OUT + (("feature_weight", 0),),

@@ -27,13 +27,16 @@ from attnarena.ops.sinkhorn import sinkhorn, sinkhorn_attention
 from attnarena.ops.softmax import (alibi_slopes, clipped_softmax_attention, decode_attention,
                                    masked_softmax, merge_partial_attention, score_attention,
                                    softmax_attention)
+from attnarena.ops.soft import soft_attention
 from attnarena.ops.sparse import pattern_attention
 from attnarena.ops.ssm import selective_scan
 from attnarena.ops.ttt import ttt_linear
 from attnarena.ops.window_linear import window_linear_attention
+from attnarena.ops.xca import cross_covariance_attention
 
 __all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss",
-           "clipped_softmax_attention", "cosine_features", "decode_attention",
+           "clipped_softmax_attention", "cosine_features", "cross_covariance_attention",
+           "decode_attention",
            "delta_product", "delta_rule", "diagonal_recurrence", "dilated_attention",
            "favor_features", "FEATURE_MAPS", "focused", "fourier_mix", "gated_delta_rule",
            "gated_slot_attention", "gaussian_adaptive", "gla",
@@ -43,4 +46,5 @@ __all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss",
            "pattern_attention", "pool_mix", "prefix_attention", "retention", "rotary", "s4d",
            "scalar_gated",
            "score_attention", "selective_scan", "sinkhorn", "sinkhorn_attention",
-           "softmax_attention", "softmax_pool", "ttt_linear", "window_linear_attention"]
+           "soft_attention", "softmax_attention", "softmax_pool", "ttt_linear",
+           "window_linear_attention"]

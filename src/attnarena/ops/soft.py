@@ -1,0 +1,69 @@
+"""SOFT (Lu et al. 2021, "SOFT: Softmax-free Transformer with Linear Complexity"):
+attention by a Gaussian kernel between queries and keys that share one projection,
+S_ij = exp(-||q_i - q_j||^2 / (2 sqrt(D))), with no normalization; S is symmetric positive
+semi-definite, so a Nystrom factorization through m landmarks holds,
+S ~ P A^+ P^T (P: kernel of tokens to landmarks, A: of landmarks to each other), and the
+Moore-Penrose inverse A^+ comes from Newton iterations, V_{k+1} = 2 V_k - V_k A V_k from
+V_0 = alpha A^T, alpha = 2 / ||A||_1^2 (the paper's). O(L m D + m^3) time.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from attnarena._validate import check_int
+from attnarena.ops._checks import check_key_mask, check_qkv
+
+
+def gaussian_kernel(a, b, scale):
+    """exp(-scale ||a_i - b_j||^2) for (..., N, D) and (..., M, D) -> (..., N, M)."""
+    squared = (a * a).sum(-1)[..., :, None] + (b * b).sum(-1)[..., None, :] \
+        - 2 * a @ b.transpose(-1, -2)
+    return torch.exp(-scale * squared.clamp_min(0))
+
+
+def newton_inverse(matrix, iterations):
+    """The Moore-Penrose inverse of a symmetric positive semi-definite matrix by Newton
+    iterations from alpha A^T, alpha = 2 / ||A||_1^2."""
+    norm = matrix.abs().sum(-2).amax(-1)  # the largest column sum
+    inverse = matrix.transpose(-1, -2) * (2.0 / norm ** 2)[..., None, None]
+    for _ in range(iterations):
+        inverse = 2 * inverse - inverse @ matrix @ inverse
+    return inverse
+
+
+def soft_attention(q, v, *, landmarks, iterations=20, mask=None):
+    """Softmax-free attention, Nystrom-factorized.
+
+    Args:
+        q: (B, H, L, D) shared queries and keys; v: (B, H, L, Dv).
+        landmarks: m, the segment means of the (real) queries; at most L are used.
+        iterations: Newton iterations for the inverse.
+        mask: (B, L) bool, True = real token: padded tokens are neither keys nor part of a
+            landmark.
+
+    Returns:
+        (B, H, L, Dv) = P A^+ P^T v.
+    """
+    check_qkv(q, q, v, same_length=True)
+    check_int(landmarks, "landmarks")
+    check_int(iterations, "iterations", minimum=0)
+    check_key_mask(mask, q, q)
+    B, H, L, D = q.shape
+    scale = 1.0 / (2.0 * math.sqrt(D))
+    m = min(landmarks, L)
+    keep = torch.ones(B, 1, L, 1, dtype=q.dtype, device=q.device) if mask is None \
+        else mask[:, None, :, None].to(q.dtype)
+    # landmark i: the mean of the real queries of segment i (segments of near-equal size)
+    def pooled(x):
+        return F.adaptive_avg_pool1d(x.reshape(B * x.shape[1], L, -1).transpose(1, 2), m)
+
+    sums = pooled(q * keep).transpose(1, 2).reshape(B, H, m, D)
+    counts = pooled(keep).transpose(1, 2).reshape(B, 1, m, 1)
+    marks = sums / counts.clamp_min(1e-6)
+    P = gaussian_kernel(q, marks, scale)  # (B, H, L, m)
+    A = gaussian_kernel(marks, marks, scale)  # (B, H, m, m)
+    right = (P * keep).transpose(-1, -2) @ (v * keep)  # padded keys add nothing
+    return P @ (newton_inverse(A, iterations) @ right)
