@@ -30,6 +30,7 @@ TEST_OPTIONS = {
     "latte": {"chunk_size": 4, "latents": 4},
     "soft": {"landmarks": 4},
     "transnormer": {"chunk_size": 4},
+    "titans": {"mini_batch": 3},
     "mamba": {"chunk_size": 4, "state_size": 4},
     "mamba2": {"chunk_size": 4, "state_size": 8},
     "mlstm": {"chunk_size": 4},

@@ -410,3 +410,59 @@ def test_transnormer_diag_attention_stays_in_its_block(causal):
         torch.testing.assert_close(torch.stack(steps, 1), expected)
     with pytest.raises(ValueError, match="attention must be one of norm, diag"):
         aa.create_mixer("transnormer", dim=8, attention="block")
+
+
+# -- Titans ---------------------------------------------------------------------------------
+
+def _titans_loop(q, k, v, lr, eta, alpha, W1, W2, b):
+    """The Titans equations with autograd's gradients of 1/2 ||M(k_t) - v_t||^2 for
+    M(x) = W2 silu(W1 x), taken at the weights each mini-batch of b starts from."""
+    S1, S2, start, out = torch.zeros_like(W1), torch.zeros_like(W2), (W1, W2), []
+    for t in range(q.shape[2]):
+        w1, w2 = (w.detach().clone().requires_grad_(True) for w in start)
+        prediction = torch.einsum("bhdj,bhj->bhd", w2,
+                                  F.silu(torch.einsum("bhjd,bhd->bhj", w1, k[:, :, t])))
+        loss = 0.5 * ((prediction - v[:, :, t]) ** 2).sum()
+        g1, g2 = torch.autograd.grad(loss, (w1, w2))
+        theta = lr[:, :, t, None, None]
+        S1 = eta[:, :, t, None, None] * S1 - theta * g1
+        S2 = eta[:, :, t, None, None] * S2 - theta * g2
+        W1 = (1 - alpha[:, :, t, None, None]) * W1 + S1
+        W2 = (1 - alpha[:, :, t, None, None]) * W2 + S2
+        hidden = F.silu(torch.einsum("bhjd,bhd->bhj", W1, q[:, :, t]))
+        out.append(torch.einsum("bhdj,bhj->bhd", W2, hidden))
+        if (t + 1) % b == 0:
+            start = (W1, W2)
+    return torch.stack(out, 2)
+
+
+@given(st.integers(1, 20), st.integers(1, 6), st.sampled_from(["chunk", "recurrent"]),
+       st.integers(0, 999))
+def test_titans_memory_follows_its_update_rule(L, b, form, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (F.normalize(torch.randn(2, 2, L, 3, generator=g, dtype=torch.float64), dim=-1)
+               for _ in range(3))
+    lr = 0.5 * torch.rand(2, 2, L, generator=g, dtype=torch.float64)
+    eta, alpha = (torch.rand(2, 2, L, generator=g, dtype=torch.float64) for _ in range(2))
+    W1 = 0.5 * torch.randn(2, 2, 4, 3, generator=g, dtype=torch.float64)
+    W2 = 0.5 * torch.randn(2, 2, 3, 4, generator=g, dtype=torch.float64)
+    expected = _titans_loop(q, k, v, lr, eta, alpha, W1, W2, b)
+    out = ops.neural_memory(q, k, v, lr=lr, log_momentum=eta.log(), log_keep=(1 - alpha).log(),
+                            weights=(W1, W2), mini_batch=b, form=form)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_titans_refuses_bad_inputs_and_learns_its_initial_memory():
+    q = torch.randn(1, 2, 5, 3)
+    zeros = torch.zeros(1, 2, 5)
+    W = (torch.zeros(1, 2, 4, 3), torch.zeros(1, 2, 3, 4))
+    with pytest.raises(ValueError, match="lr must be"):
+        ops.neural_memory(q, q, q, lr=-torch.ones(1, 2, 5), log_momentum=zeros,
+                          log_keep=zeros, weights=W)
+    with pytest.raises(ValueError, match="log_keep must be <= 0"):
+        ops.neural_memory(q, q, q, lr=zeros, log_momentum=zeros, log_keep=zeros + 1,
+                          weights=W)
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("titans", dim=8, heads=2, causal=True, mini_batch=3)
+    mixer(torch.randn(2, 7, 8)).sum().backward()
+    assert mixer.W1.grad.abs().sum() > 0 and mixer.W2.grad.abs().sum() > 0

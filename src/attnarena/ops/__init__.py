@@ -20,6 +20,7 @@ from attnarena.ops.lsh import lsh_attention
 from attnarena.ops.mixing import fourier_mix, pool_mix
 from attnarena.ops.mlstm import mlstm
 from attnarena.ops.moh import head_routing_weights
+from attnarena.ops.titans import neural_memory
 from attnarena.ops.prefix import prefix_attention, softmax_pool
 from attnarena.ops.rotary import rotary
 from attnarena.ops.s4d import s4d
@@ -42,7 +43,8 @@ __all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss",
            "gated_slot_attention", "gaussian_adaptive", "gla",
            "head_routing_weights", "hedgehog_features", "iterative_pinv", "linear_attention",
            "linformer_attention", "log_linear_attention", "lsh_attention", "masked_softmax",
-           "merge_partial_attention", "mlstm", "nystrom_attention", "orthogonal_gaussian",
+           "merge_partial_attention", "mlstm", "neural_memory", "nystrom_attention",
+           "orthogonal_gaussian",
            "pattern_attention", "pool_mix", "prefix_attention", "retention", "rotary", "s4d",
            "scalar_gated",
            "score_attention", "selective_scan", "sinkhorn", "sinkhorn_attention",
