@@ -31,6 +31,7 @@ TEST_OPTIONS = {
     "soft": {"landmarks": 4},
     "transnormer": {"chunk_size": 4},
     "titans": {"mini_batch": 3},
+    "transformer_vq": {"codes": 6, "block": 4},
     "mamba": {"chunk_size": 4, "state_size": 4},
     "mamba2": {"chunk_size": 4, "state_size": 8},
     "mlstm": {"chunk_size": 4},

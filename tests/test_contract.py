@@ -153,6 +153,7 @@ GRAD_CASES = [(n, p, f) for n, p in CASES for f in (_forms(n) or [None])]
 def test_gradcheck(name, pattern, form):
     options = {} if form is None else {"form": form}
     mixer = build(name, pattern, dim=8, heads=2, dtype=torch.float64, **options)
+    mixer.surrogate_gradients = False  # a surrogate (straight-through) is no derivative
     x, context = inputs(pattern, B=1, L=5, S=4, dim=8, dtype=torch.float64)
     x.requires_grad_(True)
     args = (x,) if context is None else (x, context.requires_grad_(True))

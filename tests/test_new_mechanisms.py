@@ -466,3 +466,63 @@ def test_titans_refuses_bad_inputs_and_learns_its_initial_memory():
     mixer = aa.create_mixer("titans", dim=8, heads=2, causal=True, mini_batch=3)
     mixer(torch.randn(2, 7, 8)).sum().backward()
     assert mixer.W1.grad.abs().sum() > 0 and mixer.W2.grad.abs().sum() > 0
+
+
+# -- Transformer-VQ -------------------------------------------------------------------------
+
+@given(st.integers(1, 30), st.integers(1, 12), st.booleans(), st.integers(0, 999))
+def test_vq_attention_is_softmax_over_quantized_keys(L, block, causal, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 2, L, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    codebook = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    keep = torch.ones(2, L, dtype=torch.bool)
+    keep[1, (L + 1) // 2:] = False
+    # nearest codeword of each key, written out
+    distance = ((k[:, :, :, None, :] - codebook[None, :, None]) ** 2).sum(-1)
+    k_hat = torch.stack([codebook[h][distance[:, h].argmin(-1)] for h in range(2)], 1)
+    scores = q @ k_hat.transpose(-1, -2) / 3 ** 0.5
+    allowed = keep[:, None, None, :].expand(2, 2, L, L).clone()
+    if causal:
+        allowed &= torch.ones(L, L, dtype=torch.bool).tril()
+    expected = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+    real = keep[:, None, :].expand(2, 2, L)
+    forms = ["parallel", "chunk"] + (["recurrent"] if causal else [])
+    for form in forms:
+        out = ops.vq_attention(q, k, v, codebook=codebook, causal=causal, block=block,
+                               form=form, mask=None if form == "recurrent" else keep)
+        if form == "recurrent":  # no mask: compare the first sequence, which has none
+            torch.testing.assert_close(out[0], expected[0])
+        else:
+            torch.testing.assert_close(out[real], expected[real])
+
+
+def test_vq_codebook_follows_the_keys_in_training():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("transformer_vq", dim=8, heads=2, causal=True, codes=4, ema=0.5)
+    before = mixer.codebook.clone()
+    x = torch.randn(3, 12, 8)
+    mixer.eval()
+    mixer(x)
+    assert torch.equal(mixer.codebook, before)  # evaluation leaves the codebook alone
+    mixer.train()
+    mixer(x)
+    keys = mixer.k_proj(x).view(3, 12, 2, 4).transpose(1, 2).detach()
+    from attnarena.ops.vq import quantize
+    codes, _ = quantize(keys, before)
+    for h in range(2):
+        for s in range(4):
+            chosen = keys[:, h][codes[:, h] == s]
+            want = before[h, s] if len(chosen) == 0 else 0.5 * before[h, s] + 0.5 * chosen.mean(0)
+            torch.testing.assert_close(mixer.codebook[h, s], want)
+
+
+def test_vq_keys_learn_through_the_straight_through_estimator():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("transformer_vq", dim=8, heads=2, causal=True, codes=4, block=4)
+    x = torch.randn(2, 9, 8)
+    mixer(x).square().sum().backward()
+    assert mixer.k_proj.weight.grad.abs().sum() > 0
+    mixer.zero_grad()
+    mixer.surrogate_gradients = False  # the exact derivative: quantized keys are constant
+    mixer(x).square().sum().backward()
+    assert mixer.k_proj.weight.grad is None or mixer.k_proj.weight.grad.abs().sum() == 0

@@ -28,6 +28,9 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     # Options under which the mixer has square q_proj, k_proj, v_proj and o_proj linear maps
     # that a pretrained model's attention weights can take over; None when it has none.
     pretrained_options: dict | None = None
+    # True while the backward uses a surrogate where the forward has no useful derivative
+    # (Transformer-VQ's straight-through keys); False gives the exact derivative.
+    surrogate_gradients: bool = False
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, *,
                  form: str | None = None, chunk_size: int | None = None):

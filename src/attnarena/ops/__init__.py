@@ -32,6 +32,7 @@ from attnarena.ops.soft import soft_attention
 from attnarena.ops.sparse import pattern_attention
 from attnarena.ops.ssm import selective_scan
 from attnarena.ops.ttt import ttt_linear
+from attnarena.ops.vq import vq_attention
 from attnarena.ops.window_linear import window_linear_attention
 from attnarena.ops.xca import cross_covariance_attention
 
@@ -48,5 +49,5 @@ __all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss",
            "pattern_attention", "pool_mix", "prefix_attention", "retention", "rotary", "s4d",
            "scalar_gated",
            "score_attention", "selective_scan", "sinkhorn", "sinkhorn_attention",
-           "soft_attention", "softmax_attention", "softmax_pool", "ttt_linear",
+           "soft_attention", "softmax_attention", "softmax_pool", "ttt_linear", "vq_attention",
            "window_linear_attention"]
