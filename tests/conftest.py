@@ -32,6 +32,7 @@ TEST_OPTIONS = {
     "transnormer": {"chunk_size": 4},
     "titans": {"mini_batch": 3},
     "transformer_vq": {"codes": 6, "block": 4},
+    "routing": {"clusters": 3},
     "mamba": {"chunk_size": 4, "state_size": 4},
     "mamba2": {"chunk_size": 4, "state_size": 8},
     "mlstm": {"chunk_size": 4},

@@ -526,3 +526,41 @@ def test_vq_keys_learn_through_the_straight_through_estimator():
     mixer.surrogate_gradients = False  # the exact derivative: quantized keys are constant
     mixer(x).square().sum().backward()
     assert mixer.k_proj.weight.grad is None or mixer.k_proj.weight.grad.abs().sum() == 0
+
+
+# -- Routing Transformer --------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_routing_attends_within_clusters(causal):
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("routing", dim=8, heads=2, causal=causal, clusters=3).double().eval()
+    x = torch.randn(2, 10, 8, dtype=torch.float64)
+    keep = torch.ones(2, 10, dtype=torch.bool)
+    keep[1, 7:] = False
+    q, k, v = (p(x).view(2, 10, 2, 4).transpose(1, 2)
+               for p in (mixer.q_proj, mixer.k_proj, mixer.v_proj))
+    nearest = [(F.normalize(t, dim=-1) @ mixer.centroids.transpose(-1, -2)).argmax(-1)
+               for t in (q, k)]  # (B, H, L) cluster of each query and key
+    same = nearest[0][..., :, None] == nearest[1][..., None, :]
+    allowed = same & keep[:, None, None, :]
+    if causal:
+        allowed &= torch.ones(10, 10, dtype=torch.bool).tril()
+    scores = (q @ k.transpose(-1, -2) / 2.0).masked_fill(~allowed, float("-inf"))
+    o = torch.nan_to_num(scores.softmax(-1)) @ v
+    want = mixer.o_proj(o.transpose(1, 2).reshape(2, 10, 8))
+    got = mixer(x, mask=keep)
+    torch.testing.assert_close(got[keep], want[keep])
+
+
+def test_routing_centroids_move_toward_their_members_in_training():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("routing", dim=8, heads=2, causal=True, clusters=2, ema=0.5)
+    before = mixer.centroids.clone()
+    x = torch.randn(2, 8, 8)
+    mixer.eval()
+    mixer(x)
+    assert torch.equal(mixer.centroids, before)
+    mixer.train()
+    mixer(x)
+    assert not torch.equal(mixer.centroids, before)
+    torch.testing.assert_close(mixer.centroids.norm(dim=-1), torch.ones(2, 2))

@@ -40,6 +40,7 @@ HEAD_LAYOUTS = {
     "latte": _QKV + _OUT,  # q_proj and k_proj rows: each head's latents together
     "xcit": _QKV + _OUT + (("temperature", 0),),
     "transformer_vq": _QKV + _OUT + (("codebook", 0),),
+    "routing": _QKV + _OUT + (("centroids", 0),),
     "transnormer": _QKV + _OUT + (("norm_weight", 0),),
     "soft": (("qk_proj.weight", 0), ("qk_proj.bias", 0), ("v_proj.weight", 0),
              ("v_proj.bias", 0)) + _OUT,

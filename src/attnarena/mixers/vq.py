@@ -15,7 +15,8 @@ from attnarena.registry import register_mixer
     "transformer_vq", family="softmax attention, quantized keys",
     paper="Lingle 2023, Transformer-VQ: Linear-Time Transformers via Vector Quantization",
     complexity="O(L (W + S) D)", patterns=("self", "causal"), forms=VQ_FORMS,
-    form_notes={"chunk": "blocks + compressive cache", "recurrent": "cache"})
+    form_notes={"chunk": "blocks + compressive cache", "recurrent": "cache"},
+    approximates_softmax=True)
 class TransformerVQ(QKVMixer):
     """Transformer-VQ: each head's keys are replaced by the nearest of ``codes`` codewords
     (straight-through inside a block of ``block`` tokens), which makes softmax attention

@@ -23,6 +23,7 @@ from attnarena.ops.moh import head_routing_weights
 from attnarena.ops.titans import neural_memory
 from attnarena.ops.prefix import prefix_attention, softmax_pool
 from attnarena.ops.rotary import rotary
+from attnarena.ops.routing import routing_attention
 from attnarena.ops.s4d import s4d
 from attnarena.ops.sinkhorn import sinkhorn, sinkhorn_attention
 from attnarena.ops.softmax import (alibi_slopes, clipped_softmax_attention, decode_attention,
@@ -38,16 +39,14 @@ from attnarena.ops.xca import cross_covariance_attention
 
 __all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss",
            "clipped_softmax_attention", "cosine_features", "cross_covariance_attention",
-           "decode_attention",
-           "delta_product", "delta_rule", "diagonal_recurrence", "dilated_attention",
-           "favor_features", "FEATURE_MAPS", "focused", "fourier_mix", "gated_delta_rule",
-           "gated_slot_attention", "gaussian_adaptive", "gla",
+           "decode_attention", "delta_product", "delta_rule", "diagonal_recurrence",
+           "dilated_attention", "favor_features", "FEATURE_MAPS", "focused", "fourier_mix",
+           "gated_delta_rule", "gated_slot_attention", "gaussian_adaptive", "gla",
            "head_routing_weights", "hedgehog_features", "iterative_pinv", "linear_attention",
            "linformer_attention", "log_linear_attention", "lsh_attention", "masked_softmax",
            "merge_partial_attention", "mlstm", "neural_memory", "nystrom_attention",
-           "orthogonal_gaussian",
-           "pattern_attention", "pool_mix", "prefix_attention", "retention", "rotary", "s4d",
-           "scalar_gated",
-           "score_attention", "selective_scan", "sinkhorn", "sinkhorn_attention",
-           "soft_attention", "softmax_attention", "softmax_pool", "ttt_linear", "vq_attention",
+           "orthogonal_gaussian", "pattern_attention", "pool_mix", "prefix_attention", "retention",
+           "rotary", "routing_attention", "s4d", "scalar_gated", "score_attention",
+           "selective_scan", "sinkhorn", "sinkhorn_attention", "soft_attention",
+           "softmax_attention", "softmax_pool", "ttt_linear", "vq_attention",
            "window_linear_attention"]
