@@ -564,3 +564,21 @@ def test_routing_centroids_move_toward_their_members_in_training():
     mixer(x)
     assert not torch.equal(mixer.centroids, before)
     torch.testing.assert_close(mixer.centroids.norm(dim=-1), torch.ones(2, 2))
+
+
+def test_vq_attention_stays_finite_when_absent_codes_score_far_higher():
+    """Exponents are taken relative to the keys a query sees, not to every code: a code no
+    key uses may score far above them without an overflow or an underflow to 0 / 0."""
+    g = torch.Generator().manual_seed(0)
+    q = (10 * torch.randn(1, 1, 40, 4, generator=g)).requires_grad_(True)
+    k = torch.randn(1, 1, 40, 4, generator=g, requires_grad=True)
+    v = torch.randn(1, 1, 40, 4, generator=g)
+    codebook = 10 * torch.randn(1, 8, 4, generator=g)
+    outputs = {}
+    for form in ("parallel", "chunk", "recurrent"):
+        out = ops.vq_attention(q, k, v, codebook=codebook, causal=True, block=8, form=form)
+        (grad,) = torch.autograd.grad(out.sum(), q)
+        assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+        outputs[form] = out
+    torch.testing.assert_close(outputs["chunk"], outputs["parallel"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outputs["recurrent"], outputs["parallel"], rtol=1e-4, atol=1e-5)

@@ -95,15 +95,23 @@ def vq_attention(q, k, v, *, codebook, causal, block=64, form="chunk", mask=None
     return _blocks(q, k_hat, v, keep, assigned, code_scores, block, causal).to(out_dtype)
 
 
+def _largest(scores, present):
+    """The largest score among present codes (0 when none is): exponents relative to it
+    never overflow, and the largest present term is exp(0) = 1, so sums never underflow."""
+    top = scores.masked_fill(~present, float("-inf")).amax(-1, keepdim=True)
+    return torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()
+
+
 def _cache_only(code_scores, assigned, v, U, n):
-    weights = (code_scores - code_scores.amax(-1, keepdim=True)).exp()  # (B, H, L, S)
     outputs = []
     for t in range(v.shape[2]):
         U = U + assigned[:, :, t, :, None] * v[:, :, t, None, :]
         n = n + assigned[:, :, t]
-        w = weights[:, :, t]
-        denominator = (w * n).sum(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
-        outputs.append((w[:, :, None] @ U)[:, :, 0] / denominator)
+        scores = code_scores[:, :, t]
+        present = n > 0  # absent codes get weight 0 (never inf * 0)
+        w = (scores - _largest(scores, present)).masked_fill(~present, float("-inf")).exp()
+        denominator = (w * n).sum(-1, keepdim=True)
+        outputs.append((w[:, :, None] @ U)[:, :, 0] / denominator.clamp_min(1e-30))
     return torch.stack(outputs, 2), (U, n)
 
 
@@ -128,12 +136,16 @@ def _blocks(q, k_hat, v, keep, assigned, code_scores, W, causal):
             allowed = allowed & torch.ones(end - start, end - start, dtype=torch.bool,
                                            device=q.device).tril()
         scores = (qb @ kb.transpose(-1, -2)).masked_fill(~allowed, float("-inf"))
-        top = torch.maximum(scores.amax(-1), cb.amax(-1)).detach()[..., None]
-        inner, cached = (scores - top).exp(), (cb - top).exp()
+        # the largest score among the keys each query sees, in the block or the cache
+        present = (n > 0)[:, :, None].expand_as(cb)
+        top = torch.maximum(_largest(scores, allowed.expand_as(scores)), _largest(cb, present))
+        inner = (scores - top).exp()
+        cached = (cb - top).masked_fill(~present, float("-inf")).exp()  # absent codes: 0
         numerator = inner @ vb + cached @ U
         denominator = inner.sum(-1, keepdim=True) + (cached * n[:, :, None]).sum(-1,
                                                                                  keepdim=True)
-        outputs.append(numerator / denominator.clamp_min(torch.finfo(q.dtype).tiny))
+        # a query that sees no key at all (padding) gets zeros
+        outputs.append(numerator / denominator.clamp_min(1e-30))
         if causal:
             U, n = U + own_U, n + own_n
     return torch.cat(outputs, 2)

@@ -31,9 +31,10 @@ from attnarena.tasks.registry import register_task
 
 def _presets(cpu_steps: int) -> dict:
     return {
-        # The word-problem setting of Merrill et al. (2024) and DeltaProduct (Siems et al.
-        # 2025): train at 128, test up to 4x longer; no position encoding, so that longer
-        # sequences hold nothing unseen but their length.
+        # At the scale of the state-tracking papers' word problems (Merrill et al. 2024;
+        # Grazzi et al. 2025; Siems et al. 2025): train at 128, test to 4x longer (their
+        # exact lengths and training budgets differ from paper to paper); no position
+        # encoding, so that longer sequences hold nothing unseen but their length.
         "paper": {"task": {"length": 128, "test_lengths": [256, 512]},
                   "model": {"dim": 128, "depth": 1, "heads": 4, "position": "none"},
                   "train": {"steps": 20_000, "batch": 128, "lr": 1e-3, "warmup": 500,
