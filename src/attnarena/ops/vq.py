@@ -96,10 +96,14 @@ def vq_attention(q, k, v, *, codebook, causal, block=64, form="chunk", mask=None
 
 
 def _largest(scores, present):
-    """The largest score among present codes (0 when none is): exponents relative to it
-    never overflow, and the largest present term is exp(0) = 1, so sums never underflow."""
-    top = scores.masked_fill(~present, float("-inf")).amax(-1, keepdim=True)
-    return torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()
+    """The largest score among the present terms (-inf when none is)."""
+    return scores.masked_fill(~present, float("-inf")).amax(-1, keepdim=True).detach()
+
+
+def _finite(top):
+    """Exponents are taken relative to the largest present score, so none overflows and
+    the largest term is exp(0) = 1 (sums never underflow); 0 where nothing is present."""
+    return torch.where(torch.isfinite(top), top, torch.zeros_like(top))
 
 
 def _cache_only(code_scores, assigned, v, U, n):
@@ -109,7 +113,8 @@ def _cache_only(code_scores, assigned, v, U, n):
         n = n + assigned[:, :, t]
         scores = code_scores[:, :, t]
         present = n > 0  # absent codes get weight 0 (never inf * 0)
-        w = (scores - _largest(scores, present)).masked_fill(~present, float("-inf")).exp()
+        top = _finite(_largest(scores, present))
+        w = (scores - top).masked_fill(~present, float("-inf")).exp()
         denominator = (w * n).sum(-1, keepdim=True)
         outputs.append((w[:, :, None] @ U)[:, :, 0] / denominator.clamp_min(1e-30))
     return torch.stack(outputs, 2), (U, n)
@@ -138,7 +143,8 @@ def _blocks(q, k_hat, v, keep, assigned, code_scores, W, causal):
         scores = (qb @ kb.transpose(-1, -2)).masked_fill(~allowed, float("-inf"))
         # the largest score among the keys each query sees, in the block or the cache
         present = (n > 0)[:, :, None].expand_as(cb)
-        top = torch.maximum(_largest(scores, allowed.expand_as(scores)), _largest(cb, present))
+        top = _finite(torch.maximum(_largest(scores, allowed.expand_as(scores)),
+                                    _largest(cb, present)))
         inner = (scores - top).exp()
         cached = (cb - top).masked_fill(~present, float("-inf")).exp()  # absent codes: 0
         numerator = inner @ vb + cached @ U
