@@ -77,6 +77,7 @@ def test_each_swappable_mechanism_runs_with_padding(name):
     model = tiny_bert()
     options = {k: v for k, v in TEST_OPTIONS.get(name, {}).items()}
     swap_attention(model, name, keep_softmax=[1], **options)
+    model.eval()  # running statistics (Transformer-VQ's codebook) stay as they are
     lengths = [7, 3, 5]
     ids = torch.randint(1, 50, (3, 7))
     keep = torch.arange(7)[None] < torch.tensor(lengths)[:, None]

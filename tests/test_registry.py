@@ -10,7 +10,7 @@ def test_list_is_sorted_and_has_the_foundation_mechanisms():
     names = aa.list_mixers()
     assert names == sorted(names)
     assert {"softmax", "local", "linear", "performer", "cosine"} <= set(names)
-    assert aa.list_mixers("*_linear") == ["log_linear"]
+    assert aa.list_mixers("*_linear") == ["log_linear", "ttt_linear"]
     assert "linear" in aa.list_mixers("*linear")
 
 

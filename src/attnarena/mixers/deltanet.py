@@ -158,6 +158,8 @@ class DeltaProduct(_DeltaBase):
     Options: householder, gated, negative_eigenvalues, conv_size, form, chunk_size.
     """
 
+    pretrained_options = None  # n_h keys and values per token: no square k_proj, v_proj
+
     def __init__(self, dim, heads=1, causal=False, *, householder=2, gated=False,
                  negative_eigenvalues=False, conv_size=4, form="chunk", chunk_size=64):
         super().__init__(dim, heads, causal, conv_size=conv_size, form=form,

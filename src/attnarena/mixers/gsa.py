@@ -20,7 +20,7 @@ from attnarena.registry import FORMS, register_mixer
     complexity="O(L C m + L m D)", patterns=PATTERNS, forms=FORMS,
     form_notes={"chunk": "two passes"})
 class GatedSlotAttention(RecurrentMixer):
-    """GSA: per head, ``slots`` (m) key and value slots forgotten at rates
+    """GSA (Zhang et al. 2024): per head, ``slots`` (m) key and value slots forgotten at rates
     a_t = sigmoid(W_a x_t)^(1 / tau) (the paper's damping, tau = 8) and written with
     1 - a_t; o_t = V_t^T softmax(K_t q_t). Swish on q, k and v (the paper's feature map), a
     per-head RMS norm and a swish output gate before the output projection.

@@ -31,10 +31,10 @@ def _prefix_state(shape, width, device, dtype):
     complexity="O(L D log L) parallel scan, O(L D) recurrent", patterns=PATTERNS,
     forms=PREFIX_FORMS, form_notes={"parallel": "prefix scan"})
 class Aaren(RecurrentMixer):
-    """Aaren: attention with a learned query per head (not computed from the token), over
-    every prefix: o_t = sum_{s <= t} softmax_s(q . k_s / sqrt(D)) v_s, as a parallel prefix
-    scan (training) or an RNN (decoding). Noncausal: the prefix pass plus one over the
-    reversed sequence, summed.
+    """Aaren (Feng et al. 2024): attention with a learned query per head (not computed from the
+    token), over every prefix: o_t = sum_{s <= t} softmax_s(q . k_s / sqrt(D)) v_s, as a
+    parallel prefix scan (training) or an RNN (decoding). Noncausal: the prefix pass plus one
+    over the reversed sequence, summed.
 
     Options: form ("parallel": prefix scan; "recurrent": loop).
     """
@@ -64,8 +64,8 @@ class Aaren(RecurrentMixer):
     complexity="O(L D)", patterns=PATTERNS, forms=PREFIX_FORMS,
     form_notes={"parallel": "causal: prefix scan"})
 class SeparableAttention(Mixer):
-    """MobileViT-v2's separable self-attention: context scores c = softmax over tokens of
-    x W_I (one per head), a context vector cv = sum_s c_s (x_s W_K), and
+    """MobileViT-v2's separable self-attention (Mehta and Rastegari 2022): context scores c =
+    softmax over tokens of x W_I (one per head), a context vector cv = sum_s c_s (x_s W_K), and
     y_t = W_O (ReLU(x_t W_V) * cv). Causal: cv_t pools the prefix s <= t only.
 
     Options: form (causal: "parallel" prefix scan or "recurrent" loop).
@@ -109,7 +109,7 @@ class SeparableAttention(Mixer):
     complexity="O(L M D)", patterns=PATTERNS, forms=frozenset({"chunk", "recurrent"}),
     form_notes={"chunk": "linear attention over latents"})
 class Latte(Mixer):
-    """Latte: per head, M latent states; token t attends to latent l with
+    """Latte (Dolga et al. 2024): per head, M latent states; token t attends to latent l with
     p(l | t) = softmax_l(x_t W_q)_l, and latent l pools the values of the tokens it sees
     with p(s | l) = softmax_s(x_s W_k)_l (over s <= t when causal):
     y_t = sum_l p(l | t) sum_s p(s | l) v_s. Causal and bidirectional.

@@ -38,8 +38,8 @@ class BlockDiagonal(nn.Module):
     complexity="O(L D log L) parallel scan, O(L D) recurrent", patterns=PATTERNS,
     forms=DIAGONAL_FORMS, form_notes={"parallel": "log-depth scan"})
 class RGLRU(RecurrentMixer):
-    """Hawk's recurrent block: two branches of the input, GeLU(W_g x) and a temporal
-    convolution of W_u x followed by the RG-LRU, multiplied, then W_o. The RG-LRU:
+    """Hawk's recurrent block (De et al. 2024): two branches of the input, GeLU(W_g x) and a
+    temporal convolution of W_u x followed by the RG-LRU, multiplied, then W_o. The RG-LRU:
 
         r_t = sigmoid(W_a u_t + b_a),  i_t = sigmoid(W_x u_t + b_x)   (block-diagonal)
         a_t = a^(c r_t),  a = sigmoid(Lambda),  c = 8

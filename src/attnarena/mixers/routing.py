@@ -18,10 +18,10 @@ from attnarena.registry import register_mixer
     complexity="O(L m D), m the largest cluster", patterns=("self", "causal"), forms=("parallel",),
     approximates_softmax=True)
 class RoutingAttention(QKVMixer):
-    """Routing attention: ``clusters`` (k) centroids per head, shared by queries and keys;
-    a query attends to the keys assigned to its own nearest centroid. The centroids are
-    online k-means (the paper's mini-batch k-means): in training, each moves toward the
-    mean of the normalized queries and keys assigned to it, with decay ``ema``.
+    """Routing attention (Roy et al. 2021): ``clusters`` (k) centroids per head, shared by
+    queries and keys; a query attends to the keys assigned to its own nearest centroid. The
+    centroids are online k-means (the paper's mini-batch k-means): in training, each moves
+    toward the mean of the normalized queries and keys assigned to it, with decay ``ema``.
 
     Options: clusters, ema, bias.
     """

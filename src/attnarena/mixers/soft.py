@@ -16,8 +16,8 @@ from attnarena.registry import register_mixer
     complexity="O(L m D + m^3)", patterns=("self",), forms=("parallel",),
     form_notes={"parallel": "Nystrom, Newton inverse"})
 class SoftAttention(Mixer):
-    """SOFT: one projection gives queries and keys; S_ij = exp(-||q_i - q_j||^2 / (2
-    sqrt(D))) weighs the values without normalization, through ``landmarks`` segment-mean
+    """SOFT (Lu et al. 2021): one projection gives queries and keys; S_ij = exp(-||q_i - q_j||^2
+    / (2 sqrt(D))) weighs the values without normalization, through ``landmarks`` segment-mean
     landmarks and ``iterations`` Newton steps for the landmark kernel's inverse.
 
     Options: landmarks, iterations.

@@ -22,14 +22,14 @@ from attnarena.registry import register_mixer
     complexity="O(L b D_h + L D D_h)", patterns=("causal",), forms=MEMORY_FORMS,
     form_notes={"chunk": "mini-batch parallel"})
 class Titans(RecurrentMixer):
-    """Titans' long-term memory (the "memory as a layer" use): per head, a two-layer MLP
-    memory M(x) = W2 silu(W1 x) of hidden width ``expand`` x head width, starting from
-    learned weights, written at test time by gradient descent on 1/2 ||M(k_t) - v_t||^2
-    with momentum eta_t and forgetting alpha_t, and read with q_t. Per token and head:
-    theta_t = base_lr * sigmoid(w_theta . x_t), eta_t = sigmoid(w_eta . x_t),
-    alpha_t = sigmoid(w_alpha . x_t). Queries and keys are L2-normalized (as the paper);
-    gradients of one mini-batch of ``mini_batch`` tokens are taken at its starting weights
-    (the paper's chunkwise training); a per-head RMS norm precedes the output projection.
+    """Titans' long-term memory (Behrouz et al. 2025; the "memory as a layer" use): per head, a
+    two-layer MLP memory M(x) = W2 silu(W1 x) of hidden width ``expand`` x head width, starting
+    from learned weights, written at test time by gradient descent on 1/2 ||M(k_t) - v_t||^2
+    with momentum eta_t and forgetting alpha_t, and read with q_t. Per token and head: theta_t =
+    base_lr * sigmoid(w_theta . x_t), eta_t = sigmoid(w_eta . x_t), alpha_t = sigmoid(w_alpha .
+    x_t). Queries and keys are L2-normalized (as the paper); gradients of one mini-batch of
+    ``mini_batch`` tokens are taken at its starting weights (the paper's chunkwise training); a
+    per-head RMS norm precedes the output projection.
 
     Causal only: mini-batches are counted from a sequence's first token.
 

@@ -21,12 +21,13 @@ ATTENTIONS = ("norm", "diag")
     paper="Qin et al. 2022, The Devil in Linear Transformer",
     complexity="O(L D^2) norm, O(L w D) diag", patterns=("self", "causal"), forms=FORMS)
 class TransNormer(LinearAttentionBase):
-    """``attention="norm"``: NormAttention, O = RMSNorm(phi(Q) (phi(K)^T V)) per head, with
-    phi(x) = 1 + elu(x) and no division by the sum of similarities (the paper's fix for
-    unbounded gradients). ``attention="diag"``: DiagAttention, softmax attention within
-    non-overlapping blocks of ``block`` tokens (the paper's remedy for attention dilution in
-    early layers). The paper's model uses diag in the first half of the layers and norm in
-    the rest, as a stack: ``"2*transnormer(attention=diag)+2*transnormer"`` at depth 4.
+    """TransNormer (Qin et al. 2022). ``attention="norm"``: NormAttention, O = RMSNorm(phi(Q)
+    (phi(K)^T V)) per head, with phi(x) = 1 + elu(x) and no division by the sum of similarities
+    (the paper's fix for unbounded gradients). ``attention="diag"``: DiagAttention, softmax
+    attention within non-overlapping blocks of ``block`` tokens (the paper's remedy for
+    attention dilution in early layers). The paper's model uses diag in the first half of the
+    layers and norm in the rest, as a stack: ``"2*transnormer(attention=diag)+2*transnormer"``
+    at depth 4.
 
     Options: attention, block, form and chunk_size (norm), bias.
     """

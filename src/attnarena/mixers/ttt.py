@@ -21,13 +21,13 @@ from attnarena.registry import register_mixer
     complexity="O(L b D + L D^2)", patterns=("causal",), forms=TTT_FORMS,
     form_notes={"chunk": "dual form", "recurrent": "primal form"})
 class TTTLinear(RecurrentMixer):
-    """TTT-Linear: per head, the inner model's weight S (initialized from a learned W_0) takes
-    one gradient step of 1/2 ||S^T k_t - v_t||^2 per token (the learned self-supervised
-    task: k_t = theta_K x_t, v_t = theta_V x_t), with the learned rate
-    eta_t = base_lr * sigmoid(w_eta . x_t); the output reads the trained model with
-    q_t = theta_Q x_t. Gradients of one mini-batch of ``mini_batch`` tokens share its
-    starting state (the paper's b = 16). Keys and queries are L2-normalized, so a step with
-    eta <= 1 never overshoots; a per-head RMS norm precedes the output projection.
+    """TTT-Linear (Sun et al. 2024): per head, the inner model's weight S (initialized from a
+    learned W_0) takes one gradient step of 1/2 ||S^T k_t - v_t||^2 per token (the learned
+    self-supervised task: k_t = theta_K x_t, v_t = theta_V x_t), with the learned rate eta_t =
+    base_lr * sigmoid(w_eta . x_t); the output reads the trained model with q_t = theta_Q x_t.
+    Gradients of one mini-batch of ``mini_batch`` tokens share its starting state (the paper's b
+    = 16). Keys and queries are L2-normalized, so a step with eta <= 1 never overshoots; a
+    per-head RMS norm precedes the output projection.
 
     Causal only: mini-batches are counted from a sequence's first token.
 

@@ -18,13 +18,12 @@ from attnarena.registry import register_mixer
     form_notes={"chunk": "blocks + compressive cache", "recurrent": "cache"},
     approximates_softmax=True)
 class TransformerVQ(QKVMixer):
-    """Transformer-VQ: each head's keys are replaced by the nearest of ``codes`` codewords
-    (straight-through inside a block of ``block`` tokens), which makes softmax attention
-    linear-time: earlier blocks enter through a per-code cache of summed values and counts.
-    The codebook is a running k-means of the keys (exponential moving averages with decay
-    ``ema`` of the keys assigned to each code, updated in training), as in the paper; the
-    paper's commitment loss on the keys is left out (the arena trains on the task loss
-    alone).
+    """Transformer-VQ (Lingle 2023): each head's keys are replaced by the nearest of ``codes``
+    codewords (straight-through inside a block of ``block`` tokens), which makes softmax
+    attention linear-time: earlier blocks enter through a per-code cache of summed values and
+    counts. The codebook is a running k-means of the keys (exponential moving averages with
+    decay ``ema`` of the keys assigned to each code, updated in training), as in the paper; the
+    paper's commitment loss on the keys is left out (the arena trains on the task loss alone).
 
     Options: codes, block, ema, form, bias.
     """

@@ -14,10 +14,10 @@ from attnarena.registry import register_mixer
     paper="El-Nouby et al. 2021, XCiT: Cross-Covariance Image Transformers",
     complexity="O(L D^2 / H)", patterns=("self",), forms=("parallel",))
 class CrossCovarianceAttention(QKVMixer):
-    """XCA: per head, a (D, D) attention map between channels from L2-normalized queries
-    and keys (each channel over the sequence) with a learned temperature per head (set to
-    1 at the start, as the paper's); each token's values are mixed by it. Noncausal only:
-    the map is a statistic of the whole sequence.
+    """XCA (El-Nouby et al. 2021): per head, a (D, D) attention map between channels from
+    L2-normalized queries and keys (each channel over the sequence) with a learned temperature
+    per head (set to 1 at the start, as the paper's); each token's values are mixed by it.
+    Noncausal only: the map is a statistic of the whole sequence.
 
     Options: bias.
     """
