@@ -415,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run", help="the main job: a suite of runs -> store -> report")
     p.add_argument("--suite", default="quick", help="built-in suite name or a .toml file")
-    p.add_argument("--mixers", default=None, help="only these mixers (comma-separated)")
+    p.add_argument("--mixers", default=None,
+                   help="only these mixers or stacks (comma-separated; a stack's layers "
+                        "joined with +, e.g. gla,3*gla+softmax)")
     p.add_argument("--tasks", default=None, help="only these tasks (comma-separated)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--store", default="results/arena.sqlite")
