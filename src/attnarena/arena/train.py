@@ -186,10 +186,12 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True, save_dir=N
         model.load_state_dict(best)
     test = evaluate(model, task, train_cfg["eval_examples"], eval_seed(seed, "test"), device,
                     "test")
-    by_length = {str(length): evaluate(model, task.at_length(length),
-                                       train_cfg["eval_examples"], eval_seed(seed, "test"),
-                                       device, "test")["metric"]
-                 for length in task.generalization_lengths()}
+    by_length = {}
+    for length in task.generalization_lengths():
+        variant = task.at_length(length)  # the task itself at the training length: tested
+        by_length[str(length)] = test["metric"] if variant is task else evaluate(
+            model, variant, train_cfg["eval_examples"], eval_seed(seed, "test"), device,
+            "test")["metric"]
     best_val = sign * state["best_score"]
     baselines = task.baselines(train_cfg["eval_examples"], eval_seed(seed, "test"))
     extra = {} if baselines is None else {"baselines": baselines}

@@ -41,7 +41,7 @@ class _DeltaBase(RecurrentMixer):
         self.norm = HeadNorm(heads, self.head_dim)
         self.o_proj = nn.Linear(dim, dim, bias=False)
 
-    steps = 1  # delta-rule steps per token (DeltaProduct's n_h)
+    steps = None  # DeltaProduct's n_h: keys, values and betas then get a steps axis
 
     def _init_state(self, batch_size, device, dtype):
         D, K = self.head_dim, self.q_conv.kernel
@@ -75,8 +75,8 @@ class _DeltaBase(RecurrentMixer):
         q, k, v = outputs
         q = l2_normalize(q) / math.sqrt(self.head_dim)
         keep = keep_mask(mask, x)
-        beta = self.beta_scale * torch.sigmoid(self.b_proj(x))  # (B, L, H * steps)
-        if self.steps == 1:
+        beta = self.beta_scale * torch.sigmoid(self.b_proj(x))  # (B, L, H [* steps])
+        if self.steps is None:
             k = l2_normalize(k)
             beta = beta.transpose(1, 2) * keep[:, None, :]  # (B, H, L)
         else:  # (B, H, L, steps, D) keys and values, (B, H, L, steps) betas
@@ -178,8 +178,6 @@ class DeltaProduct(_DeltaBase):
 
     def _sequence(self, x, state, mask, form):
         q, k, v, beta, keep, convs = self._qkv_beta(x, state, mask)
-        if self.steps == 1:  # the delta rule's shapes, with a steps axis of one
-            k, v, beta = k[:, :, :, None], v[:, :, :, None], beta[..., None]
         o, S = ops.delta_product(q, k, v, beta=beta,
                                  log_alpha=self._log_alpha(x, keep) if self.gated else None,
                                  form=form, chunk_size=self.chunk_size,

@@ -95,7 +95,8 @@ class Task(abc.ABC):
         return ()
 
     def at_length(self, length: int) -> "Task":
-        """The same task with sequences of ``length`` (tasks with generalization lengths)."""
+        """The same task with sequences of ``length`` (tasks with generalization lengths);
+        the task itself at its training length."""
         raise ValueError(f"task {self.name!r} is tested at its training length only")
 
     def check_data(self) -> None:

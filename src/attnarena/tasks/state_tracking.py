@@ -85,7 +85,7 @@ class StateTracking(LMTask):
         return (self.length, *self.test_lengths) if self.test_lengths else ()
 
     def at_length(self, length: int) -> "StateTracking":
-        return replace(self, length=length, test_lengths=())
+        return self if length == self.length else replace(self, length=length, test_lengths=())
 
     def batch(self, size, generator, split="train"):
         check_split(split)
