@@ -3,9 +3,8 @@ the Real-Gated Linear Recurrent Unit (De et al. 2024, "Griffin: Mixing Gated Lin
 Recurrences with Local Attention for Efficient Language Models") and other gated RNNs whose
 state is a vector.
 
-The parallel form is a log-depth scan (Hillis and Steele 1986): after round r every
-position holds the recurrence over the 2^r positions ending there, composed with the pair
-rule (a, h) then (a', h') = (a a', a' h + h'); ceil(log2 L) rounds of elementwise work. The
+The parallel form is a log-depth scan (``ops.scan``) with the pair rule
+(a, h) then (a', h') = (a a', a' h + h'): ceil(log2 L) rounds of elementwise work. The
 recurrent form is the reference loop.
 """
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from attnarena.ops._checks import check_state, compute_dtype
+from attnarena.ops.scan import associative_scan
 
 DIAGONAL_FORMS = ("parallel", "recurrent")
 
@@ -68,11 +68,7 @@ def _loop(x, log_a):
 
 
 def _scan(x, log_a):
-    h, a = x, log_a.exp()
-    L, offset = x.shape[1], 1
-    while offset < L:
-        h = torch.cat([h[:, :offset], h[:, offset:] + a[:, offset:] * h[:, :-offset]], dim=1)
-        if offset * 2 < L:  # the last round needs no products of decays
-            a = torch.cat([a[:, :offset], a[:, offset:] * a[:, :-offset]], dim=1)
-        offset *= 2
-    return h
+    def combine(earlier, later):  # (a, h) then (a', h') is (a a', a' h + h')
+        return earlier[0] * later[0], later[0] * earlier[1] + later[1]
+
+    return associative_scan((log_a.exp(), x), combine, axis=1)[1]

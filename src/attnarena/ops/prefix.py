@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from attnarena.ops.scan import associative_scan
+
 PREFIX_FORMS = ("parallel", "recurrent")
 
 
@@ -114,12 +116,4 @@ def _loop(m, u, w):
 
 
 def _scan(m, u, w):
-    L, offset = m.shape[-1], 1
-    while offset < L:
-        merged = _combine((m[..., :-offset], u[..., :-offset], w[..., :-offset, :]),
-                          (m[..., offset:], u[..., offset:], w[..., offset:, :]))
-        m = torch.cat([m[..., :offset], merged[0]], -1)
-        u = torch.cat([u[..., :offset], merged[1]], -1)
-        w = torch.cat([w[..., :offset, :], merged[2]], -2)
-        offset *= 2
-    return m, u, w
+    return associative_scan((m, u, w), _combine, axis=m.dim() - 1)
