@@ -3,8 +3,10 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import attnarena as aa
+from attnarena.mixers.recurrent import ShortConv
 from conftest import make_mixer
 
 RECURRENT = ["retention", "gla", "gsa", "aaren", "deltanet", "gated_deltanet", "deltaproduct",
@@ -101,3 +103,22 @@ def test_deltaproduct_with_one_step_is_deltanet():
     deltanet.load_state_dict(product.state_dict())
     x = torch.randn(2, 9, 16)
     torch.testing.assert_close(product(x), deltanet(x), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(kernel=st.integers(1, 5), length=st.integers(1, 9), with_state=st.booleans(),
+       bias=st.booleans())
+def test_short_conv_equals_the_convolution_over_history_and_input(kernel, length, with_state,
+                                                                   bias):
+    """The time-major short convolution is torch's causal depthwise Conv1d over the history
+    (zeros without a state) followed by the input, and carries the last kernel - 1 inputs."""
+    torch.manual_seed(kernel * 10 + length)
+    conv = ShortConv(5, kernel, bias=bias).double()
+    x = torch.randn(2, length, 5, dtype=torch.double)
+    history = torch.randn(2, kernel - 1, 5, dtype=torch.double)
+    state = history if with_state else None
+    full = torch.cat([history if with_state else torch.zeros_like(history), x], dim=1)
+    expected = conv.conv(full.transpose(1, 2)).transpose(1, 2)
+    y, new_state = conv(x, state)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(new_state, full[:, full.shape[1] - (kernel - 1):])

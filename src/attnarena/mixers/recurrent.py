@@ -59,12 +59,29 @@ class ShortConv(nn.Module):
         self.conv = nn.Conv1d(channels, channels, kernel, groups=channels, bias=bias)
 
     def forward(self, x, state=None):
-        """x: (B, L, C), state: (B, kernel - 1, C) or None -> (y (B, L, C), new state)."""
-        history = (x.new_zeros(x.shape[0], self.kernel - 1, x.shape[2]) if state is None
-                   else state.to(x.dtype))
-        full = torch.cat([history, x], dim=1)  # (B, K - 1 + L, C)
-        y = self.conv(full.transpose(1, 2)).transpose(1, 2)
-        return y, full[:, full.shape[1] - (self.kernel - 1):]
+        """x: (B, L, C), state: (B, kernel - 1, C) or None -> (y (B, L, C), new state).
+
+        Computed time-major, y_t = b + sum_j w_j * x_(t - K + 1 + j), one fused multiply-add
+        per tap on (B, L, C) tensors: no transposes to channel-major and back, and the
+        history enters only the first K - 1 outputs rather than being concatenated."""
+        K, L = self.kernel, x.shape[1]
+        w = self.conv.weight[:, 0].to(x.dtype)  # (C, K)
+        bias = self.conv.bias
+        y = x * w[:, K - 1] if bias is None else torch.addcmul(bias.to(x.dtype), x, w[:, K - 1])
+        for j in range(K - 1):
+            shift = K - 1 - j  # tap j reads the input `shift` steps back
+            if shift < L:
+                y[:, shift:].addcmul_(x[:, :L - shift], w[:, j])
+            if state is not None:  # the steps before the start come from the history
+                n = min(shift, L)
+                y[:, :n].addcmul_(state[:, j:j + n].to(x.dtype), w[:, j])
+        if L >= K - 1:
+            new_state = x[:, L - (K - 1):]
+        else:
+            history = (x.new_zeros(x.shape[0], K - 1, x.shape[2]) if state is None
+                       else state.to(x.dtype))
+            new_state = torch.cat([history[:, L:], x], dim=1)
+        return y, new_state
 
 
 class HeadNorm(nn.Module):

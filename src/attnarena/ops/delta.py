@@ -131,7 +131,7 @@ def _delta(q, k, v, beta, log_alpha, form, chunk_size, initial_state, return_sta
     out_dtype = q.dtype
     dtype = compute_dtype(q.dtype)
     q, k, v, beta = (t.to(dtype) for t in (q, k, v, beta))
-    log_alpha = (torch.zeros_like(beta) if log_alpha is None else log_alpha.to(dtype))
+    log_alpha = None if log_alpha is None else log_alpha.to(dtype)
     state = (q.new_zeros(B, H, Dk, Dv) if initial_state is None
              else initial_state.to(dtype))
     if form == "recurrent":
@@ -145,7 +145,7 @@ def _delta(q, k, v, beta, log_alpha, form, chunk_size, initial_state, return_sta
 
 def _recurrent(q, k, v, beta, log_alpha, S):
     """The reference, token by token."""
-    alpha = log_alpha.exp()
+    alpha = torch.ones_like(beta) if log_alpha is None else log_alpha.exp()
     outputs = []
     for t in range(q.shape[2]):
         k_t = k[:, :, t]  # (B, H, Dk)
@@ -162,30 +162,49 @@ def _chunked(q, k, v, beta, log_alpha, S, C):
     pad = (-L) % C
     if pad:  # padded steps: beta = 0 and no decay leave the state untouched
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        beta, log_alpha = F.pad(beta, (0, pad)), F.pad(log_alpha, (0, pad))
+        beta = F.pad(beta, (0, pad))
+        log_alpha = None if log_alpha is None else F.pad(log_alpha, (0, pad))
     n = (L + pad) // C
     qc, kc, vc = (t.reshape(B, H, n, C, -1) for t in (q, k, v))
     bc = beta.reshape(B, H, n, C, 1)
-    g = log_alpha.reshape(B, H, n, C)
-    prefix = g.cumsum(dim=-1)[..., None]  # (B, H, n, C, 1): log g_i, decay since chunk start
-    ratio = segment_sums(g, dim=-1).exp()  # (B, H, n, C, C): g_i / g_j for i >= j, else 0
+    if log_alpha is None:  # DeltaNet: no decay, so every ratio below is 1 and no factor
+        ratio = torch.ones(C, C, dtype=q.dtype, device=q.device).tril()
+        q_from_start, k_at_start, k_to_end = qc, kc, kc
+        end_decay = None
+    else:
+        g = log_alpha.reshape(B, H, n, C)
+        prefix = g.cumsum(dim=-1)[..., None]  # (B, H, n, C, 1): log decay since chunk start
+        ratio = segment_sums(g, dim=-1).exp()  # (B, H, n, C, C): g_i / g_j, i >= j; else 0
+        q_from_start, k_at_start = qc * prefix.exp(), kc * prefix.exp()
+        k_to_end = kc * suffix_sums(g[..., None], dim=3).exp()
+        end_decay = prefix[:, :, :, -1:].exp()  # (B, H, n, 1, 1)
 
     # T = (I + strictly_lower(diag(beta) Gamma K K^T))^-1 diag(beta), batched over chunks.
     kk = kc @ kc.transpose(-1, -2)
     system = (bc * ratio * kk).tril(-1) + torch.eye(C, dtype=q.dtype, device=q.device)
     T = torch.linalg.solve_triangular(system, torch.diag_embed(bc[..., 0]), upper=False,
                                       unitriangular=True)
-    W = T @ (kc * prefix.exp())  # (B, H, n, C, Dk)
+    W = T @ k_at_start  # (B, H, n, C, Dk)
     U = T @ vc  # (B, H, n, C, Dv)
+    del kk, system, T  # (chunk-sized; autograd keeps what it needs)
     attend = (qc @ kc.transpose(-1, -2)) * ratio  # (B, H, n, C, C), lower incl. diagonal
-    q_from_start = qc * prefix.exp()
-    k_to_end = kc * suffix_sums(g[..., None], dim=3).exp()
-    end_decay = prefix[:, :, :, -1:].exp()  # (B, H, n, 1, 1)
 
-    outputs = []
+    # Within chunk i, pseudo_i = U_i - W_i S_i, so o_i = (q_i - A_i W_i) S_i + A_i U_i and
+    # S_(i+1) = (end_i I - K_i^T W_i) S_i + K_i^T U_i with K_i the keys decayed to the
+    # chunk's end: everything but one (Dk, Dk) @ (Dk, Dv) product per chunk is batched over
+    # chunks, and the sequential loop carries only that product.
+    reads = q_from_start - attend @ W  # (B, H, n, C, Dk)
+    within = attend @ U  # (B, H, n, C, Dv)
+    k_end_t = k_to_end.transpose(-1, -2)
+    transition = -(k_end_t @ W)  # (B, H, n, Dk, Dk)
+    transition.diagonal(dim1=-2, dim2=-1).add_(1 if end_decay is None else end_decay[..., 0])
+    writes = k_end_t @ U  # (B, H, n, Dk, Dv)
+    del attend, W, U
+    before = []
     for i in range(n):
-        pseudo = U[:, :, i] - W[:, :, i] @ S  # (B, H, C, Dv)
-        outputs.append(q_from_start[:, :, i] @ S + attend[:, :, i] @ pseudo)
-        S = end_decay[:, :, i] * S + k_to_end[:, :, i].transpose(-1, -2) @ pseudo
-    o = torch.stack(outputs, dim=2).reshape(B, H, n * C, Dv)
+        before.append(S)
+        S = torch.baddbmm(writes[:, :, i].reshape(B * H, Dk, Dv),
+                          transition[:, :, i].reshape(B * H, Dk, Dk),
+                          S.reshape(B * H, Dk, Dv)).reshape(B, H, Dk, Dv)
+    o = (within + reads @ torch.stack(before, dim=2)).reshape(B, H, n * C, Dv)
     return o[:, :, :L], S
