@@ -177,6 +177,21 @@ def test_unknown_suite_and_filters():
         load_suite("quick", tasks=["imdb"])
 
 
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+BENCHMARK_SUITES = sorted(path for path in BENCHMARKS.glob("*.toml")
+                          if "[[runs]]" in path.read_text())  # (the others are recipe lists)
+
+
+@pytest.mark.parametrize("path", BENCHMARK_SUITES, ids=lambda p: p.name)
+def test_benchmark_suites_load_and_resolve(path):
+    """The suites under benchmarks/ are read and every run's config resolves (stacks
+    against their depth, options against their mechanisms) before anyone trains them."""
+    suite = load_suite(str(path))
+    assert suite.runs
+    for config in suite.runs:
+        config.resolve()
+
+
 def test_suite_runs_once_then_reuses_and_reports(tmp_path, capsys):
     suite, store = tiny_suite(tmp_path), tmp_path / "arena.sqlite"
     first = run_suite(suite, store_path=store, out_dir=tmp_path, progress=False)
