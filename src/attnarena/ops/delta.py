@@ -186,7 +186,7 @@ def _chunked(q, k, v, beta, log_alpha, S, C):
                                       unitriangular=True)
     W = T @ k_at_start  # (B, H, n, C, Dk)
     U = T @ vc  # (B, H, n, C, Dv)
-    del kk, system, T  # (chunk-sized; autograd keeps what it needs)
+    del kk, system, T  # not read below (autograd keeps its own references)
     attend = (qc @ kc.transpose(-1, -2)) * ratio  # (B, H, n, C, C), lower incl. diagonal
 
     # Within chunk i, pseudo_i = U_i - W_i S_i, so o_i = (q_i - A_i W_i) S_i + A_i U_i and
