@@ -122,3 +122,5 @@ def test_short_conv_equals_the_convolution_over_history_and_input(kernel, length
     y, new_state = conv(x, state)
     torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
     assert torch.equal(new_state, full[:, full.shape[1] - (kernel - 1):])
+    # the state holds its own few steps, not a view keeping the whole input alive
+    assert new_state.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()

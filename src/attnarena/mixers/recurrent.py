@@ -75,8 +75,8 @@ class ShortConv(nn.Module):
             if state is not None:  # the steps before the start come from the history
                 n = min(shift, L)
                 y[:, :n].addcmul_(state[:, j:j + n].to(x.dtype), w[:, j])
-        if L >= K - 1:
-            new_state = x[:, L - (K - 1):]
+        if L >= K - 1:  # a copy: a view would keep all of x alive while decoding
+            new_state = x[:, L - (K - 1):].clone()
         else:
             history = (x.new_zeros(x.shape[0], K - 1, x.shape[2]) if state is None
                        else state.to(x.dtype))
