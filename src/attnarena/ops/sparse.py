@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from attnarena._validate import check_int
 from attnarena.ops._checks import check_key_mask, check_qkv
-from attnarena.ops.softmax import masked_softmax, merge_partial_attention, softmax_attention
+from attnarena.ops.softmax import merge_partial_attention, softmax_attention
 
 
 def strided_pattern(L, block, device=None):
@@ -99,6 +99,7 @@ def pattern_attention(q, k, v, pattern, *, causal=False, mask=None, alibi_slopes
 # see every key (global tokens) are computed densely and written over.
 
 _QUERY_CHUNK = 1024  # queries per step of a key-set part, so memory stays linear in L
+_FIXED_CHUNK = 256  # queries (whole blocks) per fused call of the fixed pattern
 
 
 class _Sparse:
@@ -112,26 +113,62 @@ class _Sparse:
         self.slopes = None if alibi_slopes is None else alibi_slopes.to(q)
         self.dropout = dropout
 
-    def attend(self, qs, ks, vs, qpos, kpos, allowed):
+    def attend(self, qs, ks, vs, qpos, kpos, allowed=None, padded=True):
         """Softmax over gathered keys: qs (B, H, *, Q, D), ks/vs (B, H, *, K, D), positions
-        qpos (*, Q), kpos (*, K) (ints; >= L marks padding), allowed broadcastable to
-        (B, H, *, Q, K) -> (o, lse)."""
-        scores = (qs @ ks.transpose(-1, -2)) * self.scale
+        qpos (*, Q), kpos (*, K) (ints; >= L marks padding, which ``padded`` says may
+        occur), allowed (None: all) broadcastable to (B, H, *, Q, K) -> (o, lse).
+
+        torch's fused softmax gives the weights; the log-sum-exp follows from the weight of
+        the row's largest score (lse = s_max - log p_max, and p_max >= 1 / K keeps the log
+        exact), so the scores are never exponentiated twice. A row with no allowed key reads
+        zeros and has lse -inf."""
+        scores = (qs * self.scale) @ ks.transpose(-1, -2)
         qp, kp = qpos[..., :, None], kpos[..., None, :]
-        allowed = allowed & (kp < self.L)
+        if padded:
+            allowed = _both(allowed, kp < self.L)
         if self.causal:
-            allowed = allowed & (kp <= qp)
+            allowed = _both(allowed, kp <= qp)
         if self.keep is not None:
             real = F.pad(self.keep, (0, 1), value=False)  # index L: padding
-            allowed = allowed & _gather_keep(real, kpos, allowed.dim())
+            allowed = _both(allowed, _gather_keep(real, kpos, scores.dim()))
         if self.slopes is not None:
             distance = (qp - kp).abs().to(scores.dtype)
             shape = (1, self.H) + (1,) * (scores.dim() - 2)
             scores = scores - self.slopes.view(shape) * distance
-        weights, lse = masked_softmax(scores, allowed, return_lse=True)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        top = scores.detach().argmax(-1, keepdim=True)
+        lse = (scores.gather(-1, top) - weights.gather(-1, top).log()).squeeze(-1)
+        if allowed is not None:  # rows with no allowed key: nan -> zero weights, lse -inf
+            weights, lse = weights.nan_to_num(), lse.nan_to_num(nan=float("-inf"))
         if self.dropout > 0:
             weights = F.dropout(weights, p=self.dropout)
         return weights @ vs, lse
+
+    def exact(self, qs, ks, vs, qpos, kpos, allowed):
+        """Softmax over gathered keys by torch's fused SDPA (no lse, so for patterns that
+        need no merging): qs (B, H, Q, D), ks/vs (B, H, K, D), positions qpos (Q,) and
+        kpos (K,) < L, allowed (Q, K) -> (B, H, Q, D). A row with no allowed key reads
+        zeros (SDPA is given all its keys and the row is cleared after)."""
+        if self.causal:
+            allowed = allowed & (kpos[None, :] <= qpos[:, None])
+        if self.keep is not None:
+            allowed = allowed & self.keep[:, None, None, kpos]  # (B, 1, Q, K)
+        empty = ~allowed.any(-1, keepdim=True)
+        has_empty = bool(empty.any())
+        if has_empty:
+            allowed = allowed | empty
+        bias = allowed
+        if self.slopes is not None:
+            distance = (qpos[:, None] - kpos[None, :]).abs().to(qs.dtype)
+            bias = (-self.slopes.view(1, self.H, 1, 1) * distance).masked_fill(
+                ~allowed, float("-inf"))
+        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=bias,
+                                           dropout_p=self.dropout, scale=self.scale)
+        if has_empty:
+            o = o.masked_fill(empty, 0.0)  # (Q, 1) or (B, 1, Q, 1)
+        return o
 
     def blocks(self, t, b):
         """(B, H, L, D) -> (B, H, n, b, D), padded to n * b positions."""
@@ -165,13 +202,16 @@ class _Sparse:
         kpos = torch.where(kpos < 0, self.L, kpos)
         return self.unblock(*self.attend(qb, kb, vb, qpos, kpos, allowed))
 
-    def own_block(self, b):
-        """Keys in the query's own block of b tokens."""
+    def own_block(self, b, skip=0):
+        """Keys in the query's own block of b tokens, less the last ``skip`` of each block."""
         n = -(-self.L // b)
         pos = torch.arange(n * b, device=self.q.device).view(n, b)
-        allowed = torch.ones(n, b, b, dtype=torch.bool, device=self.q.device)
+        allowed = None
+        if skip:
+            allowed = torch.arange(b, device=self.q.device) < b - skip
         return self.unblock(*self.attend(self.blocks(self.q, b), self.blocks(self.k, b),
-                                         self.blocks(self.v, b), pos, pos, allowed))
+                                         self.blocks(self.v, b), pos, pos, allowed,
+                                         padded=self.L % b != 0))
 
     def key_set(self, index, exclude=None):
         """Every query against the keys at positions ``index`` (K,), in chunks of queries."""
@@ -180,17 +220,15 @@ class _Sparse:
         for start in range(0, self.L, _QUERY_CHUNK):
             stop = min(self.L, start + _QUERY_CHUNK)
             qpos = torch.arange(start, stop, device=self.q.device)
-            allowed = torch.ones(stop - start, index.shape[0], dtype=torch.bool,
-                                 device=self.q.device)
-            if exclude is not None:
-                allowed = allowed & ~exclude(qpos[:, None], index[None, :])
-            o, lse = self.attend(self.q[:, :, start:stop], ks, vs, qpos, index, allowed)
+            allowed = None if exclude is None else ~exclude(qpos[:, None], index[None, :])
+            o, lse = self.attend(self.q[:, :, start:stop], ks, vs, qpos, index, allowed,
+                                 padded=False)
             outs.append(o)
             lses.append(lse)
         return torch.cat(outs, 2), torch.cat(lses, 2)
 
     def residue(self, b):
-        """Keys j with j = i (mod b), j != i: queries and keys regrouped by residue."""
+        """Keys j with j = i (mod b): queries and keys regrouped by residue."""
         n = -(-self.L // b)
 
         def by_residue(t):
@@ -198,9 +236,8 @@ class _Sparse:
 
         pos = (torch.arange(n, device=self.q.device)[None, :] * b
                + torch.arange(b, device=self.q.device)[:, None])  # (b, n)
-        allowed = ~torch.eye(n, dtype=torch.bool, device=self.q.device)[None]
         o, lse = self.attend(by_residue(self.q), by_residue(self.k), by_residue(self.v), pos,
-                             pos, allowed)
+                             pos, padded=self.L % b != 0)
         o = o.transpose(2, 3).reshape(self.B, self.H, n * b, -1)[:, :, :self.L]
         return o, lse.transpose(2, 3).reshape(self.B, self.H, n * b)[:, :, :self.L]
 
@@ -213,13 +250,16 @@ class _Sparse:
         qpos = rows[:, None] * b + offsets
         kpos = (cols[:, :, None] * b + offsets).flatten(1)
         allowed = valid[:, :, None].expand(-1, -1, b).flatten(1)[:, None, :]
-        return self.attend(qb, kb, vb, qpos, kpos, allowed)
+        return self.attend(qb, kb, vb, qpos, kpos, allowed, padded=self.L % b != 0)
 
     def dense_rows(self, rows):
         """Queries at ``rows`` against every key."""
         kpos = torch.arange(self.L, device=self.q.device)
-        allowed = torch.ones(rows.shape[0], self.L, dtype=torch.bool, device=self.q.device)
-        return self.attend(self.q[:, :, rows], self.k, self.v, rows, kpos, allowed)
+        return self.attend(self.q[:, :, rows], self.k, self.v, rows, kpos, padded=False)
+
+
+def _both(allowed, more):
+    return more if allowed is None else allowed & more
 
 
 def _gather_keep(real, kpos, dims):
@@ -241,27 +281,40 @@ def _start(q, k, v, mask, causal, alibi_slopes, dropout):
 def strided_attention(q, k, v, block, *, causal=False, mask=None, alibi_slopes=None,
                       dropout=0.0):
     """``strided_pattern`` attention in O(L (block + L / block) D): a band of the
-    neighbouring ``block`` positions plus the keys of the query's residue class."""
+    neighbouring ``block`` positions (less the query's own) plus the keys of the query's
+    residue class."""
     check_int(block, "block")
     s = _start(q, k, v, mask, causal, alibi_slopes, dropout)
-    band, stride = s.band(block), s.residue(block)
+    band, stride = s.band(block, exclude=lambda i, j: i == j), s.residue(block)
     return merge_partial_attention([band[0], stride[0]], [band[1], stride[1]])
 
 
 def fixed_attention(q, k, v, block, summary, *, causal=False, mask=None, alibi_slopes=None,
                     dropout=0.0):
-    """``fixed_pattern`` attention in O(L (block + L summary / block) D): the own block plus
-    the summary positions of the other blocks."""
+    """``fixed_pattern`` attention in O(L (block + L summary / block) D): every query block
+    sees the same keys (all summary positions) plus its own block's other positions, so a
+    chunk of whole blocks is one fused SDPA call over those keys, masked to the query's
+    own block where they differ."""
     check_int(block, "block")
     check_int(summary, "summary")
     s = _start(q, k, v, mask, causal, alibi_slopes, dropout)
     positions = torch.arange(s.L, device=q.device)
-    index = positions[positions % block >= block - summary]
-    own = s.own_block(block)
-    if index.numel() == 0:
-        return own[0]
-    rest = s.key_set(index, exclude=lambda i, j: i // block == j // block)
-    return merge_partial_attention([own[0], rest[0]], [own[1], rest[1]])
+    is_summary = positions % block >= block - summary
+    shared = positions[is_summary]
+    k_shared, v_shared = k[:, :, shared], v[:, :, shared]
+    step = block * max(1, _FIXED_CHUNK // block)
+    outputs = []
+    for start in range(0, s.L, step):
+        qpos = positions[start:start + step]
+        own = qpos[~is_summary[start:start + step]]
+        kpos = torch.cat([shared, own])
+        allowed = torch.cat([torch.ones(qpos.shape[0], shared.shape[0], dtype=torch.bool,
+                                        device=q.device),
+                             qpos[:, None] // block == own[None, :] // block], 1)
+        outputs.append(s.exact(q[:, :, start:start + step],
+                               torch.cat([k_shared, k[:, :, own]], 2),
+                               torch.cat([v_shared, v[:, :, own]], 2), qpos, kpos, allowed))
+    return torch.cat(outputs, 2)
 
 
 def longformer_attention(q, k, v, window, global_tokens, *, mask=None, alibi_slopes=None,
