@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/attnarena run
+	$(BIN)/attnarena run --jobs 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

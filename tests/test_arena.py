@@ -216,6 +216,67 @@ def test_suite_runs_once_then_reuses_and_reports(tmp_path, capsys):
     assert "copy,linear,cpu,0," in capsys.readouterr().out
 
 
+def test_jobs_train_a_suite_together_each_run_once(tmp_path):
+    """--jobs 2: a worker process trains beside this one on half the threads; every run is
+    trained once, counted once, and its environment says how it was trained."""
+    suite, store = tiny_suite(tmp_path, steps=60, every=20), tmp_path / "arena.sqlite"
+    lines = []
+    counts = run_suite(suite, store_path=store, out_dir=tmp_path, progress=False, jobs=2,
+                       log=lines.append)
+    assert counts["trained"] == 2 and counts["by_others"] == 0 and counts["failed"] == 0
+    assert counts["speed_measured"] == 2
+    assert any("2 jobs at once" in line for line in lines)
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT status, environment FROM runs").fetchall()
+    assert [status for status, _ in rows] == ["done", "done"]
+    threads = max(1, torch.get_num_threads() // 2)
+    for _, env in rows:
+        assert json.loads(env)["jobs"] == 2 and json.loads(env)["threads"] == threads
+    assert not list(tmp_path.glob(".job-*"))  # the workers' reports are read and removed
+    single = run_suite(suite, store_path=tmp_path / "single.sqlite", out_dir=tmp_path / "s",
+                       progress=False)
+    assert single["trained"] == 2
+    with sqlite3.connect(store) as db, sqlite3.connect(tmp_path / "single.sqlite") as ref:
+        got = dict(db.execute("SELECT id, metrics FROM runs").fetchall())
+        want = dict(ref.execute("SELECT id, metrics FROM runs").fetchall())
+    assert set(got) == set(want)
+    for run_id in got:
+        assert json.loads(got[run_id])["test_loss"] == pytest.approx(
+            json.loads(want[run_id])["test_loss"], rel=1e-4)
+
+
+def test_job_worker_trains_what_is_left_and_reports_it(tmp_path):
+    from attnarena.arena.runner import _job_main
+
+    suite, store = tiny_suite(tmp_path), tmp_path / "arena.sqlite"
+    report = tmp_path / "job.json"
+    spec = {"suite": suite, "mixers": ["linear"], "tasks": None, "device": "cpu",
+            "data_root": None, "store_path": str(store), "out_dir": str(tmp_path),
+            "rerun": False, "began": time.time(), "jobs": 2, "threads": 1, "job": 2,
+            "outcome_path": str(report)}
+    threads, handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    try:
+        assert _job_main(json.dumps(spec)) == 0
+    finally:
+        torch.set_num_threads(threads)
+        signal.signal(signal.SIGTERM, handler)
+    outcome = json.loads(report.read_text())
+    assert list(outcome.values()) == ["trained"]
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT mixer, status FROM runs").fetchall() == [("linear", "done")]
+    counts = run_suite(suite, store_path=store, out_dir=tmp_path, progress=False,
+                       report=False)
+    assert counts["trained"] == 1 and counts["reused"] == 1
+
+
+def test_jobs_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="jobs must be a positive integer, got 0"):
+        run_suite(tiny_suite(tmp_path), store_path=tmp_path / "a.sqlite", out_dir=tmp_path,
+                  jobs=0)
+    with pytest.raises(SystemExit):
+        main(["run", "--jobs", "0"])
+
+
 def _run_cli(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "attnarena.cli", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)

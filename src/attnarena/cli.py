@@ -25,6 +25,16 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _indices(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -134,7 +144,8 @@ def cmd_run(args) -> int:
 
     counts = run_suite(args.suite, store_path=args.store, out_dir=args.out,
                        mixers=_names(args.mixers), tasks=_names(args.tasks), device=args.device,
-                       rerun=args.rerun, progress=not args.quiet, data_root=args.data)
+                       rerun=args.rerun, progress=not args.quiet, data_root=args.data,
+                       jobs=args.jobs)
     others = f", {counts['by_others']} by other processes" if counts["by_others"] else ""
     print(f"runs: {counts['trained']} trained, {counts['reused']} already in the store"
           f"{others}, {counts['failed']} failed, {counts['diverged']} diverged; speed cases: "
@@ -427,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="data root with a folder per task that reads data (ROOT/text, "
                         "ROOT/retrieval, ROOT/image, ROOT/listops, ROOT/pathfinder)")
+    p.add_argument("--jobs", type=_positive, default=1,
+                   help="train this many runs at once, each process on an equal share of "
+                        "the threads (small models train faster on one core each than on "
+                        "several together); the speed sweep runs after them, alone")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 

@@ -9,7 +9,7 @@ from attnarena.arena.compress_report import by_source, plot_compression
 from attnarena.arena.plotstyle import (label_log_axis, legend_outside, mixer_style, plural,
                                        pyplot)
 from attnarena.arena.report import (best_runs, leaderboard_markdown, leaderboard_rows,
-                                    run_label, swept_keys)
+                                    run_label, swept_keys, training_conditions)
 from attnarena.arena.speed_report import plot_speed
 
 MIN_ACCURACY_SPAN = 0.1  # a y axis spanning less than this would magnify noise
@@ -151,9 +151,12 @@ def plot_quality_vs_speed(rows, path):
         ax.grid(True, which="both", alpha=0.3)
     order = sorted(m for m in handles if m != "Pareto front") + ["Pareto front"]
     legend_outside(axes[0][-1], [handles[m] for m in order], order, title="mechanism")
+    conditions = training_conditions(rows)
     fig.suptitle(f"Quality against training speed, per task ({plural(len(tasks), 'task')}); "
-                 "throughput as measured while each run trained, on the machine as it was "
-                 "then (see attnarena speed for controlled timings)", fontsize=9)
+                 "throughput as measured while each run trained"
+                 + (f" ({conditions})" if conditions else "")
+                 + ",\non the machine as it was then (see attnarena speed for controlled "
+                 "timings)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -6,6 +6,7 @@ import io
 import json
 from collections import defaultdict
 
+from attnarena.arena.plotstyle import plural
 from attnarena.arena.speed_report import BASELINE, crossovers, errors_at_longest
 
 
@@ -24,6 +25,7 @@ def leaderboard_rows(store) -> list[dict]:
         m = run["metrics"]
         metric = m.get("metric", "accuracy")
         config = run.get("config") or {}
+        env = run.get("environment") or {}
         rows.append({"task": run["task"], "mixer": run["mixer"], "preset": run["preset"],
                      "seed": run["seed"], "dim": config.get("model", {}).get("dim"),
                      "lr": config.get("train", {}).get("lr"),
@@ -34,8 +36,19 @@ def leaderboard_rows(store) -> list[dict]:
                      "tokens_per_s": m["tokens_per_s"], "peak_mem_mb": m["peak_mem_mb"],
                      "params": m["params"], "steps": m["steps"],
                      "train_seconds": m["train_seconds"], "baselines": m.get("baselines"),
-                     "by_length": m.get("test_by_length"), "id": run["id"]})
+                     "by_length": m.get("test_by_length"), "id": run["id"],
+                     "threads": env.get("threads"), "jobs": env.get("jobs", 1)})
     return rows
+
+
+def training_conditions(rows) -> str:
+    """How the rows' training throughputs were measured: threads per run and runs trained
+    at once (``attnarena run --jobs``), e.g. "1 thread per run, 2 runs at once"."""
+    seen = sorted({(r.get("threads"), r.get("jobs") or 1) for r in rows
+                   if r.get("threads") is not None})
+    return "; ".join(f"{plural(t, 'thread')} per run, "
+                     + ("one run at a time" if j == 1 else f"{j} runs at once")
+                     for t, j in seen)
 
 
 def _higher_is_better(task: str, metric: str) -> bool:
@@ -228,6 +241,9 @@ def _task_table(task, mine) -> list[str]:
                 lines.append("| " + " | ".join([f"*baseline: {name}*"] + blanks
                                               + [format_metric(baselines[key], metric)]
                                               + ["-"] * (4 + len(lengths))) + " |")
+    conditions = training_conditions(mine)
+    if conditions:
+        lines += ["", f"Train tokens/s as measured while each run trained ({conditions})."]
     lines.append("")
     return lines
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -92,12 +96,133 @@ def _compress_runs(suite, store, store_path, out, device, rerun, log) -> int:
     return done
 
 
+def _train_runs(suite, store, out, env, owner, began, rerun, progress, log) -> dict:
+    """Claim and train the suite's runs until each is finished, here or by another process.
+    Returns {run_id: how}: "trained", "failed" or "diverged" (here), "reused" (finished
+    before ``began``), "others" (finished since by another process), "others_failed"."""
+    outcome = {}
+    total = len(suite.runs)
+    pending = [(k, config, config.resolve(), config.run_id())
+               for k, config in enumerate(suite.runs, start=1)]
+    waiting_said = False
+    while pending:
+        held = []
+        for k, config, resolved, run_id in pending:
+            claim, row = store.claim_run(run_id, resolved, suite.name, env, owner,
+                                         retake_before=began if rerun else None,
+                                         retry_failed_before=began)
+            if claim == "busy":
+                held.append((k, config, resolved, run_id))
+                continue
+            if claim == "finished":
+                if row["status"] == "failed":  # failed meanwhile in another process
+                    outcome[run_id] = "others_failed"
+                else:  # finished meanwhile by another process, or before this one began
+                    outcome[run_id] = "others" if (row["finished"] or 0.0) >= began \
+                        else "reused"
+                continue
+            checkpoints = out / "checkpoints" / run_id
+            if rerun:
+                shutil.rmtree(checkpoints, ignore_errors=True)
+            what = f"run {k} of {total}: {config.task} / {config.mixer} seed {config.seed}"
+            log(what)
+            status, result = train_claimed(store, run_id, resolved, owner, checkpoints,
+                                           progress, run_folder(out, run_id))
+            log(f"{what}: " + _result_line(status, result))
+            if status == "done":
+                shutil.rmtree(checkpoints, ignore_errors=True)
+                outcome[run_id] = "trained"
+            else:  # "lost": another process took the run over and keeps its result
+                outcome[run_id] = "others" if status == "lost" else status
+        if held and len(held) == len(pending):
+            if not waiting_said:
+                log(f"waiting for {len(held)} run(s) that other processes are training")
+                waiting_said = True
+            time.sleep(POLL_SECONDS)
+        pending = held
+    return outcome
+
+
+def _start_jobs(jobs, threads, spec, log) -> list:
+    """``jobs`` worker processes that train the suite's runs beside this one, each on
+    ``threads`` threads; each writes what it did to a JSON file."""
+    workers = []
+    for job in range(2, jobs + 1):
+        mine = {**spec, "threads": threads, "job": job,
+                "outcome_path": str(Path(spec["out_dir"]) / f".job-{job}-{os.getpid()}.json")}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        process = subprocess.Popen([sys.executable, "-m", "attnarena.arena.runner",
+                                    json.dumps(mine)], env=env)
+        workers.append((process, Path(mine["outcome_path"])))
+    log(f"training with {jobs} jobs at once, {threads} thread(s) each")
+    return workers
+
+
+def _finish_jobs(workers, log, stop=False) -> dict:
+    """Wait for the workers (or stop them: they mark their runs interrupted, resumable)
+    and return what they trained, {run_id: how}."""
+    outcome = {}
+    for process, path in workers:
+        if stop and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        if process.wait() != 0 and not stop:
+            log(f"a training job ended with exit status {process.returncode}; the runs it "
+                "held are taken over by the others when their leases go stale")
+        if path.exists():
+            outcome.update(json.loads(path.read_text()))
+            path.unlink()
+    return outcome
+
+
+def _tally(outcome, counts):
+    names = {"trained": "trained", "failed": "failed", "diverged": "diverged",
+             "reused": "reused", "others": "by_others", "others_failed": "failed"}
+    for how in outcome.values():
+        counts[names[how]] += 1
+
+
+def _job_main(spec_text: str) -> int:
+    """A worker of ``run_suite(jobs=N)``: trains the suite's runs beside the leading
+    process (no speed sweep, no reports) and writes what it did to a JSON file."""
+    import torch
+
+    spec = json.loads(spec_text)
+    torch.set_num_threads(spec["threads"])
+    signal.signal(signal.SIGTERM, _interrupt)
+    device = resolve_device(spec["device"])
+    suite = load_suite(spec["suite"], mixers=spec["mixers"], tasks=spec["tasks"],
+                       device=device, data_root=spec["data_root"])
+    store, out = Store(spec["store_path"]), Path(spec["out_dir"])
+    env = {**environment(device), "jobs": spec["jobs"]}
+    prefix = f"[job {spec['job']}] "
+    outcome = {}
+    try:
+        outcome = _train_runs(suite, store, out, env, new_owner(), spec["began"],
+                              spec["rerun"], False, lambda line: print(prefix + line,
+                                                                       flush=True))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        store.close()
+        Path(spec["outcome_path"]).write_text(json.dumps(outcome))
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
               out_dir="results", mixers=None, tasks=None, device="auto", rerun=False,
-              progress=True, report=True, data_root=None, log=print) -> dict:
+              progress=True, report=True, data_root=None, jobs=1, log=print) -> dict:
     """Run a suite; returns counts of what ran, was reused and failed. ``data_root``
-    holds a folder per task that reads data (``ROOT/text``, ``ROOT/image``, ...);
-    ``log`` receives one line per run started and finished."""
+    holds a folder per task that reads data (``ROOT/text``, ``ROOT/retrieval``, ...);
+    ``jobs`` > 1 trains that many runs at once, in worker processes that share this
+    machine's threads (small models on a CPU use one core each better than several
+    together); the speed sweep runs after them, alone, on every thread. ``log`` receives
+    one line per run started and finished."""
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     device = resolve_device(device)
     suite = load_suite(suite_name, mixers=mixers, tasks=tasks, device=device,
                        data_root=data_root)  # validates all
@@ -109,49 +234,37 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
     owner, began = new_owner(), time.time()
     counts = {"trained": 0, "reused": 0, "failed": 0, "diverged": 0, "by_others": 0,
               "speed_measured": 0, "speed_reused": 0}
-    total = len(suite.runs)
-    pending = [(k, config, config.resolve(), config.run_id())
-               for k, config in enumerate(suite.runs, start=1)]
-    waiting_said = False
     try:
-        while pending:
-            held = []
-            for k, config, resolved, run_id in pending:
-                claim, row = store.claim_run(run_id, resolved, suite.name, env, owner,
-                                             retake_before=began if rerun else None,
-                                             retry_failed_before=began)
-                if claim == "busy":
-                    held.append((k, config, resolved, run_id))
-                    continue
-                if claim == "finished":
-                    if row["status"] == "failed":  # failed meanwhile in another process
-                        counts["failed"] += 1
-                    elif (row["finished"] or 0.0) >= began:
-                        counts["by_others"] += 1  # finished meanwhile by another process
-                    else:
-                        counts["reused"] += 1
-                    continue
-                checkpoints = out / "checkpoints" / run_id
-                if rerun:
-                    shutil.rmtree(checkpoints, ignore_errors=True)
-                log(f"run {k} of {total}: {config.task} / {config.mixer} seed {config.seed}")
-                status, outcome = train_claimed(store, run_id, resolved, owner, checkpoints,
-                                                progress, run_folder(out, run_id))
-                log(f"run {k} of {total}: {config.task} / {config.mixer} seed {config.seed}: "
-                    + _result_line(status, outcome))
-                if status == "done":
-                    shutil.rmtree(checkpoints, ignore_errors=True)
-                    counts["trained"] += 1
-                elif status in ("failed", "diverged"):
-                    counts[status] += 1
-                else:  # "lost": another process took the run over and keeps its result
-                    counts["by_others"] += 1
-            if held and len(held) == len(pending):
-                if not waiting_said:
-                    log(f"waiting for {len(held)} run(s) that other processes are training")
-                    waiting_said = True
-                time.sleep(POLL_SECONDS)
-            pending = held
+        import torch
+
+        threads = torch.get_num_threads()
+        jobs = min(jobs, len(suite.runs)) or 1
+        workers = []
+        if jobs > 1:
+            out.mkdir(parents=True, exist_ok=True)
+            spec = {"suite": str(suite_name), "mixers": mixers, "tasks": tasks,
+                    "device": device, "data_root": None if data_root is None
+                    else str(data_root), "store_path": str(store_path),
+                    "out_dir": str(out), "rerun": rerun, "began": began, "jobs": jobs}
+            per_job = max(1, threads // jobs)
+            workers = _start_jobs(jobs, per_job, spec, log)
+            torch.set_num_threads(per_job)
+        try:
+            train_env = {**env, "threads": torch.get_num_threads()} | \
+                ({"jobs": jobs} if jobs > 1 else {})
+            mine = _train_runs(suite, store, out, train_env, owner, began, rerun,
+                               progress and jobs == 1,
+                               log if jobs == 1 else lambda line: log("[job 1] " + line))
+        except BaseException:
+            _finish_jobs(workers, log, stop=True)
+            raise
+        finally:
+            torch.set_num_threads(threads)
+        theirs = _finish_jobs(workers, log)
+        for run_id, how in theirs.items():  # what the workers did, instead of "others"
+            if how in ("trained", "failed", "diverged"):
+                mine[run_id] = how
+        _tally(mine, counts)
         for cfg in suite.speed:
             def known(spec, length, cfg=cfg):
                 if rerun:
@@ -179,3 +292,7 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
     finally:
         store.close()
     return counts
+
+
+if __name__ == "__main__":
+    sys.exit(_job_main(sys.argv[1]))
