@@ -404,10 +404,40 @@ def test_block_sparse_kernels_equal_the_dense_masked_reference(L, b, causal, pad
                                             alibi_slopes=slopes)
         got = kernel(q=q, k=k, v=v, mask=mask, alibi_slopes=slopes)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10, msg=name)
+        with torch.no_grad():  # inference: the fused kernel's path
+            inferred = kernel(q=q, k=k, v=v, mask=mask, alibi_slopes=slopes)
+        torch.testing.assert_close(inferred, expected.detach(), rtol=1e-10, atol=1e-10,
+                                   msg=name)
         grads = torch.autograd.grad(got.square().sum(), (q, k, v))
         expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
         for a, e in zip(grads, expected_grads):
             torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_block_sparse_inference_takes_the_fused_kernel_and_falls_back_without_it(
+        monkeypatch):
+    """Without gradients the parts run in torch's fused CPU kernel (this torch has it);
+    without that kernel they run the softmax path, with the same outputs."""
+    S = aa.ops.sparse
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 50, 8, generator=g) for _ in range(3))
+    assert S._FUSED is not None and S._fused_available(q, k, v)
+    assert not S._fused_available(q.requires_grad_(), k, v)
+    q.requires_grad_(False)
+    calls = []
+    real = S._FUSED
+    monkeypatch.setattr(S, "_FUSED", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    cases = _block_sparse_cases(50, 7, False)
+    with torch.no_grad():
+        fused = {name: kernel(q=q, k=k, v=v) for name, (_, kernel) in cases.items()}
+    assert calls
+    monkeypatch.setattr(S, "_FUSED", None)
+    with torch.no_grad():
+        for name, (pattern, kernel) in cases.items():
+            plain = kernel(q=q, k=k, v=v)
+            torch.testing.assert_close(fused[name], plain, rtol=1e-5, atol=1e-5, msg=name)
+            torch.testing.assert_close(plain, aa.ops.pattern_attention(q, k, v, pattern),
+                                       rtol=1e-5, atol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("name, options", [

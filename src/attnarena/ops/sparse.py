@@ -116,13 +116,13 @@ class _Sparse:
     def attend(self, qs, ks, vs, qpos, kpos, allowed=None, padded=True):
         """Softmax over gathered keys: qs (B, H, *, Q, D), ks/vs (B, H, *, K, D), positions
         qpos (*, Q), kpos (*, K) (ints; >= L marks padding, which ``padded`` says may
-        occur), allowed (None: all) broadcastable to (B, H, *, Q, K) -> (o, lse).
+        occur), allowed (None: all) broadcastable to (B, H, *, Q, K) -> (o, lse). A row
+        with no allowed key reads zeros and has lse -inf.
 
-        torch's fused softmax gives the weights; the log-sum-exp follows from the weight of
-        the row's largest score (lse = s_max - log p_max, and p_max >= 1 / K keeps the log
-        exact), so the scores are never exponentiated twice. A row with no allowed key reads
-        zeros and has lse -inf."""
-        scores = (qs * self.scale) @ ks.transpose(-1, -2)
+        Without gradients (inference) torch's fused CPU attention kernel computes both in
+        blocks, never holding the (Q, K) scores; otherwise torch's fused softmax gives the
+        weights and the log-sum-exp follows from the weight of the row's largest score
+        (lse = s_max - log p_max, and p_max >= 1 / K keeps the log exact)."""
         qp, kp = qpos[..., :, None], kpos[..., None, :]
         if padded:
             allowed = _both(allowed, kp < self.L)
@@ -130,11 +130,16 @@ class _Sparse:
             allowed = _both(allowed, kp <= qp)
         if self.keep is not None:
             real = F.pad(self.keep, (0, 1), value=False)  # index L: padding
-            allowed = _both(allowed, _gather_keep(real, kpos, scores.dim()))
+            allowed = _both(allowed, _gather_keep(real, kpos, qs.dim()))
+        bias = None
         if self.slopes is not None:
-            distance = (qp - kp).abs().to(scores.dtype)
-            shape = (1, self.H) + (1,) * (scores.dim() - 2)
-            scores = scores - self.slopes.view(shape) * distance
+            distance = (qp - kp).abs().to(qs.dtype)
+            bias = -self.slopes.view((1, self.H) + (1,) * (qs.dim() - 2)) * distance
+        if self.dropout == 0 and _fused_available(qs, ks, vs):
+            return self._fused(qs, ks, vs, allowed, bias)
+        scores = (qs * self.scale) @ ks.transpose(-1, -2)
+        if bias is not None:
+            scores = scores + bias
         if allowed is not None:
             scores = scores.masked_fill(~allowed, float("-inf"))
         weights = torch.softmax(scores, dim=-1)
@@ -145,6 +150,26 @@ class _Sparse:
         if self.dropout > 0:
             weights = F.dropout(weights, p=self.dropout)
         return weights @ vs, lse
+
+    def _fused(self, qs, ks, vs, allowed, bias):
+        """``attend`` by the fused kernel: the leading dimensions fold into (B, H * ...);
+        the mask, when there is one, becomes an additive bias of that shape."""
+        lead = qs.shape[:-2]
+        Q, K = qs.shape[-2], ks.shape[-2]
+        B = lead[0]
+        q4, k4, v4 = (t.reshape(B, -1, t.shape[-2], t.shape[-1]) for t in (qs, ks, vs))
+        mask = None
+        if allowed is not None or bias is not None:
+            mask = torch.zeros((), dtype=qs.dtype, device=qs.device) if bias is None else bias
+            if allowed is not None:
+                mask = mask.masked_fill(~allowed, float("-inf"))
+            mask = mask.expand(*lead, Q, K).reshape(B, -1, Q, K)
+        o, lse = _FUSED(q4, k4, v4, 0.0, False, attn_mask=mask, scale=self.scale)
+        lse = lse.reshape(*lead, Q)
+        if allowed is not None:  # the kernel gives empty rows lse 0; they have none
+            empty = ~allowed.any(-1)
+            lse = lse.masked_fill(empty, float("-inf")) if bool(empty.any()) else lse
+        return o.reshape(*lead, Q, o.shape[-1]), lse
 
     def exact(self, qs, ks, vs, qpos, kpos, allowed):
         """Softmax over gathered keys by torch's fused SDPA (no lse, so for patterns that
@@ -258,6 +283,18 @@ class _Sparse:
         return self.attend(self.q[:, :, rows], self.k, self.v, rows, kpos, padded=False)
 
 
+_FUSED = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _fused_available(*tensors) -> bool:
+    """The fused CPU kernel that also returns the log-sum-exp serves calls that need no
+    gradient (it gives none for the log-sum-exp) on CPU float tensors."""
+    return (_FUSED is not None and not (torch.is_grad_enabled()
+                                        and any(t.requires_grad for t in tensors))
+            and all(t.device.type == "cpu" for t in tensors)
+            and tensors[0].dtype in (torch.float32, torch.float64))
+
+
 def _both(allowed, more):
     return more if allowed is None else allowed & more
 
@@ -292,15 +329,21 @@ def strided_attention(q, k, v, block, *, causal=False, mask=None, alibi_slopes=N
 def fixed_attention(q, k, v, block, summary, *, causal=False, mask=None, alibi_slopes=None,
                     dropout=0.0):
     """``fixed_pattern`` attention in O(L (block + L summary / block) D): every query block
-    sees the same keys (all summary positions) plus its own block's other positions, so a
-    chunk of whole blocks is one fused SDPA call over those keys, masked to the query's
-    own block where they differ."""
+    sees the same keys (all summary positions) plus its own block's other positions.
+    Without gradients the two parts are computed apart and merged; with them a chunk of
+    whole blocks is one fused SDPA call over both, masked to the query's own block."""
     check_int(block, "block")
     check_int(summary, "summary")
     s = _start(q, k, v, mask, causal, alibi_slopes, dropout)
     positions = torch.arange(s.L, device=q.device)
     is_summary = positions % block >= block - summary
     shared = positions[is_summary]
+    if dropout == 0 and _fused_available(q, k, v):  # the kernel gives the parts' lses
+        own = s.own_block(block, skip=summary)
+        if shared.numel() == 0:
+            return own[0]
+        rest = s.key_set(shared)
+        return merge_partial_attention([own[0], rest[0]], [own[1], rest[1]])
     k_shared, v_shared = k[:, :, shared], v[:, :, shared]
     step = block * max(1, _FIXED_CHUNK // block)
     outputs = []
