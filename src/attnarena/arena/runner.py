@@ -163,8 +163,11 @@ def _finish_jobs(workers, log, stop=False) -> dict:
     and return what they trained, {run_id: how}."""
     outcome = {}
     for process, path in workers:
-        if stop and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        if stop:  # a Ctrl-C reached the workers too: give them time to record it first
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGTERM)
         if process.wait() != 0 and not stop:
             log(f"a training job ended with exit status {process.returncode}; the runs it "
                 "held are taken over by the others when their leases go stale")
