@@ -233,6 +233,9 @@ def test_jobs_train_a_suite_together_each_run_once(tmp_path):
     for _, env in rows:
         assert json.loads(env)["jobs"] == 2 and json.loads(env)["threads"] == threads
     assert not list(tmp_path.glob(".job-*"))  # the workers' reports are read and removed
+    board = (tmp_path / "leaderboard.md").read_text()
+    per_run = f"{threads} thread{'s' if threads > 1 else ''} per run"
+    assert f"trained ({per_run}, 2 runs at once)." in board
     single = run_suite(suite, store_path=tmp_path / "single.sqlite", out_dir=tmp_path / "s",
                        progress=False)
     assert single["trained"] == 2
@@ -243,6 +246,16 @@ def test_jobs_train_a_suite_together_each_run_once(tmp_path):
     for run_id in got:
         assert json.loads(got[run_id])["test_loss"] == pytest.approx(
             json.loads(want[run_id])["test_loss"], rel=1e-4)
+
+
+def test_training_conditions_say_how_throughput_was_measured():
+    from attnarena.arena.report import training_conditions
+
+    assert training_conditions([{"threads": 1, "jobs": 2}] * 2) == \
+        "1 thread per run, 2 runs at once"
+    assert training_conditions([{"threads": 2, "jobs": 1}, {"threads": 1, "jobs": 2}]) == \
+        "1 thread per run, 2 runs at once; 2 threads per run"
+    assert training_conditions([{"threads": None, "jobs": 1}]) == ""
 
 
 def test_job_worker_trains_what_is_left_and_reports_it(tmp_path):

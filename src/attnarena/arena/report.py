@@ -46,9 +46,8 @@ def training_conditions(rows) -> str:
     at once (``attnarena run --jobs``), e.g. "1 thread per run, 2 runs at once"."""
     seen = sorted({(r.get("threads"), r.get("jobs") or 1) for r in rows
                    if r.get("threads") is not None})
-    return "; ".join(f"{plural(t, 'thread')} per run, "
-                     + ("one run at a time" if j == 1 else f"{j} runs at once")
-                     for t, j in seen)
+    return "; ".join(f"{plural(t, 'thread')} per run"
+                     + ("" if j == 1 else f", {j} runs at once") for t, j in seen)
 
 
 def _higher_is_better(task: str, metric: str) -> bool:
