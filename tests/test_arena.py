@@ -236,6 +236,10 @@ def test_jobs_train_a_suite_together_each_run_once(tmp_path):
     board = (tmp_path / "leaderboard.md").read_text()
     per_run = f"{threads} thread{'s' if threads > 1 else ''} per run"
     assert f"trained ({per_run}, 2 runs at once)." in board
+    again = []  # a finished suite starts no workers
+    assert run_suite(suite, store_path=store, out_dir=tmp_path, progress=False, jobs=2,
+                     log=again.append)["reused"] == 2
+    assert not any("jobs at once" in line for line in again)
     single = run_suite(suite, store_path=tmp_path / "single.sqlite", out_dir=tmp_path / "s",
                        progress=False)
     assert single["trained"] == 2

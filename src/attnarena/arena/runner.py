@@ -21,6 +21,7 @@ from pathlib import Path
 
 from attnarena.arena.artifacts import run_folder
 from attnarena.arena.environment import environment, resolve_device
+from attnarena.arena.plotstyle import plural
 from attnarena.arena.report import format_metric
 from attnarena.arena.store import Lease, Store, new_owner
 from attnarena.arena.suite import load_suite
@@ -154,7 +155,7 @@ def _start_jobs(jobs, threads, spec, log) -> list:
         process = subprocess.Popen([sys.executable, "-m", "attnarena.arena.runner",
                                     json.dumps(mine)], env=env)
         workers.append((process, Path(mine["outcome_path"])))
-    log(f"training with {jobs} jobs at once, {threads} thread(s) each")
+    log(f"training with {jobs} jobs at once, {plural(threads, 'thread')} each")
     return workers
 
 
@@ -184,6 +185,11 @@ def _tally(outcome, counts):
         counts[names[how]] += 1
 
 
+def _to_train(store, config, rerun) -> bool:
+    row = store.run(config.run_id())
+    return rerun or row is None or row["status"] != "done"
+
+
 def _job_main(spec_text: str) -> int:
     """A worker of ``run_suite(jobs=N)``: trains the suite's runs beside the leading
     process (no speed sweep, no reports) and writes what it did to a JSON file."""
@@ -191,7 +197,7 @@ def _job_main(spec_text: str) -> int:
 
     spec = json.loads(spec_text)
     torch.set_num_threads(spec["threads"])
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops like Ctrl-C
     device = resolve_device(spec["device"])
     suite = load_suite(spec["suite"], mixers=spec["mixers"], tasks=spec["tasks"],
                        device=device, data_root=spec["data_root"])
@@ -209,10 +215,6 @@ def _job_main(spec_text: str) -> int:
         store.close()
         Path(spec["outcome_path"]).write_text(json.dumps(outcome))
     return 0
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
@@ -241,7 +243,8 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
         import torch
 
         threads = torch.get_num_threads()
-        jobs = min(jobs, len(suite.runs)) or 1
+        # workers only for runs still to train (a finished suite starts none)
+        jobs = max(1, min(jobs, sum(_to_train(store, config, rerun) for config in suite.runs)))
         workers = []
         if jobs > 1:
             out.mkdir(parents=True, exist_ok=True)
