@@ -131,3 +131,47 @@ def test_missing_extra_is_one_line_naming_the_pip_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'attnarena\[pretrained\]'"):
         load_pretrained("minilm")
+
+
+CUSTOM_CODE = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"
+
+
+def _folder_asking_for_code(tmp_path, entry="config.json"):
+    """A copy of MiniLM's folder whose ``entry`` names a Python file of its own (which would
+    write a marker file if it ran)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_directory("minilm"), folder)
+    marker = tmp_path / "marker"
+    (folder / "evil.py").write_text(CUSTOM_CODE.format(marker=str(marker)))
+    config = json.loads((folder / entry).read_text()) if (folder / entry).exists() else {}
+    config["auto_map"] = {"AutoModel": "evil.EvilModel", "AutoConfig": "evil.EvilConfig",
+                          "AutoTokenizer": ["evil.EvilTokenizer", None]}
+    (folder / entry).write_text(json.dumps(config))
+    return folder, marker
+
+
+@pytest.mark.parametrize("entry", ["config.json", "tokenizer_config.json"])
+def test_a_folder_asking_for_custom_code_is_refused_without_running_it(tmp_path, entry):
+    folder, marker = _folder_asking_for_code(tmp_path, entry)
+    with pytest.raises(ValueError, match="custom code.*refused"):
+        load_pretrained(folder)
+    assert not marker.exists()
+
+
+def test_the_cli_refuses_custom_code_at_once_with_stdin_open(tmp_path):
+    import subprocess
+
+    folder, marker = _folder_asking_for_code(tmp_path)
+    for command in (["compress", "--model", str(folder), "--method", "magnitude"],
+                    ["linearize", "--model", str(folder), "--mixer", "hedgehog",
+                     "--steps", "1"]):
+        # "y" waiting on stdin: a prompt would take it and run the folder's code
+        done = subprocess.run([sys.executable, "-m", "attnarena", *command, "--store",
+                               str(tmp_path / "a.sqlite"), "--out", str(tmp_path / "out")],
+                              input="y\n", capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert "custom code" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        assert not marker.exists()

@@ -101,6 +101,7 @@ def cmd_speed(args) -> int:
     from attnarena.options import parse_mixers
     from attnarena.arena.speed_report import crossovers, write_speed
 
+    _names(args.mixers)  # given but empty: an error, not every mechanism
     cfg = SpeedConfig(mixers=parse_mixers(args.mixers or list_mixers()), lengths=args.lengths,
                       pass_=args.pass_, batch=args.batch, heads=args.heads,
                       head_dim=args.head_dim, dtype=args.dtype, device=args.device,
@@ -143,9 +144,10 @@ def cmd_run(args) -> int:
     from attnarena.arena.runner import run_suite
 
     counts = run_suite(args.suite, store_path=args.store, out_dir=args.out,
-                       mixers=_names(args.mixers), tasks=_names(args.tasks), device=args.device,
+                       mixers=_names(args.mixers), tasks=_names(args.tasks, "--tasks"),
+                       device=args.device,
                        rerun=args.rerun, progress=not args.quiet, data_root=args.data,
-                       jobs=args.jobs)
+                       jobs=args.jobs, max_runs=args.max_runs)
     others = f", {counts['by_others']} by other processes" if counts["by_others"] else ""
     print(f"runs: {counts['trained']} trained, {counts['reused']} already in the store"
           f"{others}, {counts['failed']} failed, {counts['diverged']} diverged; speed cases: "
@@ -242,9 +244,7 @@ def cmd_report(args) -> int:
     from attnarena.arena.report import format_rows, leaderboard_rows
     from attnarena.arena.store import Store
 
-    if not Path(args.store).exists():
-        raise ValueError(f"no results store at {args.store}; run `attnarena run` first")
-    store = Store(args.store)
+    store = Store(args.store, readonly=True)  # a report never changes the store
     if args.format in ("csv", "json"):
         text = format_rows(leaderboard_rows(store), args.format)
         if args.output:
@@ -254,8 +254,23 @@ def cmd_report(args) -> int:
             print(text, end="")
         return 0
     paths = build_reports(store, args.out)
-    print(paths[0].read_text())
+    text = paths[0].read_text()
+    if args.output:
+        Path(args.output).write_text(text)
+        paths.insert(1, Path(args.output))
+    else:
+        print(text)
     print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def cmd_store(args) -> int:
+    from attnarena.arena.store import SCHEMA_VERSION, Store
+
+    if not Path(args.store).exists():
+        raise ValueError(f"no results store at {args.store}")
+    Store(args.store).close()  # a writing open migrates, after backing the file up
+    print(f"{args.store}: schema {SCHEMA_VERSION}, up to date")
     return 0
 
 
@@ -374,8 +389,16 @@ def _linearize_report(rows, args) -> int:
     return 0
 
 
-def _names(text):
-    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+def _names(text, option="--mixers"):
+    """Comma-separated names; None when the option was not given. An option given with no
+    names (an empty shell variable) is an error, not "everything"."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"{option} was given no names (got {text!r}); leave it out to "
+                         "take every one")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -442,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train this many runs at once, each process on an equal share of "
                         "the threads (small models train faster on one core each than on "
                         "several together); the speed sweep runs after them, alone")
+    p.add_argument("--max-runs", type=_positive, default=5000,
+                   help="refuse a suite naming more runs than this (default 5000)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -566,8 +591,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results")
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
     p.add_argument("--output", default=None,
-                   help="with --format csv or json: write the rows to this file, not stdout")
+                   help="write the leaderboard (Markdown, or the rows with --format csv or "
+                        "json) to this file, not stdout")
     p.set_defaults(func=cmd_report)
+
+    p = command("store", help="maintain a results store")
+    p.add_argument("action", choices=["migrate"],
+                   help="migrate: bring a store written by an older attnarena up to date "
+                        "(every row and column kept; the file is backed up first)")
+    p.add_argument("--store", default="results/arena.sqlite")
+    p.set_defaults(func=cmd_store)
     return parser
 
 

@@ -24,7 +24,7 @@ from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.plotstyle import plural
 from attnarena.arena.report import format_metric
 from attnarena.arena.store import Lease, Store, new_owner
-from attnarena.arena.suite import load_suite
+from attnarena.arena.suite import MAX_RUNS, load_suite
 from attnarena.arena.train import DivergedError, train
 
 POLL_SECONDS = 2.0
@@ -200,7 +200,7 @@ def _job_main(spec_text: str) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops like Ctrl-C
     device = resolve_device(spec["device"])
     suite = load_suite(spec["suite"], mixers=spec["mixers"], tasks=spec["tasks"],
-                       device=device, data_root=spec["data_root"])
+                       device=device, data_root=spec["data_root"], max_runs=spec["max_runs"])
     store, out = Store(spec["store_path"]), Path(spec["out_dir"])
     env = {**environment(device), "jobs": spec["jobs"]}
     prefix = f"[job {spec['job']}] "
@@ -219,20 +219,24 @@ def _job_main(spec_text: str) -> int:
 
 def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
               out_dir="results", mixers=None, tasks=None, device="auto", rerun=False,
-              progress=True, report=True, data_root=None, jobs=1, log=print) -> dict:
+              progress=True, report=True, data_root=None, jobs=1, max_runs=MAX_RUNS,
+              log=print) -> dict:
     """Run a suite; returns counts of what ran, was reused and failed. ``data_root``
     holds a folder per task that reads data (``ROOT/text``, ``ROOT/retrieval``, ...);
     ``jobs`` > 1 trains that many runs at once, in worker processes that share this
     machine's threads (small models on a CPU use one core each better than several
-    together); the speed sweep runs after them, alone, on every thread. ``log`` receives
-    one line per run started and finished."""
+    together); the speed sweep runs after them, alone, on every thread. A suite of more
+    than ``max_runs`` runs is refused before anything runs. ``log`` receives one line per
+    run started and finished.""" 
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     device = resolve_device(device)
     suite = load_suite(suite_name, mixers=mixers, tasks=tasks, device=device,
-                       data_root=data_root)  # validates all
+                       data_root=data_root, max_runs=max_runs)  # validates all
     for note in suite.notes:
         log(note)
+    cases = sum(len(c.mixers) * len(c.lengths) for c in suite.speed)
+    log(f"suite {suite.name!r}: {len(suite.runs)} runs, {cases} speed cases")
     store = Store(store_path)
     out = Path(out_dir)
     env = environment(device)
@@ -251,7 +255,8 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
             spec = {"suite": str(suite_name), "mixers": mixers, "tasks": tasks,
                     "device": device, "data_root": None if data_root is None
                     else str(data_root), "store_path": str(store_path),
-                    "out_dir": str(out), "rerun": rerun, "began": began, "jobs": jobs}
+                    "out_dir": str(out), "rerun": rerun, "began": began, "jobs": jobs,
+                    "max_runs": max_runs}
             per_job = max(1, threads // jobs)
             workers = _start_jobs(jobs, per_job, spec, log)
             torch.set_num_threads(per_job)

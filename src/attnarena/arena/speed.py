@@ -15,7 +15,7 @@ import torch
 
 from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.memory import PeakMemory
-from attnarena._validate import check_int
+from attnarena._validate import check_int, check_real
 from attnarena.options import DTYPES, MixerSpec
 from attnarena.registry import create_mixer, mixer_info
 
@@ -47,6 +47,9 @@ class SpeedConfig:
             check_int(n, "each length")
         for name in ("batch", "heads", "head_dim", "repeats"):
             check_int(getattr(self, name), name)
+        check_real(self.time_budget, "time_budget", low=0.0, low_open=True)
+        if not self.mixers:
+            raise ValueError("the speed sweep needs at least one mixer")
         self.lengths = sorted(set(self.lengths))
         self.device = resolve_device(self.device)
         if self.pass_ == "decode" and not self.causal:

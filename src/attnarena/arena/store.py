@@ -82,8 +82,22 @@ CREATE TABLE IF NOT EXISTS compress (
     created REAL
 );
 """
-OLD_COLUMNS = ("id, suite, task, mixer, preset, seed, config, status, error, metrics, params, "
-               "peak_mem_mb, train_seconds, tokens_per_s, environment, started, finished")
+SCHEMA_VERSION = 2  # the file's PRAGMA user_version once migrated
+
+
+def _columns(create_sql: str) -> list[str]:
+    """Column names of a CREATE TABLE statement of ours (one column per line)."""
+    body = create_sql[create_sql.index("(") + 1:]
+    return [line.split()[0] for line in body.splitlines()
+            if line.strip() and line.split()[0].islower() and line.strip()[0].isalpha()]
+
+
+def _needs_migration(version: int, tables: dict) -> bool:
+    """Whether a store of ``version`` with these tables must change before use."""
+    if version >= SCHEMA_VERSION:
+        return False
+    missing = {"runs", "speed", "linearize", "compress"} - set(tables)
+    return bool(missing) or "interrupted" not in tables.get("runs", "")
 
 
 def new_owner() -> str:
@@ -113,45 +127,116 @@ class StoreError(ValueError):
 
 
 class Store:
-    def __init__(self, path):
-        self.path = Path(path)
+    """The results store at ``path``, created when missing.
+
+    ``readonly=True`` (reports) opens the file without writing to it: never creating,
+    migrating or stamping it; a store of an older layout is refused with the command that
+    migrates it. A writing open brings an older layout up to ``SCHEMA_VERSION`` first (see
+    ``_migrate``).
+    """
+
+    def __init__(self, path, *, readonly=False):
+        self.path, self.readonly = Path(path), readonly
         try:
             if self.path.is_dir():
                 raise StoreError(f"the results store {self.path} is a directory; name a file")
             if self.path.exists() and self.path.stat().st_size == 0:
                 raise StoreError(f"the results store {self.path} is an empty file, not a "
                                  "store; delete it or name another file")
-            if not self.path.exists():
-                _create(self.path)
-            self.db = sqlite3.connect(self.path, timeout=30)
-            self.db.execute("PRAGMA busy_timeout = 30000")
-            with self.db:
-                self.db.executescript(SCHEMA)
-            self._migrate()
+            if readonly:
+                if not self.path.exists():
+                    raise StoreError(f"no results store at {self.path}; "
+                                     "run `attnarena run` first")
+                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                          timeout=30)
+                self._check_readable()
+            else:
+                if not self.path.exists():
+                    _create(self.path)
+                self.db = sqlite3.connect(self.path, timeout=30)
+                self.db.execute("PRAGMA busy_timeout = 30000")
+                self._migrate()
         except StoreError:
             raise
         except (OSError, sqlite3.Error) as error:
             raise StoreError(f"cannot open the results store at {self.path}: {error}") from None
         self.db.row_factory = sqlite3.Row
 
+    def _layout(self) -> tuple[int, dict]:
+        """(the file's schema version, {table name: its CREATE statement})."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = dict(self.db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+        return version, tables
+
+    def _check_readable(self):
+        version, tables = self._layout()
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"the results store {self.path} was written by a newer attnarena "
+                             f"(schema {version}, this one reads up to {SCHEMA_VERSION}); "
+                             "upgrade attnarena to read it")
+        if _needs_migration(version, tables):
+            raise StoreError(f"the results store {self.path} has an older layout (schema "
+                             f"{version}); `attnarena store migrate --store {self.path}` "
+                             "brings it up to date, keeping a backup of the file")
+
     def _migrate(self):
-        """Stores written before leases and the diverged / interrupted statuses."""
-        sql = self.db.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
-        if "interrupted" in sql:
+        """Bring the file to ``SCHEMA_VERSION`` in one transaction, keeping every row, column
+        and table, known or not. Before a table is rebuilt the file is backed up beside itself
+        (``NAME.schema-N.bak``). Versions: 0 = unversioned (made before leases, or current
+        but unstamped), 2 = runs with leases and the diverged / interrupted statuses."""
+        version, tables = self._layout()
+        if version == SCHEMA_VERSION:
             return
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"the results store {self.path} was written by a newer attnarena "
+                             f"(schema {version}, this one writes {SCHEMA_VERSION}); upgrade "
+                             "attnarena to write to it")
+        if _needs_migration(version, tables) and "runs" in tables:
+            self._backup(version)
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            sql = self.db.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
-            if "interrupted" not in sql:  # another process may have migrated meanwhile
-                self.db.execute("ALTER TABLE runs RENAME TO runs_before_leases")
-                self.db.execute(RUNS_TABLE)
-                self.db.execute(f"INSERT INTO runs ({OLD_COLUMNS}) SELECT {OLD_COLUMNS} "
-                                "FROM runs_before_leases")
-                self.db.execute("DROP TABLE runs_before_leases")
+            version, tables = self._layout()  # another process may have migrated meanwhile
+            if version < SCHEMA_VERSION:
+                if _needs_migration(version, tables) and "runs" in tables:
+                    self._rebuild_runs()
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
+
+    def _backup(self, version):
+        """A consistent copy of the whole file (SQLite's backup API, taken outside any
+        transaction of this connection), never overwritten."""
+        target = self.path.with_name(f"{self.path.name}.schema-{version}.bak")
+        if not target.exists():
+            copy = sqlite3.connect(target)
+            try:
+                self.db.backup(copy)
+            finally:
+                copy.close()
+
+    def _rebuild_runs(self):
+        """``runs`` rebuilt with today's constraints; columns it does not know are kept."""
+        known = _columns(RUNS_TABLE)
+        old = [r[1] for r in self.db.execute("PRAGMA table_info(runs)")]
+        self.db.execute("ALTER TABLE runs RENAME TO runs_before_migration")
+        self.db.execute(RUNS_TABLE)
+        for column in old:
+            if column not in known:
+                self.db.execute(f'ALTER TABLE runs ADD COLUMN "{column}"')
+        names = ", ".join(f'"{c}"' for c in old)
+        self.db.execute(f"INSERT INTO runs ({names}) SELECT {names} FROM runs_before_migration")
+        self.db.execute("DROP TABLE runs_before_migration")
+
+    def _rollback(self):
+        # SQLite rolls a transaction back by itself on some errors (a full disk, I/O
+        # errors); a second ROLLBACK would then hide the real cause.
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
 
     def close(self):
         self.db.close()
@@ -217,7 +302,7 @@ class Store:
                  json.dumps(environment), now, owner, now))
             self.db.execute("COMMIT")
         except sqlite3.Error as error:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise StoreError(f"cannot write the results store at {self.path}: {error}") from None
         return "claimed", None
 

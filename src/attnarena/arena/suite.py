@@ -31,6 +31,7 @@ Pathfinder read ``ROOT/<task>`` when it exists and generate their data otherwise
 from __future__ import annotations
 
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -51,8 +52,21 @@ SPEED_KEYS = {"mixers", "lengths", "passes", "batch", "heads", "head_dim", "caus
               "repeats", "time_budget"}
 
 
+MAX_RUNS = 5000  # a suite larger than this is refused unless asked for (--max-runs)
+
+
 class SuiteError(ValueError):
     """A suite file that cannot be read or does not describe a valid suite."""
+
+
+def unknown_keys(given, valid, what: str) -> None:
+    """ValueError naming the first few keys of ``given`` not in ``valid``, and their count."""
+    bad = sorted(set(given) - set(valid), key=str)
+    if bad:
+        shown = ", ".join(repr(k) for k in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(f"unknown {what} key(s) {shown}{more} ({len(bad)} in all); valid: "
+                         f"{', '.join(sorted(valid))}")
 
 
 @dataclass
@@ -87,10 +101,9 @@ def _compress_groups(groups) -> list[CompressGroup]:
         raise ValueError("compress must be an array of tables ([[compress]])")
     out = []
     for group in groups:
-        bad = sorted(set(group) - COMPRESS_KEYS)
-        if bad:
-            raise ValueError(f"unknown compress key(s) {bad}; valid: "
-                             f"{', '.join(sorted(COMPRESS_KEYS))}")
+        if not isinstance(group, dict):
+            raise ValueError(f"each [[compress]] must be a table, got {group!r:.80}")
+        unknown_keys(group, COMPRESS_KEYS, "compress")
         recipes = group.get("recipes")
         if not isinstance(recipes, list) or not recipes:
             raise ValueError("each [[compress]] needs recipes = [{method = ...}, "
@@ -110,10 +123,11 @@ def builtin_suites() -> list[str]:
 
 
 def load_suite(name_or_path: str, mixers=None, tasks=None, device: str = "auto",
-               data_root=None) -> Suite:
+               data_root=None, max_runs: int = MAX_RUNS) -> Suite:
     """Read a built-in suite by name or a TOML file by path; ``mixers`` / ``tasks`` keep
     only those; ``data_root`` holds a folder per task that reads data. Everything is
-    validated here, before anything runs."""
+    validated here, before anything runs; a suite of more than ``max_runs`` runs (counted
+    from the shape of its sweeps, before any is built) is refused."""
     device = resolve_device(device)
     path = Path(name_or_path)
     if name_or_path in builtin_suites():
@@ -132,10 +146,14 @@ def load_suite(name_or_path: str, mixers=None, tasks=None, device: str = "auto",
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise SuiteError(f"{source} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise SuiteError(f"{source} nests tables or arrays too deeply to read") from None
     try:
-        return _build(data, mixers, tasks, device, data_root)
+        return _build(data, mixers, tasks, device, data_root, max_runs)
     except (ValueError, TypeError) as error:
         raise SuiteError(f"{source}: {error}") from None
+    except RecursionError:
+        raise SuiteError(f"{source}: settings nested too deeply") from None
 
 
 def _names(value, valid, what):
@@ -171,11 +189,34 @@ def _grid(settings, what) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
 
 
-def _build(data, mixer_filter, task_filter, device, data_root=None):
-    unknown = sorted(set(data) - {"name", "runs", "speed", "compress"})
-    if unknown:
-        raise ValueError(f"unknown top-level key(s) {unknown}; valid: name, runs, speed, "
-                         "compress")
+def _grid_size(settings) -> int:
+    """How many combinations ``_grid(settings)`` makes, without making them."""
+    if not isinstance(settings, dict):
+        return 1  # _grid reports the error
+    return math.prod(len(v) if isinstance(v, list) else 1 for v in settings.values())
+
+
+def count_runs(groups) -> int:
+    """The number of runs a suite's groups name at most (before filters and duplicates),
+    from the shape of their sweeps alone."""
+    total = 0
+    for group in groups:
+        if not isinstance(group, dict):
+            continue
+        sizes = []
+        for key, every in (("tasks", list_tasks), ("mixers", list_mixers)):
+            value = group.get(key, [])
+            sizes.append(len(every()) if value == "all" else
+                         len(value) if isinstance(value, list) else 1)
+        seeds = group.get("seeds", [0])
+        sizes += [len(seeds) if isinstance(seeds, list) else 1,
+                  _grid_size(group.get("model", {})), _grid_size(group.get("train", {}))]
+        total += math.prod(sizes)
+    return total
+
+
+def _build(data, mixer_filter, task_filter, device, data_root=None, max_runs=MAX_RUNS):
+    unknown_keys(data, {"name", "runs", "speed", "compress"}, "top-level")
     # names and patterns, each in its canonical form (unknown names fail here)
     mixer_filter = [canonical(name) for name in mixer_filter] if mixer_filter else None
     for name in task_filter or []:
@@ -183,13 +224,15 @@ def _build(data, mixer_filter, task_filter, device, data_root=None):
     suite = Suite(name=str(data.get("name", "custom")),
                   compress=_compress_groups(data.get("compress", [])))
     groups = data.get("runs", [])
-    if not isinstance(groups, list):
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
         raise ValueError("runs must be an array of tables ([[runs]])")
+    planned = count_runs(groups)
+    if planned > max_runs:
+        raise ValueError(f"the suite names {planned:,} runs, more than the limit of "
+                         f"{max_runs:,}; narrow its sweeps, or raise the limit (--max-runs)")
     seen = set()
     for group in groups:
-        bad = sorted(set(group) - RUN_KEYS)
-        if bad:
-            raise ValueError(f"unknown run key(s) {bad}; valid: {', '.join(sorted(RUN_KEYS))}")
+        unknown_keys(group, RUN_KEYS, "run")
         every_task = group.get("tasks") == "all"
         tasks = _names(group.get("tasks", []), list_tasks(), "tasks")
         if every_task or group.get("skip_without_data", False):
@@ -230,9 +273,9 @@ def _build(data, mixer_filter, task_filter, device, data_root=None):
                             suite.runs.append(config)
     speed = data.get("speed")
     if speed:
-        bad = sorted(set(speed) - SPEED_KEYS)
-        if bad:
-            raise ValueError(f"unknown speed key(s) {bad}; valid: {', '.join(sorted(SPEED_KEYS))}")
+        if not isinstance(speed, dict):
+            raise ValueError(f"speed must be a table ([speed]), got {speed!r:.80}")
+        unknown_keys(speed, SPEED_KEYS, "speed")
         specs = parse_mixers(_names(speed.get("mixers", []), list_mixers(), "speed.mixers"))
         if mixer_filter:
             specs = [s for s in specs if s.name in mixer_filter]

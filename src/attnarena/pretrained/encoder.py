@@ -30,12 +30,38 @@ PRETRAINED_MODELS = {
 }
 
 
+# the files through which a model folder can ask transformers to import its own Python code
+_CODE_ENTRIES = ("config.json", "tokenizer_config.json", "preprocessor_config.json",
+                 "processor_config.json", "generation_config.json")
+
+
+def refuse_custom_code(directory: Path) -> None:
+    """Refuse a model folder that asks for code of its own to be run (an ``auto_map`` or
+    ``custom_pipelines`` entry, as transformers' ``trust_remote_code`` would run): the arena
+    never runs code from a folder it reads."""
+    for name in _CODE_ENTRIES:
+        file = directory / name
+        if not file.is_file():
+            continue
+        try:
+            entries = json.loads(file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{file} is not readable JSON: {error}") from None
+        if isinstance(entries, dict) and ("auto_map" in entries or "custom_pipelines" in entries):
+            raise ValueError(f"{file} asks for custom code to be run (its 'auto_map'); "
+                             "attnarena never runs code from a model folder: refused")
+
+
 def model_directory(model: str | os.PathLike) -> Path:
-    """A named model's directory (``PRETRAINED_MODELS``) or the directory given."""
+    """A named model's directory (``PRETRAINED_MODELS``) or the directory given, checked to
+    ask for no code of its own (``refuse_custom_code``)."""
     if isinstance(model, str) and model in PRETRAINED_MODELS:
-        return PRETRAINED_MODELS[model][1]()
+        path = PRETRAINED_MODELS[model][1]()
+        refuse_custom_code(path)
+        return path
     path = Path(model)
     if path.is_dir() and (path / "config.json").is_file():
+        refuse_custom_code(path)
         return path
     if isinstance(model, str) and os.sep not in model and not path.exists():
         look_up(model, PRETRAINED_MODELS, "pretrained model",
@@ -144,7 +170,8 @@ def _load(model, device) -> PretrainedEncoder:
     transformers = require("transformers")
     transformers.utils.logging.disable_progress_bar()  # no bars on every load
     directory = model_directory(model)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    # trust_remote_code=False: never run a folder's code, and never prompt for it
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     record_path = directory / SWAP_FILE
     if record_path.is_file():
         from attnarena.pretrained.swap import restore_swapped
@@ -154,7 +181,8 @@ def _load(model, device) -> PretrainedEncoder:
         pooling = record.get("pooling", {})
         normalize, max_length = pooling.get("normalize", True), pooling.get("max_length", 256)
     else:
-        net = transformers.AutoModel.from_pretrained(directory, attn_implementation="sdpa")
+        net = transformers.AutoModel.from_pretrained(directory, attn_implementation="sdpa",
+                                                     trust_remote_code=False)
         normalize = _normalizes(directory)
         max_length = _max_length(directory)
     encoder = PretrainedEncoder(net, tokenizer, normalize=normalize, max_length=max_length,

@@ -185,8 +185,9 @@ def restore_swapped(directory: Path, record: dict):
     saved weight loaded (strictly)."""
     transformers = require("transformers")
     safetensors = require("safetensors.torch", "loading saved models")
-    config = transformers.AutoConfig.from_pretrained(directory)
-    model = transformers.AutoModel.from_config(config, attn_implementation="sdpa")
+    config = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    model = transformers.AutoModel.from_config(config, attn_implementation="sdpa",
+                                               trust_remote_code=False)
     blocks = attention_layers(model)
     for index, entry in record.get("layers", {}).items():
         index = int(index)

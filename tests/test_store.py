@@ -1,0 +1,111 @@
+"""The results store: versioned migrations that keep every row, column and table; reports
+that never write; errors that name their real cause."""
+import json
+import sqlite3
+
+import pytest
+
+from attnarena.arena.config import RunConfig
+from attnarena.arena.store import SCHEMA_VERSION, Store, StoreError
+from attnarena.cli import main
+
+OLD_RUNS = """CREATE TABLE runs (id TEXT PRIMARY KEY, suite TEXT, task TEXT NOT NULL,
+    mixer TEXT NOT NULL, preset TEXT NOT NULL, seed INTEGER NOT NULL, config TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')), error TEXT,
+    metrics TEXT, params INTEGER, peak_mem_mb REAL, train_seconds REAL, tokens_per_s REAL,
+    environment TEXT, started REAL, finished REAL, notes TEXT);"""
+
+
+def _old_store(path):
+    """A store from before leases, with a column (notes) and a table (mine) of the user's."""
+    config = json.dumps(RunConfig(task="copy", mixer="gla").resolve())
+    metrics = json.dumps({"metric": "accuracy", "test_accuracy": 0.5, "best_val_accuracy": 0.5,
+                          "history": [], "params": 10, "tokens_per_s": 100.0,
+                          "peak_mem_mb": 1.0, "steps": 2, "train_seconds": 0.1})
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_RUNS + "CREATE TABLE mine (x INTEGER); INSERT INTO mine VALUES (7);")
+        db.execute("INSERT INTO runs (id, task, mixer, preset, seed, config, status, metrics, "
+                   "notes) VALUES ('a', 'copy', 'gla', 'cpu', 0, ?, 'done', ?, 'keep me')",
+                   (config, metrics))
+    return path
+
+
+def _dump(path):
+    with sqlite3.connect(path) as db:
+        return {t: sorted(map(tuple, db.execute(f"SELECT * FROM {t}")))
+                for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_a_report_reads_without_writing_and_says_which_command_migrates(tmp_path, capsys):
+    store = _old_store(tmp_path / "old.sqlite")
+    before = store.read_bytes()
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "attnarena store migrate" in err and "older layout" in err
+    assert store.read_bytes() == before  # nothing lost, nothing changed
+
+
+def test_migration_keeps_unknown_columns_and_tables_and_backs_the_file_up(tmp_path, capsys):
+    store = _old_store(tmp_path / "old.sqlite")
+    before = _dump(store)
+    assert main(["store", "migrate", "--store", str(store)]) == 0
+    backup = tmp_path / "old.sqlite.schema-0.bak"
+    assert _dump(backup) == before  # the backup is the file as it was
+    with sqlite3.connect(store) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("SELECT notes FROM runs WHERE id = 'a'").fetchone() == ("keep me",)
+        assert db.execute("SELECT x FROM mine").fetchall() == [(7,)]
+    db = Store(store, readonly=True)  # now a report can read it
+    assert db.run("a")["metrics"]["test_accuracy"] == 0.5
+    # the new statuses are accepted after the migration
+    writer = Store(store)
+    resolved = RunConfig(task="copy", mixer="gla").resolve()
+    assert writer.claim_run("b", resolved, None, {}, "me:1:x")[0] == "claimed"
+    assert writer.fail_run("b", "stop", "me:1:x", status="interrupted")
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "r")]) == 0
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT notes FROM runs WHERE id = 'a'").fetchone() == ("keep me",)
+
+
+def test_a_current_unversioned_store_is_read_as_is_and_stamped_only_by_a_writer(tmp_path):
+    path = tmp_path / "a.sqlite"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 0")  # as every store made before versions
+    Store(path, readonly=True).runs()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert not list(tmp_path.glob("*.bak"))  # nothing rebuilt, nothing to back up
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path):
+    path = tmp_path / "a.sqlite"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    for readonly in (True, False):
+        with pytest.raises(StoreError, match="newer attnarena"):
+            Store(path, readonly=readonly)
+
+
+def test_a_report_of_a_missing_store_is_one_line(tmp_path, capsys):
+    assert main(["report", "--store", str(tmp_path / "none.sqlite")]) == 2
+    assert "no results store" in capsys.readouterr().err
+    assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_a_full_disk_under_a_claim_names_the_real_cause(tmp_path):
+    store = Store(tmp_path / "a.sqlite")
+    resolved = RunConfig(task="copy", mixer="gla").resolve()
+    # a page budget the claim's write cannot fit in: SQLite reports the database full and
+    # rolls the transaction back itself
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")
+    big = {**resolved, "filler": "x" * 200_000}
+    with pytest.raises(StoreError) as caught:
+        store.claim_run("a", big, None, {}, "me:1:x")
+    assert "full" in str(caught.value) and str(tmp_path / "a.sqlite") in str(caught.value)
+    assert "no transaction" not in str(caught.value)
