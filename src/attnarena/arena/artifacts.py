@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from attnarena.arena.checkpoint import untie
+from attnarena.arena.checkpoint import check_weights, untie
+from attnarena.arena.config import check_resolved
 from attnarena.options import DTYPES
 
 FILES = ("model.safetensors", "config.json", "metrics.json")
@@ -83,9 +84,12 @@ def load_run(source, *, results_dir="results", device="cpu") -> torch.nn.Module:
     try:
         resolved = json.loads((folder / "config.json").read_text())
         weights = load_file(str(folder / "model.safetensors"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read the trained run in {folder}: {error}") from None
+    except (OSError, ValueError, RecursionError) as error:
+        raise ValueError(f"cannot read the trained run in {folder}: "
+                         f"{error or type(error).__name__}") from None
+    check_resolved(resolved, str(folder / "config.json"))
     model = build_run_model(resolved).to(dtype=DTYPES[resolved.get("dtype", "float32")])
+    check_weights(weights, model.state_dict(), str(folder / "model.safetensors"))
     model.load_state_dict(weights)
     model.arena_config = resolved
     return model.to(device).eval()

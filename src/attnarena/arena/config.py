@@ -208,6 +208,40 @@ def _check_model(model: dict) -> None:
         raise ValueError(f"model.norm must be true or false, got {model['norm']!r}")
 
 
+RESOLVED_TABLES = ("mixer_options", "task_options", "model", "train")
+
+
+def check_resolved(resolved, where: str) -> dict:
+    """Check a resolved run config read from a file (a run folder's config.json): the keys
+    ``RunConfig.resolve`` writes, with the types it writes; returns it.
+
+    Raises:
+        ValueError: one line naming ``where`` and the first thing wrong.
+    """
+    try:
+        if not isinstance(resolved, dict):
+            raise ValueError(f"expected a run config (a JSON object), got "
+                             f"{type(resolved).__name__}")
+        missing = [k for k in ("task", "preset", "mixer", "seed", *RESOLVED_TABLES)
+                   if k not in resolved]
+        if missing:
+            raise ValueError(f"the run config lacks {', '.join(missing)}")
+        for key in ("task", "preset", "mixer"):
+            if not isinstance(resolved[key], str):
+                raise ValueError(f"{key} must be a string, got {resolved[key]!r}")
+        for key in RESOLVED_TABLES:
+            if not isinstance(resolved[key], dict):
+                raise ValueError(f"{key} must be a table, got {resolved[key]!r}")
+        if resolved.get("dtype", "float32") not in DTYPES:
+            raise ValueError(f"unknown dtype {resolved['dtype']!r}; valid: "
+                             f"{', '.join(DTYPES)}")
+        _check_model(resolved["model"])
+        _check_train(resolved["train"])
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    return resolved
+
+
 def run_id(resolved: dict) -> str:
     """Stable id of a resolved config; the device is not part of what a run computes."""
     key = {k: v for k, v in resolved.items() if k != "device"}

@@ -37,7 +37,8 @@ def leaderboard_rows(store) -> list[dict]:
                      "params": m["params"], "steps": m["steps"],
                      "train_seconds": m["train_seconds"], "baselines": m.get("baselines"),
                      "by_length": m.get("test_by_length"), "id": run["id"],
-                     "threads": env.get("threads"), "jobs": env.get("jobs", 1)})
+                     "threads": env.get("threads"), "jobs": env.get("jobs", 1),
+                     "resumptions": m.get("resumptions", 0)})
     return rows
 
 
@@ -226,7 +227,8 @@ def _task_table(task, mine) -> list[str]:
             format_metric(by_length[str(n)], metric) if str(n) in by_length else "-"
             for n in lengths] + [
             format_metric(r["best_val"], metric),
-            _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["peak_mem_mb"], ",.0f"),
+            _fmt(r["tokens_per_s"], ",.0f") + ("*" if r.get("resumptions") else ""),
+            _fmt(r["peak_mem_mb"], ",.0f"),
             _fmt(r["params"], ",")]
         lines.append("| " + " | ".join(cells) + " |")
     baselines = next((r["baselines"] for r in mine if r["baselines"]), None)
@@ -243,6 +245,9 @@ def _task_table(task, mine) -> list[str]:
     conditions = training_conditions(mine)
     if conditions:
         lines += ["", f"Train tokens/s as measured while each run trained ({conditions})."]
+    if any(r.get("resumptions") for r in mine):
+        lines += ["", "\\* trained across interruptions (resumed from checkpoints): tokens/s "
+                  "over the steps after each restart's first."]
     lines.append("")
     return lines
 

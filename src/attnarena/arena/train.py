@@ -20,7 +20,7 @@ import torch
 
 from attnarena._validate import NonFiniteError
 from attnarena.arena.artifacts import save_run
-from attnarena.arena.checkpoint import load_checkpoint, save_checkpoint
+from attnarena.arena.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from attnarena.arena.environment import resolve_device
 from attnarena.arena.memory import PeakMemory
 from attnarena.options import DTYPES
@@ -90,6 +90,14 @@ def _tokens(batch: dict) -> int:
     return batch["inputs"].shape[0] * batch["inputs"].shape[1]
 
 
+def _throughput(state) -> float:
+    """Tokens per second of the steps timed after each process's first (all steps when a
+    run trained too few to leave any out)."""
+    if state["timed_seconds"] > 0:
+        return state["timed_tokens"] / state["timed_seconds"]
+    return state["tokens"] / max(state["train_seconds"], 1e-9)
+
+
 def train(resolved: dict, checkpoint_dir=None, progress: bool = True, save_dir=None) -> dict:
     """Train and evaluate one run; returns plain metrics.
 
@@ -119,15 +127,27 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True, save_dir=N
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=train_cfg["lr"])
     sign = 1.0 if task.higher_is_better else -1.0
+    # Throughput is timed over the steps after the first of each process (warm-up: first
+    # allocations, compilation), so a run resumed many times is timed like one that was not.
     state = {"step": 0, "history": [], "best_score": -math.inf, "train_seconds": 0.0,
-             "tokens": 0}
+             "tokens": 0, "timed_seconds": 0.0, "timed_tokens": 0, "resumptions": 0}
     best = None
-    loaded = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    loaded = load_checkpoint(checkpoint_dir, model=model, steps=train_cfg["steps"],
+                             eval_every=train_cfg["eval_every"]) if checkpoint_dir else None
     if loaded is not None:
         weights, best, state = loaded
         model.load_state_dict(weights)
-        optimizer.load_state_dict(state.pop("optimizer"))
+        try:
+            optimizer.load_state_dict(state.pop("optimizer"))
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise CheckpointError(f"the checkpoint in {checkpoint_dir} holds an optimizer "
+                                  f"state that does not fit the model ({error}); delete that "
+                                  "folder to restart the run") from None
         torch.set_rng_state(state.pop("rng"))
+        for key, empty in (("timed_seconds", 0.0), ("timed_tokens", 0), ("resumptions", 0)):
+            state.setdefault(key, empty)  # checkpoints written before these were kept
+        state["resumptions"] += 1
+    warm = False  # whether this process has trained a step yet
     wrapped = model
     if world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
@@ -161,8 +181,13 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True, save_dir=N
                     raise DivergedError(f"training diverged at step {step + 1}: the gradient "
                                         f"norm is {norm.item()}")
             optimizer.step()
-            state["train_seconds"] += time.perf_counter() - start
-            state["tokens"] += _tokens(batch) * world
+            elapsed, tokens = time.perf_counter() - start, _tokens(batch) * world
+            state["train_seconds"] += elapsed
+            state["tokens"] += tokens
+            if warm:
+                state["timed_seconds"] += elapsed
+                state["timed_tokens"] += tokens
+            warm = True
             state["step"] = step + 1
             bar.update(1)
             if state["step"] % every == 0 or state["step"] == steps:
@@ -201,7 +226,7 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True, save_dir=N
             "test_loss": test["loss"], f"best_val_{task.metric}": best_val,
             "test_examples": test["count"], "steps": state["step"],
             "train_seconds": state["train_seconds"],
-            "tokens_per_s": state["tokens"] / max(state["train_seconds"], 1e-9),
+            "tokens_per_s": _throughput(state), "resumptions": state["resumptions"],
             "peak_mem_mb": None if memory.peak_bytes is None else memory.peak_bytes / 2**20,
             "params": params, "history": state["history"], "world_size": world}
     if save_dir is not None and rank == 0:
