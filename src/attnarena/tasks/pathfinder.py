@@ -28,7 +28,10 @@ name, an index and, fourth, the label; examples split 80/10/10 in metadata order
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,38 +229,133 @@ def generate_image(rng: np.random.Generator, label: int, settings: PathfinderSet
                        f"{attempts} attempts; the contours are too long for the canvas")
 
 
+def _images(rng: np.random.Generator, count: int, settings: PathfinderSettings):
+    """``count`` (image, label) pairs drawn one at a time from ``rng``, labels at random."""
+    for _ in range(count):
+        label = int(rng.integers(2))
+        image, _ = generate_image(rng, label, settings)
+        yield image, label
+
+
 def generate_dataset(count: int, seed: int, settings: PathfinderSettings):
     """``count`` (image, label) pairs, labels alternating at random, deterministic."""
     from tqdm import tqdm
 
-    rng = np.random.default_rng(seed)
-    out = []
     # progress (with an estimate of the time left) on a terminal only
-    for _ in tqdm(range(count), desc="pathfinder images", unit="img", disable=None,
-                  leave=False, mininterval=1.0):
-        label = int(rng.integers(2))
-        image, _ = generate_image(rng, label, settings)
-        out.append((image, label))
-    return out
+    return list(tqdm(_images(np.random.default_rng(seed), count, settings), total=count,
+                     desc="pathfinder images", unit="img", disable=None, leave=False,
+                     mininterval=1.0))
 
 
-def write_pathfinder(out_dir, examples, difficulty: str = "curv_contour_length_14",
-                     per_folder: int = 1000) -> Path:
-    """Write (image, label) pairs in LRA's release layout; returns the difficulty folder."""
-    from PIL import Image
+PROGRESS_FILE = ".attnarena-progress.json"  # beside metadata/ while a set is being written
+
+
+def write_pathfinder(out_dir, count: int, seed: int, settings: PathfinderSettings,
+                     difficulty: str = "curv_contour_length_14", per_folder: int = 1000,
+                     progress: bool = True) -> Path:
+    """Write ``count`` generated images (the pairs ``generate_dataset(count, seed,
+    settings)`` gives) in LRA's release layout, one image at a time; returns the difficulty
+    folder.
+
+    Memory stays that of one image. Each folder of ``per_folder`` images is finished by its
+    metadata file and a progress record holding the generator's state, so an interrupted
+    run resumes at the first unfinished folder and writes the same images. The free space is
+    checked against the projected size first.
+
+    Raises:
+        ValueError: not enough free space, a full disk (naming the file), or a folder that
+            holds a different set.
+    """
+    import json
+
+    from tqdm import tqdm
 
     root = Path(out_dir) / difficulty
     (root / "metadata").mkdir(parents=True, exist_ok=True)
-    for folder in range(0, max(1, math.ceil(len(examples) / per_folder))):
-        chunk = examples[folder * per_folder:(folder + 1) * per_folder]
-        (root / "imgs" / str(folder)).mkdir(parents=True, exist_ok=True)
-        lines = []
-        for k, (image, label) in enumerate(chunk):
-            name = f"sample_{k}.png"
-            Image.fromarray(image, mode="L").save(root / "imgs" / str(folder) / name)
-            lines.append(f"imgs/{folder} {name} {k} {label}")
-        (root / "metadata" / f"{folder}.npy").write_text("\n".join(lines) + "\n")
+    record_path = root / PROGRESS_FILE
+    identity = {"count": count, "seed": seed, "per_folder": per_folder,
+                "settings": dataclasses.asdict(settings)}
+    folders = max(1, math.ceil(count / per_folder))
+    rng, done = np.random.default_rng(seed), 0
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("identity") != identity:
+            raise ValueError(f"{root} holds a Pathfinder set being written with other settings "
+                             f"({record.get('identity')}); delete it or name another --out")
+        done = record["folders_done"]
+        rng.bit_generator.state = record["rng"]
+    elif any((root / "metadata").iterdir()):
+        raise ValueError(f"{root} already holds a Pathfinder set; delete it or name another "
+                         "--out")
+    if done >= folders:
+        record_path.unlink()
+        return root
+    _check_space(root, count - done * per_folder, settings)
+    bar = tqdm(total=count, initial=min(count, done * per_folder), desc="pathfinder images",
+               unit="img", disable=None if progress else True, mininterval=1.0)
+    target = root
+    try:
+        for folder in range(done, folders):
+            size = min(per_folder, count - folder * per_folder)
+            (root / "imgs" / str(folder)).mkdir(parents=True, exist_ok=True)
+            lines = []
+            for k, (image, label) in enumerate(_images(rng, size, settings)):
+                name = f"sample_{k}.png"
+                target = root / "imgs" / str(folder) / name
+                _save_png(image, target)
+                lines.append(f"imgs/{folder} {name} {k} {label}")
+                bar.update(1)
+            target = root / "metadata" / f"{folder}.npy"
+            _write_whole(target, "\n".join(lines) + "\n")
+            target = record_path
+            _write_whole(record_path, json.dumps({"identity": identity,
+                                                  "folders_done": folder + 1,
+                                                  "rng": rng.bit_generator.state}))
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise ValueError(f"the disk is full: could not write {target}; free space and run "
+                             "the same command again to resume") from None
+        raise ValueError(f"could not write {target}: {error.strerror or error}") from None
+    finally:
+        bar.close()
+    record_path.unlink()
     return root
+
+
+def _save_png(image: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(image, mode="L").save(path)
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write under a temporary name, then rename: a reader sees all of it or none."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_space(root: Path, count: int, settings: PathfinderSettings) -> None:
+    """Refuse a set that cannot fit on the disk, from the size of a sample of images."""
+    import io
+    import shutil
+
+    from PIL import Image
+
+    sample = [image for image, _ in _images(np.random.default_rng(0), 4, settings)]
+    per_image = sum(len(_png_bytes(image, io, Image)) for image in sample) / len(sample)
+    projected = count * (per_image + 4096)  # each file takes at least a block on most disks
+    free = shutil.disk_usage(root).free
+    if projected > free:
+        raise ValueError(f"{count:,} Pathfinder images need about {projected / 2**30:,.1f} GiB "
+                         f"and {root} has {free / 2**30:,.1f} GiB free; write fewer "
+                         "(--option train_examples=...) or name another --out")
+
+
+def _png_bytes(image, io, Image) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def read_metadata(root: Path) -> list[tuple[Path, int]]:
@@ -281,11 +379,16 @@ def read_metadata(root: Path) -> list[tuple[Path, int]]:
     return examples
 
 
-def read_png(path: Path) -> np.ndarray:
+def read_png(path: Path, size: int | None = None) -> np.ndarray:
+    """A grayscale image as (H, W) uint8; with ``size`` an image of another size is refused
+    from its header, before its pixels are decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            if size is not None and image.size != (size, size):
+                raise ValueError(f"{path}: expected a {size} x {size} image (task option "
+                                 f"size), got {image.size[0]} x {image.size[1]}")
             return np.asarray(image.convert("L"), dtype=np.uint8)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read Pathfinder image {path}: {error}") from None
@@ -384,11 +487,7 @@ class Pathfinder(DatasetTask, ClassificationTask):
             return divide(self.generated(), self.train_examples, self.val_examples)
         data = []
         for path, label in read_metadata(self._root()):
-            image = read_png(path)
-            if image.shape != (self.size, self.size):
-                raise ValueError(f"{path}: expected a {self.size} x {self.size} image (task "
-                                 f"option size), got {image.shape[1]} x {image.shape[0]}")
-            data.append((image, label))
+            data.append((read_png(path, self.size), label))
         train, val = int(0.8 * len(data)), int(0.9 * len(data)) - int(0.8 * len(data))
         return divide(data, train, val)  # 80/10/10 in metadata order
 
@@ -398,4 +497,5 @@ class Pathfinder(DatasetTask, ClassificationTask):
                               [e[1] for e in examples])
 
     def write_data(self, out_dir) -> list[Path]:
-        return [write_pathfinder(out_dir, self.generated(), self.difficulty)]
+        count = self.train_examples + self.val_examples + self.test_examples
+        return [write_pathfinder(out_dir, count, self.seed, self.settings(), self.difficulty)]

@@ -1,0 +1,89 @@
+"""Writing a task's data to disk: streamed one image at a time, resumed where it stopped,
+checked against the free space first, a full disk named; images checked before decoding."""
+import errno
+
+import numpy as np
+import pytest
+
+from attnarena.cli import main
+from attnarena.tasks import pathfinder
+from attnarena.tasks.pathfinder import (PathfinderSettings, generate_dataset, read_metadata,
+                                        read_png, write_pathfinder)
+
+SETTINGS = PathfinderSettings(size=32, contour_length=6, distractor_length=2)
+
+
+def _written(root):
+    return [(read_png(path), label) for path, label in read_metadata(root)]
+
+
+def test_an_interrupted_write_resumes_at_the_first_unfinished_folder(tmp_path, monkeypatch):
+    expected = generate_dataset(10, 3, SETTINGS)
+    real_save, saved = pathfinder._save_png, []
+
+    def interrupted(image, path):
+        if len(saved) == 9:
+            raise KeyboardInterrupt
+        saved.append(path)
+        real_save(image, path)
+
+    monkeypatch.setattr(pathfinder, "_save_png", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_pathfinder(tmp_path, 10, 3, SETTINGS, "d", per_folder=4, progress=False)
+    assert (tmp_path / "d" / pathfinder.PROGRESS_FILE).is_file()
+    saved.clear()
+    monkeypatch.setattr(pathfinder, "_save_png", lambda image, path: (saved.append(path),
+                                                                      real_save(image, path)))
+    root = write_pathfinder(tmp_path, 10, 3, SETTINGS, "d", per_folder=4, progress=False)
+    assert len(saved) == 2  # the two finished folders (8 images) were not drawn again
+    got = _written(root)
+    assert len(got) == 10 and all(np.array_equal(a, b) and la == lb
+                                  for (a, la), (b, lb) in zip(got, expected))
+    assert not (root / pathfinder.PROGRESS_FILE).exists()
+
+
+def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))
+    with pytest.raises(ValueError, match=r"100,000,000 Pathfinder images need about .* GiB "
+                                         r"and .* has 0.0 GiB free"):
+        write_pathfinder(tmp_path, 100_000_000, 0, SETTINGS, "d", progress=False)
+    assert not (tmp_path / "d" / "imgs").exists()
+
+
+def test_a_full_disk_names_the_file_and_the_same_command_resumes(tmp_path, monkeypatch):
+    def full(image, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathfinder, "_save_png", full)
+    with pytest.raises(ValueError, match=r"disk is full: could not write .*sample_0\.png"):
+        write_pathfinder(tmp_path, 3, 0, SETTINGS, "d", progress=False)
+
+
+def test_a_folder_holding_another_set_is_refused(tmp_path):
+    write_pathfinder(tmp_path, 2, 0, SETTINGS, "d", progress=False)
+    with pytest.raises(ValueError, match="already holds a Pathfinder set"):
+        write_pathfinder(tmp_path, 2, 0, SETTINGS, "d", progress=False)
+
+
+def test_the_cli_writes_pathfinder_data_that_training_reads(tmp_path, capsys):
+    assert main(["data", "pathfinder", "--out", str(tmp_path), "--option",
+                 "difficulty=curv_baseline", "--option", "train_examples=4", "--option",
+                 "val_examples=1", "--option", "test_examples=1"]) == 0
+    assert len(read_metadata(tmp_path / "curv_baseline")) == 6
+
+
+def test_an_oversized_image_is_refused_from_its_header(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("L", (3000, 2000)).save(tmp_path / "big.png")
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(Image.Image, "convert", no_decode)
+    with pytest.raises(ValueError, match=r"expected a 32 x 32 image .* got 3000 x 2000"):
+        read_png(tmp_path / "big.png", 32)
