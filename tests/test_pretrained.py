@@ -175,3 +175,33 @@ def test_the_cli_refuses_custom_code_at_once_with_stdin_open(tmp_path):
         assert done.returncode == 2, done.stderr
         assert "custom code" in done.stderr and len(done.stderr.strip().splitlines()) == 1
         assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def saved_swap(tmp_path_factory):
+    encoder = load_pretrained("minilm")
+    swap_attention(encoder.model, "hedgehog", layers=[1])
+    return encoder.save(tmp_path_factory.mktemp("swap") / "saved")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(layers="1e3"), "expected"),
+    (lambda r: r.update(layers={"1e3": r["layers"]["1"]}), "'1e3' is not a layer index"),
+    (lambda r: r.update(layers={"9": r["layers"]["1"]}), "'9' is not a layer index of this 6"),
+    (lambda r: r["layers"]["1"].pop("options"), "layer 1: expected"),
+    (lambda r: r["layers"]["1"]["options"].update(feature_size=10**9), "refused"),
+    (lambda r: r["layers"]["1"]["options"].update(nonsense=1), "unknown option"),
+    (lambda r: r.update(pooling={"max_length": "long"}), "pooling must hold"),
+])
+def test_a_damaged_swap_record_is_one_line_naming_the_file(tmp_path, saved_swap, change,
+                                                           message):
+    import json
+    import shutil
+
+    folder = shutil.copytree(saved_swap, tmp_path / "saved")
+    record = json.loads((folder / "attnarena_swap.json").read_text())
+    change(record)
+    (folder / "attnarena_swap.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=message) as caught:
+        load_pretrained(folder)
+    assert "attnarena_swap.json" in str(caught.value)

@@ -319,7 +319,7 @@ COMPRESS_METHODS = ("distill", "float8_weight", "fp4", "int4_weight", "int8_dyna
 
 
 def _compress_recipes(args) -> list:
-    from attnarena.compress.recipe import make_step, recipe_from_dicts
+    from attnarena.compress.recipe import make_step, recipe_from_table
     from attnarena.options import parse_options
 
     if bool(args.method) == bool(args.recipes):
@@ -337,15 +337,16 @@ def _compress_recipes(args) -> list:
         loaded = tomllib.loads(Path(args.recipes).read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ValueError(f"cannot read the recipes {args.recipes}: {error}") from None
+    except RecursionError:
+        raise ValueError(f"{args.recipes} nests tables or arrays too deeply to read") from None
     recipes = loaded.get("recipe")
     if not isinstance(recipes, list) or not recipes:
         raise ValueError(f"{args.recipes} lists no [[recipe]] tables (each with steps = "
                          "[{method = 'NAME', ...}, ...] or a single method = 'NAME')")
-    out = []
-    for entry in recipes:
-        steps = entry.get("steps") if "steps" in entry else [entry]
-        out.append(recipe_from_dicts(steps))
-    return out
+    try:
+        return [recipe_from_table(entry) for entry in recipes]
+    except ValueError as error:
+        raise ValueError(f"{args.recipes}: {error}") from None
 
 
 def cmd_compress(args) -> int:
@@ -622,10 +623,14 @@ def main(argv=None) -> int:
         # messages written for users: bad input, and the package's own errors
         plain = isinstance(error, (ValueError, TypeError)) \
             or type(error).__module__.startswith("attnarena")
-        detail = str(error).strip() or "no detail"
+        # one line: a message spread over several (torch's) is joined, a huge one cut
+        detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        detail = detail or "no detail"
+        if len(detail) > 600:
+            detail = detail[:600] + " ..."
         text = detail if plain else f"{type(error).__name__}: {detail}"
         hint = "" if show_trace or plain else " (--traceback shows where)"
-        print(f"attnarena {args.command}: error: {text.splitlines()[0]}{hint}", file=sys.stderr)
+        print(f"attnarena {args.command}: error: {text}{hint}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)

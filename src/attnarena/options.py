@@ -21,9 +21,13 @@ def parse_options(pairs, where: str = "") -> dict:
             raise ValueError(f"option {pair!r}{where} must look like key=value")
         key, raw = pair.split("=", 1)
         try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
+            value = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError):
+            value = raw
+        if key in options:
+            raise ValueError(f"option {key!r}{where} is given twice ({options[key]!r} and "
+                             f"{value!r}); give it once")
+        options[key] = value
     return options
 
 

@@ -109,8 +109,10 @@ def load_compressed(folder, device="cpu") -> torch.nn.Module:
     folder = Path(folder)
     try:
         saved = json.loads((folder / "compressed.json").read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(f"no compressed model in {folder}: {error}") from None
+    except (OSError, ValueError, RecursionError) as error:
+        raise ValueError(f"no compressed model in {folder}: "
+                         f"{error or type(error).__name__}") from None
+    _check_saved(saved, folder / "compressed.json")
     if "pretrained" in saved["config"]:
         return _load_pretrained(saved, folder, device)
     steps = recipe_from_dicts(saved["recipe"])
@@ -125,6 +127,27 @@ def load_compressed(folder, device="cpu") -> torch.nn.Module:
     load_state(model, folder)
     model.arena_config, model.compression = resolved, saved["recipe"]
     return model.to(device).eval()
+
+
+def _check_saved(saved, where) -> None:
+    """What ``save_compressed`` writes: a source config, a recipe and one report a step."""
+    from attnarena.arena.config import check_resolved
+
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ValueError(f"{where}: expected an object with the source run's config, got "
+                         f"{str(saved)[:80]}")
+    recipe, reports = saved.get("recipe"), saved.get("reports")
+    if not isinstance(recipe, list) or not isinstance(reports, list) \
+            or len(recipe) != len(reports) or not all(isinstance(r, dict) for r in reports):
+        raise ValueError(f"{where}: expected a recipe and one report per step")
+    if "pretrained" in saved["config"]:
+        if not isinstance(saved["config"]["pretrained"], str):
+            raise ValueError(f"{where}: config.pretrained must name a model or folder")
+    else:
+        check_resolved(saved["config"], f"{where} (config)")
+    for report in reports:
+        if "student" in report:
+            check_resolved(report["student"], f"{where} (a distilled student's config)")
 
 
 def load_state(model, folder) -> None:
@@ -144,7 +167,12 @@ def load_state(model, folder) -> None:
 
         tensors, leftover = unflatten_tensor_state_dict(tensors, metadata)
         tensors = {k[len(ROOT):]: v for k, v in {**tensors, **leftover}.items()}
-    model.load_state_dict(tensors, assign=True)
+    try:
+        model.load_state_dict(tensors, assign=True)
+    except RuntimeError as error:  # torch's message: a heading, then a line per mismatch
+        detail = " ".join(line.strip() for line in str(error).splitlines()[1:4])
+        raise ValueError(f"the weights in {path} do not fit the recorded model: "
+                         f"{detail}") from None
 
 
 def _load_pretrained(saved: dict, folder, device="cpu"):

@@ -95,7 +95,7 @@ COMPRESS_KEYS = {"mixers", "tasks", "recipes"}
 
 
 def _compress_groups(groups) -> list[CompressGroup]:
-    from attnarena.compress.recipe import recipe_from_dicts
+    from attnarena.compress.recipe import recipe_from_table
 
     if not isinstance(groups, list):
         raise ValueError("compress must be an array of tables ([[compress]])")
@@ -109,7 +109,7 @@ def _compress_groups(groups) -> list[CompressGroup]:
             raise ValueError("each [[compress]] needs recipes = [{method = ...}, "
                              "{steps = [...]}, ...]")
         out.append(CompressGroup(
-            recipes=[recipe_from_dicts(r["steps"] if "steps" in r else [r]) for r in recipes],
+            recipes=[recipe_from_table(r) for r in recipes],
             mixers=None if "mixers" not in group else _names(group["mixers"], list_mixers(),
                                                              "compress.mixers"),
             tasks=None if "tasks" not in group else _names(group["tasks"], list_tasks(),

@@ -122,6 +122,21 @@ def recipe_from_dicts(steps: list[dict]) -> list[Step]:
     return out
 
 
+def recipe_from_table(table) -> list[Step]:
+    """A recipe from one TOML table: ``{method = NAME, ...options}`` is a recipe of one step
+    (its options may include a step count, as distill's ``steps``), ``{steps = [{method =
+    NAME, ...}, ...]}`` one of several."""
+    if not isinstance(table, dict):
+        raise ValueError(f"a recipe must be a table, got {table!r:.80}")
+    if "method" in table:
+        return recipe_from_dicts([table])
+    steps = table.get("steps")
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        raise ValueError(f"a recipe is {{method = 'NAME', ...}} or {{steps = [{{method = "
+                         f"'NAME', ...}}, ...]}}, got {table!r:.120}")
+    return recipe_from_dicts(steps)
+
+
 def check_recipe(model, steps: list[Step]) -> None:
     """Each step's own check on the model, before anything is computed."""
     for step in steps:

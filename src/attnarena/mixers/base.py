@@ -12,7 +12,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from attnarena._validate import check_finite, check_int, check_mask
+from attnarena._validate import NonFiniteError, check_finite, check_int, check_mask
 from attnarena.registry import MixerInfo
 
 
@@ -121,7 +121,19 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         if state is None:  # documented: a fresh sequence, as with prefill
             state = self.init_state(x_t.shape[0], x_t.device, x_t.dtype)
         self._check_state(state, x_t.shape[0])
-        return self._step(x_t, state)
+        # A state holding NaN is found from its effects (a NaN output, or an op refusing a
+        # value computed from it), so a good state costs no pass over it.
+        try:
+            y_t, state = self._step(x_t, state)
+        except ValueError:
+            if all(bool(torch.isfinite(t).all()) for t in _tensors(state)):
+                raise
+            y_t = None
+        if y_t is None or not bool(torch.isfinite(y_t).all()):
+            raise NonFiniteError(f"mixer {self.info.name!r} cannot decode from this state: it "
+                                 "holds NaN or infinite values (x_t is finite); start the "
+                                 "sequence again from init_state")
+        return y_t, state
 
     def prefill(self, x, state=None):
         """Run a causal forward over x (B, L, dim) and return (y, state) to continue with step.
@@ -182,10 +194,12 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     def _check_state(self, state, batch_size):
         """A decoding state must be what init_state, prefill or step returned, for a batch of
         ``batch_size``; anything else is one clear error, never a failure deep in torch."""
-        form = getattr(self, "_state_form", None)
-        if form is None:
-            form = self._state_form = _structure(self._init_state(1, torch.device("cpu"),
-                                                                  torch.float32))
+        dtype = self._param_dtype() or torch.float32
+        cached = getattr(self, "_state_reference", None)
+        if cached is None or cached[0] != dtype:
+            fresh = self._init_state(1, torch.device("cpu"), dtype)
+            cached = self._state_reference = (dtype, _structure(fresh), _signature(fresh))
+        _, form, signature = cached
         if _structure(state) != form:
             raise TypeError(f"state for mixer {self.info.name!r} must be what init_state, "
                             f"prefill or step returned, got {type(state).__name__}")
@@ -194,6 +208,17 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
                 raise ValueError(f"state was made for batch size {tensor.shape[0]} but the "
                                  f"input has batch size {batch_size}; call "
                                  f"init_state({batch_size}) for a new sequence")
+        for (shape, kind), (want, want_kind) in zip(_signature(state), signature):
+            if kind != want_kind:
+                raise TypeError(f"state for mixer {self.info.name!r} holds {kind} tensors but "
+                                f"this mixer's state is {want_kind}; convert it with .to() or "
+                                "call init_state")
+            if shape != want:
+                raise ValueError(f"state for mixer {self.info.name!r} holds a tensor of shape "
+                                 f"(batch, {', '.join(map(_size, shape))}) but this mixer "
+                                 f"(dim {self.dim}, {self.heads} heads) needs (batch, "
+                                 f"{', '.join(map(_size, want))}): it was made by another "
+                                 "mixer; call init_state")
 
     def _param_dtype(self):
         for p in self.parameters():
@@ -238,6 +263,33 @@ def _tensors(state):
     elif dataclasses.is_dataclass(state):
         for f in dataclasses.fields(state):
             yield from _tensors(getattr(state, f.name))
+
+
+def _size(n) -> str:
+    return "length" if n is None else str(n)
+
+
+def _signature(state) -> list:
+    """(sizes after the batch axis, dtype) of each tensor of a state; a cache's growing
+    axis (a class's ``GROWING_DIM``) counts as None, since the context sets it."""
+    out = []
+
+    def visit(value, growing=None):
+        if isinstance(value, torch.Tensor):
+            sizes = [None if i == growing else n for i, n in enumerate(value.shape)]
+            out.append((tuple(sizes[1:]), value.dtype))
+        elif isinstance(value, dict):
+            for key in sorted(value):
+                visit(value[key])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+        elif dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                visit(getattr(value, f.name), getattr(value, "GROWING_DIM", None))
+
+    visit(state)
+    return out
 
 
 def _structure(state):

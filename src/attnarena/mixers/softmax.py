@@ -21,6 +21,8 @@ class KVCache:
     buffers double when full, so appending costs O(1) amortized. Updated in place.
     """
 
+    GROWING_DIM = 2  # the buffers' length axis: its size depends on the context, not the model
+
     k: torch.Tensor
     v: torch.Tensor
     start: int = 0

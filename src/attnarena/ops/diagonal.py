@@ -42,7 +42,7 @@ def diagonal_recurrence(x, log_a, *, form="parallel", initial_state=None, return
         raise ValueError("x needs at least one position")
     if torch.isnan(log_a).any() or (log_a > 0).any():
         raise ValueError("log_a must be <= 0 (decays in [0, 1]); got a maximum of "
-                         f"{float(log_a.max()):.4g}")
+                         f"{float(log_a.detach().max()):.4g}")
     if form not in DIAGONAL_FORMS:
         raise ValueError(f"unknown form {form!r}; valid forms: {', '.join(DIAGONAL_FORMS)}")
     B, L, C = x.shape

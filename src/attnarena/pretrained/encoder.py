@@ -176,10 +176,18 @@ def _load(model, device) -> PretrainedEncoder:
     if record_path.is_file():
         from attnarena.pretrained.swap import restore_swapped
 
-        record = json.loads(record_path.read_text())
+        try:
+            record = json.loads(record_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise ValueError(f"{record_path} is not readable JSON: "
+                             f"{error or type(error).__name__}") from None
         net = restore_swapped(directory, record)
         pooling = record.get("pooling", {})
         normalize, max_length = pooling.get("normalize", True), pooling.get("max_length", 256)
+        if not isinstance(normalize, bool) or isinstance(max_length, bool) \
+                or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"{record_path}: pooling must hold normalize (true or false) and "
+                             f"max_length (a positive int), got {pooling!r:.80}")
     else:
         net = transformers.AutoModel.from_pretrained(directory, attn_implementation="sdpa",
                                                      trust_remote_code=False)

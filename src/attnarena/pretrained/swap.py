@@ -180,6 +180,52 @@ def swap_record(model) -> dict:
     return {"layers": layers}
 
 
+def check_swap_record(record, layers: int, where) -> dict[int, dict]:
+    """The swaps of a record read from a file, as {layer index: {"mixer", "options"}}, or one
+    ValueError naming ``where`` and what is wrong."""
+    def refuse(problem):
+        raise ValueError(f"{where}: {problem}")
+
+    if not isinstance(record, dict) or not isinstance(record.get("layers", {}), dict):
+        refuse("expected {\"layers\": {\"INDEX\": {\"mixer\": NAME, \"options\": {...}}}}")
+    out = {}
+    for key, entry in record.get("layers", {}).items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < layers):
+            refuse(f"layer {key!r} is not a layer index of this {layers}-layer model")
+        if not isinstance(entry, dict) or not isinstance(entry.get("mixer"), str) \
+                or not isinstance(entry.get("options"), dict):
+            refuse(f"layer {key}: expected {{\"mixer\": NAME, \"options\": {{...}}}}, got "
+                   f"{str(entry)[:80]}")
+        try:
+            check_swap(entry["mixer"], entry["options"])
+        except ValueError as error:
+            refuse(f"layer {key}: {error}")
+        out[int(key)] = entry
+    return out
+
+
+MAX_GROWTH = 64  # a swapped layer may hold this many times the values of a width^2 matrix
+
+
+def _check_size(mechanism, options, width, heads, where) -> None:
+    """Refuse options that would build a layer far larger than the attention it replaces
+    (a record asking for a billion features), counted on the meta device, allocating
+    nothing."""
+    settings = {**dict(mixer_info(mechanism).pretrained_options or ()), **options}
+    try:
+        with torch.device("meta"):
+            probe = create_mixer(mechanism, dim=width, heads=heads, causal=False, **settings)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: {error}") from None
+    except (RuntimeError, NotImplementedError):
+        return  # a mixer that cannot be built on the meta device: built for real later
+    values = sum(t.numel() for t in [*probe.parameters(), *probe.buffers()])
+    if values > MAX_GROWTH * width * width:
+        raise ValueError(f"{where}: {mechanism} with options {options} would hold "
+                         f"{values:,} values in one layer, over {MAX_GROWTH} times a "
+                         f"{width} x {width} attention projection; refused")
+
+
 def restore_swapped(directory: Path, record: dict):
     """The model saved in ``directory`` with the swaps of ``record`` rebuilt, then every
     saved weight loaded (strictly)."""
@@ -189,9 +235,11 @@ def restore_swapped(directory: Path, record: dict):
     model = transformers.AutoModel.from_config(config, attn_implementation="sdpa",
                                                trust_remote_code=False)
     blocks = attention_layers(model)
-    for index, entry in record.get("layers", {}).items():
-        index = int(index)
-        resolve_layers(len(blocks), [index], ())
+    where = Path(directory) / "attnarena_swap.json"
+    for index, entry in check_swap_record(record, len(blocks), where).items():
+        width = blocks[index].self.query.weight.shape[1]
+        _check_size(entry["mixer"], entry["options"], width,
+                    blocks[index].self.num_attention_heads, where)
         blocks[index].self = build_swapped(blocks[index], entry["mixer"], entry["options"])
     files = sorted(Path(directory).glob("*.safetensors"))
     if not files:
