@@ -7,6 +7,7 @@ import torch
 import attnarena as aa
 from attnarena.arena.speed import SpeedConfig, measure_case, run_speed
 from attnarena.options import MixerSpec
+from attnarena.arena.store import Store
 from attnarena.cli import main
 
 
@@ -143,3 +144,51 @@ def test_speed_measures_the_error_of_approximations_against_exact_softmax():
                        SpeedConfig(mixers=["gla"], lengths=[32], heads=2, head_dim=8,
                                    repeats=1))
     assert row["rel_error"] is None  # not an approximation of softmax attention
+
+
+def test_a_bad_option_value_is_refused_before_a_run_is_claimed(tmp_path, capsys):
+    from attnarena.cli import main
+
+    store = tmp_path / "a.sqlite"
+    assert main(["train", "--task", "copy", "--mixer", "local", "--option", "window=abc",
+                 "--store", str(store), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "window must be a positive int, got 'abc'" in capsys.readouterr().err
+    assert not store.exists() or Store(store).runs() == []
+
+
+def test_an_option_given_twice_is_refused(tmp_path, capsys):
+    from attnarena.cli import main
+
+    assert main(["compress", "some-run", "--method", "magnitude sparsity=0.5 sparsity=0.9",
+                 "--store", str(tmp_path / "a.sqlite")]) == 2
+    assert "option 'sparsity' of method magnitude is given twice (0.5 and 0.9)" in \
+        capsys.readouterr().err
+
+
+def test_a_one_step_recipe_table_may_set_distills_steps(tmp_path):
+    from attnarena.cli import _compress_recipes, build_parser
+
+    recipes = tmp_path / "r.toml"
+    recipes.write_text('[[recipe]]\nmethod = "distill"\nsteps = 300\n'
+                       '[[recipe]]\nsteps = [{method = "magnitude", sparsity = 0.5}, '
+                       '{method = "distill", steps = 20}]\n')
+    args = build_parser().parse_args(["compress", "x", "--recipes", str(recipes)])
+    [one], [first, second] = _compress_recipes(args)
+    assert one.method == "distill" and one.config.steps == 300
+    assert (first.method, second.config.steps) == ("magnitude", 20)
+    recipes.write_text('[[recipe]]\nsteps = 300\n')
+    with pytest.raises(ValueError, match=r"r\.toml: a recipe is \{method"):
+        _compress_recipes(args)
+
+
+def test_a_multi_line_error_prints_as_one_line_with_its_detail(monkeypatch, capsys):
+    import attnarena.cli as cli
+
+    def fails(args):
+        raise RuntimeError("Error(s) in loading state_dict for CausalLM:\n\tsize mismatch for "
+                           "head.weight: copying a param with shape [4, 8]")
+
+    monkeypatch.setattr(cli, "cmd_list", fails)
+    assert cli.main(["list"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "CausalLM: size mismatch for head.weight" in line and "--traceback" in line

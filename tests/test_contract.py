@@ -218,3 +218,20 @@ def test_bad_input(name):
             causal_mixer.step(x, state)
         with pytest.raises(ValueError, match="batch_size"):
             causal_mixer.init_state(batch_size=0)
+
+
+@pytest.mark.parametrize("name, pattern", CASES, ids=pattern_ids())
+def test_huge_finite_inputs_stay_finite_or_are_refused(name, pattern):
+    """The contract for finite inputs beyond what float32 can carry through a mechanism:
+    the output is finite, or the call raises NonFiniteError saying it overflowed."""
+    from attnarena._validate import NonFiniteError
+
+    mixer = build(name, pattern)
+    x, context = inputs(pattern)
+    with torch.no_grad():
+        try:
+            y = mixer(x * 1e10, context=None if context is None else context * 1e10)
+        except NonFiniteError as error:
+            assert "overflowed" in str(error)
+        else:
+            assert torch.isfinite(y).all()

@@ -611,8 +611,16 @@ def main(argv=None) -> int:
     show_trace = args.traceback or os.environ.get("ATTNARENA_TRACEBACK") == "1"
     # A cluster scheduler's SIGTERM stops a run like Ctrl-C: marked interrupted, resumable.
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    if sys.stdout is None:  # started with stdout closed (>&-): nothing could be shown
+        print(f"attnarena {args.command}: error: standard output is closed", file=sys.stderr)
+        return 2
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a write error surfaces here, not silently at exit
+        return code
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as cat does
+        sys.stdout = open(os.devnull, "w")
+        return 141
     except KeyboardInterrupt:
         print(f"attnarena {args.command}: interrupted; run the same command again to resume",
               file=sys.stderr)

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
+
+import torch
 
 from attnarena._validate import check_int, check_real
 from attnarena.options import DTYPES
@@ -160,6 +163,9 @@ class RunConfig:
         _check_model(model)
         # the stack fits the depth, and every model-wide option is taken by some layer
         layer_mixers(self.mixer, model.get("depth", 2), self.mixer_options)
+        # option values (a window of "abc") fail now, not after a run is claimed
+        _check_buildable(json.dumps([self.task, task_options, mixer, self.mixer_options,
+                                     model], sort_keys=True, default=str))
         least = task.min_eval_examples  # 0 for datasets: their whole splits
         if not isinstance(train["eval_examples"], int) or train["eval_examples"] < least:
             raise ValueError(f"train.eval_examples must be an int >= {least} for task "
@@ -206,6 +212,22 @@ def _check_model(model: dict) -> None:
             raise ValueError(f"model.{key} must be a string, got {model[key]!r}")
     if "norm" in model and not isinstance(model["norm"], bool):
         raise ValueError(f"model.norm must be true or false, got {model['norm']!r}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_buildable(key: str) -> None:
+    """Build the run's model on the meta device (nothing allocated): every option value
+    is checked by the constructor that takes it. A model that the meta device cannot build
+    is left to be built for real."""
+    task_name, task_options, mixer, mixer_options, model = json.loads(key)
+    task = create_task(task_name, **task_options)
+    try:
+        with torch.device("meta"):
+            task.build_model(mixer, mixer_options, model)
+    except (ValueError, TypeError):
+        raise
+    except Exception:  # noqa: BLE001  (an op the meta device lacks)
+        return
 
 
 RESOLVED_TABLES = ("mixer_options", "task_options", "model", "train")

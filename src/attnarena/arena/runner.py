@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -149,7 +150,7 @@ def _start_jobs(jobs, threads, spec, log) -> list:
     ``threads`` threads; each writes what it did to a JSON file."""
     workers = []
     for job in range(2, jobs + 1):
-        mine = {**spec, "threads": threads, "job": job,
+        mine = {**spec, "threads": threads, "job": job, "parent": os.getpid(),
                 "outcome_path": str(Path(spec["out_dir"]) / f".job-{job}-{os.getpid()}.json")}
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         process = subprocess.Popen([sys.executable, "-m", "attnarena.arena.runner",
@@ -190,6 +191,17 @@ def _to_train(store, config, rerun) -> bool:
     return rerun or row is None or row["status"] != "done"
 
 
+def _stop_with_parent(parent: int, every: float = 1.0) -> None:
+    """Interrupt this worker (as SIGTERM does: its run is recorded interrupted) once the
+    process that started it is gone, even by SIGKILL, which it cannot forward."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _job_main(spec_text: str) -> int:
     """A worker of ``run_suite(jobs=N)``: trains the suite's runs beside the leading
     process (no speed sweep, no reports) and writes what it did to a JSON file."""
@@ -198,6 +210,7 @@ def _job_main(spec_text: str) -> int:
     spec = json.loads(spec_text)
     torch.set_num_threads(spec["threads"])
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops like Ctrl-C
+    _stop_with_parent(spec["parent"])
     device = resolve_device(spec["device"])
     suite = load_suite(spec["suite"], mixers=spec["mixers"], tasks=spec["tasks"],
                        device=device, data_root=spec["data_root"], max_runs=spec["max_runs"])

@@ -98,7 +98,13 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
             check_finite(context, "context")
         if x.shape[0] == 0:
             return x.new_zeros(x.shape)
-        return self._forward(x, context, mask)
+        y = self._forward(x, context, mask)
+        if not bool(torch.isfinite(y).all()):  # the inputs were finite: the dtype overflowed
+            raise NonFiniteError(f"mixer {self.info.name!r} overflowed {y.dtype}: finite inputs "
+                                 f"(largest magnitude {float(x.detach().abs().max()):.3g}) gave "
+                                 "NaN or infinite outputs; scale the inputs down (a norm "
+                                 "before the mixer) or use a wider dtype")
+        return y
 
     def init_state(self, batch_size: int, device=None, dtype=None):
         """Empty decoding state for ``step`` (causal mixers with a recurrent form)."""
