@@ -270,7 +270,7 @@ def test_job_worker_trains_what_is_left_and_reports_it(tmp_path):
     spec = {"suite": suite, "mixers": ["linear"], "tasks": None, "device": "cpu",
             "data_root": None, "store_path": str(store), "out_dir": str(tmp_path),
             "rerun": False, "began": time.time(), "jobs": 2, "threads": 1, "job": 2,
-            "outcome_path": str(report)}
+            "outcome_path": str(report), "max_runs": 10, "parent": os.getppid()}
     threads, handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
     try:
         assert _job_main(json.dumps(spec)) == 0

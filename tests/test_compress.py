@@ -422,3 +422,20 @@ def test_torchao_methods_without_the_extra_name_the_pip_command(monkeypatch):
     with pytest.raises(MissingExtraError, match=r"pip install 'attnarena\[compress\]'"):
         check_recipe(nn.Linear(2, 2), [make_step("int8_dynamic")])
     check_recipe(nn.Linear(2, 2), [make_step("int_static")])  # written here: no extra needed
+
+
+@pytest.mark.parametrize("saved, message", [
+    ({"config": None, "recipe": [], "reports": []}, "expected an object with the source"),
+    ({"config": {"task": "copy"}, "recipe": [], "reports": []}, "the run config lacks"),
+    ({"config": {"pretrained": 3}, "recipe": [], "reports": []}, "must name a model"),
+    ({"config": {"pretrained": "minilm"}, "recipe": [{}], "reports": []}, "one report per"),
+])
+def test_a_damaged_compressed_json_is_one_line_naming_it(tmp_path, saved, message):
+    import json
+
+    from attnarena.arena.compressed import load_compressed
+
+    (tmp_path / "compressed.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=message) as caught:
+        load_compressed(tmp_path)
+    assert "compressed.json" in str(caught.value)

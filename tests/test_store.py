@@ -109,3 +109,13 @@ def test_a_full_disk_under_a_claim_names_the_real_cause(tmp_path):
         store.claim_run("a", big, None, {}, "me:1:x")
     assert "full" in str(caught.value) and str(tmp_path / "a.sqlite") in str(caught.value)
     assert "no transaction" not in str(caught.value)
+
+
+def test_report_output_writes_the_markdown_leaderboard_there(tmp_path, capsys):
+    store = _old_store(tmp_path / "a.sqlite")
+    Store(store).close()  # migrated
+    target = tmp_path / "board.md"
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "r"),
+                 "--output", str(target)]) == 0
+    assert target.read_text() == (tmp_path / "r" / "leaderboard.md").read_text()
+    assert "# attnarena leaderboard" not in capsys.readouterr().out  # not printed as well

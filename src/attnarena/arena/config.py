@@ -230,7 +230,7 @@ def _check_buildable(key: str) -> None:
         return
 
 
-RESOLVED_TABLES = ("mixer_options", "task_options", "model", "train")
+RESOLVED_TABLES = ("mixer_options", "task_options", "model")  # and train, where written
 
 
 def check_resolved(resolved, where: str) -> dict:
@@ -244,21 +244,21 @@ def check_resolved(resolved, where: str) -> dict:
         if not isinstance(resolved, dict):
             raise ValueError(f"expected a run config (a JSON object), got "
                              f"{type(resolved).__name__}")
-        missing = [k for k in ("task", "preset", "mixer", "seed", *RESOLVED_TABLES)
-                   if k not in resolved]
+        # what building the model reads; a distilled student's config holds no more
+        missing = [k for k in ("task", "mixer", *RESOLVED_TABLES) if k not in resolved]
         if missing:
             raise ValueError(f"the run config lacks {', '.join(missing)}")
         for key in ("task", "preset", "mixer"):
-            if not isinstance(resolved[key], str):
+            if key in resolved and not isinstance(resolved[key], str):
                 raise ValueError(f"{key} must be a string, got {resolved[key]!r}")
-        for key in RESOLVED_TABLES:
-            if not isinstance(resolved[key], dict):
+        for key in (*RESOLVED_TABLES, "train"):
+            if key in resolved and not isinstance(resolved[key], dict):
                 raise ValueError(f"{key} must be a table, got {resolved[key]!r}")
         if resolved.get("dtype", "float32") not in DTYPES:
             raise ValueError(f"unknown dtype {resolved['dtype']!r}; valid: "
                              f"{', '.join(DTYPES)}")
         _check_model(resolved["model"])
-        _check_train(resolved["train"])
+        _check_train(resolved.get("train", {}))
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
     return resolved
