@@ -204,7 +204,10 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         cached = getattr(self, "_state_reference", None)
         if cached is None or cached[0] != dtype:
             fresh = self._init_state(1, torch.device("cpu"), dtype)
-            cached = self._state_reference = (dtype, _structure(fresh), _signature(fresh))
+            # an axis empty in a fresh state is a buffer the context fills: any size passes
+            reference = [(tuple(None if n == 0 else n for n in shape), kind)
+                         for shape, kind in _signature(fresh)]
+            cached = self._state_reference = (dtype, _structure(fresh), reference)
         _, form, signature = cached
         if _structure(state) != form:
             raise TypeError(f"state for mixer {self.info.name!r} must be what init_state, "
@@ -219,7 +222,8 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
                 raise TypeError(f"state for mixer {self.info.name!r} holds {kind} tensors but "
                                 f"this mixer's state is {want_kind}; convert it with .to() or "
                                 "call init_state")
-            if shape != want:
+            if len(shape) != len(want) or any(w is not None and n != w
+                                              for n, w in zip(shape, want)):
                 raise ValueError(f"state for mixer {self.info.name!r} holds a tensor of shape "
                                  f"(batch, {', '.join(map(_size, shape))}) but this mixer "
                                  f"(dim {self.dim}, {self.heads} heads) needs (batch, "

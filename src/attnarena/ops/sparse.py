@@ -53,8 +53,8 @@ def bigbird_blocks(n, global_blocks, random_blocks, seed):
 def _bigbird_blocks(n, global_blocks, random_blocks, seed):
     """The pattern of ``bigbird_blocks``, drawn once per configuration (a loop of n random
     permutations: thousands at 64K tokens), read-only."""
-    bi = torch.arange(n)[:, None]
-    bj = torch.arange(n)[None, :]
+    bi = torch.arange(n, device="cpu")[:, None]  # cached: never on a caller's context device
+    bj = torch.arange(n, device="cpu")[None, :]
     allowed = ((bi - bj).abs() <= 1) | (bi < global_blocks) | (bj < global_blocks)
     generator = torch.Generator().manual_seed(seed * 100_003 + n)
     for row in range(n):

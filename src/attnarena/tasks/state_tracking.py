@@ -102,7 +102,7 @@ class StateTracking(LMTask):
 
 @functools.lru_cache(maxsize=None)
 def _cyclic(n: int) -> torch.Tensor:
-    index = torch.arange(n)
+    index = torch.arange(n, device="cpu")  # cached: never on the device of a caller's context
     return (index[:, None] + index[None, :]) % n
 
 
@@ -113,7 +113,7 @@ def _symmetric(n: int) -> torch.Tensor:
     perms = list(itertools.permutations(range(n)))
     where = {p: i for i, p in enumerate(perms)}
     return torch.tensor([[where[tuple(b[a[i]] for i in range(n))] for b in perms]
-                         for a in perms])
+                         for a in perms], device="cpu")
 
 
 @register_task
