@@ -192,3 +192,30 @@ def test_a_multi_line_error_prints_as_one_line_with_its_detail(monkeypatch, caps
     assert cli.main(["list"]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "CausalLM: size mismatch for head.weight" in line and "--traceback" in line
+
+
+def test_train_records_its_run_where_run_and_report_look(tmp_path, capsys):
+    out = tmp_path / "results"
+    args = ["train", "--task", "copy", "--mixer", "gla", "--steps", "2", "--model", "dim=16",
+            "--model", "depth=1", "--model", "heads=2", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    [run] = Store(out / "arena.sqlite").runs()
+    assert run["status"] == "done" and run["mixer"] == "gla"
+    assert main(["report", "--store", str(out / "arena.sqlite"), "--out", str(out)]) == 0
+    assert "| gla |" in capsys.readouterr().out
+    other = tmp_path / "other"
+    assert main([*args[:-1], str(other), "--no-store"]) == 0
+    assert not (other / "arena.sqlite").exists() and (other / "runs").is_dir()
+
+
+def test_the_decoding_state_counts_what_a_kv_cache_holds():
+    from attnarena.arena.speed import _state_bytes
+
+    mixer = aa.create_mixer("softmax", dim=16, heads=2, causal=True)
+    local = aa.create_mixer("local", dim=16, heads=2, causal=True, window=4)
+    for m, held in ((mixer, 10), (local, 4)):
+        with torch.no_grad():
+            _, state = m.prefill(torch.randn(3, 10, 16))
+        # K and V of what is held: batch 3, 2 heads, head size 8, float32
+        assert _state_bytes(state) == 2 * 3 * 2 * held * 8 * 4
+        assert state.k.numel() * 4 > 3 * 2 * held * 8 * 4  # the buffers hold more room

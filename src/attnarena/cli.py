@@ -191,8 +191,9 @@ def cmd_train(args) -> int:
     run_id = config.run_id()
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
     checkpoints = Path(args.out) / "checkpoints" / run_id
-    if args.store and lead:
-        store, owner = Store(args.store), new_owner()
+    store_path = None if args.no_store else (args.store or Path(args.out) / "arena.sqlite")
+    if store_path and lead:
+        store, owner = Store(store_path), new_owner()
         claim, row = store.claim_run(run_id, resolved, None, environment(device),
                                      owner, retake_before=float("inf"),
                                      retry_failed_before=float("inf"))
@@ -203,7 +204,7 @@ def cmd_train(args) -> int:
                                         progress=not args.quiet,
                                         save_dir=run_folder(args.out, run_id))
         if status != "done":
-            raise RunFailed(f"run {run_id} {status}: {outcome} (recorded in {args.store})")
+            raise RunFailed(f"run {run_id} {status}: {outcome} (recorded in {store_path})")
         metrics = outcome
     else:
         metrics = train(resolved, checkpoint_dir=checkpoints, progress=not args.quiet,
@@ -490,7 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the task's data directory (text, retrieval and image need one; "
                         "listops and pathfinder read one instead of generating)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--store", default=None, help="also record the run in this store")
+    p.add_argument("--store", default=None,
+                   help="record the run in this store (default OUT/arena.sqlite, the store "
+                        "`attnarena run` and `report` use), so it shows in the report and "
+                        "`compress RUN_ID` finds it")
+    p.add_argument("--no-store", action="store_true", help="record the run in no store")
     p.add_argument("--out", default="results",
                    help="checkpoints and the trained model (OUT/runs/RUN_ID) go here")
     p.add_argument("--json", default=None, help="write config and metrics to this file")

@@ -284,7 +284,7 @@ def leaderboard_markdown(store) -> str:
         env = mine[0]["environment"]
         cross, errors = crossovers(mine), errors_at_longest(mine)
         extra = (["crossover"] if cross else []) + (["error vs softmax"] if errors else [])
-        memory = "decoding state" if pass_ == "decode" else "peak memory"
+        memory = "decoding state held" if pass_ == "decode" else "peak memory"
         lines += [f"## Speed: {pass_} (median ms; batch {mine[0].get('batch')}, "
                   f"{mine[0].get('heads')} heads x {mine[0].get('head_dim')}, "
                   f"{mine[0].get('dtype')}, {env.get('hardware')}, "

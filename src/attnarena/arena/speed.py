@@ -69,6 +69,10 @@ def _is_oom(error: BaseException) -> bool:
 
 
 def _state_bytes(state) -> int:
+    """Bytes a decoding state holds: its tensors, and of a cache what it holds (K and V of
+    the context, or of the window), not the room allocated ahead."""
+    if hasattr(state, "held_bytes"):
+        return state.held_bytes()
     if isinstance(state, torch.Tensor):
         return state.numel() * state.element_size()
     if isinstance(state, dict):

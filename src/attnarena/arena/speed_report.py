@@ -33,8 +33,9 @@ def write_speed(result: dict, out_dir, stem: str = "speed") -> dict:
 def plot_speed(result: dict, path) -> None:
     """Time (left) and memory (right) against length, log-log, one colour per mechanism.
 
-    For the decode pass the right panel is the decoding state's size (KV cache or
-    recurrent state), which is what grows with context; for the other passes, the peak
+    For the decode pass the right panel is what the decoding state holds (a KV cache's
+    keys and values of the context or window, not its buffers; a recurrent state), which is
+    what grows with context; for the other passes, the peak
     memory of one call. Values of 0 cannot sit on a log axis: the figure names them.
     """
     plt = pyplot()
@@ -42,7 +43,8 @@ def plot_speed(result: dict, path) -> None:
     cfg = result["meta"]["config"]
     env = result["meta"]["environment"]
     decode = cfg["pass_"] == "decode"
-    key, what_mem = (("state_mb", "decoding state (KV cache or recurrent state)") if decode
+    key, what_mem = (("state_mb", "decoding state held (K, V in context or window; "
+                                  "recurrent state)") if decode
                      else ("peak_mem_mb", "peak memory of one call"))
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(13, 4.8))
     zero, lengths, times, mems = [], [], [], []

@@ -61,6 +61,11 @@ class KVCache:
     def keys(self):
         return self.k[:, :, self.start:self.length]
 
+    def held_bytes(self) -> int:
+        """Bytes of the keys and values the cache holds (the context, or the window), not
+        of the buffers allocated ahead of them."""
+        return sum(t.numel() * t.element_size() for t in (self.keys(), self.values()))
+
     def values(self):
         return self.v[:, :, self.start:self.length]
 
