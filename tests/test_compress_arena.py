@@ -177,3 +177,31 @@ def test_compress_help_names_every_method(capsys):
     from attnarena.compress import list_methods
 
     assert list(cli.COMPRESS_METHODS) == list_methods()
+
+
+def test_speed_ups_divide_timings_of_one_call(tmp_path):
+    from attnarena.arena.compress_report import compress_markdown
+
+    store, _ = run_tiny_suite(tmp_path, ["softmax"], "steps = 2, batch = 8, eval_every = 2")
+    run = Store(store).runs()[0]["id"]
+    base = ["compress", run, "--store", str(store), "--out", str(tmp_path), "--quiet",
+            "--repeats", "1", "--calibration", "1"]
+    assert main([*base, "--method", "int8_dynamic"]) == 0
+    first = {r["recipe"]: r for r in Store(store).compress_rows()}
+    table = [line for line in compress_markdown(list(first.values())).splitlines()
+             if line.startswith("| int8_dynamic")]
+    assert main([*base, "--method", "magnitude"]) == 0  # times the float model again
+    rows = {r["recipe"]: r for r in Store(store).compress_rows()}
+    assert rows["float"]["timing_call"] != first["float"]["timing_call"]
+    # the first call's row keeps the baseline it was timed beside, so its line is unchanged
+    assert rows["int8_dynamic"] == first["int8_dynamic"]
+    assert rows["int8_dynamic"]["baseline_speed"] == first["float"]["speed"]
+    assert rows["magnitude"]["baseline_speed"] == rows["float"]["speed"]
+    again = [line for line in compress_markdown(list(rows.values())).splitlines()
+             if line.startswith("| int8_dynamic")]
+    assert again == table
+    old = {**rows["int8_dynamic"]}
+    old.pop("baseline_speed")  # a row stored before rows kept their call's baseline
+    line = [l for l in compress_markdown([rows["float"], old]).splitlines()
+            if l.startswith("| int8_dynamic")][0]
+    assert line.split(" | ")[8:10] == ["-", "-"]

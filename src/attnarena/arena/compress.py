@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -228,9 +229,19 @@ def compress_run(source, recipes, *, store_path="results/arena.sqlite", results_
     log(f"timing {len(measured)} models of {label} side by side")
     speeds = side_by_side([m for _, _, m in measured],
                           lambda m: latency_cells(m, task, device), device, repeats)
+    return record_timings(store, measured, speeds, task.sequence_length, env)
+
+
+def record_timings(store, measured, speeds, length, env) -> list[dict]:
+    """Store each row with the timings of this call and, as its baseline, those of the
+    uncompressed model (``measured[0]``) from the same call: a ratio in a report never
+    divides timings of two calls. Returns the rows."""
+    call = uuid.uuid4().hex[:12]
+    baseline = {"length": length, **speeds[0]}
     rows = []
     for (row_id, row, _), speed in zip(measured, speeds):
-        row = {**row, "speed": {"length": task.sequence_length, **speed}}
+        row = {**row, "speed": {"length": length, **speed}, "baseline_speed": baseline,
+               "timing_call": call}
         row.pop("environment", None)
         store.add_compress(row_id, row, env)
         rows.append(row)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from attnarena.arena.compress import side_by_side
+from attnarena.arena.compress import record_timings, side_by_side
 from attnarena.arena.compressed import (linear_bytes, load_compressed, report_summary, row_key,
                                         save_compressed, stored_bytes, weight_count)
 from attnarena.arena.environment import environment, resolve_device
@@ -163,10 +163,4 @@ def compress_pretrained(model, recipes, *, store_path="results/arena.sqlite",
         encoder.eval()
     speeds = side_by_side([e for _, _, e in done], lambda e: _cells(e, length, device), device,
                           repeats)
-    rows = []
-    for (row_id, row, _), speed in zip(done, speeds):
-        row = {**row, "speed": {"length": length, **speed}}
-        row.pop("environment", None)
-        store.add_compress(row_id, row, env)
-        rows.append(row)
-    return rows
+    return record_timings(store, done, speeds, length, env)

@@ -10,10 +10,16 @@ from attnarena.arena.plotstyle import pyplot
 W8A8 = "int_static"  # the recipe label of 8-bit weights and static 8-bit activations
 
 
-def _ms(row, where: str, batch: str, factor: str = "1"):
-    speed = row.get("speed") or {}
+def _ms(row, where: str, batch: str, factor: str = "1", key: str = "speed"):
+    speed = row.get(key) or {}
     part = speed.get("model", {}) if where == "model" else speed.get("blocks", {}).get(factor, {})
     return (part.get(batch) or {}).get("ms")
+
+
+def _base_ms(row, where: str, batch: str, factor: str = "1"):
+    """The uncompressed model's time from the same call as ``row``'s (None for rows stored
+    before each row kept its call's baseline: their ratio is not shown)."""
+    return _ms(row, where, batch, factor, key="baseline_speed")
 
 
 def _peak(row, factor="4", batch="32"):
@@ -61,7 +67,9 @@ def compress_markdown(rows) -> str:
              "are the rest), and how many times smaller; parameters; speed-up of the whole "
              "model at the task's length (batch 1 and 32) and time of its blocks at 4x that "
              "length (batch 32; a pretrained encoder: the whole encoder), with peak memory "
-             "there. A pretrained encoder's metric is the mean cosine with the original's "
+             "there. Each speed-up divides the uncompressed model's time by the recipe's, "
+             "both from one call of attnarena compress (a row stored before rows kept their "
+             "call's baseline shows -: compress it again to time it). A pretrained encoder's metric is the mean cosine with the original's "
              "sentence embeddings.", ""]
     groups = by_source(rows)
     for source, (base, compressed) in groups.items():
@@ -85,10 +93,10 @@ def compress_markdown(rows) -> str:
                 _kib(row.get("linear_bytes")),
                 _ratio(base.get("linear_bytes"), row.get("linear_bytes")),
                 f"{row['params']:,}",
-                _ratio(_ms(base, "model", "1"), _ms(row, "model", "1")),
-                _ratio(_ms(base, "model", "32"), _ms(row, "model", "32")),
+                _ratio(_base_ms(row, "model", "1"), _ms(row, "model", "1")),
+                _ratio(_base_ms(row, "model", "32"), _ms(row, "model", "32")),
                 "-" if blocks is None else f"{blocks:.1f} ms "
-                f"({_ratio(_ms(base, 'blocks', '32', '4'), blocks)})",
+                f"({_ratio(_base_ms(row, 'blocks', '32', '4'), blocks)})",
                 "-" if _peak(row) is None else f"{_peak(row):.1f}"]) + " |")
         lines.append("")
     lines += outlier_markdown(groups)
@@ -145,10 +153,10 @@ def plot_compression(rows, path):
         for ax, cost, label in ((size_ax, lambda r: r["bytes"] / base["bytes"],
                                  "weight bytes / float"),
                                 (time_ax, lambda r: _ms(r, "model", "32")
-                                 / _ms(base, "model", "32"),
-                                 "latency (whole model, batch 32) / float")):
+                                 / _base_ms(r, "model", "32"),
+                                 "latency (whole model, batch 32) / float, same call")):
             shown = [r for r in mine if ax is size_ax or (_ms(r, "model", "32")
-                                                          and _ms(base, "model", "32"))]
+                                                          and _base_ms(r, "model", "32"))]
             points = [(cost(r), r["test"]) for r in shown]
             for (x, y), row in zip(points, shown):
                 ax.scatter([x], [y], color="black" if row is base else "#3182bd", s=22,
