@@ -129,6 +129,11 @@ def test_cli_linearize_a_pretrained_encoder_end_to_end(minilm, tmp_path, capsys)
     for r in rows:
         assert set(r["speed"]) == {"16", "32"} and r["speed"]["32"]["ms"] > 0
         assert 0 < r["mean_cosine"] <= 1 + 1e-9
+    for r in rows[1:]:  # each timed beside the original in its own call
+        assert set(r["baseline_speed"]) == {"16", "32"}
+        assert r["baseline_speed"] != rows[0]["speed"]
+        ratio = r["baseline_speed"]["32"]["ms"] / r["speed"]["32"]["ms"]
+        assert f"({ratio:.2f}x)" in out
     assert rows[1]["params_added"] == 4 * 12 * 32 * 32
     assert (tmp_path / "linearization.png").is_file()
     assert "Linearized pretrained encoders" in (tmp_path / "leaderboard.md").read_text()
@@ -143,6 +148,7 @@ def test_cli_linearize_a_pretrained_encoder_end_to_end(minilm, tmp_path, capsys)
     assert [r["stage"] for r in again] == ["original", "transfer", "finetune"]
     assert [r["mean_cosine"] for r in again] == [r["mean_cosine"] for r in rows]
     assert all(set(r["speed"]) == {"24"} for r in again)
+    assert all(set(r["baseline_speed"]) == {"24"} for r in again[1:])
 
 
 def test_cli_linearize_errors_are_one_line(tmp_path, capsys):

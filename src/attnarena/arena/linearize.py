@@ -19,9 +19,30 @@ from pathlib import Path
 import torch
 
 from attnarena.arena.compressed import row_key
+from attnarena.arena.compress import side_by_side
 from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.memory import PeakMemory
 from attnarena.arena.store import Store
+
+
+def _encoder_cells(encoder, lengths, batch, device) -> dict:
+    """{(length,): a no-grad forward of ``batch`` random sequences at that length}, the
+    cells ``side_by_side`` times."""
+    encoder.eval()
+    vocab = encoder.config.vocab_size
+    limit = getattr(encoder.config, "max_position_embeddings", None)
+    cells = {}
+    for length in lengths:
+        if limit is not None and length > limit:
+            raise ValueError(f"length {length} exceeds the model's {limit} positions")
+        ids = torch.randint(1, vocab, (batch, length), device=device)
+
+        @torch.no_grad()
+        def call(ids=ids):
+            encoder(ids, torch.ones_like(ids))
+
+        cells[(str(length),)] = call
+    return cells
 
 
 @torch.no_grad()
@@ -115,10 +136,14 @@ def linearize_pretrained(model, config, *, store_path="results/arena.sqlite",
                    if isinstance(b.self, ArenaSelfAttention) for p in new_parameters(b))
 
     def measured(student, stage, seconds, steps):
+        # timed beside the original in this call: the row's ratio never mixes two calls
+        baseline, speed = side_by_side([teacher, student],
+                                       lambda e: _encoder_cells(e, lengths, batch, device),
+                                       device, repeats=3)
         return {**base, "stage": stage, "steps": steps,
                 **agreement(reference, student.encode(test)),
                 "params_added": added(student), "train_seconds": seconds,
-                "speed": encoder_speed(student, lengths, batch, device=device)}
+                "speed": speed, "baseline_speed": baseline}
 
     def after_transfer(student, info):
         student.save(saved)
@@ -270,17 +295,20 @@ def remeasure_speed(model, *, store_path="results/arena.sqlite", lengths=None, b
         key = (row["mixer"], json.dumps(row.get("options"), sort_keys=True),
                tuple(row.get("keep_softmax") or ()), tuple(row_lengths))
         if key not in measured:
-            if row["stage"] == "original":
-                encoder = original
-            else:
-                encoder = copy.deepcopy(original)
+            encoder = copy.deepcopy(original)
+            if row["stage"] != "original":
                 swap_attention(encoder.model, row["mixer"], keep_softmax=row["keep_softmax"],
                                **row.get("options", {}))
-            log(f"timing {row['mixer']} at lengths {row_lengths}")
-            measured[key] = encoder_speed(encoder, row_lengths, batch or row["batch"],
-                                          device=device)
-        row = {**row, "speed": measured[key], "batch": batch or row["batch"],
-               "hardware": env["hardware"]}
+            log(f"timing {row['mixer']} at lengths {row_lengths}, beside the original")
+            measured[key] = side_by_side(
+                [original, encoder],
+                lambda e: _encoder_cells(e, row_lengths, batch or row["batch"], device),
+                device, repeats=3)
+        baseline, speed = measured[key]
+        row = {**row, "speed": baseline if row["stage"] == "original" else speed,
+               "batch": batch or row["batch"], "hardware": env["hardware"]}
+        if row["stage"] != "original":
+            row["baseline_speed"] = baseline
         row.pop("environment", None)
         store.add_linearize(row_id, row, env)
         updated.append(row)

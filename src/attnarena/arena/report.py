@@ -336,8 +336,14 @@ def leaderboard_markdown(store) -> str:
 
 
 def _speed_cells(row, lengths):
-    speed = row.get("speed") or {}
-    times = [_fmt((speed.get(str(n)) or {}).get("ms"), ".1f") for n in lengths]
+    """ms at each length, with the speed-up over the original timed in the same call
+    where the row kept it; then peak MiB at each length."""
+    speed, baseline = row.get("speed") or {}, row.get("baseline_speed") or {}
+    times = []
+    for n in lengths:
+        ms = (speed.get(str(n)) or {}).get("ms")
+        base = (baseline.get(str(n)) or {}).get("ms")
+        times.append(_fmt(ms, ".1f") + (f" ({base / ms:.2f}x)" if ms and base else ""))
     memory = [_fmt((speed.get(str(n)) or {}).get("peak_mb"), ".0f") for n in lengths]
     return times + memory
 
@@ -356,7 +362,9 @@ def linearize_markdown(rows) -> str:
                   "neighbours, Spearman correlation of all pairwise similarities. Stages: "
                   "transfer = attention transfer only; finetune = transfer, then LoRA "
                   f"fine-tuning. Encoder forward of batch {first.get('batch')} "
-                  f"on {first.get('hardware')}: median ms and peak MiB.", "",
+                  f"on {first.get('hardware')}: median ms (in brackets, the original's time "
+                  "over the row's, both from the call that measured the row) and peak MiB.",
+                  "",
                   "| model | mixer | softmax layers | stage | steps | cosine | top-10 | "
                   "Spearman | " + " | ".join([f"ms L={n}" for n in lengths]
                                               + [f"MiB L={n}" for n in lengths])
