@@ -109,9 +109,11 @@ def cmd_speed(args) -> int:
                       time_budget=args.time_budget)
     result = run_speed(cfg, progress=not args.quiet)
     paths = write_speed(result, args.out, stem=f"speed-{args.pass_}")
-    print(f"matmul throughput ({args.dtype}): {result['meta']['matmul_gflops']:.1f} GFLOP/s")
-    print(f"{'mixer':<28} {'length':>7} {'status':<10} {'median ms':>10} {'tokens/s':>12} "
-          f"{'peak MiB':>9} {'error':>9}")
+    meta = result["meta"]
+    print(f"matmul throughput ({args.dtype}): {meta['matmul_gflops']:.1f} GFLOP/s before the "
+          f"sweep, {meta['matmul_gflops_after']:.1f} after")
+    print(f"{'mixer':<28} {'length':>7} {'status':<10} {'median ms':>10} {'± IQR/2':>8} "
+          f"{'tokens/s':>12} {'peak MiB':>9} {'error':>9}  flags")
     errors = []
     for r in result["rows"]:
         def fmt(key, spec):
@@ -121,18 +123,25 @@ def cmd_speed(args) -> int:
         if status.startswith("error"):
             errors.append(f"{r['mixer']} at L={r['length']}: {status[len('error: '):]}")
             status = f"error ({len(errors)})"
+        half = None if r.get("q1_ms") is None else (r["q3_ms"] - r["q1_ms"]) / 2
         print(f"{r['mixer']:<28} {r['length']:>7} {status:<10} "
-              f"{fmt('median_ms', '10.3f')} {fmt('tokens_per_s', '12.0f')} "
-              f"{fmt('peak_mem_mb', '9.1f')} {fmt('rel_error', '9.2g')}")
+              f"{fmt('median_ms', '10.3f')} {'-' if half is None else format(half, '.3f'):>8} "
+              f"{fmt('tokens_per_s', '12.0f')} "
+              f"{fmt('peak_mem_mb', '9.1f')} {fmt('rel_error', '9.2g')}  "
+              f"{', '.join(r.get('flags') or [])}")
     for number, text in enumerate(errors, start=1):
         print(f"error ({number}): {text}")
     cross = crossovers(result["rows"])
     if cross:
-        print("crossover (shortest length from which faster than softmax with less memory): "
+        print("crossover (shortest length from which faster than softmax, interquartile "
+              "ranges apart, with less memory): "
               + ", ".join(f"{m} {'never' if n is None else n}" for m, n in cross.items()))
     if any(r.get("rel_error") is not None for r in result["rows"]):
         print("error: ||y - y*|| / ||y*|| against exact softmax attention through the "
               "mixer's own projections, at initialization")
+    if any(r.get("flags") for r in result["rows"]):
+        print("flags: busy = other processes used over a quarter of the cores while it was "
+              "timed; noisy = interquartile range over a quarter of the median")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if all(r["status"] != "ok" for r in result["rows"]):
         print("attnarena speed: error: no case ran; see the reasons above", file=sys.stderr)

@@ -7,7 +7,7 @@ import json
 from collections import defaultdict
 
 from attnarena.arena.plotstyle import plural
-from attnarena.arena.speed_report import BASELINE, crossovers, errors_at_longest
+from attnarena.arena.speed_report import BASELINE, crossovers, errors_at_longest, memory_of
 
 
 COLUMNS = ["task", "mixer", "preset", "seed", "dim", "lr", "setting", "metric", "test",
@@ -288,7 +288,7 @@ def leaderboard_markdown(store) -> str:
         lines += [f"## Speed: {pass_} (median ms; batch {mine[0].get('batch')}, "
                   f"{mine[0].get('heads')} heads x {mine[0].get('head_dim')}, "
                   f"{mine[0].get('dtype')}, {env.get('hardware')}, "
-                  f"{env.get('threads')} threads)", ""]
+                  f"{env.get('threads')} threads)", "", _speed_conditions(mine), ""]
         if cross:
             lines += [f"crossover: the shortest measured length from which the mechanism is "
                       f"faster than softmax and needs less {memory}, at every longer length "
@@ -299,14 +299,18 @@ def leaderboard_markdown(store) -> str:
                       "initialization on random inputs, at the longest length measured."]
         if cross or errors:
             lines.append("")
+        unit = "state MiB" if pass_ == "decode" else "MiB"
+        extra = [f"{unit} L={lengths[-1]}"] + extra
         lines += ["| mixer | " + " | ".join([f"L={n}" for n in lengths] + extra) + " |",
                   "|---" * (len(lengths) + len(extra) + 1) + "|"]
         for mixer in sorted({r["mixer"] for r in mine}):
             cells = []
             for n in lengths:
                 row = next((r for r in mine if r["mixer"] == mixer and r["length"] == n), None)
-                cells.append("-" if row is None else (f"{row['median_ms']:.2f}"
-                                                      if row["status"] == "ok" else row["status"]))
+                cells.append("-" if row is None else _time_cell(row))
+            longest = next((r for r in mine if r["mixer"] == mixer
+                            and r["length"] == lengths[-1] and r["status"] == "ok"), None)
+            cells.append(_fmt(None if longest is None else memory_of(longest), ",.1f"))
             if cross:
                 cells.append("baseline" if mixer == BASELINE else
                              "never" if cross.get(mixer) is None else f"L={cross[mixer]}")
@@ -333,6 +337,43 @@ def leaderboard_markdown(store) -> str:
                   for r in unfinished]
         lines.append("")
     return "\n".join(lines)
+
+
+def _time_cell(row) -> str:
+    """Median ms with half its interquartile range, and the flags of its conditions."""
+    if row["status"] != "ok":
+        return row["status"]
+    text = f"{row['median_ms']:.2f}"
+    if row.get("q1_ms") is not None and row.get("q3_ms") is not None:
+        text += f" ±{(row['q3_ms'] - row['q1_ms']) / 2:.2g}"
+    marks = row.get("flags") or []
+    return text + (f" ({', '.join(marks)})" if marks else "")
+
+
+def _span(values) -> str:
+    return str(values[0]) if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
+
+
+def _speed_conditions(rows) -> str:
+    """How the sweep's rows were timed: repeats, calls per sample, the machine's pace, the
+    rule for a difference, and the flags."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("repeats")]
+    if not ok:
+        return ("Timed before spreads were kept: medians only, and a difference is a "
+                "difference of medians.")
+    repeats = sorted({r["repeats"] for r in ok})
+    calls = sorted({r.get("iterations") or 1 for r in ok})
+    pace = sorted({round(r["matmul_gflops"]) for r in ok if r.get("matmul_gflops")})
+    flagged = sum(bool(r.get("flags")) for r in ok)
+    return (f"Each time is the median of {_span(repeats)} samples, each the mean of "
+            f"{_span(calls)} calls, ± half the "
+            "interquartile range; a mechanism is faster than softmax only where the two "
+            "interquartile ranges do not overlap (otherwise a tie, never a crossover). "
+            + (f"Matmul pace when the sweeps began: {', '.join(map(str, pace))} GFLOP/s. "
+               if pace else "")
+            + f"busy: other processes used over a quarter of the cores while it was timed; "
+            f"noisy: the interquartile range exceeds a quarter of the median ({flagged} of "
+            f"{len(ok)} times flagged).")
 
 
 def _speed_cells(row, lengths):

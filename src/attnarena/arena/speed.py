@@ -7,12 +7,14 @@ budget is recorded as such, and the mixer's longer lengths are recorded as skipp
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from attnarena.arena.conditions import OthersLoad, flags, spread
 from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.memory import PeakMemory
 from attnarena._validate import check_int, check_real
@@ -54,6 +56,10 @@ class SpeedConfig:
         self.device = resolve_device(self.device)
         if self.pass_ == "decode" and not self.causal:
             raise ValueError("the decode pass needs causal mixers")
+
+
+SAMPLE_SECONDS = 0.005  # each timed sample lasts at least this long (a burst of calls)
+MAX_BURST = 1000
 
 
 def _sync(device):
@@ -147,7 +153,9 @@ def measure_case(spec: MixerSpec, length: int, cfg: SpeedConfig) -> dict:
     row = {"mixer": spec.label, "length": length, "pass": cfg.pass_, "batch": cfg.batch,
            "heads": cfg.heads, "head_dim": cfg.head_dim, "dtype": cfg.dtype,
            "causal": cfg.causal, "status": "ok", "median_ms": None, "min_ms": None,
-           "peak_mem_mb": None, "tokens_per_s": None, "state_mb": None, "rel_error": None}
+           "q1_ms": None, "q3_ms": None, "repeats": 0, "iterations": 0, "others_share": None,
+           "flags": [], "peak_mem_mb": None, "tokens_per_s": None, "state_mb": None,
+           "rel_error": None}
     try:
         call, extra = _make_call(spec, length, cfg)
         row.update(extra)
@@ -162,20 +170,22 @@ def measure_case(spec: MixerSpec, length: int, cfg: SpeedConfig) -> dict:
             call()
         row["peak_mem_mb"] = None if memory.peak_bytes is None else memory.peak_bytes / 2**20
         repeats = max(1, min(cfg.repeats, int(cfg.time_budget / max(first, 1e-9))))
-        # A decode step takes well under a millisecond: time bursts of steps so that
-        # timer resolution and scheduler noise average out.
-        burst = 20 if cfg.pass_ == "decode" else 1
+        # Each sample times a burst of calls lasting at least SAMPLE_SECONDS, so that timer
+        # resolution and scheduler noise average out of sub-millisecond calls.
+        burst = max(1, min(MAX_BURST, math.ceil(SAMPLE_SECONDS / max(first, 1e-9))))
         times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(burst):
-                call()
-            _sync(cfg.device)
-            times.append((time.perf_counter() - start) / burst)
-        median = statistics.median(times)
+        with OthersLoad() as load:
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for _ in range(burst):
+                    call()
+                _sync(cfg.device)
+                times.append((time.perf_counter() - start) / burst * 1e3)
+        row.update(spread(times))
         tokens = cfg.batch * (1 if cfg.pass_ == "decode" else length)
-        row.update(median_ms=median * 1e3, min_ms=min(times) * 1e3,
-                   tokens_per_s=tokens / median)
+        row.update(tokens_per_s=tokens / (row["median_ms"] / 1e3), iterations=burst,
+                   others_share=load.share)
+        row["flags"] = flags(row)
     except Exception as error:  # one failing case must not stop the sweep
         if _is_oom(error):
             row["status"] = "oom"
@@ -211,6 +221,7 @@ def run_speed(cfg: SpeedConfig, progress: bool = True, known=None, on_row=None) 
     from tqdm import tqdm
 
     cases = [(spec, n) for spec in cfg.mixers for n in cfg.lengths]
+    before = matmul_gflops(cfg.device, cfg.dtype)  # the machine's pace when the sweep began
     rows = []
     stopped = {}  # mixer label -> why longer lengths are skipped
     bar = tqdm(cases, disable=not progress, unit="case", dynamic_ncols=True)
@@ -223,7 +234,7 @@ def run_speed(cfg: SpeedConfig, progress: bool = True, known=None, on_row=None) 
             row = {"mixer": spec.label, "length": length, "pass": cfg.pass_,
                    "status": f"skipped ({stopped[spec.label]})"}
         else:
-            row = measure_case(spec, length, cfg)
+            row = {**measure_case(spec, length, cfg), "matmul_gflops": before}
             if on_row:
                 on_row(spec, length, row)
         if row["status"] in ("oom", "timeout"):
@@ -232,6 +243,6 @@ def run_speed(cfg: SpeedConfig, progress: bool = True, known=None, on_row=None) 
         if row.get("median_ms") is not None:
             bar.set_postfix(ms=f"{row['median_ms']:.2f}")
     meta = {"config": {**asdict(cfg), "mixers": [m.label for m in cfg.mixers]},
-            "environment": environment(cfg.device),
-            "matmul_gflops": matmul_gflops(cfg.device, cfg.dtype)}
+            "environment": environment(cfg.device), "matmul_gflops": before,
+            "matmul_gflops_after": matmul_gflops(cfg.device, cfg.dtype)}
     return {"meta": meta, "rows": rows}

@@ -6,11 +6,13 @@ import json
 import textwrap
 from pathlib import Path
 
+from attnarena.arena.conditions import compare
 from attnarena.arena.plotstyle import label_log_axis, legend_outside, mixer_style, pyplot
 
-COLUMNS = ["mixer", "length", "pass", "status", "median_ms", "min_ms", "tokens_per_s",
-           "peak_mem_mb", "state_mb", "rel_error", "batch", "heads", "head_dim", "dtype", "causal",
-           "hardware", "threads", "torch"]
+COLUMNS = ["mixer", "length", "pass", "status", "median_ms", "min_ms", "q1_ms", "q3_ms",
+           "repeats", "iterations", "others_share", "flags", "matmul_gflops", "tokens_per_s",
+           "peak_mem_mb", "state_mb", "rel_error", "batch", "heads", "head_dim", "dtype",
+           "causal", "hardware", "threads", "torch"]
 
 
 def write_speed(result: dict, out_dir, stem: str = "speed") -> dict:
@@ -100,27 +102,28 @@ def plot_speed(result: dict, path) -> None:
 BASELINE = "softmax"
 
 
-def _cost(row: dict):
-    """(time, memory) of a measured row: peak memory, or the state for decoding."""
-    memory = row.get("state_mb") if row.get("pass") == "decode" else row.get("peak_mem_mb")
-    return row.get("median_ms"), memory
+def memory_of(row: dict):
+    """The memory a row is judged by: peak memory, or the state held for decoding."""
+    return row.get("state_mb") if row.get("pass") == "decode" else row.get("peak_mem_mb")
 
 
 def crossovers(rows: list, baseline: str = BASELINE) -> dict:
     """Per mechanism (rows of one pass), the shortest measured length from which it is
-    faster than ``baseline`` and uses less memory at every longer measured length (CAB's
-    efficiency length); None when it never is. Empty without the baseline's rows."""
+    faster than ``baseline`` (interquartile ranges apart: a tie is not faster) and uses
+    less memory at every longer measured length (CAB's efficiency length); None when it
+    never is. Empty without the baseline's rows."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    base = {r["length"]: _cost(r) for r in ok if r["mixer"] == baseline}
+    base = {r["length"]: r for r in ok if r["mixer"] == baseline}
     if not base:
         return {}
     found = {}
     for mixer in dict.fromkeys(r["mixer"] for r in rows if r["mixer"] != baseline):
-        mine = {r["length"]: _cost(r) for r in ok if r["mixer"] == mixer}
+        mine = {r["length"]: r for r in ok if r["mixer"] == mixer}
         shared = sorted(set(mine) & set(base))
         winning = [n for n in shared
-                   if None not in (*mine[n], *base[n])
-                   and mine[n][0] < base[n][0] and mine[n][1] < base[n][1]]
+                   if None not in (memory_of(mine[n]), memory_of(base[n]))
+                   and compare(mine[n], base[n]) == "faster"
+                   and memory_of(mine[n]) < memory_of(base[n])]
         crossover = None
         for n in reversed(shared):  # the longest suffix of lengths where it wins
             if n not in winning:

@@ -1,0 +1,83 @@
+"""Timings a user can trust: spreads kept, conditions recorded, a busy machine flagged, a
+difference called only when spreads part."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from attnarena.arena.conditions import OthersLoad, compare, flags, spread
+from attnarena.arena.report import leaderboard_markdown
+from attnarena.arena.speed import SpeedConfig, measure_case
+from attnarena.arena.speed_report import crossovers
+from attnarena.arena.store import Store
+
+
+def _row(mixer, length, median, half, memory, **extra):
+    return {"mixer": mixer, "length": length, "pass": "fwd", "status": "ok",
+            "median_ms": median, "min_ms": median - half, "q1_ms": median - half,
+            "q3_ms": median + half, "repeats": 5, "iterations": 1, "peak_mem_mb": memory,
+            "matmul_gflops": 150.0, "batch": 1, "heads": 4, "head_dim": 64,
+            "dtype": "float32", "causal": True, **extra}
+
+
+def test_spread_and_flags():
+    assert spread([3.0, 1.0, 2.0, 5.0, 4.0]) == {"median_ms": 3.0, "min_ms": 1.0,
+                                                 "q1_ms": 2.0, "q3_ms": 4.0, "repeats": 5}
+    assert flags(_row("a", 1, 10.0, 0.5, 1.0)) == []
+    assert flags(_row("a", 1, 10.0, 2.0, 1.0)) == ["noisy"]  # IQR 4 > 10 / 4
+    assert flags(_row("a", 1, 10.0, 0.5, 1.0, others_share=0.6)) == ["busy"]
+
+
+def test_a_difference_inside_the_spread_is_a_tie():
+    assert compare(_row("a", 1, 10.0, 1.0, 1), _row("b", 1, 10.5, 1.0, 1)) == "tie"
+    assert compare(_row("a", 1, 10.0, 1.0, 1), _row("b", 1, 13.0, 1.0, 1)) == "faster"
+    assert compare(_row("a", 1, 13.0, 1.0, 1), _row("b", 1, 10.0, 1.0, 1)) == "slower"
+
+
+def test_a_crossover_needs_a_win_beyond_the_spread_at_every_longer_length():
+    rows = [_row("softmax", 1024, 10.0, 0.5, 8.0), _row("softmax", 4096, 100.0, 2.0, 30.0),
+            # faster by medians at 1024 but inside the spread: a tie there
+            _row("gla", 1024, 9.8, 0.5, 4.0), _row("gla", 4096, 40.0, 2.0, 10.0),
+            # faster everywhere, beyond the spread
+            _row("linear", 1024, 5.0, 0.2, 4.0), _row("linear", 4096, 20.0, 1.0, 10.0),
+            # faster but not lighter
+            _row("mamba2", 1024, 5.0, 0.2, 9.0), _row("mamba2", 4096, 20.0, 1.0, 40.0)]
+    assert crossovers(rows) == {"gla": 4096, "linear": 1024, "mamba2": None}
+
+
+def test_the_report_shows_spreads_flags_and_memory(tmp_path):
+    store = Store(tmp_path / "a.sqlite")
+    env = {"hardware": "cpu-x", "threads": 2}
+    for row in [_row("softmax", 1024, 10.0, 0.5, 8.0, flags=[]),
+                _row("gla", 1024, 4.0, 0.2, 4.0, flags=["busy"], others_share=0.7)]:
+        store.add_speed(row["mixer"], row, None, env)
+    board = leaderboard_markdown(store)
+    assert "| gla | 4.00 ±0.2 (busy) | 4.0 | L=1024 |" in board
+    assert "| softmax | 10.00 ±0.5 | 8.0 | baseline |" in board
+    assert "interquartile ranges do not overlap" in board and "1 of 2 times flagged" in board
+
+
+def test_a_case_records_its_spread_and_conditions():
+    cfg = SpeedConfig(mixers=["softmax"], lengths=[16], heads=1, head_dim=4, repeats=3)
+    row = measure_case(cfg.mixers[0], 16, cfg)
+    assert row["status"] == "ok" and row["repeats"] == 3
+    assert row["q1_ms"] <= row["median_ms"] <= row["q3_ms"]
+    assert row["iterations"] >= 1 and isinstance(row["flags"], list)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/stat")
+def test_others_load_sees_other_processes():
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        with OthersLoad() as busy:
+            time.sleep(1.0)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    with OthersLoad() as quiet:
+        time.sleep(0.5)
+    assert busy.share > 0.4 and busy.share > quiet.share
