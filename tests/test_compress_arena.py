@@ -205,3 +205,15 @@ def test_speed_ups_divide_timings_of_one_call(tmp_path):
     line = [l for l in compress_markdown([rows["float"], old]).splitlines()
             if l.startswith("| int8_dynamic")][0]
     assert line.split(" | ")[8:10] == ["-", "-"]
+
+
+def test_a_speed_up_inside_the_spread_is_a_tie():
+    from attnarena.arena.compress_report import _speed_up
+
+    def cell(ms, half):
+        return {"model": {"1": {"ms": ms, "q1_ms": ms - half, "q3_ms": ms + half}}}
+
+    row = {"recipe": "int8", "speed": cell(9.0, 1.0), "baseline_speed": cell(10.0, 1.0)}
+    assert _speed_up(row, "model", "1") == "1.11x (tie)"
+    row["speed"] = cell(5.0, 0.5)
+    assert _speed_up(row, "model", "1") == "2.00x"

@@ -12,7 +12,6 @@ by side. Each compressed model is saved (safetensors + the recipe) and loads bac
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from attnarena.arena.compressed import (row_key, report_summary, linear_bytes, load_compressed,
                                         save_compressed, stored_bytes, weight_count)
+from attnarena.arena.conditions import OthersLoad, spread
 from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.memory import PeakMemory
 from attnarena.arena.store import Store
@@ -45,20 +45,23 @@ def side_by_side(models, cells_of, device, repeats: int = 5) -> list[dict]:
     """Time every model's cells (``cells_of(model)``: {(key, ...): call}) round-robin: each
     repeat runs every cell of every model once, so drift in the machine's speed over the
     measurement falls on all models alike. Returns, per model, nested dicts of
-    {"ms": median, "peak_mb": peak memory of one more call} along each cell's key path."""
+    {"ms": median, "q1_ms", "q3_ms" (quartiles), "repeats", "others_share" (the share of
+    the machine other processes used meanwhile), "peak_mb": peak memory of one more call}
+    along each cell's key path."""
     cells = [cells_of(m) for m in models]
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda d: None)
     for calls in cells:
         for call in calls.values():
             call()  # warm-up
     times = [{key: [] for key in calls} for calls in cells]
-    for _ in range(repeats):
-        for calls, timing in zip(cells, times):
-            for key, call in calls.items():
-                start = time.perf_counter()
-                call()
-                sync(device)
-                timing[key].append((time.perf_counter() - start) * 1e3)
+    with OthersLoad() as load:
+        for _ in range(repeats):
+            for calls, timing in zip(cells, times):
+                for key, call in calls.items():
+                    start = time.perf_counter()
+                    call()
+                    sync(device)
+                    timing[key].append((time.perf_counter() - start) * 1e3)
     out = []
     for calls, timing in zip(cells, times):
         nested = {}
@@ -68,7 +71,10 @@ def side_by_side(models, cells_of, device, repeats: int = 5) -> list[dict]:
             place = nested
             for part in key[:-1]:
                 place = place.setdefault(part, {})
-            place[key[-1]] = {"ms": statistics.median(timing[key]),
+            kept = spread(timing[key])
+            place[key[-1]] = {"ms": kept["median_ms"], "q1_ms": kept["q1_ms"],
+                              "q3_ms": kept["q3_ms"], "repeats": kept["repeats"],
+                              "others_share": load.share,
                               "peak_mb": None if memory.peak_bytes is None
                               else memory.peak_bytes / 2**20}
         out.append(nested)

@@ -48,6 +48,26 @@ def _ratio(a, b, spec=".2f"):
     return "-" if a is None or b is None or not b else f"{a / b:{spec}}x"
 
 
+def _cell(row, where, batch, factor="1", key="speed"):
+    speed = row.get(key) or {}
+    part = speed.get("model", {}) if where == "model" else speed.get("blocks", {}).get(factor, {})
+    return part.get(batch) or {}
+
+
+def _speed_up(row, where, batch, factor="1") -> str:
+    """The baseline's time over the row's, from one call; "(tie)" when their interquartile
+    ranges overlap, so a difference inside the noise is not read as a speed-up."""
+    mine, base = _cell(row, where, batch, factor), _cell(row, where, batch, factor,
+                                                         "baseline_speed")
+    text = _ratio(base.get("ms"), mine.get("ms"))
+    if text == "-" or row.get("recipe") == "float":
+        return text
+    bounds = (mine.get("q1_ms"), mine.get("q3_ms"), base.get("q1_ms"), base.get("q3_ms"))
+    if None not in bounds and not (bounds[1] < bounds[2] or bounds[3] < bounds[0]):
+        text += " (tie)"
+    return text
+
+
 def _points(row, base):
     if row["metric"] == "accuracy":
         return f"{100 * (row['test'] - base['test']):+.2f} pts"
@@ -69,7 +89,8 @@ def compress_markdown(rows) -> str:
              "length (batch 32; a pretrained encoder: the whole encoder), with peak memory "
              "there. Each speed-up divides the uncompressed model's time by the recipe's, "
              "both from one call of attnarena compress (a row stored before rows kept their "
-             "call's baseline shows -: compress it again to time it). A pretrained encoder's metric is the mean cosine with the original's "
+             "call's baseline shows -: compress it again to time it); (tie) where the two "
+             "times' interquartile ranges overlap. A pretrained encoder's metric is the mean cosine with the original's "
              "sentence embeddings.", ""]
     groups = by_source(rows)
     for source, (base, compressed) in groups.items():
@@ -93,10 +114,9 @@ def compress_markdown(rows) -> str:
                 _kib(row.get("linear_bytes")),
                 _ratio(base.get("linear_bytes"), row.get("linear_bytes")),
                 f"{row['params']:,}",
-                _ratio(_base_ms(row, "model", "1"), _ms(row, "model", "1")),
-                _ratio(_base_ms(row, "model", "32"), _ms(row, "model", "32")),
+                _speed_up(row, "model", "1"), _speed_up(row, "model", "32"),
                 "-" if blocks is None else f"{blocks:.1f} ms "
-                f"({_ratio(_base_ms(row, 'blocks', '32', '4'), blocks)})",
+                f"({_speed_up(row, 'blocks', '32', '4')})",
                 "-" if _peak(row) is None else f"{_peak(row):.1f}"]) + " |")
         lines.append("")
     lines += outlier_markdown(groups)
