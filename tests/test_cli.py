@@ -14,11 +14,11 @@ from attnarena.cli import main
 def test_list_shows_every_mechanism(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split()[:5] == ["name", "family", "complexity", "patterns",
-                                               "forms"]
+    assert out.splitlines()[0].split()[:4] == ["name", "family", "patterns", "forms"]
     for name in aa.list_mixers():
         assert any(line.startswith(name + " ") for line in out.splitlines())
-    assert "Katharopoulos et al. 2020" in out
+    assert main(["list", "--long"]) == 0
+    assert "Katharopoulos et al. 2020" in capsys.readouterr().out
 
 
 def test_speed_writes_csv_json_and_plot(tmp_path, capsys):
@@ -220,3 +220,18 @@ def test_the_decoding_state_counts_what_a_kv_cache_holds():
         # K and V of what is held: batch 3, 2 heads, head size 8, float32
         assert _state_bytes(state) == 2 * 3 * 2 * held * 8 * 4
         assert state.k.numel() * 4 > 3 * 2 * held * 8 * 4  # the buffers hold more room
+
+
+def test_list_fits_100_columns_and_filters(capsys):
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 100 and len(lines) == len(aa.list_mixers()) + 4
+    assert main(["list", "--form", "chunk", "--attention", "causal", "--family", "delta"]) == 0
+    names = {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:-3]}
+    assert names == {n for n in aa.list_mixers() if "chunk" in aa.mixer_info(n).forms
+                     and "causal" in aa.mixer_info(n).patterns
+                     and "delta" in aa.mixer_info(n).family.lower()}
+    assert names >= {"deltanet", "gated_deltanet"}
+    assert main(["list", "--long"]) == 0
+    assert max(map(len, capsys.readouterr().out.splitlines())) <= 100
+    assert main(["list", "--family", "nothing-like-this"]) == 2

@@ -45,25 +45,46 @@ def _indices(text: str) -> list[int]:
     return values
 
 
+PATTERN_LETTERS = {"self": "s", "causal": "c", "cross": "x", "causal_cross": "cx"}
+FORM_WORDS = {"parallel": "par", "chunk": "chunk", "recurrent": "rec"}
+
+
 def cmd_list(args) -> int:
-    names = list_mixers(args.pattern)
-    if not names:
-        raise ValueError(f"no mechanism matches {args.pattern!r}; names: "
-                         f"{', '.join(list_mixers())}")
+    from attnarena.registry import mixer_kernel
+
+    infos = [mixer_info(n) for n in list_mixers(args.pattern)]
+    infos = [i for i in infos
+             if (args.form is None or args.form in i.forms)
+             and (args.attention is None or args.attention in i.patterns)
+             and (args.family is None or args.family.lower() in i.family.lower())]
+    if not infos:
+        raise ValueError("no mechanism matches these filters; `attnarena list` shows all "
+                         f"{len(list_mixers())}")
     if args.markdown:
         from attnarena.registry import mechanism_table
 
-        print(mechanism_table(names))
+        print(mechanism_table([i.name for i in infos]))
         return 0
-    from attnarena.registry import mixer_kernel
+    if args.long:
+        import textwrap
 
-    rows = [(i.name, i.family, i.complexity, ",".join(sorted(i.patterns)),
-             ",".join(sorted(i.forms)), mixer_kernel(i.name), i.paper)
-            for i in map(mixer_info, names)]
-    header = ("name", "family", "complexity", "patterns", "forms", "kernel", "paper")
-    widths = [max(len(str(r[c])) for r in rows + [header]) for c in range(len(header) - 1)]
-    for row in [header] + rows:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + "  " + row[-1])
+        for i in infos:
+            text = (f"{i.name}: {i.family}; {i.paper}. Complexity {i.complexity}; patterns "
+                    f"{', '.join(sorted(i.patterns))}; forms {', '.join(sorted(i.forms))}; "
+                    f"kernel {mixer_kernel(i.name)}")
+            print(textwrap.fill(text, 100, subsequent_indent="  "))
+        return 0
+    # one line each, within 100 columns
+    print(f"{'name':<15} {'family':<34} {'patterns':<9} {'forms':<14} {'kernel':<8} decodes")
+    for i in infos:
+        patterns = " ".join(PATTERN_LETTERS[p] for p in PATTERN_LETTERS if p in i.patterns)
+        forms = " ".join(FORM_WORDS[f] for f in FORM_WORDS if f in i.forms)
+        kernel = "numba" if "numba" in mixer_kernel(i.name) else "PyTorch"
+        print(f"{i.name:<15} {i.family:<34} {patterns:<9} {forms:<14} {kernel:<8} "
+              f"{'yes' if i.decodes else ''}")
+    print(f"{len(infos)} mechanisms. patterns: s self, c causal, x cross, cx causal cross; "
+          "forms: par parallel,\nchunk, rec recurrent. --long adds each one's paper and "
+          "complexity; --form, --attention\nand --family filter.")
     return 0
 
 
@@ -274,6 +295,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_choose(args) -> int:
+    from attnarena.arena.choose import Question, choice_markdown, choose
+    from attnarena.arena.store import Store
+
+    question = Question(length=args.length, batch=args.batch, memory=args.memory,
+                        decode=args.decode, causal=args.causal, task=args.task,
+                        mixers=tuple(_names(args.mixers) or ()))
+    if args.task is not None:
+        from attnarena.tasks.registry import task_class
+
+        task_class(args.task)  # an unknown name: one line with the valid ones
+    store = Store(args.store) if args.measure else Store(args.store, readonly=True)
+    log = (lambda line: None) if args.quiet else print
+    result = choose(store, question, measure=args.measure, progress=not args.quiet, log=log)
+    print(choice_markdown(result))
+    return 0
+
+
 def cmd_store(args) -> int:
     from attnarena.arena.store import SCHEMA_VERSION, Store
 
@@ -430,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("list", help="mechanisms and what each supports")
     p.add_argument("pattern", nargs="?", default=None, help="glob on names, e.g. '*linear*'")
+    p.add_argument("--form", choices=sorted(FORM_WORDS), default=None,
+                   help="only mechanisms with this form")
+    p.add_argument("--attention", choices=sorted(PATTERN_LETTERS), default=None,
+                   help="only mechanisms that support this pattern")
+    p.add_argument("--family", default=None, help="only families whose name contains this")
+    p.add_argument("--long", action="store_true",
+                   help="each mechanism's paper, complexity, patterns, forms and kernel")
     p.add_argument("--markdown", action="store_true",
                    help="print the README's mechanism table (markdown)")
     p.set_defaults(func=cmd_list)
@@ -609,6 +655,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the leaderboard (Markdown, or the rows with --format csv or "
                         "json) to this file, not stdout")
     p.set_defaults(func=cmd_report)
+
+    p = command("choose", help="which mechanism for my length and budget: quality from the "
+                               "store joined with time and memory at that length")
+    p.add_argument("--length", type=_positive, required=True, help="the sequence length")
+    p.add_argument("--batch", type=_positive, default=1)
+    p.add_argument("--memory", type=float, default=None,
+                   help="a memory budget in MiB (peak of a forward pass, or the decoding "
+                        "state with --decode)")
+    p.add_argument("--decode", action="store_true",
+                   help="judge by a decoding step and the state it keeps (causal)")
+    p.add_argument("--causal", action="store_true", help="causal attention only")
+    p.add_argument("--task", default=None,
+                   help="take quality from this task only (default: every accuracy task)")
+    p.add_argument("--mixers", default=None,
+                   help="compare only these (default: every mechanism with a finished run)")
+    p.add_argument("--store", default="results/arena.sqlite")
+    p.add_argument("--no-measure", dest="measure", action="store_false",
+                   help="use stored timings only; never measure")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_choose)
 
     p = command("store", help="maintain a results store")
     p.add_argument("action", choices=["migrate"],

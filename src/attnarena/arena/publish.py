@@ -8,6 +8,7 @@ from pathlib import Path
 from attnarena.arena.compress_report import by_source, plot_compression
 from attnarena.arena.plotstyle import (label_log_axis, legend_outside, mixer_style, plural,
                                        pyplot)
+from attnarena.arena.choose import store_answer
 from attnarena.arena.report import (best_runs, leaderboard_markdown, leaderboard_rows,
                                     run_label, swept_keys, training_conditions)
 from attnarena.arena.speed_report import plot_speed
@@ -20,7 +21,16 @@ def build_reports(store, out_dir) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "leaderboard.md"]
-    paths[0].write_text(leaderboard_markdown(store))
+    board = leaderboard_markdown(store)
+    answer = store_answer(store)
+    if answer:  # the arena's answer first: quality joined with time and memory
+        title, _, rest = board.partition("\n")
+        board = (f"{title}\n\n## Which mechanism: quality, time and memory together\n\n"
+                 "Quality from the tasks below; time and peak memory of the mechanism alone "
+                 "at the longest length the speed sweep measured (`attnarena choose --length "
+                 "L` answers for another length, measuring what is missing).\n\n"
+                 f"{answer}\n{rest}")
+    paths[0].write_text(board)
     rows = leaderboard_rows(store)
     if any(r["metric"] == "accuracy" for r in rows):
         paths += [plot_quality_vs_speed(rows, out / "quality_vs_speed.png"),
