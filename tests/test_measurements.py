@@ -81,3 +81,16 @@ def test_others_load_sees_other_processes():
     with OthersLoad() as quiet:
         time.sleep(0.5)
     assert busy.share > 0.4 and busy.share > quiet.share
+
+
+def test_the_average_table_says_what_it_leaves_out_and_never_vanishes(tmp_path):
+    from test_choose import _finish
+
+    store = Store(tmp_path / "a.sqlite")
+    _finish(store, "softmax", "copy", 1.0)
+    _finish(store, "gla", "mqar", 0.5)
+    board = leaderboard_markdown(store)
+    assert "No mechanism ran all 2 tasks, so there is no average" in board
+    _finish(store, "softmax", "mqar", 0.9)
+    board = leaderboard_markdown(store)
+    assert "left out, having run only some: gla" in board

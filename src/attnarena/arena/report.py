@@ -263,13 +263,20 @@ def leaderboard_markdown(store) -> str:
         lines += _task_table(task, sorted((r for r in rows if r["task"] == task), key=_order))
     avg = averages(rows)
     problems = {r["problem"] for r in _accuracy_rows(rows)}
+    partial = sorted({r["mixer"] for r in _accuracy_rows(rows)} - {m for m, _, _ in avg})
+    if len(problems) > 1 and not avg:
+        lines += [f"## Average over {len(problems)} tasks", "",
+                  f"No mechanism ran all {len(problems)} tasks, so there is no average; "
+                  "the tables above compare them task by task.", ""]
     if avg and len(problems) > 1:
         lra = {p.split("(")[0] for p in problems} <= LRA_TASKS
         presets = {p for _, p, _ in avg}
         one = f" All rows: preset {next(iter(presets))}." if len(presets) == 1 else ""
         lines += [f"## Average over {len(problems)} tasks" + (" (LRA average)" if lra else ""),
                   "", "Test accuracy; per task the best setting of a sweep, each averaged "
-                  "over its seeds; only mechanisms that ran every task." + one, ""]
+                  "over its seeds; only mechanisms that ran every task"
+                  + (f" (left out, having run only some: {', '.join(partial)})" if partial
+                     else "") + "." + one, ""]
         if one:
             lines += ["| mixer | mean test accuracy |", "|---|---|"]
             lines += [f"| {m} | {format_metric(a, 'accuracy')} |" for m, _, a in avg]
