@@ -59,7 +59,7 @@ def test_the_pareto_set_is_the_one_computed_by_hand(store):
     assert "ran 1 of the 2 tasks" in text
     assert "the Pareto set of quality, time and memory is" in result["conclusion"]
     assert "the fastest is linear (20.00 ms)" in result["conclusion"]
-    assert "the lightest softmax (24.0 MiB)" in result["conclusion"]
+    assert "the lightest softmax (24 MiB)" in result["conclusion"]
 
 
 def test_a_memory_budget_leaves_out_what_does_not_fit(store):

@@ -120,10 +120,10 @@ def test_crossover_and_error_columns_come_from_the_stored_rows(tmp_path):
         return next(line for line in lines if line.startswith(f"| {mixer} |"))
 
     # rows timed before spreads were kept: medians alone; peak memory at the longest length
-    assert row("softmax") == "| softmax | 10.00 | 100.00 | 1000.00 | 640.0 | baseline | - |"
-    assert row("linear") == "| linear | 20.00 | 50.00 | 200.00 | 400.0 | L=4096 | - |"
-    assert row("heavy") == "| heavy | - | 20.00 | 2000.00 | 100.0 | never | - |"
-    assert row("local") == "| local | 5.00 | 20.00 | 80.00 | 300.0 | L=4096 | 0.1 (L=16384) |"
+    assert row("softmax") == "| softmax | 10.00 | 100.00 | 1000.00 | 640 | baseline | - |"
+    assert row("linear") == "| linear | 20.00 | 50.00 | 200.00 | 400 | L=4096 | - |"
+    assert row("heavy") == "| heavy | - | 20.00 | 2000.00 | 100 | never | - |"
+    assert row("local") == "| local | 5.00 | 20.00 | 80.00 | 300 | L=4096 | 0.1 (L=16384) |"
 
 
 def test_speed_measures_the_error_of_approximations_against_exact_softmax():

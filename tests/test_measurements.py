@@ -53,8 +53,8 @@ def test_the_report_shows_spreads_flags_and_memory(tmp_path):
                 _row("gla", 1024, 4.0, 0.2, 4.0, flags=["busy"], others_share=0.7)]:
         store.add_speed(row["mixer"], row, None, env)
     board = leaderboard_markdown(store)
-    assert "| gla | 4.00 ±0.2 (busy) | 4.0 | L=1024 |" in board
-    assert "| softmax | 10.00 ±0.5 | 8.0 | baseline |" in board
+    assert "| gla | 4.00 ±0.2 (busy) | 4 | L=1024 |" in board
+    assert "| softmax | 10.00 ±0.5 | 8 | baseline |" in board
     assert "interquartile ranges do not overlap" in board and "1 of 2 times flagged" in board
 
 

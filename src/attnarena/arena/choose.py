@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from attnarena.arena.conditions import compare, flags
-from attnarena.arena.report import best_settings, leaderboard_rows
+from attnarena.arena.report import best_settings, leaderboard_rows, mib
 from attnarena.arena.speed_report import BASELINE, memory_of
 from attnarena.registry import list_mixers, mixer_info
 
@@ -196,7 +196,7 @@ def conclusion(question: Question, choices, problems) -> str:
     pareto = [c.mixer for c in choices if c.pareto]
     facts = [f"the fastest is {fastest.mixer} ({fastest.cost['median_ms']:.2f} ms)"]
     if lightest is not None:
-        facts.append(f"the lightest {lightest.mixer} ({lightest.memory_mb:,.1f} MiB)")
+        facts.append(f"the lightest {lightest.mixer} ({mib(lightest.memory_mb)} MiB)")
     if best is not None:
         facts.append(f"the best quality {best.mixer} ({100 * best.quality:.1f}%)")
     sentence = f"At L={question.length:,} (batch {question.batch}, {what}) "
@@ -240,11 +240,10 @@ def choice_markdown(result: dict) -> str:
             notes.append("not timed at this length")
         cells = [c.mixer, "-" if c.quality is None else f"{100 * c.quality:.1f}%",
                  _time_text(c.time),
-                 "-" if c.time is None or c.time.get("peak_mem_mb") is None
-                 else f"{c.time['peak_mem_mb']:,.1f}"]
+                 mib(None if c.time is None else c.time.get("peak_mem_mb"))]
         if question.decode:
-            cells += [_time_text(c.step), "-" if c.step is None or c.step.get("state_mb")
-                      is None else f"{c.step['state_mb']:,.2f}"]
+            cells += [_time_text(c.step), mib(None if c.step is None
+                                              else c.step.get("state_mb"))]
         cells += ["yes" if c.pareto else "", "; ".join(notes)]
         lines.append("| " + " | ".join(cells) + " |")
     conditions = result["conditions"]

@@ -202,6 +202,13 @@ def format_rows(rows, fmt: str) -> str:
     return buffer.getvalue()
 
 
+def mib(value) -> str:
+    """MiB with three significant digits (a 30 KiB state is 0.0293, not 0.0)."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -317,7 +324,7 @@ def leaderboard_markdown(store) -> str:
                 cells.append("-" if row is None else _time_cell(row))
             longest = next((r for r in mine if r["mixer"] == mixer
                             and r["length"] == lengths[-1] and r["status"] == "ok"), None)
-            cells.append(_fmt(None if longest is None else memory_of(longest), ",.1f"))
+            cells.append(mib(None if longest is None else memory_of(longest)))
             if cross:
                 cells.append("baseline" if mixer == BASELINE else
                              "never" if cross.get(mixer) is None else f"L={cross[mixer]}")
