@@ -217,3 +217,13 @@ def test_a_speed_up_inside_the_spread_is_a_tie():
     assert _speed_up(row, "model", "1") == "1.11x (tie)"
     row["speed"] = cell(5.0, 0.5)
     assert _speed_up(row, "model", "1") == "2.00x"
+
+
+def test_compress_reports_progress_of_distillation_and_evaluation(tmp_path, capsys):
+    store, _ = run_tiny_suite(tmp_path, ["softmax"], "steps = 2, batch = 8, eval_every = 2")
+    run = Store(store).runs()[0]["id"]
+    assert main(["compress", run, "--store", str(store), "--out", str(tmp_path), "--repeats",
+                 "1", "--calibration", "1", "--method", "distill steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert "distillation, step 1/3" in out and "distillation, step 3/3" in out
+    assert "evaluating distill(steps=3)" in out

@@ -245,3 +245,15 @@ def test_an_interrupted_linearization_resumes_after_attention_transfer(minilm, t
     rows = linearize_pretrained("minilm", config, **kwargs)
     assert [r["stage"] for r in rows] == ["original", "transfer", "finetune"]
     assert not any((tmp_path / "linearize").glob("*/after_transfer"))
+
+
+def test_linearize_says_what_it_is_doing_and_the_time_left(minilm, tmp_path, capsys):
+    args = ["linearize", "--model", "minilm", "--mixer", "hedgehog", "--steps", "2",
+            "--batch", "2", "--lengths", "16", "--eval-sentences", "12",
+            "--store", str(tmp_path / "a.sqlite"), "--out", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "attention transfer, step 1/2" in out and "about" in out and "left" in out
+    assert "fine-tuning, step 2/2" in out and "after finetune: agreement on 12" in out
+    assert main([*args, "--rerun", "--quiet"]) == 0
+    assert "step" not in capsys.readouterr().out.split("## Linearized")[0]

@@ -222,6 +222,7 @@ def compress_run(source, recipes, *, store_path="results/arena.sqlite", results_
         compressed, reports = apply_recipe(copy.deepcopy(model), steps, data, log=log)
         seconds = time.perf_counter() - start
         compressed.eval()
+        log(f"  evaluating {name} ({examples or 'all'} test examples)")
         row = {**base, "recipe": name, "steps": recipe,
                "test": evaluate(compressed, task, examples, test_seed, device, "test")["metric"],
                "bytes": stored_bytes(compressed), "linear_bytes": linear_bytes(compressed),

@@ -136,6 +136,8 @@ def linearize_pretrained(model, config, *, store_path="results/arena.sqlite",
                    if isinstance(b.self, ArenaSelfAttention) for p in new_parameters(b))
 
     def measured(student, stage, seconds, steps):
+        log(f"after {stage}: agreement on {len(test)} held-out sentences, then timing "
+            f"beside the original at lengths {lengths}")
         # timed beside the original in this call: the row's ratio never mixes two calls
         baseline, speed = side_by_side([teacher, student],
                                        lambda e: _encoder_cells(e, lengths, batch, device),

@@ -20,6 +20,7 @@ from torch import nn
 
 from attnarena.compress.recipe import check_number, loss_and_output, register_method
 from attnarena.models.block import Block
+from attnarena.progress import Progress
 
 
 @dataclass
@@ -136,6 +137,7 @@ def distill(student, data, config) -> dict:
     optimizer = torch.optim.Adam(params, lr=config.lr)
     student.train()
     history = []
+    progress = Progress("    distillation, step", config.steps, getattr(data, "log", None))
     for step in range(config.steps):
         loss, parts = distill_loss(student, teacher, data.train_batch(step), data, config,
                                    projections)
@@ -143,6 +145,7 @@ def distill(student, data, config) -> dict:
         loss.backward()
         optimizer.step()
         history.append({"loss": float(loss.detach()), **parts})
+        progress.step(step + 1, f"loss {history[-1]['loss']:.4g}")
     student.eval()
     tenth = max(1, len(history) // 10)
 

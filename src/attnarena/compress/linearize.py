@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from attnarena._validate import check_int, check_real
 from attnarena.compress.lora import add_lora, lora_parameters, merge_lora, train_only
 from attnarena.pretrained.swap import ArenaSelfAttention, attention_layers, swap_attention
+from attnarena.progress import Progress
 
 LOSSES = ("mse", "attention")
 
@@ -158,14 +159,14 @@ def attention_transfer(teacher, student, batches, *, loss="mse", lr=1e-2,
     if not params or not batches:
         return {"steps": 0, "trained_parameters": 0}
     optimizer = torch.optim.Adam(params, lr=lr)
+    progress = Progress("attention transfer, step", len(batches), log)
     for step, (ids, keep) in enumerate(batches):
         captured = _teacher_layers(teacher, ids, keep, swapped)
         total = sum(_layer_loss(blocks[i], *captured[i], keep, loss) for i in swapped)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        if log and (step + 1) % 50 == 0:
-            log(f"transfer step {step + 1}/{len(batches)}: loss {float(total.detach()):.4g}")
+        progress.step(step + 1, f"loss {float(total.detach()):.4g}")
     return {"steps": len(batches), "trained_parameters": sum(p.numel() for p in params)}
 
 
@@ -188,6 +189,7 @@ def finetune(teacher, student, batches, *, rank=8, lr=1e-3, log=None) -> dict:
     add_lora(student.model, lambda name: _adapted(name, prefixes), rank=rank)
     params = lora_parameters(student.model)
     optimizer = torch.optim.Adam(params, lr=lr)
+    progress = Progress("fine-tuning, step", len(batches), log)
     try:
         for step, (ids, keep) in enumerate(batches):
             with torch.no_grad():
@@ -196,9 +198,7 @@ def finetune(teacher, student, batches, *, rank=8, lr=1e-3, log=None) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if log and (step + 1) % 50 == 0:
-                log(f"finetune step {step + 1}/{len(batches)}: "
-                    f"1 - cosine {float(loss.detach()):.4g}")
+            progress.step(step + 1, f"1 - cosine {float(loss.detach()):.4g}")
     finally:
         merge_lora(student.model)
     return {"steps": len(batches), "trained_parameters": sum(p.numel() for p in params)}

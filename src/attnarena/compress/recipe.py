@@ -33,6 +33,7 @@ class CompressData:
     teacher: nn.Module | None = None
     build: Callable | None = None
     seed: int = 0
+    log: Callable | None = None  # progress lines of long steps (distillation)
 
 
 @dataclass
@@ -151,6 +152,7 @@ def apply_recipe(model, steps: list[Step], data: CompressData, log=print):
     """Apply each step in turn; returns (model, [report of each step]). The model may be
     replaced (a distilled student of another mechanism)."""
     reports = []
+    data.log = log
     for step in steps:
         log(f"  {step.label()}")
         model, report = method(step.method).apply(model, step.config, data)
