@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from attnarena.arena.plotstyle import pyplot
+from attnarena.arena.plotstyle import legend_outside, pyplot
 
-W8A8 = "int_static"  # the recipe label of 8-bit weights and static 8-bit activations
+W8A8 = "int_static"
+MIN_SPAN = 0.05  # the least range a quality axis spans (a metric in [0, 1])  # the recipe label of 8-bit weights and static 8-bit activations
 
 
 def _ms(row, where: str, batch: str, factor: str = "1", key: str = "speed"):
@@ -189,8 +190,14 @@ def plot_compression(rows, path):
             ax.set_xscale("log", base=2)
             ax.set_xlabel(label)
             ax.set_ylabel(f"test {base['metric']}")
-            ax.legend(fontsize=8, loc="lower right")
+            # a span of at least MIN_SPAN, so noise in the third decimal is not a trend
+            values = [y for _, y in points] or [base["test"]]
+            middle, span = (min(values) + max(values)) / 2, max(values) - min(values)
+            half = max(span * 0.6, MIN_SPAN / 2)
+            ax.set_ylim(middle - half, middle + half)
+            ax.margins(x=0.15)
             ax.grid(alpha=0.3)
+        legend_outside(time_ax)
         options = "".join(f" {k}={v}" for k, v in sorted((base.get("mixer_options") or {}).items()))
         size_ax.set_title(f"{source}: {base['mixer']}{options} on {base['task']}", fontsize=10)
         time_ax.set_title(base.get("hardware", ""), fontsize=9)

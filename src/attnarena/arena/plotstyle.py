@@ -16,22 +16,48 @@ def pyplot():
     return plt
 
 
+# Kelly's colours of maximum contrast (less white and black): twenty strong colours, none a
+# light shade of another
+COLOURS = ("#BE0032", "#0067A5", "#F38400", "#008856", "#875692", "#F3C300", "#882D17",
+           "#A1CAF1", "#E68FAC", "#8DB600", "#604E97", "#C2B280", "#F99379", "#654522",
+           "#E25822", "#2B3D26", "#848482", "#B3446C", "#DCD300", "#00A3A3")
+
+
 def mixer_style(label: str) -> dict:
     """matplotlib keyword arguments for a mechanism, fixed by its name: the colour and
     marker depend only on the mechanism (its place among the registered names), so two
-    plots, or two reports, never give one mechanism two colours. A label with options
-    (``linear:form=recurrent``) keeps its mechanism's colour, dashed."""
-    from matplotlib import colormaps
-
+    plots, or two reports, never give one mechanism two colours. Twenty colours and ten
+    markers: mechanisms twenty places apart share a colour, never a marker. A label with
+    options (``linear:form=recurrent``) keeps its mechanism's colour, dashed."""
     name = label.split(":")[0]
     names = list_mixers()
     index = names.index(name) if name in names else len(names) + sum(map(ord, name))
-    colours = colormaps["tab20"].colors
-    # tab20 pairs a strong colour with a light one: strong colours first, then light ones
-    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
-    return {"color": colours[order[index % 20]], "marker": MARKERS[(index // 20 + index)
-                                                                   % len(MARKERS)],
+    return {"color": COLOURS[index % len(COLOURS)],
+            "marker": MARKERS[(index + index // len(COLOURS)) % len(MARKERS)],
             "linestyle": "--" if ":" in label else "-"}
+
+
+def coinciding(series: dict, tolerance: float = 0.03) -> list[tuple[str, str]]:
+    """Pairs of series ({label: {x: y}}) whose points lie within ``tolerance`` (relative)
+    of each other at every shared x: drawn over each other, one would hide the other."""
+    labels, pairs = list(series), []
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            shared = set(series[a]) & set(series[b])
+            if shared and all(abs(series[a][x] - series[b][x])
+                              <= tolerance * max(abs(series[a][x]), abs(series[b][x]), 1e-12)
+                              for x in shared):
+                pairs.append((a, b))
+    return pairs
+
+
+def keep_ticks_within(axis, low, high) -> None:
+    """Show only ticks inside [low, high] (an accuracy axis padded past 1.0 for its
+    markers labels no 1.02)."""
+    from matplotlib.ticker import FixedLocator
+
+    ticks = [t for t in axis.get_majorticklocs() if low - 1e-9 <= t <= high + 1e-9]
+    axis.set_major_locator(FixedLocator(ticks))
 
 
 def legend_outside(ax, handles=None, labels=None, title=None) -> None:

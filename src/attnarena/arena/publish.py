@@ -6,7 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from attnarena.arena.compress_report import by_source, plot_compression
-from attnarena.arena.plotstyle import (label_log_axis, legend_outside, mixer_style, plural,
+from attnarena.arena.plotstyle import (keep_ticks_within, label_log_axis, legend_outside,
+                                        mixer_style, plural,
                                        pyplot)
 from attnarena.arena.choose import store_answer
 from attnarena.arena.report import (best_runs, leaderboard_markdown, leaderboard_rows,
@@ -81,8 +82,11 @@ def plot_linearization(rows, path):
         quality.barh([i + offset for i in range(len(labels))], values, height=0.4,
                      color=colour, label="attention transfer" if stage == "transfer"
                      else "transfer + fine-tuning")
+        for i, value in enumerate(values):  # bars start at 0: the value is written on each
+            quality.text(value, i + offset, f" {value:.3f}", va="center", fontsize=7)
     quality.set_yticks(range(len(labels)), labels, fontsize=8)
-    quality.set_xlim(max(0.0, min([r["mean_cosine"] for r in rows] + [1.0]) - 0.05), 1.0)
+    quality.set_xlim(0.0, 1.12)
+    keep_ticks_within(quality.xaxis, 0.0, 1.0)
     quality.set_xlabel("mean cosine with the original's sentence embeddings")
     quality.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
                    frameon=False)
@@ -152,7 +156,9 @@ def plot_quality_vs_speed(rows, path):
         accs = [p[1] for p in points]
         low, high = min(accs), max(accs)
         pad = max(0.0, MIN_ACCURACY_SPAN - (high - low)) / 2 + 0.02
-        ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.005)
+        # past 1.0 too, so a marker at 1.0 is drawn whole; no tick is labelled past 1.0
+        ax.set_ylim(low - pad, high + pad)
+        keep_ticks_within(ax.yaxis, 0.0, 1.0)
         ax.set_xscale("log")
         label_log_axis(ax.xaxis, [p[0] for p in points])
         ax.set_xlabel("training throughput (tokens/s over each run's training)")

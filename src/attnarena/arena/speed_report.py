@@ -7,7 +7,8 @@ import textwrap
 from pathlib import Path
 
 from attnarena.arena.conditions import compare
-from attnarena.arena.plotstyle import label_log_axis, legend_outside, mixer_style, pyplot
+from attnarena.arena.plotstyle import (coinciding, label_log_axis, legend_outside,
+                                        mixer_style, pyplot)
 
 COLUMNS = ["mixer", "length", "pass", "status", "median_ms", "min_ms", "q1_ms", "q3_ms",
            "repeats", "iterations", "others_share", "flags", "matmul_gflops", "tokens_per_s",
@@ -50,21 +51,34 @@ def plot_speed(result: dict, path) -> None:
                      else ("peak_mem_mb", "peak memory of one call"))
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(13, 4.8))
     zero, lengths, times, mems = [], [], [], []
+    series = {ax_time: {}, ax_mem: {}}
     for label in dict.fromkeys(r["mixer"] for r in result["rows"]):
         mine = sorted((r for r in rows if r["mixer"] == label), key=lambda r: r["length"])
         if not mine:
             continue
-        style = mixer_style(label)
-        xs = [r["length"] for r in mine]
-        lengths += xs
+        lengths += [r["length"] for r in mine]
         times += [r["median_ms"] for r in mine]
-        ax_time.plot(xs, [r["median_ms"] for r in mine], label=label, **style)
-        mem = [(r["length"], r[key]) for r in mine if r.get(key)]
+        series[ax_time][label] = {r["length"]: r["median_ms"] for r in mine}
+        mem = {r["length"]: r[key] for r in mine if r.get(key)}
         if len(mem) < len(mine):
             zero.append(label)
         if mem:
-            mems += [m for _, m in mem]
-            ax_mem.plot(*zip(*mem), label=label, **style)
+            mems += list(mem.values())
+            series[ax_mem][label] = mem
+    notes = []
+    for ax, panel in series.items():
+        # a series drawn over an earlier one is drawn hollow and larger, so both show
+        under = {b: a for a, b in coinciding(panel)}
+        for label, points in panel.items():
+            style = mixer_style(label)
+            if label in under:
+                style.update(markerfacecolor="none", markersize=10, markeredgewidth=1.5)
+            ax.plot(*zip(*sorted(points.items())), label=label, **style)
+        if under:
+            what = "times" if ax is ax_time else "memory"
+            notes.append(f"{what} drawn over each other (within 3%): "
+                         + ", ".join(f"{b} over {a}" for b, a in under.items())
+                         + " (hollow markers)")
     pass_name = {"fwd": "forward", "fwdbwd": "forward + backward",
                  "decode": "one decode step"}[cfg["pass_"]]
     ax_time.set_title(f"Time of {pass_name}")
@@ -88,11 +102,16 @@ def plot_speed(result: dict, path) -> None:
                  f"({env['threads']} threads, torch {env['torch']})", fontsize=9)
     fig.tight_layout()
     cross = crossovers(result["rows"])
+    lines = []
     if cross:  # a footnote under the panels: where each mechanism overtakes the baseline
         memory = "decoding state" if decode else "peak memory"
         text = "; ".join(f"{m} {'never' if n is None else n}" for m, n in cross.items())
-        lines = textwrap.wrap(f"Crossover (shortest length from which faster than {BASELINE} "
-                              f"with less {memory}, at every longer length): {text}", 150)
+        lines = textwrap.wrap(f"Crossover (shortest length from which faster than {BASELINE}, "
+                              f"beyond the spread, with less {memory}, at every longer "
+                              f"length): {text}", 150)
+    for note in notes:
+        lines += textwrap.wrap(note, 150)
+    if lines:
         fig.subplots_adjust(bottom=0.12 + 0.035 * len(lines))
         fig.text(0.01, 0.01, "\n".join(lines), fontsize=7.5, va="bottom")
     fig.savefig(path, dpi=110)
