@@ -23,7 +23,8 @@ PACKAGE = ROOT / "src" / "attnarena"
 # shared utilities. The package itself (its __init__) is the public facade, at the top.
 LAYERS = [
     ("shared", ("attnarena._validate", "attnarena.seeds", "attnarena.registry",
-                "attnarena.options", "attnarena.stack", "attnarena.suites")),
+                "attnarena.options", "attnarena.stack", "attnarena.suites",
+                "attnarena.progress")),
     ("ops", ("attnarena.ops",)),
     ("mixers", ("attnarena.mixers",)),
     ("models", ("attnarena.models", "attnarena.pretrained")),
