@@ -95,8 +95,7 @@ def _speed_row(store, question, mixer, pass_):
 def _measure(store, question, mixers, pass_, progress, log):
     """Time ``mixers`` at the question's length (one speed sweep), recording each row."""
     from attnarena.arena.environment import environment
-    from attnarena.arena.runner import speed_case_id
-    from attnarena.arena.speed import SpeedConfig, run_speed
+    from attnarena.arena.speed import SpeedConfig, run_speed, speed_case_id
 
     cfg = SpeedConfig(mixers=list(mixers), lengths=[question.length], pass_=pass_,
                       batch=question.batch, heads=question.heads, head_dim=question.head_dim,

@@ -8,7 +8,6 @@ the others hold, so each finishes with the whole suite in the store.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,20 +24,11 @@ from attnarena.arena.environment import environment, resolve_device
 from attnarena.arena.plotstyle import plural
 from attnarena.arena.report import format_metric
 from attnarena.arena.store import Lease, Store, new_owner
+from attnarena.arena.speed import speed_case_id
 from attnarena.arena.suite import MAX_RUNS, load_suite
 from attnarena.arena.train import DivergedError, train
 
 POLL_SECONDS = 2.0
-
-
-def speed_case_id(cfg, spec, length, env) -> str:
-    key = {"mixer": spec.label, "length": length, "pass": cfg.pass_, "batch": cfg.batch,
-           "heads": cfg.heads, "head_dim": cfg.head_dim, "dtype": cfg.dtype,
-           "causal": cfg.causal, "device": cfg.device, "hardware": env["hardware"],
-           "threads": env["threads"], "torch": env["torch"]}
-    if cfg.pass_ == "decode":  # rows from when the state's allocated buffers were counted
-        key["state"] = "held"
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def train_claimed(store, run_id, resolved, owner, checkpoints, progress=True, save_dir=None):

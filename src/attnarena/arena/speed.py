@@ -7,6 +7,8 @@ budget is recorded as such, and the mixer's longer lengths are recorded as skipp
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import statistics
 import time
@@ -210,6 +212,16 @@ def matmul_gflops(device: str = "cpu", dtype: str = "float32", size: int = 1024)
         _sync(device)
         times.append(time.perf_counter() - start)
     return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def speed_case_id(cfg, spec, length, env) -> str:
+    key = {"mixer": spec.label, "length": length, "pass": cfg.pass_, "batch": cfg.batch,
+           "heads": cfg.heads, "head_dim": cfg.head_dim, "dtype": cfg.dtype,
+           "causal": cfg.causal, "device": cfg.device, "hardware": env["hardware"],
+           "threads": env["threads"], "torch": env["torch"]}
+    if cfg.pass_ == "decode":  # rows from when the state's allocated buffers were counted
+        key["state"] = "held"
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_speed(cfg: SpeedConfig, progress: bool = True, known=None, on_row=None) -> dict:
