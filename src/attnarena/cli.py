@@ -58,8 +58,11 @@ def cmd_list(args) -> int:
              and (args.attention is None or args.attention in i.patterns)
              and (args.family is None or args.family.lower() in i.family.lower())]
     if not infos:
-        raise ValueError("no mechanism matches these filters; `attnarena list` shows all "
-                         f"{len(list_mixers())}")
+        given = [repr(args.pattern)] if args.pattern else []
+        given += [f"--{k} {v}" for k, v in (("form", args.form), ("attention", args.attention),
+                                            ("family", args.family)) if v]
+        raise ValueError(f"no mechanism matches {' and '.join(given)}; `attnarena list` shows "
+                         f"all {len(list_mixers())}")
     if args.markdown:
         from attnarena.registry import mechanism_table
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import statistics
 import time
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import torch
 from attnarena.arena.compressed import row_key
 from attnarena.arena.compress import side_by_side
 from attnarena.arena.environment import environment, resolve_device
-from attnarena.arena.memory import PeakMemory
 from attnarena.arena.store import Store
 
 
@@ -45,33 +43,11 @@ def _encoder_cells(encoder, lengths, batch, device) -> dict:
     return cells
 
 
-@torch.no_grad()
 def encoder_speed(encoder, lengths, batch=8, repeats=3, device="cpu") -> dict:
-    """Median forward time (ms) and peak memory (MiB) of the encoder on ``batch`` random
-    sequences at each length: {length: {"ms": ..., "peak_mb": ...}}."""
-    encoder.eval()
-    vocab = encoder.config.vocab_size
-    limit = getattr(encoder.config, "max_position_embeddings", None)
-    out = {}
-    for length in lengths:
-        if limit is not None and length > limit:
-            raise ValueError(f"length {length} exceeds the model's {limit} positions")
-        ids = torch.randint(1, vocab, (batch, length), device=device)
-        keep = torch.ones_like(ids)
-        encoder(ids, keep)  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            encoder(ids, keep)
-            if torch.device(device).type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append((time.perf_counter() - start) * 1e3)
-        with PeakMemory(device) as memory:
-            encoder(ids, keep)
-        out[str(length)] = {"ms": statistics.median(times),
-                            "peak_mb": None if memory.peak_bytes is None
-                            else memory.peak_bytes / 2**20}
-    return out
+    """Median forward time (ms, with its quartiles) and peak memory (MiB) of the encoder on
+    ``batch`` random sequences at each length: {length: {"ms": ..., "peak_mb": ...}}."""
+    return side_by_side([encoder], lambda e: _encoder_cells(e, lengths, batch, device),
+                        device, repeats)[0]
 
 
 def linearize_pretrained(model, config, *, store_path="results/arena.sqlite",
