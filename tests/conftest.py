@@ -88,3 +88,10 @@ def run_tiny_suite(tmp_path, mixers, train, model="dim = 16, depth = 1, heads = 
     counts = run_suite(str(suite), store_path=store, out_dir=tmp_path, progress=False,
                        log=lambda line: None, **options)
     return store, counts
+
+
+@pytest.fixture(autouse=True)
+def _in_a_folder_of_its_own(tmp_path, monkeypatch):
+    """Every test runs in a temporary folder: a command's default `results/` (the store,
+    checkpoints, reports) never lands in the checkout the tests run from."""
+    monkeypatch.chdir(tmp_path)
