@@ -94,3 +94,23 @@ def test_the_average_table_says_what_it_leaves_out_and_never_vanishes(tmp_path):
     _finish(store, "softmax", "mqar", 0.9)
     board = leaderboard_markdown(store)
     assert "left out, having run only some: gla" in board
+
+
+def test_speed_rows_of_different_settings_are_never_mixed(tmp_path):
+    from attnarena.arena.publish import build_reports
+    from attnarena.arena.speed_report import sweep_groups
+
+    rows = [_row("softmax", n, 10.0, 0.5, 8.0, causal=True) for n in (256, 1024)]
+    rows += [_row("softmax", 16384, 900.0, 9.0, 90.0, causal=False)]
+    groups = sweep_groups(rows)
+    assert sorted(stem for stem, _ in groups.values()) == [
+        "speed-fwd", "speed-fwd-noncausal-b1-h4x64-float32"]
+    store = Store(tmp_path / "a.sqlite")
+    for i, row in enumerate(rows):
+        store.add_speed(str(i), row, None, {"hardware": "cpu-x", "threads": 2,
+                                            "torch": "2.13.0"})
+    paths = build_reports(store, tmp_path / "r")
+    assert {p.name for p in paths} >= {"speed-fwd.png",
+                                       "speed-fwd-noncausal-b1-h4x64-float32.png"}
+    board = (tmp_path / "r" / "leaderboard.md").read_text()
+    assert "## Speed: fwd (causal," in board and "## Speed: fwd (noncausal," in board

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from attnarena.arena.plotstyle import legend_outside, pyplot
+from attnarena.arena.plotstyle import keep_ticks_within, legend_outside, pyplot
 
 W8A8 = "int_static"
 MIN_SPAN = 0.05  # the least range a quality axis spans (a metric in [0, 1])  # the recipe label of 8-bit weights and static 8-bit activations
@@ -195,6 +195,8 @@ def plot_compression(rows, path):
             middle, span = (min(values) + max(values)) / 2, max(values) - min(values)
             half = max(span * 0.6, MIN_SPAN / 2)
             ax.set_ylim(middle - half, middle + half)
+            if base["metric"] == "accuracy":
+                keep_ticks_within(ax.yaxis, 0.0, 1.0)
             ax.margins(x=0.15)
             ax.grid(alpha=0.3)
         legend_outside(time_ax)

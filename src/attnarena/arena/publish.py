@@ -12,7 +12,7 @@ from attnarena.arena.plotstyle import (keep_ticks_within, label_log_axis, legend
 from attnarena.arena.choose import store_answer
 from attnarena.arena.report import (best_runs, leaderboard_markdown, leaderboard_rows,
                                     run_label, swept_keys, training_conditions)
-from attnarena.arena.speed_report import plot_speed
+from attnarena.arena.speed_report import plot_speed, sweep_groups
 
 MIN_ACCURACY_SPAN = 0.1  # a y axis spanning less than this would magnify noise
 
@@ -36,16 +36,13 @@ def build_reports(store, out_dir) -> list[Path]:
     if any(r["metric"] == "accuracy" for r in rows):
         paths += [plot_quality_vs_speed(rows, out / "quality_vs_speed.png"),
                   plot_curves(rows, store, out / "training_curves.png")]
-    speed = store.speed_rows()
-    for pass_ in sorted({r["pass"] for r in speed}):
-        mine = [r for r in speed if r["pass"] == pass_]
-        first = mine[0]
+    for (pass_, causal, batch, heads, head_dim, dtype), (stem, mine) in \
+            sweep_groups(store.speed_rows()).items():
         result = {"rows": mine, "meta": {
-            "config": {"pass_": pass_, "causal": first.get("causal", True),
-                       "batch": first.get("batch"), "heads": first.get("heads"),
-                       "head_dim": first.get("head_dim"), "dtype": first.get("dtype")},
-            "environment": first["environment"]}}
-        path = out / f"speed-{pass_}.png"
+            "config": {"pass_": pass_, "causal": True if causal is None else causal,
+                       "batch": batch, "heads": heads, "head_dim": head_dim, "dtype": dtype},
+            "environment": mine[0]["environment"]}}
+        path = out / f"{stem}.png"
         plot_speed(result, path)
         paths.append(path)
     encoders = [r for r in store.linearize_rows() if "mean_cosine" in r]

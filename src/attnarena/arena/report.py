@@ -7,7 +7,8 @@ import json
 from collections import defaultdict
 
 from attnarena.arena.plotstyle import plural
-from attnarena.arena.speed_report import BASELINE, crossovers, errors_at_longest, memory_of
+from attnarena.arena.speed_report import (BASELINE, crossovers, errors_at_longest,
+                                          memory_of, sweep_groups)
 
 
 COLUMNS = ["task", "mixer", "preset", "seed", "dim", "lr", "setting", "metric", "test",
@@ -291,15 +292,14 @@ def leaderboard_markdown(store) -> str:
             lines += ["| mixer | preset | mean test accuracy |", "|---|---|---|"]
             lines += [f"| {m} | {p} | {format_metric(a, 'accuracy')} |" for m, p, a in avg]
         lines.append("")
-    speed = store.speed_rows()
-    for pass_ in sorted({r["pass"] for r in speed}):
-        mine = [r for r in speed if r["pass"] == pass_]
+    for (pass_, causal, *_), (stem, mine) in sweep_groups(store.speed_rows()).items():
         lengths = sorted({r["length"] for r in mine})
         env = mine[0]["environment"]
         cross, errors = crossovers(mine), errors_at_longest(mine)
         extra = (["crossover"] if cross else []) + (["error vs softmax"] if errors else [])
         memory = "decoding state held" if pass_ == "decode" else "peak memory"
-        lines += [f"## Speed: {pass_} (median ms; batch {mine[0].get('batch')}, "
+        kind = "" if causal is None else ("causal, " if causal else "noncausal, ")
+        lines += [f"## Speed: {pass_} ({kind}median ms; batch {mine[0].get('batch')}, "
                   f"{mine[0].get('heads')} heads x {mine[0].get('head_dim')}, "
                   f"{mine[0].get('dtype')}, {env.get('hardware')}, "
                   f"{env.get('threads')} threads)", "", _speed_conditions(mine), ""]

@@ -119,6 +119,27 @@ def plot_speed(result: dict, path) -> None:
 
 
 BASELINE = "softmax"
+SWEEP_KEYS = ("pass", "causal", "batch", "heads", "head_dim", "dtype")
+
+
+def sweep_groups(rows: list) -> dict:
+    """Speed rows grouped by the settings a sweep holds fixed (pass, causality, batch,
+    heads, head size, dtype), so a table or plot never mixes two kinds of case; each group
+    named by a stem: ``speed-PASS``, with the settings added when a pass has several."""
+    groups = {}
+    for row in rows:
+        key = tuple(row.get(k) for k in SWEEP_KEYS)
+        groups.setdefault(key, []).append(row)
+    passes = [key[0] for key in groups]
+    named = {}
+    for key, mine in sorted(groups.items(), key=lambda item: (item[0][0], -len(item[1]))):
+        pass_, causal, batch, heads, head_dim, dtype = key
+        stem = f"speed-{pass_}"
+        if passes.count(pass_) > 1 and any(stem == s for s, _ in named.values()):
+            stem += (f"-{'causal' if causal else 'noncausal'}-b{batch}-h{heads}x{head_dim}"
+                     f"-{dtype}")
+        named[key] = (stem, mine)
+    return named
 
 
 def memory_of(row: dict):
