@@ -114,3 +114,35 @@ def test_speed_rows_of_different_settings_are_never_mixed(tmp_path):
                                        "speed-fwd-noncausal-b1-h4x64-float32.png"}
     board = (tmp_path / "r" / "leaderboard.md").read_text()
     assert "## Speed: fwd (causal," in board and "## Speed: fwd (noncausal," in board
+
+
+def test_a_sweep_stores_the_machines_pace_before_and_after_with_each_row():
+    from attnarena.arena.speed import run_speed
+
+    stored = []
+    cfg = SpeedConfig(mixers=["softmax"], lengths=[8, 16], heads=1, head_dim=4, repeats=2)
+    result = run_speed(cfg, progress=False, on_row=lambda s, n, row: stored.append(dict(row)))
+    final = {(r["length"]): r for r in stored}  # the last write of each case
+    assert len(stored) == 4 and set(final) == {8, 16}
+    for row in final.values():
+        assert row["matmul_gflops"] > 0 and row["matmul_gflops_after"] > 0
+    assert result["meta"]["matmul_gflops_after"] == final[8]["matmul_gflops_after"]
+
+
+def test_a_flagged_time_is_ringed_and_named_on_the_plot(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from attnarena.arena.speed_report import plot_speed
+
+    kept, real = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    rows = [_row("softmax", 256, 10.0, 0.5, 8.0), _row("gla", 256, 4.0, 0.2, 4.0,
+                                                     flags=["busy"])]
+    plot_speed({"rows": rows, "meta": {
+        "config": {"pass_": "fwd", "causal": True, "batch": 1, "heads": 4, "head_dim": 64,
+                   "dtype": "float32"},
+        "environment": {"hardware": "cpu-x", "threads": 2, "torch": "2.13.0"}}},
+        tmp_path / "s.png")
+    notes = " ".join(t.get_text() for t in kept[0].texts)
+    assert "ringed in red" in notes and "gla L=256 (busy)" in notes
+    real("all")

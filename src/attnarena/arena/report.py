@@ -378,13 +378,16 @@ def _speed_conditions(rows) -> str:
     repeats = sorted({r["repeats"] for r in ok})
     calls = sorted({r.get("iterations") or 1 for r in ok})
     pace = sorted({round(r["matmul_gflops"]) for r in ok if r.get("matmul_gflops")})
+    after = sorted({round(r["matmul_gflops_after"]) for r in ok
+                    if r.get("matmul_gflops_after")})
     flagged = sum(bool(r.get("flags")) for r in ok)
     return (f"Each time is the median of {_span(repeats)} samples, each the mean of "
             f"{_span(calls)} calls, ± half the "
             "interquartile range; a mechanism is faster than softmax only where the two "
             "interquartile ranges do not overlap (otherwise a tie, never a crossover). "
-            + (f"Matmul pace when the sweeps began: {', '.join(map(str, pace))} GFLOP/s. "
-               if pace else "")
+            + (f"Matmul pace when the sweeps began: {', '.join(map(str, pace))} GFLOP/s"
+               + (f", when they ended: {', '.join(map(str, after))}" if after else "")
+               + ". " if pace else "")
             + f"busy: other processes used over a quarter of the cores while it was timed; "
             f"noisy: the interquartile range exceeds a quarter of the median ({flagged} of "
             f"{len(ok)} times flagged).")

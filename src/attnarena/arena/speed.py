@@ -234,7 +234,7 @@ def run_speed(cfg: SpeedConfig, progress: bool = True, known=None, on_row=None) 
 
     cases = [(spec, n) for spec in cfg.mixers for n in cfg.lengths]
     before = matmul_gflops(cfg.device, cfg.dtype)  # the machine's pace when the sweep began
-    rows = []
+    rows, fresh = [], []
     stopped = {}  # mixer label -> why longer lengths are skipped
     bar = tqdm(cases, disable=not progress, unit="case", dynamic_ncols=True)
     for spec, length in bar:
@@ -247,14 +247,20 @@ def run_speed(cfg: SpeedConfig, progress: bool = True, known=None, on_row=None) 
                    "status": f"skipped ({stopped[spec.label]})"}
         else:
             row = {**measure_case(spec, length, cfg), "matmul_gflops": before}
-            if on_row:
+            fresh.append((spec, length, row))
+            if on_row:  # recorded at once: an interrupted sweep keeps what it measured
                 on_row(spec, length, row)
         if row["status"] in ("oom", "timeout"):
             stopped[spec.label] = f"{row['status']} at L={length}"
         rows.append(row)
         if row.get("median_ms") is not None:
             bar.set_postfix(ms=f"{row['median_ms']:.2f}")
+    after = matmul_gflops(cfg.device, cfg.dtype)
+    for spec, length, row in fresh:  # the machine's pace after the sweep, with each row
+        row["matmul_gflops_after"] = after
+        if on_row:
+            on_row(spec, length, row)
     meta = {"config": {**asdict(cfg), "mixers": [m.label for m in cfg.mixers]},
             "environment": environment(cfg.device), "matmul_gflops": before,
-            "matmul_gflops_after": matmul_gflops(cfg.device, cfg.dtype)}
+            "matmul_gflops_after": after}
     return {"meta": meta, "rows": rows}

@@ -65,7 +65,15 @@ def plot_speed(result: dict, path) -> None:
         if mem:
             mems += list(mem.values())
             series[ax_mem][label] = mem
-    notes = []
+    flagged = [r for r in rows if r.get("flags")]
+    for r in flagged:  # a time taken on a busy machine or with a wide spread, ringed
+        ax_time.plot([r["length"]], [r["median_ms"]], marker="o", markersize=14,
+                     markerfacecolor="none", markeredgecolor="red", linestyle="none",
+                     zorder=4)
+    notes = [f"ringed in red: times flagged busy (others used over a quarter of the cores) "
+             f"or noisy (spread over a quarter of the median): "
+             + ", ".join(f"{r['mixer']} L={r['length']} ({', '.join(r['flags'])})"
+                         for r in flagged)] if flagged else []
     for ax, panel in series.items():
         # a series drawn over an earlier one is drawn hollow and larger, so both show
         under = {b: a for a, b in coinciding(panel)}
