@@ -228,7 +228,8 @@ def run_speed(cfg: SpeedConfig, progress: bool = True, known=None, on_row=None) 
     """Run the sweep; returns {"meta": {...}, "rows": [...]} (plain data).
 
     ``known(spec, length)`` may return an earlier row for a case, which is then reused;
-    ``on_row(spec, length, row)`` is called after each newly measured case.
+    ``on_row(spec, length, row)`` is called after each newly measured case, and once more
+    for each at the end, its row then holding the machine's pace after the sweep too.
     """
     from tqdm import tqdm
 
