@@ -133,9 +133,10 @@ def _(tmp, timeout):
 @case("suite of 10^9 runs")
 def _(tmp, timeout):
     values = ", ".join(str(i) for i in range(1000))
+    widths = ", ".join(str(16 + i) for i in range(1000))
     (tmp / "s.toml").write_text(f'[[runs]]\ntasks = ["copy"]\nmixers = ["softmax"]\n'
                                 f'seeds = [{values}]\ntrain = {{ warmup = [{values}] }}\n'
-                                f'model = {{ dim = [{", ".join(str(16 + i) for i in range(1000))}] }}\n')
+                                f'model = {{ dim = [{widths}] }}\n')
     return one_line(run(["run", "--suite", "s.toml"], tmp, timeout), "runs")
 
 

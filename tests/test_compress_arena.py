@@ -202,8 +202,8 @@ def test_speed_ups_divide_timings_of_one_call(tmp_path):
     assert again == table
     old = {**rows["int8_dynamic"]}
     old.pop("baseline_speed")  # a row stored before rows kept their call's baseline
-    line = [l for l in compress_markdown([rows["float"], old]).splitlines()
-            if l.startswith("| int8_dynamic")][0]
+    line = [text for text in compress_markdown([rows["float"], old]).splitlines()
+            if text.startswith("| int8_dynamic")][0]
     assert line.split(" | ")[8:10] == ["-", "-"]
 
 

@@ -7,8 +7,8 @@ from collections import defaultdict
 
 from attnarena.arena.plotstyle import keep_ticks_within, legend_outside, pyplot
 
-W8A8 = "int_static"
-MIN_SPAN = 0.05  # the least range a quality axis spans (a metric in [0, 1])  # the recipe label of 8-bit weights and static 8-bit activations
+W8A8 = "int_static"  # the recipe label of 8-bit weights and static 8-bit activations
+MIN_SPAN = 0.05  # the least range a quality axis spans (a metric in [0, 1])
 
 
 def _ms(row, where: str, batch: str, factor: str = "1", key: str = "speed"):
@@ -91,8 +91,8 @@ def compress_markdown(rows) -> str:
              "there. Each speed-up divides the uncompressed model's time by the recipe's, "
              "both from one call of attnarena compress (a row stored before rows kept their "
              "call's baseline shows -: compress it again to time it); (tie) where the two "
-             "times' interquartile ranges overlap. A pretrained encoder's metric is the mean cosine with the original's "
-             "sentence embeddings.", ""]
+             "times' interquartile ranges overlap. A pretrained encoder's metric is the mean "
+             "cosine with the original's sentence embeddings.", ""]
     groups = by_source(rows)
     for source, (base, compressed) in groups.items():
         options = base.get("mixer_options") or {}

@@ -232,7 +232,7 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
     machine's threads (small models on a CPU use one core each better than several
     together); the speed sweep runs after them, alone, on every thread. A suite of more
     than ``max_runs`` runs is refused before anything runs. ``log`` receives one line per
-    run started and finished.""" 
+    run started and finished."""
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     device = resolve_device(device)

@@ -70,8 +70,8 @@ def plot_speed(result: dict, path) -> None:
         ax_time.plot([r["length"]], [r["median_ms"]], marker="o", markersize=14,
                      markerfacecolor="none", markeredgecolor="red", linestyle="none",
                      zorder=4)
-    notes = [f"ringed in red: times flagged busy (others used over a quarter of the cores) "
-             f"or noisy (spread over a quarter of the median): "
+    notes = ["ringed in red: times flagged busy (others used over a quarter of the cores) "
+             "or noisy (spread over a quarter of the median): "
              + ", ".join(f"{r['mixer']} L={r['length']} ({', '.join(r['flags'])})"
                          for r in flagged)] if flagged else []
     for ax, panel in series.items():
