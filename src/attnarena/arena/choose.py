@@ -79,17 +79,18 @@ def quality_by_mixer(store, task=None) -> tuple[dict, list]:
     return out, problems
 
 
-def _speed_row(store, question, mixer, pass_):
+def _speed_rows(store, question) -> dict:
+    """{(mixer, pass): the stored speed row at the question's length and settings}, read
+    from the store once."""
+    found = {}
     for row in store.speed_rows():
-        if (row.get("mixer"), row.get("length"), row.get("pass")) == (mixer, question.length,
-                                                                      pass_) \
-                and row.get("status") == "ok" and row.get("batch") == question.batch \
-                and row.get("heads") == question.heads \
+        if row.get("length") == question.length and row.get("status") == "ok" \
+                and row.get("batch") == question.batch and row.get("heads") == question.heads \
                 and row.get("head_dim") == question.head_dim \
                 and row.get("dtype") == question.dtype \
                 and bool(row.get("causal")) == (question.pattern == "causal"):
-            return row
-    return None
+            found[(row.get("mixer"), row.get("pass"))] = row
+    return found
 
 
 def _measure(store, question, mixers, pass_, progress, log):
@@ -131,17 +132,18 @@ def choose(store, question: Question, *, measure=True, progress=True, log=print)
     names = [n for n in names if question.pattern in mixer_info(n).patterns
              and (not question.decode or mixer_info(n).decodes)]
     passes = ["fwd"] + (["decode"] if question.decode else [])
+    stored = _speed_rows(store, question)
     if measure:
         for pass_ in passes:
-            missing = [n for n in names if _speed_row(store, question, n, pass_) is None]
+            missing = [n for n in names if (n, pass_) not in stored]
             if missing:
                 _measure(store, question, missing, pass_, progress, log)
+                stored = _speed_rows(store, question)
     choices = []
     for name in names:
         per_task = quality.get(name, {})
-        choice = Choice(name, time=_speed_row(store, question, name, "fwd"),
-                        step=_speed_row(store, question, name, "decode")
-                        if question.decode else None,
+        choice = Choice(name, time=stored.get((name, "fwd")),
+                        step=stored.get((name, "decode")) if question.decode else None,
                         tasks=sorted(per_task))
         if per_task and set(per_task) == set(problems):
             choice.quality = sum(per_task.values()) / len(per_task)
