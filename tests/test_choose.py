@@ -112,3 +112,9 @@ def test_the_cli_answers_from_the_store_and_refuses_an_empty_one(store, tmp_path
     Store(empty).close()
     assert main(["choose", "--length", "4096", "--store", str(empty), "--no-measure"]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_nothing_timed_says_which_settings_and_how_to_measure(store):
+    result = choose(store, Question(length=4096, causal=True), measure=False)
+    assert "No mechanism was timed at L=4096 (causal, batch 1)" in result["conclusion"]
+    assert "without --no-measure" in result["conclusion"]

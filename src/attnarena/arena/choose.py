@@ -186,8 +186,11 @@ def conclusion(question: Question, choices, problems) -> str:
     sentence rests on."""
     timed = [c for c in choices if c.cost is not None and not c.over_budget]
     if not timed:
-        return (f"No mechanism was timed at L={question.length} within the budget: nothing "
-                "to conclude.")
+        kind = "causal" if question.pattern == "causal" else "noncausal"
+        budget = " within the memory budget" if question.memory is not None else ""
+        return (f"No mechanism was timed at L={question.length} ({kind}, batch "
+                f"{question.batch}){budget}, so there is nothing to conclude; without "
+                "--no-measure the missing timings are measured.")
     fastest = min(timed, key=lambda c: c.cost["median_ms"])
     lightest = min((c for c in timed if c.memory_mb is not None),
                    key=lambda c: c.memory_mb, default=None)
