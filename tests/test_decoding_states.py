@@ -1,6 +1,7 @@
 """Decoding states are checked before use, for every mechanism that decodes: a state made
-by the same mechanism at another width or head count, in another dtype, or holding NaN is
-one clear error, never a raw torch failure or silent NaN."""
+by the same mechanism at another width or head count, or in another dtype, is one clear
+error when it comes in, never a raw torch failure; with ``debug_checks`` on, a state
+holding NaN is one too, at any token, never a silent NaN."""
 import pytest
 import torch
 
@@ -56,14 +57,25 @@ def _convert(state, dtype):
 
 
 @pytest.mark.parametrize("name", DECODERS)
-def test_a_state_holding_nan_does_not_decode_silently(name):
+def test_a_state_holding_nan_does_not_decode_silently_under_debug_checks(name):
     mixer = make_mixer(name, causal=True)
     state = _stepped(mixer)
     floats = [t for t in _tensors(state) if t.is_floating_point() or t.is_complex()]
     for tensor in floats:
         tensor.fill_(float("nan"))
-    with pytest.raises(NonFiniteError, match="holds NaN or infinite values"):
+    with aa.debug_checks(), pytest.raises(NonFiniteError, match="holds NaN or infinite values"):
         mixer.step(torch.randn(2, 16), state)
+
+
+@pytest.mark.parametrize("name", ["gla", "softmax", "mamba"])
+def test_a_foreign_state_is_refused_even_after_steps_went_unchecked(name):
+    """The state a mixer returned goes on unchecked; any other state is checked when it
+    comes in, however many steps went before."""
+    mixer = make_mixer(name, causal=True)
+    _stepped(mixer)  # the mixer's own state now goes unchecked
+    other = make_mixer(name, causal=True, dim=32)
+    with pytest.raises((ValueError, TypeError), match="state"):
+        mixer.step(torch.randn(2, 16), _stepped(other))
 
 
 @pytest.mark.parametrize("name", DECODERS)
@@ -77,3 +89,25 @@ def test_a_good_state_still_decodes_like_the_full_forward(name):
             outputs.append(y)
         full = mixer(x)
     torch.testing.assert_close(torch.stack(outputs, 1), full, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_decoding_states_are_checked_the_same_way(name):
+    mixer = make_mixer(name, causal=True)
+    x = torch.randn(2, 16)
+    fresh, _ = mixer.step(x, None)  # None: a fresh sequence, as with prefill
+    expected, _ = mixer.step(x, mixer.init_state(2))
+    torch.testing.assert_close(fresh, expected)
+    with pytest.raises(ValueError, match="batch size 3 but the input has batch size 2"):
+        mixer.step(x, mixer.init_state(3))
+    with pytest.raises(TypeError, match="must be what init_state"):
+        mixer.step(x, {"something": torch.zeros(2)})
+    y, state = mixer.step(torch.randn(0, 16), None)
+    assert y.shape == (0, 16) and state is None
+    # prefill follows the same rules, whatever fast path the mechanism has
+    prompt = torch.randn(2, 5, 16)
+    with pytest.raises(ValueError, match="batch size 3 but the input has batch size 2"):
+        mixer.prefill(prompt, mixer.init_state(3))
+    prompt[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"x holds NaN or infinity \(first at index"):
+        mixer.prefill(prompt)

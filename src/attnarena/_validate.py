@@ -1,8 +1,11 @@
 """Small argument checks shared across the package, with messages that say what was given."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import math
+import os
 
 import torch
 
@@ -77,3 +80,47 @@ def check_mask(mask, shape, what: str = "the input") -> None:
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"mask must have shape (batch, length) of {what} = {tuple(shape)}, "
                          f"got {tuple(mask.shape)}")
+
+
+# -- where checks run ---------------------------------------------------------------------
+# Inputs are checked once, where a user's call enters the package: a model's forward, or a
+# mixer's or a kernel's when called directly. Calls made from inside an entered call skip
+# the checks their caller already made, so layers and kernels on the timed path cost no
+# reductions or host syncs. ``debug_checks(True)`` (or ATTNARENA_DEBUG_CHECKS=1) runs every
+# check in every call, and the per-token checks of decoding states and outputs.
+
+_debug = [os.environ.get("ATTNARENA_DEBUG_CHECKS", "0") not in ("", "0")]
+_inside = contextvars.ContextVar("attnarena_inside", default=False)
+
+
+def debug_checks_on() -> bool:
+    """Whether every check runs in every call (``debug_checks``)."""
+    return _debug[0]
+
+
+def entering() -> bool:
+    """Whether the current call is where a user's call enters (or debug checks are on): the
+    place to check inputs."""
+    return _debug[0] or not _inside.get()
+
+
+@contextlib.contextmanager
+def inside():
+    """Calls made within skip the entry checks (their caller made them)."""
+    token = _inside.set(True)
+    try:
+        yield
+    finally:
+        _inside.reset(token)
+
+
+@contextlib.contextmanager
+def debug_checks(on: bool = True):
+    """Run every input check in every layer, and check decoding states and outputs at every
+    token, while the block runs (``on=False``: only the checks at entry, the default)."""
+    saved = _debug[0]
+    _debug[0] = bool(on)
+    try:
+        yield
+    finally:
+        _debug[0] = saved

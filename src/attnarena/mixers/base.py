@@ -1,8 +1,9 @@
 """The one interface every token mixer follows, checked here once for all of them.
 
 Subclasses implement ``_forward`` and, when they decode, ``_init_state`` / ``_step`` (and may
-override ``_prefill`` with a faster path). The public methods validate inputs, so each mixer
-sees only well-formed tensors.
+override ``_prefill`` with a faster path). The public methods validate inputs where a user's
+call enters (see ``attnarena._validate.entering``), so each mixer sees only well-formed
+tensors and a mixer inside a model pays for no check its model already made.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from attnarena._validate import NonFiniteError, check_finite, check_int, check_mask
+from attnarena._validate import (NonFiniteError, check_finite, check_int, check_mask,
+                                 debug_checks_on, entering, inside)
 from attnarena.registry import MixerInfo
 
 
@@ -38,7 +40,7 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         if not isinstance(getattr(type(self), "info", None), MixerInfo):
             raise TypeError(f"{type(self).__name__} is not registered: decorate the class with "
                             "@register_mixer(name, family=..., paper=..., complexity=..., "
-                            "patterns=..., forms=...) (step 2 of CONTRIBUTING.md)")
+                            "patterns=..., forms=...) (step 2 of docs/contributing.md)")
         check_int(dim, "dim")
         check_int(heads, "heads")
         if dim % heads:
@@ -72,6 +74,32 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         Returns:
             (B, L, dim).
         """
+        entry = entering()
+        if entry:
+            self._check_inputs(x, context, mask)
+        if mask is not None:
+            # Padded tokens are zeroed once here, so nothing computed from them can leak.
+            if context is None:
+                x = x.masked_fill(~mask[..., None], 0.0)
+            else:
+                context = context.masked_fill(~mask[..., None], 0.0)
+        if entry:
+            check_finite(x, "x")
+            if context is not None:
+                check_finite(context, "context")
+        if x.shape[0] == 0:
+            return x.new_zeros(x.shape)
+        with inside():
+            y = self._forward(x, context, mask)
+        # a direct call's output is checked once; inside a model, the loss catches divergence
+        if entry and not bool(torch.isfinite(y).all()):  # finite inputs: the dtype overflowed
+            raise NonFiniteError(f"mixer {self.info.name!r} overflowed {y.dtype}: finite inputs "
+                                 f"(largest magnitude {float(x.detach().abs().max()):.3g}) gave "
+                                 "NaN or infinite outputs; scale the inputs down (a norm "
+                                 "before the mixer) or use a wider dtype")
+        return y
+
+    def _check_inputs(self, x, context, mask):
         self._check_tokens(x, "x")
         if context is not None:
             pattern = "causal_cross" if self.causal else "cross"
@@ -84,27 +112,9 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
                                  f"{x.shape[0]}")
             if context.dtype != x.dtype:
                 raise TypeError(f"context dtype {context.dtype} differs from x dtype {x.dtype}")
-        source = x if context is None else context
         if mask is not None:
-            self._check_mask(mask, source, "context" if context is not None else "x")
-            # Padded tokens are zeroed once here, so nothing computed from them can leak.
-            source = source.masked_fill(~mask[..., None], 0.0)
-            if context is None:
-                x = source
-            else:
-                context = source
-        check_finite(x, "x")
-        if context is not None:
-            check_finite(context, "context")
-        if x.shape[0] == 0:
-            return x.new_zeros(x.shape)
-        y = self._forward(x, context, mask)
-        if not bool(torch.isfinite(y).all()):  # the inputs were finite: the dtype overflowed
-            raise NonFiniteError(f"mixer {self.info.name!r} overflowed {y.dtype}: finite inputs "
-                                 f"(largest magnitude {float(x.detach().abs().max()):.3g}) gave "
-                                 "NaN or infinite outputs; scale the inputs down (a norm "
-                                 "before the mixer) or use a wider dtype")
-        return y
+            self._check_mask(mask, x if context is None else context,
+                             "context" if context is not None else "x")
 
     def init_state(self, batch_size: int, device=None, dtype=None):
         """Empty decoding state for ``step`` (causal mixers with a recurrent form)."""
@@ -115,18 +125,32 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         return self._init_state(batch_size, device, dtype)
 
     def step(self, x_t, state):
-        """One decoding step: x_t (B, dim) -> (y_t (B, dim), new state)."""
-        self._check_decodes()
-        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[-1] != self.dim:
-            shape = tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
-            raise ValueError(f"step expects x_t of shape (batch, {self.dim}), got {shape}")
-        self._check_tokens(x_t[:, None], "x_t")
-        check_finite(x_t, "x_t")
+        """One decoding step: x_t (B, dim) -> (y_t (B, dim), new state).
+
+        A state is checked when it first comes in (one this mixer did not just return);
+        the state this mixer returned last goes on unchecked, and with ``debug_checks`` on
+        every state and output is checked at every token."""
+        entry = entering()
+        if entry:
+            self._check_decodes()
+            if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[-1] != self.dim:
+                shape = tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
+                raise ValueError(f"step expects x_t of shape (batch, {self.dim}), got {shape}")
+            self._check_tokens(x_t[:, None], "x_t")
+            check_finite(x_t, "x_t")
         if x_t.shape[0] == 0:  # an empty batch: an empty output, the state as it was
             return x_t.new_zeros(x_t.shape), state
         if state is None:  # documented: a fresh sequence, as with prefill
             state = self.init_state(x_t.shape[0], x_t.device, x_t.dtype)
-        self._check_state(state, x_t.shape[0])
+        debug = debug_checks_on()
+        if entry and (debug or state is not self.__dict__.get("_last_state")):
+            self._check_state(state, x_t.shape[0])
+        if not debug:
+            with inside():
+                y_t, state = self._step(x_t, state)
+            if entry:
+                self.__dict__["_last_state"] = state
+            return y_t, state
         # A state holding NaN is found from its effects (a NaN output, or an op refusing a
         # value computed from it), so a good state costs no pass over it.
         try:
@@ -146,15 +170,19 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
 
         Inputs are checked here once for every mixer; ``_prefill`` does the work.
         """
-        self._check_decodes()
-        self._check_tokens(x, "x")
-        check_finite(x, "x")
+        entry = entering()
+        if entry:
+            self._check_decodes()
+            self._check_tokens(x, "x")
+            check_finite(x, "x")
         if x.shape[0] == 0:  # an empty batch: an empty output, the state as it was
             return x.new_zeros(x.shape), state
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
-        self._check_state(state, x.shape[0])
-        return self._prefill(x, state)
+        elif entry:
+            self._check_state(state, x.shape[0])
+        with inside():
+            return self._prefill(x, state)
 
     def _prefill(self, x, state):
         """Causal forward over validated x from a validated state. The default loops over

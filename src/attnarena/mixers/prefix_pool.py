@@ -114,15 +114,12 @@ class Latte(Mixer):
     with p(s | l) = softmax_s(x_s W_k)_l (over s <= t when causal):
     y_t = sum_l p(l | t) sum_s p(s | l) v_s. Causal and bidirectional.
 
-    The chunk form is causal linear attention with key features exp(k_s[l] - c_l) and
-    query features p(l | t) / sum_{s <= t} exp(k_s[l] - c_l), c_l the latent's largest
-    score; a latent whose scores span more than ``SPAN`` falls back to the prefix scan,
-    which is exact for any scores. The recurrent form is the prefix recurrence.
+    Its math is ``ops.latent_attention``: the chunk form is causal linear attention over
+    the latents, falling back to the exact prefix scan where a latent's scores span too
+    wide; the recurrent form is the prefix recurrence.
 
     Options: latents (M), form, chunk_size.
     """
-
-    SPAN = 60.0  # exp(-60) ~ 1e-26: every key feature stays a normal float32
 
     def __init__(self, dim, heads=1, causal=False, *, latents=16, form="chunk",
                  chunk_size=64):
@@ -144,33 +141,9 @@ class Latte(Mixer):
 
     def _forward(self, x, context, mask):
         p_latent, scores, v = self._parts(x, mask)
-        if not self.causal:
-            values = v[:, :, None].expand(-1, -1, self.latents, -1, -1)
-            pooled = ops.softmax_pool(scores, values, mask=mask)  # (B, H, M, D)
-            return self.o_proj(merge_heads(p_latent @ pooled.to(v.dtype)))
-        if self.form == "recurrent" or self._span(scores, mask) > self.SPAN:
-            return self._prefix(p_latent, scores, v, None)[0]
-        top = scores.amax(-1, keepdim=True)
-        features = (scores - top).exp()  # (B, H, M, L)
-        normalizer = features.cumsum(-1)
-        query = p_latent * (1.0 / normalizer).transpose(-1, -2)  # (B, H, L, M)
-        o = ops.linear_attention(query, features.transpose(-1, -2), v, causal=True,
-                                 normalize=False, form="chunk", chunk_size=self.chunk_size)
+        o = ops.latent_attention(p_latent, scores, v, causal=self.causal, mask=mask,
+                                 form=self.form, chunk_size=self.chunk_size)
         return self.o_proj(merge_heads(o))
-
-    @staticmethod
-    def _span(scores, mask):
-        real = scores if mask is None else scores.masked_fill(~mask[:, None, None], 0.0)
-        return float((real.amax(-1) - real.amin(-1)).max().detach())
-
-    def _prefix(self, p_latent, scores, v, state):
-        """Every latent's prefix pool by the exact recurrence (B, H, M, L, D), then mixed."""
-        values = v[:, :, None].expand(-1, -1, self.latents, -1, -1)
-        pooled, prefix = ops.prefix_attention(scores, values, form="recurrent"
-                                              if self.form == "recurrent" else "parallel",
-                                              initial_state=state, return_state=True)
-        y = torch.einsum("bhlm,bhmld->bhld", p_latent, pooled.to(v.dtype))
-        return self.o_proj(merge_heads(y)), prefix
 
     def _init_state(self, batch_size, device, dtype):
         return {"prefix": _prefix_state((batch_size, self.heads, self.latents), self.head_dim,
@@ -178,8 +151,9 @@ class Latte(Mixer):
 
     def _prefill(self, x, state):
         p_latent, scores, v = self._parts(x, None)
-        y, prefix = self._prefix(p_latent, scores, v, state["prefix"])
-        return y, {"prefix": prefix}
+        o, prefix = ops.latent_attention(p_latent, scores, v, causal=True, form=self.form,
+                                         initial_state=state["prefix"], return_state=True)
+        return self.o_proj(merge_heads(o)), {"prefix": prefix}
 
     def _step(self, x_t, state):
         y, state = self._prefill(x_t[:, None], state)

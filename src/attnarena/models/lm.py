@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnarena._validate import check_int
+from attnarena._validate import check_int, inside
 from attnarena.models.embedding import check_tokens
 from attnarena.models.trunk import Backbone
 from attnarena.stack import stack_decodes
@@ -50,12 +50,12 @@ class CausalLM(Backbone):
     def forward_intermediates(self, tokens):
         """List of (B, L, dim) outputs, one per block."""
         check_tokens(tokens, self.vocab_size)
-        return self._trunk(self._embed(tokens), intermediates=True)
+        return self.forward_blocks(self._embed(tokens), intermediates=True)
 
     def forward_features(self, tokens):
         """(B, L) ids -> (B, L, dim) features after the final norm."""
         check_tokens(tokens, self.vocab_size)
-        return self._trunk(self._embed(tokens))
+        return self.forward_blocks(self._embed(tokens))
 
     def forward_head(self, features):
         return self.head(features)
@@ -99,22 +99,23 @@ class CausalLM(Backbone):
     def _generate_incremental(self, prompt, n, temperature, top_k, generator):
         x = self._embed(prompt)
         states = []
-        for block in self.blocks:
-            x, state = block.prefill(x)
-            states.append(state)
-        logits = self.head(self.norm(x[:, -1]))
-        tokens = [prompt]
-        position = prompt.shape[1]
-        for i in range(n):
-            token = self._pick(logits, temperature, top_k, generator)
-            tokens.append(token[:, None].to(prompt.dtype))
-            if i == n - 1:
-                break
-            x = self._embed(token[:, None], offset=position)[:, 0]
-            for j, block in enumerate(self.blocks):
-                x, states[j] = block.step(x, states[j])
-            logits = self.head(self.norm(x))
-            position += 1
+        with inside():  # the prompt was checked; tokens picked here are in range
+            for block in self.blocks:
+                x, state = block.prefill(x)
+                states.append(state)
+            logits = self.head(self.norm(x[:, -1]))
+            tokens = [prompt]
+            position = prompt.shape[1]
+            for i in range(n):
+                token = self._pick(logits, temperature, top_k, generator)
+                tokens.append(token[:, None].to(prompt.dtype))
+                if i == n - 1:
+                    break
+                x = self._embed(token[:, None], offset=position)[:, 0]
+                for j, block in enumerate(self.blocks):
+                    x, states[j] = block.step(x, states[j])
+                logits = self.head(self.norm(x))
+                position += 1
         return torch.cat(tokens, dim=1)
 
     def _generate_full(self, prompt, n, temperature, top_k, generator):

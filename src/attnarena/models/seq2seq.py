@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from attnarena.models.block import MLP
-from attnarena._validate import check_mask
+from attnarena._validate import check_finite, check_mask, entering, inside
 from attnarena.models.embedding import check_tokens
 from attnarena.models.positions import build_positions
 from attnarena.models.trunk import block_stack
@@ -78,8 +78,9 @@ class EncoderDecoder(nn.Module):
         x = self.src_embed(src.long())
         if self.src_positions is not None:
             x = self.src_positions(x)
-        for block in self.encoder:
-            x = block(x, mask=src_mask)
+        with inside():  # the ids and mask were checked: the blocks skip their entry checks
+            for block in self.encoder:
+                x = block(x, mask=src_mask)
         return self.enc_norm(x)
 
     def decode(self, tgt, memory, src_mask=None):
@@ -88,8 +89,12 @@ class EncoderDecoder(nn.Module):
         x = self.tgt_embed(tgt.long())
         if self.tgt_positions is not None:
             x = self.tgt_positions(x)
-        for block in self.decoder:
-            x = block(x, memory, src_mask)
+        if entering():
+            check_finite(memory, "memory")
+            check_mask(src_mask, memory.shape[:2], "memory")
+        with inside():
+            for block in self.decoder:
+                x = block(x, memory, src_mask)
         return self.head(self.dec_norm(x))
 
     def forward(self, src, tgt, src_mask=None):

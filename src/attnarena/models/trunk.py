@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from attnarena._validate import check_finite, entering, inside
+
 from attnarena.models.block import Block
 from attnarena.models.positions import build_positions
 from attnarena.stack import layer_mixers
@@ -24,7 +26,7 @@ def block_stack(depth: int, dim: int, mixer, *, heads: int, causal: bool,
 
 class Backbone(nn.Module):
     """Base of the backbones: ``_build_positions`` then ``_build_blocks`` make the trunk
-    (``positions``, ``drop``, ``blocks``, ``norm``); ``_trunk`` runs it on embeddings."""
+    (``positions``, ``drop``, ``blocks``, ``norm``); ``forward_blocks`` runs it on embeddings."""
 
     def _build_positions(self, position: str, max_len: int, dim: int, mixer: str,
                          mixer_options: dict | None, dropout: float) -> dict:
@@ -49,11 +51,14 @@ class Backbone(nn.Module):
             x = self.positions(x, offset)
         return self.drop(x)
 
-    def _trunk(self, x, mask=None, intermediates: bool = False):
+    def forward_blocks(self, x, mask=None, intermediates: bool = False):
         """Blocks over positioned embeddings -> (B, L, dim) after the final norm, or with
         ``intermediates`` the list of every block's output (before the norm)."""
+        if entering():  # the model's inputs, checked once for all its blocks
+            check_finite(x, "the embedded inputs")
         outputs = []
-        for block in self.blocks:
-            x = block(x, mask=mask)
-            outputs.append(x)
+        with inside():
+            for block in self.blocks:
+                x = block(x, mask=mask)
+                outputs.append(x)
         return outputs if intermediates else self.norm(x)

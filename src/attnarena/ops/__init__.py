@@ -21,7 +21,7 @@ from attnarena.ops.mixing import fourier_mix, pool_mix
 from attnarena.ops.mlstm import mlstm
 from attnarena.ops.moh import head_routing_weights
 from attnarena.ops.titans import neural_memory
-from attnarena.ops.prefix import prefix_attention, softmax_pool
+from attnarena.ops.prefix import latent_attention, prefix_attention, softmax_pool
 from attnarena.ops.rotary import rotary
 from attnarena.ops.routing import routing_attention
 from attnarena.ops.s4d import s4d
@@ -37,16 +37,16 @@ from attnarena.ops.vq import vq_attention
 from attnarena.ops.window_linear import window_linear_attention
 from attnarena.ops.xca import cross_covariance_attention
 
-__all__ = ["agent_attention", "alibi_slopes", "attention_distillation_loss",
+__all__ = ["FEATURE_MAPS", "agent_attention", "alibi_slopes", "attention_distillation_loss",
            "clipped_softmax_attention", "cosine_features", "cross_covariance_attention",
            "decode_attention", "delta_product", "delta_rule", "diagonal_recurrence",
-           "dilated_attention", "favor_features", "FEATURE_MAPS", "focused", "fourier_mix",
-           "gated_delta_rule", "gated_slot_attention", "gaussian_adaptive", "gla",
-           "head_routing_weights", "hedgehog_features", "iterative_pinv", "linear_attention",
+           "dilated_attention", "favor_features", "focused", "fourier_mix", "gated_delta_rule",
+           "gated_slot_attention", "gaussian_adaptive", "gla", "head_routing_weights",
+           "hedgehog_features", "iterative_pinv", "latent_attention", "linear_attention",
            "linformer_attention", "log_linear_attention", "lsh_attention", "masked_softmax",
            "merge_partial_attention", "mlstm", "neural_memory", "nystrom_attention",
-           "orthogonal_gaussian", "pattern_attention", "pool_mix", "prefix_attention", "retention",
-           "rotary", "routing_attention", "s4d", "scalar_gated", "score_attention",
+           "orthogonal_gaussian", "pattern_attention", "pool_mix", "prefix_attention",
+           "retention", "rotary", "routing_attention", "s4d", "scalar_gated", "score_attention",
            "selective_scan", "sinkhorn", "sinkhorn_attention", "soft_attention",
            "softmax_attention", "softmax_pool", "ttt_linear", "vq_attention",
            "window_linear_attention"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnarena._validate import entering
 from attnarena.ops._checks import (check_chunk_size, check_form, check_qkv, check_state,
                                    compute_dtype)
 from attnarena.ops.gated import check_log_decay, segment_sums, suffix_sums
@@ -36,7 +37,8 @@ def _check_beta(beta, shape):
                         f"{getattr(beta, 'dtype', type(beta).__name__)}")
     if tuple(beta.shape) != tuple(shape):
         raise ValueError(f"beta must have shape {tuple(shape)}, got {tuple(beta.shape)}")
-    if torch.isnan(beta).any() or (beta < 0).any() or (beta > 2).any():
+    if entering() and (torch.isnan(beta).any() or (beta < 0).any()
+                       or (beta > 2).any()):
         raise ValueError("beta must lie in [0, 2] (the delta rule's learning rate; 0 skips a "
                          "token, above 1 the transition I - beta k k^T of a unit key has a "
                          f"negative eigenvalue); got values in [{float(beta.min()):.4g}, "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnarena._validate import entering
 from attnarena.ops._checks import check_chunk_size, check_form, check_qkv, compute_dtype
 from attnarena.ops.gated import segment_sums, suffix_sums
 
@@ -52,7 +53,7 @@ def mlstm(q, k, v, *, input_gate, forget_gate, form="chunk", chunk_size=64,
     # used for padding; NaN, +inf input or -inf forget pre-activations have no meaning.
     for name, gate, bad in (("input_gate", input_gate, float("inf")),
                             ("forget_gate", forget_gate, float("-inf"))):
-        if bool((gate.isnan() | (gate == bad)).any()):
+        if entering() and bool((gate.isnan() | (gate == bad)).any()):
             raise ValueError(f"{name} holds NaN or {bad}; gate pre-activations must be finite "
                              f"(or {-bad} for padding)")
     dtype = compute_dtype(q.dtype)

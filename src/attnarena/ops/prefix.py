@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from attnarena._validate import entering
 from attnarena.ops.scan import associative_scan
 
 PREFIX_FORMS = ("parallel", "recurrent")
@@ -30,7 +31,7 @@ def _check(scores, values, mask):
                          f"and {tuple(getattr(values, 'shape', ()))}")
     if scores.shape[-1] == 0:
         raise ValueError("scores need at least one position")
-    if torch.isnan(scores).any() or torch.isinf(scores).any():
+    if entering() and not bool(torch.isfinite(scores).all()):
         raise ValueError("scores must be finite")
     if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
                              or mask.shape != scores.shape[:1] + scores.shape[-1:]):
@@ -117,3 +118,53 @@ def _loop(m, u, w):
 
 def _scan(m, u, w):
     return associative_scan((m, u, w), _combine, axis=m.dim() - 1)
+
+
+LATENT_SPAN = 60.0  # exp(-60) ~ 1e-26: every key feature stays a normal float32
+
+
+def latent_attention(p_latent, scores, values, *, causal, mask=None, form="chunk",
+                     chunk_size=64, initial_state=None, return_state=False):
+    """Latte's latent attention (Dolga et al. 2024): y_t = sum_l p(l | t) sum_s p(s | l) v_s
+    with p(s | l) = softmax over s (s <= t when causal) of ``scores``.
+
+    The chunk form is causal linear attention with key features exp(k_s[l] - c_l) and
+    query features p(l | t) / sum_{s <= t} exp(k_s[l] - c_l), c_l the latent's largest
+    score; a latent whose scores span more than ``LATENT_SPAN`` falls back to the prefix
+    scan, which is exact for any scores. "recurrent" is the prefix recurrence; a state
+    (``initial_state`` / ``return_state``) continues a causal sequence.
+
+    Args:
+        p_latent: (B, H, L, M) p(l | t), each row summing to 1.
+        scores: (B, H, M, L) each latent's score of each token (padding already low).
+        values: (B, H, L, D).
+        mask: (B, L) bool of real tokens (noncausal pooling), or None.
+
+    Returns:
+        (B, H, L, D) in the dtype of values, or (that, state) with ``return_state``.
+    """
+    if not causal:
+        pooled = softmax_pool(scores, values[:, :, None].expand(-1, -1, scores.shape[2], -1, -1),
+                              mask=mask)  # (B, H, M, D)
+        return p_latent @ pooled.to(values.dtype)
+    if form == "recurrent" or return_state or initial_state is not None \
+            or _span(scores, mask) > LATENT_SPAN:
+        expanded = values[:, :, None].expand(-1, -1, scores.shape[2], -1, -1)
+        pooled, prefix = prefix_attention(scores, expanded, form="recurrent"
+                                          if form == "recurrent" else "parallel",
+                                          initial_state=initial_state, return_state=True)
+        y = torch.einsum("bhlm,bhmld->bhld", p_latent, pooled.to(values.dtype))
+        return (y, prefix) if return_state else y
+    from attnarena.ops.linear import linear_attention
+
+    top = scores.amax(-1, keepdim=True)
+    features = (scores - top).exp()  # (B, H, M, L)
+    normalizer = features.cumsum(-1)
+    query = p_latent * (1.0 / normalizer).transpose(-1, -2)  # (B, H, L, M)
+    return linear_attention(query, features.transpose(-1, -2), values, causal=True,
+                            normalize=False, form="chunk", chunk_size=chunk_size)
+
+
+def _span(scores, mask):
+    real = scores if mask is None else scores.masked_fill(~mask[:, None, None], 0.0)
+    return float((real.amax(-1) - real.amin(-1)).max().detach())

@@ -19,6 +19,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from attnarena._validate import entering
 from attnarena.ops._checks import check_chunk_size, check_state, compute_dtype
 
 FACTOR_LIMIT = 60.0
@@ -41,7 +42,7 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f"delta must match u's shape {(b, d, L)}, got {tuple(delta.shape)}")
     if A.dim() != 2 or A.shape[0] != d:
         raise ValueError(f"A must be (d, state) = ({d}, n), got {tuple(A.shape)}")
-    if (A > 0).any():
+    if entering() and (A > 0).any():
         raise ValueError("A must be <= 0 (a stable, decaying state)")
     n = A.shape[1]
     for name, t in (("B", B), ("C", C)):
@@ -125,7 +126,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         delta = delta + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    elif bool((delta < 0).any()):
+    elif entering() and bool((delta < 0).any()):
         raise ValueError("delta (plus delta_bias) must be >= 0, a step size; got negative "
                          "values (pass delta_softplus=True to map raw values through softplus)")
     Bc = _per_channel(B.to(dtype), d).contiguous()  # (b, d|1, L, n)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnarena._validate import check_int
+from attnarena._validate import check_int, entering
 from attnarena.ops._checks import check_qkv, check_state, compute_dtype
 from attnarena.ops.gated import check_log_decay, segment_sums
 
@@ -59,7 +59,7 @@ def neural_memory(q, k, v, *, lr, log_momentum, log_keep, weights, mini_batch=16
         raise ValueError(f"the memory maps keys to values of the same width: v needs {D} "
                          f"channels, got {v.shape[-1]}")
     if not isinstance(lr, torch.Tensor) or tuple(lr.shape) != (B, H, L) \
-            or torch.isnan(lr).any() or (lr < 0).any():
+            or (entering() and (torch.isnan(lr).any() or (lr < 0).any())):
         raise ValueError(f"lr must be a tensor (B, H, L) = {(B, H, L)} of values >= 0")
     check_log_decay(log_momentum, (B, H, L), "log_momentum")
     check_log_decay(log_keep, (B, H, L), "log_keep")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from attnarena._validate import check_int
+from attnarena._validate import check_int, entering
 from attnarena.ops._checks import check_qkv, check_state, compute_dtype
 
 TTT_FORMS = ("chunk", "recurrent")
@@ -49,7 +49,7 @@ def ttt_linear(q, k, v, *, eta, mini_batch=16, form="chunk", initial_state=None,
     if not isinstance(eta, torch.Tensor) or tuple(eta.shape) != (B, H, L):
         raise ValueError(f"eta must have shape {(B, H, L)}, got "
                          f"{tuple(getattr(eta, 'shape', ())) or type(eta).__name__}")
-    if torch.isnan(eta).any() or (eta < 0).any():
+    if entering() and (torch.isnan(eta).any() or (eta < 0).any()):
         raise ValueError("eta (the inner learning rate) must be >= 0")
     dtype = compute_dtype(q.dtype)
     start, grad, offset = _start(initial_state, (B, H, Dk, Dv), mini_batch, q, dtype)
