@@ -16,9 +16,9 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from attnarena.arena.environment import environment
-from attnarena.arena.memory import PeakMemory
-from attnarena.arena.speed import matmul_gflops
+from attnarena.arena.measure.environment import environment
+from attnarena.arena.measure.memory import PeakMemory
+from attnarena.arena.measure.speed import matmul_gflops
 from attnarena.ops import sparse as S
 from recurrent_forms import timed  # noqa: E402  (the script's own folder)
 

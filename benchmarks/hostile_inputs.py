@@ -150,9 +150,9 @@ def _(tmp, timeout):
 def _planted(tmp, timeout, change):
     (tmp / "out").mkdir()
     code = api(f"""
-        from attnarena.arena.config import RunConfig
-        from attnarena.arena.artifacts import build_run_model
-        from attnarena.arena.checkpoint import save_checkpoint
+        from attnarena.arena.run.config import RunConfig
+        from attnarena.arena.run.artifacts import build_run_model
+        from attnarena.arena.run.checkpoint import save_checkpoint
         config = RunConfig(task="copy", mixer="gla", model={{"dim": 16, "depth": 1, "heads": 2}},
                            train={{"steps": 4}})
         model = build_run_model(config.resolve())
@@ -194,7 +194,7 @@ def _(tmp, timeout):
 @case("disk full under a claim")
 def _(tmp, timeout):
     code = api("""
-        from attnarena.arena.config import RunConfig
+        from attnarena.arena.run.config import RunConfig
         from attnarena.arena.store import Store
         store = Store("a.sqlite")
         pages = store.db.execute("PRAGMA page_count").fetchone()[0]
@@ -375,7 +375,7 @@ def _(tmp, timeout):
 def _(tmp, timeout):
     (tmp / "c").mkdir()
     (tmp / "c" / "compressed.json").write_text('{"config": null, "recipe": [], "reports": []}')
-    code = api("from attnarena.arena.compressed import load_compressed\n"
+    code = api("from attnarena.arena.deploy.compressed import load_compressed\n"
                "load_compressed('c')")
     return one_line(run([], tmp, timeout, python=code), "compressed.json")
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from attnarena.arena.config import RunConfig
-from attnarena.arena.environment import environment
-from attnarena.arena.train import train
+from attnarena.arena.run.config import RunConfig
+from attnarena.arena.measure.environment import environment
+from attnarena.arena.run.train import train
 
 
 def main(argv=None):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import copy
 
-from attnarena.arena.environment import environment
-from attnarena.arena.linearize import encoder_speed
+from attnarena.arena.measure.environment import environment
+from attnarena.arena.deploy.linearize import encoder_speed
 from attnarena.options import MixerSpec
 from attnarena.pretrained import load_pretrained, swap_attention
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from attnarena import ops
-from attnarena.arena.environment import environment
-from attnarena.arena.speed import matmul_gflops
+from attnarena.arena.measure.environment import environment
+from attnarena.arena.measure.speed import matmul_gflops
 
 
 def timed(fn, repeats):

@@ -17,7 +17,7 @@ import time
 import torch
 
 from attnarena import ops
-from attnarena.arena.environment import environment
+from attnarena.arena.measure.environment import environment
 
 
 from recurrent_forms import timed  # noqa: E402  (the script's own folder)

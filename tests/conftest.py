@@ -78,7 +78,7 @@ def run_tiny_suite(tmp_path, mixers, train, model="dim = 16, depth = 1, heads = 
     """Write and run a small copy-task suite over ``mixers`` (by default dim 16, one layer,
     2 heads) with the TOML ``train`` and ``model`` tables' entries; returns (store path, run
     counts)."""
-    from attnarena.arena.runner import run_suite
+    from attnarena.arena.run.runner import run_suite
 
     suite = tmp_path / "s.toml"
     names = ", ".join(f'"{m}"' for m in mixers)

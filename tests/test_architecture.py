@@ -1,5 +1,5 @@
 """The shape of the code: imports go one way, every mechanism's math lives in ops/, every
-mixer is registered, and the recipe in CONTRIBUTING.md enrolls a new mechanism."""
+mixer is registered, and the recipe in docs/contributing.md enrolls a new mechanism."""
 import ast
 import inspect
 import os
@@ -18,18 +18,18 @@ from attnarena.mixers import Mixer
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "attnarena"
 
-# Lower layers never import higher ones: cli -> arena -> compress -> tasks -> models (and
-# pretrained) -> mixers -> ops ->
-# shared utilities. The package itself (its __init__) is the public facade, at the top.
+# Lower layers never import higher ones: cli -> arena -> compress and linearize -> tasks ->
+# models (and pretrained) -> mixers -> ops -> shared utilities. The package itself (its
+# __init__) is the public facade, at the top.
 LAYERS = [
     ("shared", ("attnarena._validate", "attnarena.seeds", "attnarena.registry",
                 "attnarena.options", "attnarena.stack", "attnarena.suites",
-                "attnarena.progress")),
+                "attnarena.progress", "attnarena.extras", "attnarena.subject")),
     ("ops", ("attnarena.ops",)),
     ("mixers", ("attnarena.mixers",)),
     ("models", ("attnarena.models", "attnarena.pretrained")),
     ("tasks", ("attnarena.tasks",)),
-    ("compress", ("attnarena.compress",)),
+    ("compress", ("attnarena.compress", "attnarena.linearize")),
     ("arena", ("attnarena.arena",)),
     ("top", ("attnarena.cli", "attnarena.__main__", "attnarena")),
 ]
@@ -123,7 +123,7 @@ def test_the_layer_check_sees_an_upward_import():
     tree_imports = _imports("attnarena.ops.softmax", planted, modules)
     assert all(_layer(d) <= _layer("attnarena.ops.softmax") for d in tree_imports)
     assert _layer("attnarena.mixers.base") > _layer("attnarena.ops.softmax")
-    assert _layer("attnarena.cli") > _layer("attnarena.arena.train") > _layer("attnarena.tasks")
+    assert _layer("attnarena.cli") > _layer("attnarena.arena.run.train") > _layer("attnarena.tasks")
 
 
 def _mixer_classes():
@@ -144,7 +144,7 @@ def test_every_mixer_class_is_registered_or_a_base():
     stray = [f"{c.__module__}.{c.__name__}" for c in _mixer_classes()
              if c not in registered and c not in bases]
     assert not stray, (f"{stray}: neither registered nor the base of a registered mixer; "
-                       "decorate with @register_mixer (CONTRIBUTING.md, step 2)")
+                       "decorate with @register_mixer (docs/contributing.md, step 2)")
 
 
 def test_every_mixer_module_takes_its_math_from_ops():
@@ -159,23 +159,72 @@ def test_every_mixer_module_takes_its_math_from_ops():
         deps = _imports(name, path, modules)
         assert any(d == "attnarena.ops" or d.startswith("attnarena.ops.") for d in deps), (
             f"{path.name} registers a mechanism but uses nothing from attnarena.ops: its "
-            "math belongs in ops/ (CONTRIBUTING.md, step 1)")
+            "math belongs in ops/ (docs/contributing.md, step 1)")
+
+
+# Operations that mix tokens. In mixers/ they are allowed only where they do something other
+# than the mechanism's own token mixing, each place named with why.
+TOKEN_MATH = {"softmax", "log_softmax", "cumsum", "cumprod", "logcumsumexp", "einsum",
+              "matmul", "bmm", "baddbmm"}
+NOT_MIXING = {
+    ("linear.py", "_forward"): "counts of real tokens, for the output's length normalization",
+    ("prefix_pool.py", "_sequence"): "each key scored by Aaren's learned query: a projection",
+    ("prefix_pool.py", "_parts"): "Latte's p(l | t), a softmax over one token's latents",
+    ("rglru.py", "forward"): "a block-diagonal linear map (RG-LRU's gates): a projection",
+    ("routing.py", "_update_centroids"): "centroid running averages, updated in training",
+    ("vq.py", "_update_codebook"): "codebook running averages, updated in training",
+}
+
+
+def test_a_mixers_math_is_in_its_op():
+    """mixers/ holds projections, gates and reshapes; products, softmaxes and scans over
+    tokens are the ops' (every registered mechanism's forward then calls one)."""
+    found = set()
+    for path in sorted((PACKAGE / "mixers").glob("*.py")):
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, ast.FunctionDef):
+                continue
+            for node in ast.walk(function):
+                name = "@" if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult) \
+                    else (node.func.attr if isinstance(node, ast.Call)
+                          and isinstance(node.func, ast.Attribute)
+                          else getattr(getattr(node, "func", None), "id", None))
+                if name == "@" or name in TOKEN_MATH:
+                    place = (path.name, function.name)
+                    found.add(place)
+                    assert place in NOT_MIXING, (
+                        f"{path.name}:{node.lineno} ({function.name}) computes {name} in a "
+                        "mixer: the mechanism's math belongs in ops/ (docs/contributing.md, "
+                        "step 1)")
+    assert found == set(NOT_MIXING), f"stale exceptions: {set(NOT_MIXING) - found}"
+
+
+def test_every_registered_forward_calls_an_op():
+    """Each registered mechanism's class, or one of its bases in mixers/, calls into
+    attnarena.ops (not just its module: a helper class beside it does not count)."""
+    for name in aa.list_mixers():
+        cls = registry._mixer_class(name)
+        text = "\n".join(inspect.getsource(klass) for klass in cls.__mro__
+                         if klass.__module__.startswith("attnarena.mixers"))
+        assert re.search(r"\bops\.[a-z_0-9]+\(", text), (
+            f"{name}: neither {cls.__name__} nor its bases call attnarena.ops: its math "
+            "belongs in ops/ (docs/contributing.md, step 1)")
 
 
 def test_every_mechanism_has_a_defining_property_test():
-    own = {"test_contract.py", "test_architecture.py", "conftest.py", "test_registry.py",
-           "test_cli.py", "test_newcomer.py", "test_reliability.py"}
+    own = {"test_mixer_contract.py", "test_architecture.py", "conftest.py",
+           "test_registry.py", "test_cli.py", "test_docs.py"}
     text = "\n".join(p.read_text() for p in (ROOT / "tests").glob("*.py") if p.name not in own)
     missing = [n for n in aa.list_mixers() if f'"{n}"' not in text]
     assert not missing, (f"no defining-property test names {missing}: add one against an "
-                         "independent computation from the paper (CONTRIBUTING.md, step 3)")
+                         "independent computation from the paper (docs/contributing.md, step 3)")
 
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "newcomer"
 
 
 def test_a_new_mechanism_needs_one_ops_file_and_one_mixers_file(tmp_path):
-    """The CONTRIBUTING.md recipe, followed literally: cosFormer's op dropped into ops/ and
+    """The docs/contributing.md recipe, followed literally: cosFormer's op dropped into ops/ and
     its mixer into mixers/ of a copy of the package, nothing else edited; the contract
     tests then enroll it and pass."""
     copy = tmp_path / "src" / "attnarena"
@@ -185,7 +234,7 @@ def test_a_new_mechanism_needs_one_ops_file_and_one_mixers_file(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x",
-         str(ROOT / "tests" / "test_contract.py"), "-k", "cosformer"],
+         str(ROOT / "tests" / "test_mixer_contract.py"), "-k", "cosformer"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     counts = re.search(r"(\d+) passed", result.stdout)

@@ -7,11 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from attnarena.arena.artifacts import load_run
-from attnarena.arena.checkpoint import CheckpointError
-from attnarena.arena.config import RunConfig
-from attnarena.arena.train import train
+from attnarena.arena.run.artifacts import load_run
+from attnarena.arena.run.checkpoint import CheckpointError
+from attnarena.arena.run.config import RunConfig
+from attnarena.arena.run.train import train
 from attnarena.cli import main
+from attnarena.arena.run.checkpoint import load_checkpoint, save_checkpoint
+from attnarena.arena.store import Store
 
 TINY = {"steps": 4, "eval_every": 2, "eval_examples": 16, "batch": 4}
 
@@ -98,12 +100,12 @@ def test_a_planted_checkpoint_fails_the_cli_run_in_one_line(tmp_path, checkpoint
     resolved = RunConfig(task="copy", mixer="gla", model={"dim": 16, "depth": 1, "heads": 2},
                          train={"steps": 4}).resolve()
     run_id = RunConfig(task="copy", mixer="gla", model={"dim": 16, "depth": 1, "heads": 2},
-                       train={"steps": 4}).run_id()
+                       train={"steps": 4}).resolve().id
     folder = tmp_path / "out" / "checkpoints" / run_id
     folder.mkdir(parents=True)
     torch.manual_seed(0)
-    from attnarena.arena.artifacts import build_run_model
-    from attnarena.arena.checkpoint import save_checkpoint
+    from attnarena.arena.run.artifacts import build_run_model
+    from attnarena.arena.run.checkpoint import save_checkpoint
 
     model = build_run_model(resolved)
     save_checkpoint(folder, model, None, {"step": 10**9, "history": [], "best_score": 0.0,
@@ -112,7 +114,6 @@ def test_a_planted_checkpoint_fails_the_cli_run_in_one_line(tmp_path, checkpoint
     assert main(args) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert any(f"delete {folder}" in line and "outside the run's" in line for line in err)
-    from attnarena.arena.store import Store
 
     assert Store(tmp_path / "a.sqlite").run(run_id)["status"] == "failed"  # never ranked
 
@@ -158,3 +159,27 @@ def test_load_run_refuses_a_config_it_cannot_build(tmp_path, saved_run, change, 
         load_run(folder)
     assert "config.json" in str(caught.value)
     assert load_run(saved_run) is not None  # the untouched run still loads
+
+
+class _Plant:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_checkpoint_does_not_run_code(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path / "ck", model, None, {"step": 1, "history": []})
+    [folder] = (tmp_path / "ck").glob("step-*")
+    marker = tmp_path / "marker"
+    torch.save({"step": 1, "evil": _Plant(marker)}, folder / "state.pt")
+    with pytest.raises(CheckpointError, match=f"delete that folder.*|{folder}"):
+        load_checkpoint(tmp_path / "ck")
+    assert not marker.exists()
+    (folder / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=str(folder)):
+        load_checkpoint(tmp_path / "ck")

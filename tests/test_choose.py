@@ -2,8 +2,8 @@
 the Pareto set of the three, on a store whose figures are known."""
 import pytest
 
-from attnarena.arena.choose import Question, choice_markdown, choose, store_answer
-from attnarena.arena.config import RunConfig
+from attnarena.arena.report.choose import Question, choice_markdown, choose, store_answer
+from attnarena.arena.run.config import RunConfig
 from attnarena.arena.store import Store
 from attnarena.cli import main
 
@@ -12,8 +12,8 @@ def _finish(store, mixer, task, accuracy):
     config = RunConfig(task=task, mixer=mixer)
     resolved = config.resolve()
     owner = "me:1:x"
-    store.claim_run(config.run_id(), resolved, None, {}, owner)
-    store.finish_run(config.run_id(), {
+    store.claim_run(config.resolve().id, resolved, None, {}, owner)
+    store.finish_run(config.resolve().id, {
         "metric": "accuracy", "test_accuracy": accuracy, "best_val_accuracy": accuracy,
         "history": [], "params": 1, "tokens_per_s": 1.0, "peak_mem_mb": 1.0, "steps": 1,
         "train_seconds": 1.0}, owner)
@@ -96,7 +96,7 @@ def test_decoding_is_judged_by_the_step_and_the_state(store):
 
 
 def test_the_leaderboard_opens_with_the_answer(store, tmp_path):
-    from attnarena.arena.publish import build_reports
+    from attnarena.arena.report.publish import build_reports
 
     assert "the Pareto set" in store_answer(store)
     build_reports(store, tmp_path / "r")

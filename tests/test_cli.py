@@ -5,10 +5,16 @@ import pytest
 import torch
 
 import attnarena as aa
-from attnarena.arena.speed import SpeedConfig, measure_case, run_speed
+from attnarena.arena.measure.speed import SpeedConfig, measure_case, run_speed
 from attnarena.options import MixerSpec
 from attnarena.arena.store import Store
 from attnarena.cli import main
+import subprocess
+import sys
+from attnarena.arena.run.config import RunConfig
+from attnarena.arena.report.leaderboard import leaderboard_markdown
+from attnarena.tasks import create_task, task_presets
+from pathlib import Path
 
 
 def test_list_shows_every_mechanism(capsys):
@@ -86,8 +92,6 @@ def test_unknown_mixer_is_one_clear_error(capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-
-
 def _speed_row(mixer, length, ms, mem, pass_="fwd", error=None):
     return {"mixer": mixer, "length": length, "pass": pass_, "status": "ok", "median_ms": ms,
             "peak_mem_mb": mem, "state_mb": mem, "rel_error": error, "batch": 1, "heads": 4,
@@ -95,8 +99,7 @@ def _speed_row(mixer, length, ms, mem, pass_="fwd", error=None):
 
 
 def test_crossover_and_error_columns_come_from_the_stored_rows(tmp_path):
-    from attnarena.arena.report import leaderboard_markdown
-    from attnarena.arena.speed_report import crossovers
+    from attnarena.arena.report.speed import crossovers
     from attnarena.arena.store import Store
 
     rows = [_speed_row("softmax", n, ms, mem) for n, ms, mem in
@@ -127,7 +130,7 @@ def test_crossover_and_error_columns_come_from_the_stored_rows(tmp_path):
 
 
 def test_speed_measures_the_error_of_approximations_against_exact_softmax():
-    from attnarena.arena.speed import softmax_error
+    from attnarena.arena.measure.speed import softmax_error
 
     # a window covering the whole sequence is exact softmax attention; a short one is not
     for window, exact in ((64, True), (4, False)):
@@ -210,7 +213,7 @@ def test_train_records_its_run_where_run_and_report_look(tmp_path, capsys):
 
 
 def test_the_decoding_state_counts_what_a_kv_cache_holds():
-    from attnarena.arena.speed import _state_bytes
+    from attnarena.arena.measure.speed import _state_bytes
 
     mixer = aa.create_mixer("softmax", dim=16, heads=2, causal=True)
     local = aa.create_mixer("local", dim=16, heads=2, causal=True, window=4)
@@ -235,3 +238,94 @@ def test_list_fits_100_columns_and_filters(capsys):
     assert main(["list", "--long"]) == 0
     assert max(map(len, capsys.readouterr().out.splitlines())) <= 100
     assert main(["list", "--family", "nothing-like-this"]) == 2
+
+
+def _cli(capsys, *args):
+    code = main(list(args))
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize("device", ["cuda", "gpu", "cuda:3", "tpu"])
+def test_devices_are_one_line(device, capsys):
+    code = main(["train", "--task", "copy", "--mixer", "gla", "--device", device])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"device {device!r}" in err and "this machine has: auto, cpu" in err
+
+
+def test_auto_is_the_default_device():
+    from attnarena.arena.measure.environment import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert RunConfig(task="copy", mixer="gla").device == "auto"
+
+
+def test_task_options_are_listed_and_checked(capsys):
+    with pytest.raises(ValueError, match="unknown option.*'bogus'.*valid options: data_seed, "
+                                         "length, pairs"):
+        create_task("mqar", bogus=1)
+    assert main(["train", "--task", "mqar", "--mixer", "gla", "--task-option", "lenght=8"]) == 2
+    assert "did you mean 'length'?" in capsys.readouterr().err
+    assert main(["tasks", "mqar"]) == 0
+    out = capsys.readouterr().out
+    assert "length = 64" in out and "preset cpu:" in out
+    assert set(task_presets("mqar")) == {"cpu", "paper"}
+
+
+def test_version_and_module_entry_point():
+    result = subprocess.run([sys.executable, "-m", "attnarena", "--version"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"attnarena {aa.__version__}"
+
+
+def test_cli_failures_are_one_line(tmp_path, capsys):
+    listops = tmp_path / "listops"
+    listops.mkdir()
+    for split in ("train", "val", "test"):
+        (listops / f"basic_{split}.tsv").write_text("Source\tTarget\n" + "x" * 200_000 + "\t1\n")
+    retrieval = tmp_path / "retrieval"
+    retrieval.mkdir()
+    for split in ("train", "eval", "test"):
+        (retrieval / f"new_aan_pairs.{split}.tsv").write_text("inf\ta\tb\tc\td\n")
+    damaged = tmp_path / "damaged.sqlite"
+    Store(damaged).close()
+    data = bytearray(damaged.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)
+    damaged.write_bytes(bytes(data))
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    cases = [
+        ["train", "--task", "listops", "--mixer", "gla", "--data", str(listops), "--steps", "1"],
+        ["train", "--task", "retrieval", "--mixer", "gla", "--data", str(retrieval)],
+        ["report", "--store", str(damaged)],
+        ["report", "--store", str(empty)],
+        ["train", "--task", "copy", "--mixer", "gla", "--device", "cuda"],
+        ["train", "--task", "copy", "--mixer", "gla", "--device", "gpu"],
+        ["speed", "--mixers", "gla", "--device", "cuda"],
+        ["run", "--device", "cuda"],
+        ["train", "--task", "copy", "--mixer", "gla", "--json", str(tmp_path)],
+        ["train", "--task", "copy", "--mixer", "gla", "--steps", "1", "--quiet", "--out",
+         str(empty / "sub")],
+    ]
+    for args in cases:
+        code, err = _cli(capsys, *args)
+        assert code == 2, args
+        assert len(err.strip().splitlines()) == 1, (args, err)
+        assert err.startswith(f"attnarena {args[0]}: error: ")
+        assert "Traceback" not in err
+    code, err = _cli(capsys, "--traceback", "report", "--store", str(damaged))
+    assert code == 2 and "Traceback" in err
+
+
+def test_a_closed_standard_output_is_an_error():
+    done = subprocess.run(f"{sys.executable} -m attnarena list >&-", shell=True,
+                          capture_output=False, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 2 and "standard output is closed" in done.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_standard_output_is_an_error():
+    done = subprocess.run(f"{sys.executable} -m attnarena list > /dev/full", shell=True,
+                          stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode != 0 and "No space left" in done.stderr

@@ -12,10 +12,12 @@ from attnarena.compress import fakequant as fq
 from attnarena.compress.distill import DistillConfig, copy_teacher, distill, distill_loss
 from attnarena.compress.lowrank import LowRankLinear, choose_rank
 from attnarena.compress.mixed import assign_bits
-from attnarena.compress.prune import (HEAD_LAYOUTS, head_groups, prune_mixer_heads,
+from attnarena.mixers.heads import HEAD_LAYOUTS, prune_mixer_heads
+from attnarena.compress.prune import (head_groups,
                                       prune_mlp_neurons)
-from attnarena.compress.recipe import (CompressData, apply_recipe, linear_layers, make_step,
-                                       model_output, recipe_from_dicts)
+from attnarena.compress.recipe import (CompressData, apply_recipe, make_step, model_output,
+                                       recipe_from_dicts)
+from attnarena.subject import subject_of
 from attnarena.compress.repquant import fold_layernorms
 from attnarena.models.block import Block
 from attnarena.seeds import batch_seed
@@ -157,7 +159,7 @@ def test_fake_quantized_models_stay_close(name):
                                        log=lambda m: None)
     error = relative_error(outputs(quantized, data), reference)
     assert 0 < error < (0.5 if name == "fp4" else 0.05)
-    assert set(report["bits"]) == set(linear_layers(model))
+    assert set(report["bits"]) == set(subject_of(model).linear_layers())
 
 
 # -- RepQuant folding ---------------------------------------------------------------------
@@ -379,9 +381,11 @@ def test_recipes_refuse_bad_input_in_one_line():
         recipe_from_dicts([])
     with pytest.raises(ValueError, match="needs a 'method'"):
         recipe_from_dicts([{"bits": 4}])
+    from attnarena.compress.recipe import check_recipe
     with pytest.raises(ValueError, match="unknown mixer|Unknown mixer|valid"):
-        from attnarena.compress.recipe import check_recipe
-        check_recipe(nn.Linear(2, 2), [make_step("distill", {"mixer": "nonesuch"})])
+        check_recipe(tiny()[1], [make_step("distill", {"mixer": "nonesuch"})])
+    with pytest.raises(ValueError, match="no subject adapter knows a Linear .*take: arena"):
+        check_recipe(nn.Linear(2, 2), [make_step("int8_weight")])
 
 
 def test_outlier_measures_of_known_block_outputs():
@@ -420,8 +424,8 @@ def test_torchao_methods_without_the_extra_name_the_pip_command(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "torchao", None)  # as if it were not installed
     with pytest.raises(MissingExtraError, match=r"pip install 'attnarena\[compress\]'"):
-        check_recipe(nn.Linear(2, 2), [make_step("int8_dynamic")])
-    check_recipe(nn.Linear(2, 2), [make_step("int_static")])  # written here: no extra needed
+        check_recipe(tiny()[1], [make_step("int8_dynamic")])
+    check_recipe(tiny()[1], [make_step("int_static")])  # written here: no extra needed
 
 
 @pytest.mark.parametrize("saved, message", [
@@ -433,7 +437,7 @@ def test_torchao_methods_without_the_extra_name_the_pip_command(monkeypatch):
 def test_a_damaged_compressed_json_is_one_line_naming_it(tmp_path, saved, message):
     import json
 
-    from attnarena.arena.compressed import load_compressed
+    from attnarena.arena.deploy.compressed import load_compressed
 
     (tmp_path / "compressed.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match=message) as caught:

@@ -6,8 +6,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from attnarena.arena.compressed import load_compressed  # noqa: E402
-from attnarena.arena.compress_pretrained import compress_pretrained  # noqa: E402
+from attnarena.arena.deploy.compressed import compressed_record, load_compressed  # noqa: E402
+from attnarena.arena.deploy.compress import compress_pretrained  # noqa: E402
 from attnarena.arena.store import Store  # noqa: E402
 from attnarena.cli import main  # noqa: E402
 from attnarena.compress.prune import head_groups, mlp_units  # noqa: E402
@@ -56,7 +56,7 @@ def test_compress_minilm_stores_rows_and_loads_back(minilm, tmp_path):
     assert float_row["outliers"]["max_inf_norm"] > 1
     assert set(float_row["speed"]["blocks"]) == {"1", "4"}
     assert len(Store(store).compress_rows()) == 3
-    from attnarena.compress.linearize import agreement
+    from attnarena.pretrained.agreement import agreement
     from attnarena.pretrained.corpus import corpus_split
 
     test = corpus_split("test")[:40]
@@ -65,7 +65,8 @@ def test_compress_minilm_stores_rows_and_loads_back(minilm, tmp_path):
         loaded = load_compressed(row["folder"])
         assert agreement(reference, loaded.encode(test))["mean_cosine"] == pytest.approx(
             row["mean_cosine"], abs=1e-6)
-        assert loaded.compression[0]["method"] == row["steps"][0]["method"]
+        assert compressed_record(row["folder"])["recipe"][0]["method"] == \
+            row["steps"][0]["method"]
 
 
 def test_cli_compress_minilm_refuses_a_student_of_another_mechanism(tmp_path, capsys):

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from attnarena.arena.compressed import load_compressed, save_compressed, stored_bytes
-from attnarena.arena.compress_report import pareto
+from attnarena.arena.deploy.compressed import load_compressed, save_compressed, stored_bytes
+from attnarena.arena.report.compression import pareto
 from attnarena.arena.store import Store
 from attnarena.cli import main
 from attnarena.compress.recipe import apply_recipe, make_step
@@ -102,8 +102,11 @@ def test_cli_compress_end_to_end(tmp_path, capsys):
     assert len(Store(store).compress_rows()) == 4
     import attnarena as aa
 
+    from attnarena.arena.deploy.compressed import compressed_record
+
     loaded = aa.load_compressed(rows[3]["folder"])
-    assert loaded.compression[0]["method"] == "prune_heads"
+    assert not loaded.training and not hasattr(loaded, "compression")
+    assert compressed_record(rows[3]["folder"])["recipe"][0]["method"] == "prune_heads"
 
 
 def test_cli_compress_refuses_bad_input_in_one_line(tmp_path, capsys):
@@ -118,7 +121,6 @@ def test_cli_compress_refuses_bad_input_in_one_line(tmp_path, capsys):
         ([run, "--method", "magnitude sparsity=1"], "sparsity must be in [0.0, 1.0), got 1"),
         ([run, "--method", "mixed budget=1"], "no assignment meets a budget of 1 bits"),
         (["nope", "--method", "int8_dynamic"], "run 'nope' is not in the store"),
-        ([run], "give a recipe"),
         ([runs["mamba2"], "--method", "prune_heads"],
          "head pruning does not know how mamba2 lays out its heads"),
     ]
@@ -126,11 +128,18 @@ def test_cli_compress_refuses_bad_input_in_one_line(tmp_path, capsys):
         assert main([*base, *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as stop:  # argparse: exactly one of the two
+        main([*base, run])
+    assert stop.value.code == 2
+    assert "one of the arguments --method --recipes is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, run, "--method", "int8_dynamic", "--recipes", "r.toml"])
+    assert "not allowed with argument" in capsys.readouterr().err
     assert Store(store).compress_rows() == []  # refused before any work was done
 
 
 def test_a_suite_compresses_its_runs(tmp_path):
-    from attnarena.arena.runner import run_suite
+    from attnarena.arena.run.runner import run_suite
 
     suite = tmp_path / "s.toml"
     suite.write_text('[[runs]]\ntasks = ["copy"]\nmixers = ["softmax", "mamba2"]\n'
@@ -149,7 +158,7 @@ def test_a_suite_compresses_its_runs(tmp_path):
 
 
 def test_a_suite_with_a_bad_recipe_is_refused_before_training(tmp_path):
-    from attnarena.arena.suite import load_suite
+    from attnarena.arena.run.suite import load_suite
 
     suite = tmp_path / "s.toml"
     suite.write_text('[[runs]]\ntasks = ["copy"]\nmixers = ["softmax"]\n'
@@ -159,7 +168,7 @@ def test_a_suite_with_a_bad_recipe_is_refused_before_training(tmp_path):
 
 
 def test_side_by_side_times_every_model_round_robin():
-    from attnarena.arena.compress import side_by_side
+    from attnarena.arena.deploy.compress import side_by_side
 
     calls = []
 
@@ -173,14 +182,16 @@ def test_side_by_side_times_every_model_round_robin():
 
 
 def test_compress_help_names_every_method(capsys):
-    from attnarena import cli
     from attnarena.compress import list_methods
 
-    assert list(cli.COMPRESS_METHODS) == list_methods()
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps the epilog
+    assert all(name in shown for name in list_methods()), shown
 
 
 def test_speed_ups_divide_timings_of_one_call(tmp_path):
-    from attnarena.arena.compress_report import compress_markdown
+    from attnarena.arena.report.compression import compress_markdown
 
     store, _ = run_tiny_suite(tmp_path, ["softmax"], "steps = 2, batch = 8, eval_every = 2")
     run = Store(store).runs()[0]["id"]
@@ -208,7 +219,7 @@ def test_speed_ups_divide_timings_of_one_call(tmp_path):
 
 
 def test_a_speed_up_inside_the_spread_is_a_tie():
-    from attnarena.arena.compress_report import _speed_up
+    from attnarena.arena.report.compression import _speed_up
 
     def cell(ms, half):
         return {"model": {"1": {"ms": ms, "q1_ms": ms - half, "q3_ms": ms + half}}}

@@ -7,8 +7,8 @@ import torch
 
 from attnarena.arena.store import Store
 from attnarena.cli import main
-from attnarena.compress.linearize import LinearizeConfig, agreement
-from attnarena.compress.lora import LoRALinear, add_lora, merge_lora
+from attnarena.linearize import LinearizeConfig, LoRALinear, add_lora, merge_lora
+from attnarena.pretrained.agreement import agreement
 from conftest import run_tiny_suite
 
 
@@ -71,49 +71,52 @@ def minilm():
 
 @pytest.mark.parametrize("loss", ["mse", "attention"])
 def test_attention_transfer_lowers_each_layers_matching_loss(minilm, loss):
-    from attnarena.compress.linearize import (attention_transfer, sentence_batches,
-                                              transfer_losses)
-    from attnarena.pretrained import swap_attention
-    from attnarena.pretrained.corpus import corpus_split
+    from attnarena.linearize import attention_transfer, transfer_losses
+    from attnarena.pretrained import EncoderSubject, swap_attention
+    from attnarena.pretrained.corpus import corpus_split, sentence_batches
 
-    student = copy.deepcopy(minilm)
+    teacher = EncoderSubject.of(minilm)
+    student = copy.deepcopy(teacher)
     swap_attention(student.model, "hedgehog", keep_softmax=[5])
     batches = sentence_batches(minilm, corpus_split("train"), 8, 32, 6, seed=0)
-    before = transfer_losses(minilm, student, batches[:2], loss)
-    info = attention_transfer(minilm, student, batches, loss=loss, lr=3e-2)
-    after = transfer_losses(minilm, student, batches[:2], loss)
+    before = transfer_losses(teacher, student, batches[:2], loss)
+    info = attention_transfer(teacher, student, batches, loss=loss, lr=3e-2)
+    after = transfer_losses(teacher, student, batches[:2], loss)
     assert info["steps"] == 6 and info["trained_parameters"] == 5 * 12 * 32 * 32
     assert set(before) == set(range(5))
     assert all(after[i] < before[i] for i in before), (before, after)
 
 
 def test_attention_loss_needs_attention_weights(minilm):
-    from attnarena.compress.linearize import attention_transfer, sentence_batches
-    from attnarena.pretrained import swap_attention
-    from attnarena.pretrained.corpus import corpus_split
+    from attnarena.linearize import attention_transfer
+    from attnarena.pretrained import EncoderSubject, swap_attention
+    from attnarena.pretrained.corpus import corpus_split, sentence_batches
 
-    student = copy.deepcopy(minilm)
+    teacher = EncoderSubject.of(minilm)
+    student = copy.deepcopy(teacher)
     swap_attention(student.model, "gla", layers=[0])
     batches = sentence_batches(minilm, corpus_split("train"), 2, 16, 1, seed=0)
     with pytest.raises(ValueError, match="gla does not expose"):
-        attention_transfer(minilm, student, batches, loss="attention")
+        attention_transfer(teacher, student, batches, loss="attention")
 
 
 def test_linearize_encoder_both_stages_then_save_and_load(minilm, tmp_path):
-    from attnarena.compress.linearize import linearize_encoder
-    from attnarena.pretrained import load_pretrained
+    from attnarena.linearize import linearize_subject
+    from attnarena.pretrained import EncoderSubject, load_pretrained
     from attnarena.pretrained.corpus import corpus_split
 
     config = LinearizeConfig(mixer="cosine", keep_softmax=(0,), transfer_steps=2,
                              finetune_steps=2, batch_size=4, max_length=24)
-    student, info = linearize_encoder(minilm, config, corpus_split("train")[:40])
+    teacher = EncoderSubject.of(minilm, train=corpus_split("train")[:40])
+    student, info = linearize_subject(teacher, config)
     assert info["transfer"]["trained_parameters"] == 5 * 12  # cosine's length powers
     assert info["finetune"]["trained_parameters"] == 5 * 4 * 2 * 8 * 384
-    assert not any("lora" in n for n, _ in student.named_parameters())  # merged
+    assert not any("lora" in n for n, _ in student.model.named_parameters())  # merged
+    assert teacher.model is minilm.model and not teacher.is_swapped(1)  # left unchanged
     student.save(tmp_path / "m")
     sentences = corpus_split("test")[:6]
     assert torch.equal(load_pretrained(tmp_path / "m").encode(sentences),
-                       student.encode(sentences))
+                       student.encoder.encode(sentences))
 
 
 def test_cli_linearize_a_pretrained_encoder_end_to_end(minilm, tmp_path, capsys):
@@ -153,8 +156,9 @@ def test_cli_linearize_a_pretrained_encoder_end_to_end(minilm, tmp_path, capsys)
 
 def test_cli_linearize_errors_are_one_line(tmp_path, capsys):
     store = str(tmp_path / "a.sqlite")
-    assert main(["linearize", "--mixer", "hedgehog", "--store", store]) == 2
-    assert "name what to linearize" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: one of --model and --run is required
+        main(["linearize", "--mixer", "hedgehog", "--store", store])
+    assert "one of the arguments --model --run is required" in capsys.readouterr().err
     assert main(["linearize", "--run", "nope", "--mixer", "gla", "--store", store]) == 2
     assert "run 'nope' is not in the store" in capsys.readouterr().err
     assert main(["linearize", "--run", "nope", "--store", store]) == 2
@@ -175,28 +179,27 @@ def test_cli_linearize_pretrained_errors(minilm, tmp_path, capsys):
 # -- arena runs ----------------------------------------------------------------------------------
 
 def test_transfer_lowers_each_arena_mixers_matching_loss(tmp_path):
-    from attnarena import load_run
-    from attnarena.compress.linearize_model import (_teacher_mixers, mixer_blocks, swap_mixers,
-                                                    transfer_mixers)
-    from attnarena.tasks import create_task
+    from attnarena.arena.run.artifacts import load_run_subject
+    from attnarena.linearize import attention_transfer, swap, transfer_losses
 
     store, _ = run_tiny_suite(tmp_path, ["softmax"], "steps = 20, batch = 8, eval_every = 20")
     run = Store(store).runs()[0]
-    teacher = load_run(run["id"], results_dir=tmp_path)
-    task = create_task(run["config"]["task"], **run["config"]["task_options"])
+    teacher = load_run_subject(run["id"], results_dir=tmp_path)
     student = copy.deepcopy(teacher)
-    swapped = swap_mixers(student, "hedgehog")
-    assert mixer_blocks(student)[0].mixer.q_proj is not mixer_blocks(teacher)[0].mixer.q_proj
-    batch = {k: v for k, v in task.batch(8, torch.Generator().manual_seed(0)).items()}
-
-    def loss():
-        x, mask, target = _teacher_mixers(teacher, task, batch, swapped)[0]
-        with torch.no_grad():
-            return float(((mixer_blocks(student)[0].mixer(x, mask=mask) - target) ** 2).mean())
-
-    before = loss()
-    transfer_mixers(teacher, student, task, swapped, steps=10, batch_size=8, lr=3e-2, seed=0)
-    assert loss() < before
+    config = LinearizeConfig(mixer="hedgehog", transfer_steps=10)
+    swapped = swap(student, config)
+    assert swapped == list(range(len(teacher.blocks()))) and student.is_swapped(0)
+    assert not teacher.is_swapped(0)
+    # the new mixer took over the trained projections (copies, not the teacher's own)
+    assert student.attention_module(0).q_proj is not teacher.attention_module(0).q_proj
+    torch.testing.assert_close(student.attention_module(0).q_proj.weight,
+                               teacher.attention_module(0).q_proj.weight, rtol=0, atol=0)
+    batches = teacher.linearize_batches("transfer", config, "cpu")
+    held_out = [teacher.batch(8, 10**7, "cpu")]
+    before = transfer_losses(teacher, student, held_out)
+    attention_transfer(teacher, student, batches, lr=3e-2)
+    after = transfer_losses(teacher, student, held_out)
+    assert all(after[i] < before[i] for i in swapped), (before, after)
 
 
 def test_cli_linearize_an_arena_run_against_scratch(tmp_path, capsys):
@@ -219,8 +222,8 @@ def test_cli_linearize_an_arena_run_against_scratch(tmp_path, capsys):
 
 def test_an_interrupted_linearization_resumes_after_attention_transfer(minilm, tmp_path,
                                                                         monkeypatch):
-    from attnarena.arena.linearize import linearize_pretrained
-    from attnarena.compress import linearize as stages
+    from attnarena.arena.deploy.linearize import linearize_pretrained
+    from attnarena.linearize import stages
 
     config = LinearizeConfig(mixer="hedgehog", transfer_steps=2, finetune_steps=2,
                              batch_size=4, max_length=24)
@@ -244,7 +247,7 @@ def test_an_interrupted_linearization_resumes_after_attention_transfer(minilm, t
     monkeypatch.setattr(stages, "attention_transfer", no_second_transfer)
     rows = linearize_pretrained("minilm", config, **kwargs)
     assert [r["stage"] for r in rows] == ["original", "transfer", "finetune"]
-    assert not any((tmp_path / "linearize").glob("*/after_transfer"))
+    assert not any((tmp_path / "linearize").glob("*/after_transfer*"))
 
 
 def test_linearize_says_what_it_is_doing_and_the_time_left(minilm, tmp_path, capsys):
@@ -254,6 +257,6 @@ def test_linearize_says_what_it_is_doing_and_the_time_left(minilm, tmp_path, cap
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "attention transfer, step 1/2" in out and "about" in out and "left" in out
-    assert "fine-tuning, step 2/2" in out and "after finetune: agreement on 12" in out
+    assert "fine-tuning, step 2/2" in out and "after finetune: measuring hedgehog" in out
     assert main([*args, "--rerun", "--quiet"]) == 0
     assert "step" not in capsys.readouterr().out.split("## Linearized")[0]

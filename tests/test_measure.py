@@ -6,11 +6,14 @@ import time
 
 import pytest
 
-from attnarena.arena.conditions import OthersLoad, compare, flags, spread
-from attnarena.arena.report import leaderboard_markdown
-from attnarena.arena.speed import SpeedConfig, measure_case
-from attnarena.arena.speed_report import crossovers
+from attnarena.arena.measure.conditions import OthersLoad, compare, flags, spread
+from attnarena.arena.report.leaderboard import leaderboard_markdown
+from attnarena.arena.measure.speed import SpeedConfig, measure_case
+from attnarena.arena.report.speed import crossovers
 from attnarena.arena.store import Store
+from attnarena.arena.report.publish import build_reports
+from attnarena.arena.report.speed import plot_speed
+from attnarena.cli import main
 
 
 def _row(mixer, length, median, half, memory, **extra):
@@ -97,8 +100,7 @@ def test_the_average_table_says_what_it_leaves_out_and_never_vanishes(tmp_path):
 
 
 def test_speed_rows_of_different_settings_are_never_mixed(tmp_path):
-    from attnarena.arena.publish import build_reports
-    from attnarena.arena.speed_report import sweep_groups
+    from attnarena.arena.report.speed import sweep_groups
 
     rows = [_row("softmax", n, 10.0, 0.5, 8.0, causal=True) for n in (256, 1024)]
     rows += [_row("softmax", 16384, 900.0, 9.0, 90.0, causal=False)]
@@ -117,7 +119,7 @@ def test_speed_rows_of_different_settings_are_never_mixed(tmp_path):
 
 
 def test_a_sweep_stores_the_machines_pace_before_and_after_with_each_row():
-    from attnarena.arena.speed import run_speed
+    from attnarena.arena.measure.speed import run_speed
 
     stored = []
     cfg = SpeedConfig(mixers=["softmax"], lengths=[8, 16], heads=1, head_dim=4, repeats=2)
@@ -132,7 +134,6 @@ def test_a_sweep_stores_the_machines_pace_before_and_after_with_each_row():
 def test_a_flagged_time_is_ringed_and_named_on_the_plot(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    from attnarena.arena.speed_report import plot_speed
 
     kept, real = [], plt.close
     monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
@@ -146,3 +147,16 @@ def test_a_flagged_time_is_ringed_and_named_on_the_plot(tmp_path, monkeypatch):
     notes = " ".join(t.get_text() for t in kept[0].texts)
     assert "ringed in red" in notes and "gla L=256 (busy)" in notes
     real("all")
+
+
+def test_speed_gives_its_reasons_and_its_own_folder(tmp_path, capsys):
+    code = main(["speed", "--mixers", "local:window=-1", "--lengths", "8", "--repeats", "1",
+                 "--quiet", "--out", str(tmp_path / "speed")])
+    out = capsys.readouterr()
+    assert code == 1 and "no case ran" in out.err
+    assert "error (1): local:window=-1 at L=8: ValueError: window" in out.out
+    assert main(["speed", "--mixers", "softmax:bogus=1", "--lengths", "8"]) == 2
+    assert "unknown option(s) 'bogus'" in capsys.readouterr().err
+    from attnarena.cli import build_parser
+
+    assert build_parser().parse_args(["speed"]).out == "results/speed"

@@ -4,6 +4,7 @@ import torch
 
 import attnarena as aa
 from conftest import make_mixer, pattern_cases, pattern_ids
+from attnarena import ops
 
 CASES = pattern_cases()
 # The tolerance the README states for half precision: mean absolute difference from
@@ -235,3 +236,68 @@ def test_huge_finite_inputs_stay_finite_or_are_refused(name, pattern):
             assert "overflowed" in str(error)
         else:
             assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name, pattern", pattern_cases())
+def test_batch_zero_gives_an_empty_output(name, pattern):
+    mixer = make_mixer(name, causal=pattern in ("causal", "causal_cross"))
+    context = torch.randn(0, 5, 16) if "cross" in pattern else None
+    assert mixer(torch.randn(0, 7, 16), context=context).shape == (0, 7, 16)
+
+
+@pytest.mark.parametrize("name, pattern", pattern_cases())
+def test_non_finite_inputs_are_refused(name, pattern):
+    mixer = make_mixer(name, causal=pattern in ("causal", "causal_cross"))
+    x = torch.randn(2, 9, 16)
+    context = torch.randn(2, 6, 16) if "cross" in pattern else None
+    for bad in (float("nan"), float("inf")):
+        broken = x.clone()
+        broken[1, 5, 3] = bad
+        with pytest.raises(ValueError, match=r"x holds NaN or infinity \(first at index "
+                                             r"\(1, 5, 3\)\)"):
+            mixer(broken, context=context)
+    if context is not None:
+        context[0, 2, 0] = float("nan")
+        with pytest.raises(ValueError, match="context holds NaN"):
+            mixer(x, context=context)
+    keep = torch.ones(2, 9, dtype=torch.bool)
+    keep[1, 5] = False
+    if context is None:  # padding may hold anything: it is zeroed before the check
+        broken = x.clone()
+        broken[1, 5] = float("nan")
+        assert torch.isfinite(mixer(broken, mask=keep)).all()
+
+
+def test_ops_and_options_refuse_what_has_no_meaning():
+    empty = torch.randn(1, 2, 0, 4)
+    with pytest.raises(ValueError, match="at least one position"):
+        ops.linear_attention(empty, empty, empty, causal=True, form="chunk")
+    with pytest.raises(ValueError, match="at least one position"):
+        ops.gla(empty, empty, empty, log_g=empty, form="chunk")
+    with pytest.raises(ValueError, match="at least one position"):
+        ops.selective_scan(torch.randn(1, 3, 0), torch.rand(1, 3, 0), -torch.ones(3, 2),
+                           torch.randn(1, 2, 0), torch.randn(1, 2, 0))
+    with pytest.raises(ValueError, match="delta .* must be >= 0"):
+        ops.selective_scan(torch.randn(1, 3, 5), -torch.rand(1, 3, 5), -torch.ones(3, 2),
+                           torch.randn(1, 2, 5), torch.randn(1, 2, 5))
+    q = torch.randn(1, 2, 5, 4)
+    with pytest.raises(TypeError, match="input_gate must be a floating-point"):
+        ops.mlstm(q, q, q, input_gate=torch.zeros(1, 2, 5, dtype=torch.long),
+                  forget_gate=torch.zeros(1, 2, 5))
+    with pytest.raises(ValueError, match="forget_gate holds NaN"):
+        ops.mlstm(q, q, q, input_gate=torch.zeros(1, 2, 5),
+                  forget_gate=torch.full((1, 2, 5), float("nan")))
+    with pytest.raises(ValueError, match="input_gate holds NaN or inf"):
+        ops.mlstm(q, q, q, input_gate=torch.full((1, 2, 5), float("inf")),
+                  forget_gate=torch.zeros(1, 2, 5))
+    with pytest.raises(ValueError, match="dt_rank must be a positive int"):
+        aa.create_mixer("mamba", dim=16, dt_rank=0)
+
+
+def test_options_that_had_no_check_are_refused():
+    with pytest.raises(ValueError, match="levels must be a positive int, got 0"):
+        aa.create_mixer("log_linear", dim=16, heads=2, causal=True, levels=0)
+    with pytest.raises(ValueError, match="top_k must be a positive int, got 1.5"):
+        aa.create_mixer("moh", dim=16, heads=4, top_k=1.5)
+    s4d = aa.create_mixer("s4d", dim=16, causal=True)
+    assert "chunk_size" not in repr(s4d)  # it takes none

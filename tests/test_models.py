@@ -3,6 +3,7 @@ import torch
 
 import attnarena as aa
 from attnarena.models import Block, CausalLM, EncoderClassifier
+import math
 
 CAUSAL = [n for n in aa.list_mixers() if "causal" in aa.mixer_info(n).patterns]
 
@@ -244,3 +245,25 @@ def test_sequence_regressor_checks_its_input():
         model(torch.randn(3, 6, 5))
     with pytest.raises(ValueError, match="float tensor"):
         model(torch.ones(3, 6, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("vocab", [16, 1000])
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_language_models_initial_loss_is_near_ln_vocab(vocab, tied):
+    torch.manual_seed(0)
+    lm = CausalLM(vocab, dim=64, depth=2, heads=4, mixer="gla", tie_embeddings=tied)
+    tokens = torch.randint(0, vocab, (8, 32))
+    logits = lm(tokens[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), tokens[:, 1:].reshape(-1))
+    assert abs(loss.item() - math.log(vocab)) < 0.5
+
+
+def test_an_encoder_of_depth_zero_takes_a_mask():
+    from attnarena.models import EncoderClassifier
+
+    torch.manual_seed(0)
+    model = EncoderClassifier(3, vocab_size=10, depth=0, pooling="cls")
+    tokens = torch.randint(0, 10, (2, 5))
+    keep = torch.ones(2, 5, dtype=torch.bool)
+    keep[0, -1] = False
+    assert model(tokens, mask=keep).shape == (2, 3)

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attnarena import ops
+import attnarena as aa
 
 FORMS = ["parallel", "chunk", "recurrent"]
 
@@ -400,7 +401,6 @@ def test_compiled_scan_gradients(groups):
 
 
 def test_mamba_falls_back_to_the_torch_scan_and_says_so_once(monkeypatch, caplog):
-    import attnarena as aa
     from attnarena.mixers import mamba as mamba_module
 
     monkeypatch.setattr(ops.ssm, "compiled_scan_status", lambda: (False, "simulated: no numba"))
@@ -422,7 +422,6 @@ def test_mamba_falls_back_to_the_torch_scan_and_says_so_once(monkeypatch, caplog
 
 def test_mamba_runs_the_compiled_scan_where_it_can():
     pytest.importorskip("numba")
-    import attnarena as aa
 
     mixer = aa.create_mixer("mamba", dim=8, heads=1, causal=True)
     assert mixer._backend(torch.device("cpu")) == "compiled"
@@ -572,3 +571,43 @@ def test_long_mlstm_and_scan_with_strong_forgetting(dtype, tolerance):
     ref = ops.selective_scan(*(t.double() for t in rounded))
     assert torch.isfinite(out).all()
     assert (out.double() - ref).abs().max() <= tolerance * (1 + ref.abs().max())
+
+
+@given(st.integers(1, 3), st.integers(1, 70), st.integers(1, 5), st.integers(0, 999),
+       st.sampled_from([0.01, 1.0, 30.0]), st.booleans())
+def test_diagonal_scan_equals_the_loop(B, L, C, seed, strength, start):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, L, C, generator=g, dtype=torch.float64)
+    log_a = -strength * torch.rand(B, L, C, generator=g, dtype=torch.float64)
+    h0 = torch.randn(B, C, generator=g, dtype=torch.float64) if start else None
+    h, expected = (h0 if start else torch.zeros(B, C, dtype=torch.float64)), []
+    for t in range(L):  # h_t = a_t h_{t-1} + x_t, written out
+        h = log_a[:, t].exp() * h + x[:, t]
+        expected.append(h)
+    expected = torch.stack(expected, 1)
+    for form in ("parallel", "recurrent"):
+        out, last = ops.diagonal_recurrence(x, log_a, form=form, initial_state=h0,
+                                            return_state=True)
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(last, expected[:, -1], rtol=1e-10, atol=1e-10)
+
+
+def test_diagonal_scan_gradients():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    log_a = (-torch.rand(2, 9, 3, generator=g, dtype=torch.float64) - 0.05).requires_grad_()
+    h0 = torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda *t: ops.diagonal_recurrence(t[0], t[1], initial_state=t[2]), (x, log_a, h0))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: ops.diagonal_recurrence(torch.zeros(1, 4, 2), torch.ones(1, 4, 2)), "<= 0"),
+    (lambda: ops.diagonal_recurrence(torch.zeros(1, 4, 2), torch.zeros(1, 4, 3)), "shape of x"),
+    (lambda: ops.diagonal_recurrence(torch.zeros(4, 2), torch.zeros(4, 2)), "batch, length"),
+    (lambda: ops.diagonal_recurrence(torch.zeros(1, 4, 2), torch.zeros(1, 4, 2), form="chunk"),
+     "valid forms: parallel, recurrent"),
+])
+def test_diagonal_scan_refuses_bad_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -8,6 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attnarena.ops import alibi_slopes, softmax_attention
+import attnarena as aa
+from attnarena import ops
 
 
 def reference(q, k, v, causal=False, key_mask=None, window=None, slopes=None):
@@ -148,7 +150,6 @@ def test_clipped_softmax_reduces_to_softmax_and_clips():
 @pytest.mark.parametrize("options", [{"clip_gamma": -0.05}, {"gated": True},
                                      {"clip_gamma": -0.05, "clip_zeta": 1.1, "gated": True}])
 def test_quantizable_softmax_options_decode_like_their_forward(options):
-    import attnarena as aa
 
     torch.manual_seed(0)
     mixer = aa.create_mixer("softmax", dim=16, heads=2, causal=True, **options).eval()
@@ -164,7 +165,6 @@ def test_quantizable_softmax_options_decode_like_their_forward(options):
 
 
 def test_quantizable_softmax_options_are_checked():
-    import attnarena as aa
 
     with pytest.raises(ValueError, match="clip_gamma must be <= 0 and clip_zeta >= 1"):
         aa.create_mixer("softmax", dim=16, heads=2, clip_gamma=0.2)
@@ -172,3 +172,38 @@ def test_quantizable_softmax_options_are_checked():
         aa.create_mixer("softmax", dim=16, heads=2, gated="yes")
     with pytest.raises(ValueError, match="takes no alibi"):
         aa.create_mixer("softmax", dim=16, heads=2, clip_gamma=-0.1, alibi=True)
+
+
+def _prefix_pool(scores, values):
+    """sum_{s <= t} softmax over s <= t of the scores, times v_s, for every t."""
+    L = scores.shape[-1]
+    return torch.stack([(torch.softmax(scores[..., :t + 1], -1)[..., None]
+                         * values[..., :t + 1, :]).sum(-2) for t in range(L)], -2)
+
+
+@given(st.integers(1, 50), st.integers(0, 999), st.sampled_from([1.0, 30.0, 300.0]),
+       st.sampled_from(["parallel", "recurrent"]), st.integers(1, 49))
+def test_prefix_attention_is_softmax_over_each_prefix(L, seed, scale, form, cut):
+    g = torch.Generator().manual_seed(seed)
+    scores = scale * torch.randn(2, 3, L, generator=g, dtype=torch.float64)
+    values = torch.randn(2, 3, L, 4, generator=g, dtype=torch.float64)
+    expected = _prefix_pool(scores, values)
+    torch.testing.assert_close(ops.prefix_attention(scores, values, form=form), expected)
+    cut = min(cut, L)
+    first, state = ops.prefix_attention(scores[..., :cut], values[..., :cut, :], form=form,
+                                        return_state=True)
+    if cut < L:
+        rest = ops.prefix_attention(scores[..., cut:], values[..., cut:, :], form=form,
+                                    initial_state=state)
+        torch.testing.assert_close(torch.cat([first, rest], -2), expected)
+    whole = ops.softmax_pool(scores, values)
+    torch.testing.assert_close(whole, expected[..., -1, :])
+
+
+def test_prefix_ops_refuse_bad_inputs():
+    with pytest.raises(ValueError, match="same leading shape"):
+        ops.prefix_attention(torch.zeros(2, 5), torch.zeros(2, 4, 3))
+    with pytest.raises(ValueError, match="finite"):
+        ops.prefix_attention(torch.full((2, 5), float("inf")), torch.zeros(2, 5, 3))
+    with pytest.raises(ValueError, match="valid forms: parallel, recurrent"):
+        ops.prefix_attention(torch.zeros(2, 5), torch.zeros(2, 5, 3), form="chunk")

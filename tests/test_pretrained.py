@@ -72,7 +72,7 @@ BLOCKS_DEPEND_ON_LENGTH = {"sinkhorn"}
 def test_each_swappable_mechanism_runs_with_padding(name):
     """A padded batch gives each sentence's real tokens what the sentence gives alone."""
     if name in BLOCKS_DEPEND_ON_LENGTH:
-        pytest.skip(f"{name}'s blocks depend on the padded length; test_contract's "
+        pytest.skip(f"{name}'s blocks depend on the padded length; test_mixer_contract's "
                     "test_padding checks that padded tokens do not leak")
     model = tiny_bert()
     options = {k: v for k, v in TEST_OPTIONS.get(name, {}).items()}

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnarena.arena.config import RunConfig
+from attnarena.arena.run.config import RunConfig
 from attnarena.models import (CausalLM, DualEncoder, EncoderClassifier, EncoderDecoder,
                               SequenceRegressor)
 from attnarena.stack import canonical, is_hybrid, layer_mixers, parse_stack, path_name
@@ -126,12 +126,12 @@ def test_generate_through_mixed_states_equals_full_forwards(stack):
 def test_run_ids_name_the_canonical_stack():
     spelled = [RunConfig(task="mqar", mixer=m, model={"depth": 4})
                for m in ("gla,gla,gla,softmax", "3*gla+softmax", ["gla", "gla", "gla", "softmax"])]
-    ids = {c.run_id() for c in spelled}
+    ids = {c.resolve().id for c in spelled}
     assert len(ids) == 1
     (run_id,) = ids
     assert run_id.startswith("mqar-3xgla+softmax-s0-")
     assert spelled[0].resolve()["mixer"] == "3*gla+softmax"
-    assert RunConfig(task="mqar", mixer="gla").run_id().startswith("mqar-gla-s0-")
+    assert RunConfig(task="mqar", mixer="gla").resolve().id.startswith("mqar-gla-s0-")
     with pytest.raises(ValueError, match="do not divide the depth 2"):
         RunConfig(task="mqar", mixer="3*gla+softmax").resolve()
     with pytest.raises(ValueError, match="no causal pattern"):
@@ -139,7 +139,7 @@ def test_run_ids_name_the_canonical_stack():
 
 
 def test_suites_sweep_stacks_and_the_store_shows_them(tmp_path):
-    from attnarena.arena.report import leaderboard_markdown
+    from attnarena.arena.report.leaderboard import leaderboard_markdown
     from attnarena.arena.store import Store
 
     store, _ = run_tiny_suite(tmp_path, ["gla,softmax", "softmax"], "steps = 2, batch = 4",

@@ -5,9 +5,13 @@ import sqlite3
 
 import pytest
 
-from attnarena.arena.config import RunConfig
+from attnarena.arena.run.config import RunConfig
 from attnarena.arena.store import SCHEMA_VERSION, Store, StoreError
 from attnarena.cli import main
+import os
+import socket
+import subprocess
+import sys
 
 OLD_RUNS = """CREATE TABLE runs (id TEXT PRIMARY KEY, suite TEXT, task TEXT NOT NULL,
     mixer TEXT NOT NULL, preset TEXT NOT NULL, seed INTEGER NOT NULL, config TEXT NOT NULL,
@@ -18,7 +22,7 @@ OLD_RUNS = """CREATE TABLE runs (id TEXT PRIMARY KEY, suite TEXT, task TEXT NOT 
 
 def _old_store(path):
     """A store from before leases, with a column (notes) and a table (mine) of the user's."""
-    config = json.dumps(RunConfig(task="copy", mixer="gla").resolve())
+    config = json.dumps(RunConfig(task="copy", mixer="gla").resolve().as_dict())
     metrics = json.dumps({"metric": "accuracy", "test_accuracy": 0.5, "best_val_accuracy": 0.5,
                           "history": [], "params": 10, "tokens_per_s": 100.0,
                           "peak_mem_mb": 1.0, "steps": 2, "train_seconds": 0.1})
@@ -119,3 +123,98 @@ def test_report_output_writes_the_markdown_leaderboard_there(tmp_path, capsys):
                  "--output", str(target)]) == 0
     assert target.read_text() == (tmp_path / "r" / "leaderboard.md").read_text()
     assert "# attnarena leaderboard" not in capsys.readouterr().out  # not printed as well
+
+
+def _resolved():
+    return RunConfig(task="copy", mixer="gla").resolve()
+
+
+def tiny_suite(tmp_path, steps=12, every=4):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY % {"steps": steps, "every": every})
+    return str(path)
+
+
+TINY = """
+name = "tiny"
+[[runs]]
+tasks = ["copy"]
+mixers = ["softmax", "linear"]
+train = { steps = %(steps)d, eval_every = %(every)d, eval_examples = 64, batch = 8 }
+model = { dim = 16, depth = 1, heads = 2 }
+[speed]
+mixers = ["linear"]
+lengths = [32, 64]
+passes = ["fwd"]
+repeats = 1
+"""
+
+
+def test_leases_keep_live_owners_and_take_over_dead_ones(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    resolved = _resolved()
+    host = socket.gethostname()
+    alive = f"{host}:{os.getpid()}:aaaa"
+    assert store.claim_run("r", resolved, None, {}, alive)[0] == "claimed"
+    assert store.claim_run("r", resolved, None, {}, "other:1:bbbb")[0] == "busy"
+    # the holder finishes; nobody else can overwrite the finished run
+    assert not store.finish_run("r", {"params": 1}, "other:1:bbbb")
+    assert store.finish_run("r", {"params": 1}, alive)
+    assert store.claim_run("r", resolved, None, {}, "other:1:bbbb")[0] == "finished"
+    assert not store.fail_run("r", "late", "other:1:bbbb")
+    assert store.run("r")["status"] == "done" and store.run("r")["error"] is None
+    # a process of this host that no longer runs: taken over at once
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert store.claim_run("s", resolved, None, {}, f"{host}:{dead.pid}:cccc")[0] == "claimed"
+    assert store.claim_run("s", resolved, None, {}, alive)[0] == "claimed"
+    # another host: busy while its heartbeat is fresh, taken over once it is stale
+    assert store.claim_run("t", resolved, None, {}, "far-away:7:dddd")[0] == "claimed"
+    assert store.claim_run("t", resolved, None, {}, alive)[0] == "busy"
+    assert store.claim_run("t", resolved, None, {}, alive, stale_after=0.0)[0] == "claimed"
+    assert store.heartbeat("t", alive) and not store.heartbeat("t", "far-away:7:dddd")
+
+
+def test_old_stores_are_migrated_and_empty_files_refused(tmp_path):
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as db:
+        db.executescript("""CREATE TABLE runs (id TEXT PRIMARY KEY, suite TEXT, task TEXT NOT
+            NULL, mixer TEXT NOT NULL, preset TEXT NOT NULL, seed INTEGER NOT NULL, config TEXT
+            NOT NULL, status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+            error TEXT, metrics TEXT, params INTEGER, peak_mem_mb REAL, train_seconds REAL,
+            tokens_per_s REAL, environment TEXT, started REAL, finished REAL);""")
+        db.execute("INSERT INTO runs (id, task, mixer, preset, seed, config, status) VALUES "
+                   "('a', 'copy', 'gla', 'cpu', 0, '{}', 'running')")
+    store = Store(old)
+    assert store.run("a")["status"] == "running"
+    assert store.claim_run("a", _resolved(), None, {}, "me:1:x")[0] == "claimed"  # no owner
+    assert store.fail_run("a", "nan", "me:1:x", status="diverged")
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with pytest.raises(StoreError, match="empty file"):
+        Store(empty)
+
+
+def test_store_is_transactional_and_keeps_runs(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    resolved = RunConfig(task="copy", mixer="gla").resolve()
+    store.claim_run("a", resolved, "x", {"torch": "t"}, "t")
+    assert store.run("a")["status"] == "running"
+    store.finish_run("a", {"test_accuracy": 0.5, "params": 3}, "t")
+    store.claim_run("b", resolved, "x", {}, "t")
+    store.fail_run("b", "boom", "t")
+    assert sorted(r["status"] for r in store.runs()) == ["done", "failed"]
+    store.close()
+    again = Store(tmp_path / "s.sqlite")
+    assert again.run("a")["metrics"]["test_accuracy"] == 0.5
+
+
+def test_unwritable_store_is_one_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="cannot open the results store"):
+        Store(blocker / "arena.sqlite")
+    assert main(["run", "--suite", tiny_suite(tmp_path), "--store",
+                 str(blocker / "arena.sqlite"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot open the results store" in err[0]

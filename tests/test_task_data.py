@@ -9,6 +9,10 @@ from attnarena.cli import main
 from attnarena.tasks import pathfinder
 from attnarena.tasks.pathfinder import (PathfinderSettings, generate_dataset, read_metadata,
                                         read_png, write_pathfinder)
+from attnarena.tasks import list_tasks
+from attnarena.tasks.registry import task_class
+from attnarena.tasks.data import SYNTHETIC
+import pickle
 
 SETTINGS = PathfinderSettings(size=32, contour_length=6, distractor_length=2)
 
@@ -87,3 +91,58 @@ def test_an_oversized_image_is_refused_from_its_header(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "convert", no_decode)
     with pytest.raises(ValueError, match=r"expected a 32 x 32 image .* got 3000 x 2000"):
         read_png(tmp_path / "big.png", 32)
+
+
+GENERATING = [t for t in list_tasks() if t not in SYNTHETIC]
+
+
+class _Plant:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("task", GENERATING)
+def test_data_then_train_round_trips_at_the_default_preset(task, tmp_path, capsys):
+    small = {"listops": {"train_examples": 40, "val_examples": 8, "test_examples": 8},
+             "pathfinder": {"train_examples": 16, "val_examples": 2, "test_examples": 2}}
+    options = [f"{k}={v}" for k, v in small.get(task, {}).items()]
+    args = ["data", task, "--out", str(tmp_path / task), "--examples", "8"]
+    for option in options:
+        args += ["--option", option]
+    assert main(args) == 0
+    if not task_class(task).reads_data:
+        return  # drawn fresh each batch: its files are for use outside the arena
+    train_args = ["train", "--task", task, "--mixer", "gla", "--data", str(tmp_path / task),
+                  "--steps", "1", "--quiet", "--out", str(tmp_path / "out")]
+    assert main(train_args) == 0, capsys.readouterr().err
+
+
+def test_a_planted_cifar_batch_does_not_run_code(tmp_path):
+    from attnarena.tasks.image import read_cifar_batch, write_cifar_batch
+
+    marker = tmp_path / "marker"
+    with open(tmp_path / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _Plant(marker), b"labels": [0]}, f, protocol=2)
+    with pytest.raises(ValueError, match=r"refers to io\.open.*refusing"):
+        read_cifar_batch(tmp_path / "data_batch_1")
+    assert not marker.exists()
+    images = np.zeros((2, 3, 32, 32), dtype=np.uint8)
+    write_cifar_batch(tmp_path / "test_batch", images, [3, 10])
+    with pytest.raises(ValueError, match="test_batch.*labels must be 0-9"):
+        read_cifar_batch(tmp_path / "test_batch")
+
+
+def test_an_image_bomb_is_one_clear_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from attnarena.tasks.pathfinder import read_png
+
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,024 pixels: over twice the limit
+    with pytest.raises(ValueError, match="cannot read Pathfinder image .*big.png"):
+        read_png(tmp_path / "big.png")

@@ -121,9 +121,9 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_speed(args) -> int:
-    from attnarena.arena.speed import SpeedConfig, run_speed
+    from attnarena.arena.measure.speed import SpeedConfig, run_speed
     from attnarena.options import parse_mixers
-    from attnarena.arena.speed_report import crossovers, write_speed
+    from attnarena.arena.report.speed import crossovers, write_speed
 
     _names(args.mixers)  # given but empty: an error, not every mechanism
     cfg = SpeedConfig(mixers=parse_mixers(args.mixers or list_mixers()), lengths=args.lengths,
@@ -174,7 +174,7 @@ def cmd_speed(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from attnarena.arena.runner import run_suite
+    from attnarena.arena.run.runner import run_suite
 
     counts = run_suite(args.suite, store_path=args.store, out_dir=args.out,
                        mixers=_names(args.mixers), tasks=_names(args.tasks, "--tasks"),
@@ -196,13 +196,9 @@ def cmd_run(args) -> int:
 def cmd_train(args) -> int:
     import json
 
-    from attnarena.arena.artifacts import run_folder
-    from attnarena.arena.config import RunConfig
-    from attnarena.arena.environment import environment, resolve_device
-    from attnarena.arena.runner import train_claimed
+    from attnarena.arena.run.config import RunConfig
+    from attnarena.arena.run.runner import train_run
     from attnarena.options import parse_options
-    from attnarena.arena.store import Store, new_owner
-    from attnarena.arena.train import train
 
     if args.json and Path(args.json).is_dir():
         raise ValueError(f"--json names a file to write, but {args.json} is a directory")
@@ -218,43 +214,22 @@ def cmd_train(args) -> int:
                        mixer_options=parse_options(args.option), task_options=task_options,
                        model=parse_options(args.model, where=" in --model"),
                        train=train_overrides, device=args.device)
-    device = resolve_device(args.device)  # an unavailable device: one line, before anything
-    Path(args.out).mkdir(parents=True, exist_ok=True)  # an unusable folder: likewise
-    resolved = config.resolve()
-    run_id = config.run_id()
-    lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
-    checkpoints = Path(args.out) / "checkpoints" / run_id
     store_path = None if args.no_store else (args.store or Path(args.out) / "arena.sqlite")
-    if store_path and lead:
-        store, owner = Store(store_path), new_owner()
-        claim, row = store.claim_run(run_id, resolved, None, environment(device),
-                                     owner, retake_before=float("inf"),
-                                     retry_failed_before=float("inf"))
-        if claim == "busy":
-            raise ValueError(f"run {run_id} is being trained by {row['owner']} on this store; "
-                             "wait for it, or stop that process")
-        status, outcome = train_claimed(store, run_id, resolved, owner, checkpoints,
-                                        progress=not args.quiet,
-                                        save_dir=run_folder(args.out, run_id))
-        if status != "done":
-            raise RunFailed(f"run {run_id} {status}: {outcome} (recorded in {store_path})")
-        metrics = outcome
-    else:
-        metrics = train(resolved, checkpoint_dir=checkpoints, progress=not args.quiet,
-                        save_dir=run_folder(args.out, run_id) if lead else None)
+    run, metrics = train_run(config, out=args.out, store_path=store_path,
+                             progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
     summary = {k: v for k, v in metrics.items() if k != "history"}
     summary["task"], summary["preset"] = args.task, args.preset
-    if not lead:
-        return 0
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": resolved, "metrics": metrics},
+        Path(args.json).write_text(json.dumps({"config": run.as_dict(), "metrics": metrics},
                                               indent=2))
-    print(json.dumps({"id": run_id, **summary}, indent=2))
+    print(json.dumps({"id": run.id, **summary}, indent=2))
     return 0
 
 
 def cmd_export(args) -> int:
-    from attnarena.arena.artifacts import export_run
+    from attnarena.arena.run.artifacts import export_run
 
     for path in export_run(args.run, args.out, results_dir=args.results):
         print(f"wrote {path}")
@@ -274,8 +249,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from attnarena.arena.publish import build_reports
-    from attnarena.arena.report import format_rows, leaderboard_rows
+    from attnarena.arena.report.publish import build_reports
+    from attnarena.arena.report.leaderboard import format_rows, leaderboard_rows
     from attnarena.arena.store import Store
 
     store = Store(args.store, readonly=True)  # a report never changes the store
@@ -299,7 +274,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_choose(args) -> int:
-    from attnarena.arena.choose import Question, choice_markdown, choose
+    from attnarena.arena.report.choose import Question, choice_markdown, choose
     from attnarena.arena.store import Store
 
     question = Question(length=args.length, batch=args.batch, memory=args.memory,
@@ -327,13 +302,11 @@ def cmd_store(args) -> int:
 
 
 def cmd_linearize(args) -> int:
-    from attnarena.arena.linearize import linearize_pretrained, linearize_run, remeasure_speed
-    from attnarena.compress.linearize import LinearizeConfig
+    from attnarena.arena.deploy.linearize import (linearize_pretrained, linearize_run,
+                                                  remeasure_speed)
+    from attnarena.linearize import LinearizeConfig
     from attnarena.options import parse_options
 
-    if (args.model is None) == (args.run is None):
-        raise ValueError("name what to linearize: --model NAME_OR_DIR (a pretrained encoder, "
-                         "e.g. minilm) or --run RUN_ID (a trained arena run), not both")
     log = (lambda message: None) if args.quiet else print
     if args.remeasure_speed:
         if args.model is None:
@@ -363,61 +336,29 @@ def cmd_linearize(args) -> int:
     return _linearize_report(rows, args)
 
 
-# Named here so that building the parser imports nothing of attnarena.compress (a test
-# keeps the list equal to the registry's).
-COMPRESS_METHODS = ("distill", "float8_weight", "fp4", "int4_weight", "int8_dynamic",
-                    "int8_dynamic_int4", "int8_weight", "int_static", "lowrank", "magnitude",
-                    "mixed", "prune_heads", "prune_mlp", "repquant")
-
-
 def _compress_recipes(args) -> list:
-    from attnarena.compress.recipe import make_step, recipe_from_table
-    from attnarena.options import parse_options
+    from attnarena.compress.recipe import recipe_from_methods, recipes_from_file
 
-    if bool(args.method) == bool(args.recipes):
-        raise ValueError("give a recipe: --method 'NAME key=value ...' (repeatable, one "
-                         "recipe applied in order) or --recipes FILE.toml (several), not both")
-    if args.method:
-        steps = []
-        for text in args.method:
-            name, *pairs = text.split()
-            steps.append(make_step(name, parse_options(pairs, f" of method {name}")))
-        return [steps]
-    import tomllib
-
-    try:
-        loaded = tomllib.loads(Path(args.recipes).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ValueError(f"cannot read the recipes {args.recipes}: {error}") from None
-    except RecursionError:
-        raise ValueError(f"{args.recipes} nests tables or arrays too deeply to read") from None
-    recipes = loaded.get("recipe")
-    if not isinstance(recipes, list) or not recipes:
-        raise ValueError(f"{args.recipes} lists no [[recipe]] tables (each with steps = "
-                         "[{method = 'NAME', ...}, ...] or a single method = 'NAME')")
-    try:
-        return [recipe_from_table(entry) for entry in recipes]
-    except ValueError as error:
-        raise ValueError(f"{args.recipes}: {error}") from None
+    return [recipe_from_methods(args.method)] if args.method else recipes_from_file(args.recipes)
 
 
 def cmd_compress(args) -> int:
-    from attnarena.arena.compress import compress_run
-    from attnarena.arena.compress_report import compress_markdown
-    from attnarena.arena.publish import build_reports
+    from attnarena.arena.deploy.compress import compress_run
+    from attnarena.arena.report.compression import compress_markdown
+    from attnarena.arena.report.publish import build_reports
     from attnarena.arena.store import Store
 
-    recipes = _compress_recipes(args)
-    log = (lambda message: None) if args.quiet else print
     if (args.source is None) == (args.model is None):
         raise ValueError("name what to compress: a run id or run folder, or --model "
                          "NAME_OR_DIR (a pretrained encoder, e.g. minilm), not both")
+    recipes = _compress_recipes(args)
+    log = (lambda message: None) if args.quiet else print
     if args.model is not None:
-        from attnarena.arena.compress_pretrained import compress_pretrained
+        from attnarena.arena.deploy.compress import compress_pretrained
 
         rows = compress_pretrained(args.model, recipes, store_path=args.store,
                                    results_dir=args.out, device=args.device,
-                                   calibration=args.calibration, batch=args.batch or 32,
+                                   calibration=args.calibration, batch=args.batch,
                                    eval_sentences=args.eval_sentences, length=args.length,
                                    repeats=args.repeats, rerun=args.rerun, log=log)
     else:
@@ -432,8 +373,8 @@ def cmd_compress(args) -> int:
 
 
 def _linearize_report(rows, args) -> int:
-    from attnarena.arena.publish import build_reports
-    from attnarena.arena.report import linearize_markdown
+    from attnarena.arena.report.publish import build_reports
+    from attnarena.arena.report.linearization import linearize_markdown
     from attnarena.arena.store import Store
 
     print(linearize_markdown(rows))
@@ -455,6 +396,8 @@ def _names(text, option="--mixers"):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from attnarena.compress import list_methods
+
     parser = argparse.ArgumentParser(prog="attnarena",
                                      description="The efficient-Transformer arena.")
     parser.add_argument("--version", action="version", version=f"attnarena {__version__}")
@@ -549,11 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the task's data directory (text, retrieval and image need one; "
                         "listops and pathfinder read one instead of generating)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--store", default=None,
-                   help="record the run in this store (default OUT/arena.sqlite, the store "
-                        "`attnarena run` and `report` use), so it shows in the report and "
-                        "`compress RUN_ID` finds it")
-    p.add_argument("--no-store", action="store_true", help="record the run in no store")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--store", default=None,
+                       help="record the run in this store (default OUT/arena.sqlite, the "
+                            "store `attnarena run` and `report` use), so it shows in the "
+                            "report and `compress RUN_ID` finds it")
+    where.add_argument("--no-store", action="store_true", help="record the run in no store")
     p.add_argument("--out", default="results",
                    help="checkpoints and the trained model (OUT/runs/RUN_ID) go here")
     p.add_argument("--json", default=None, help="write config and metrics to this file")
@@ -583,10 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("linearize", help="linearize a pretrained encoder or a trained softmax run "
                                   "by attention transfer, then fine-tuning")
-    p.add_argument("--model", default=None,
-                   help="a pretrained encoder: minilm (all-MiniLM-L6-v2, offline with the "
-                        "pretrained extra) or a model directory")
-    p.add_argument("--run", default=None, help="a finished softmax run of the store (its id)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", default=None,
+                      help="a pretrained encoder: minilm (all-MiniLM-L6-v2, offline with the "
+                           "pretrained extra) or a model directory")
+    what.add_argument("--run", default=None, help="a finished softmax run of the store (its id)")
     p.add_argument("--mixer", default=None, help="the mechanism that replaces softmax")
     p.add_argument("--option", action="append", help="mixer option key=value (repeatable)")
     p.add_argument("--keep-softmax", type=_indices, default=None,
@@ -618,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("compress", help="compress a trained run by recipes (quantization, pruning, "
                                  "low-rank, distillation), measured before and after",
-                epilog="methods: " + ", ".join(COMPRESS_METHODS) + ". Example: attnarena "
+                epilog="methods: " + ", ".join(list_methods()) + ". Example: attnarena "
                        "compress RUN_ID --method 'prune_heads fraction=0.5' --method "
                        "'distill steps=200' --method int8_dynamic")
     p.add_argument("source", nargs="?", default=None,
@@ -631,12 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, default=128,
                    help="with --model: the encoder length timed (and 4x it, within its "
                         "positions)")
-    p.add_argument("--method", action="append",
-                   help="one step, 'NAME key=value ...' (repeatable: the steps of one recipe, "
-                        "in order)")
-    p.add_argument("--recipes", default=None,
-                   help="a TOML file of several recipes: [[recipe]] tables, each with "
-                        "steps = [{method = 'NAME', key = value}, ...]")
+    recipe = p.add_mutually_exclusive_group(required=True)
+    recipe.add_argument("--method", action="append",
+                        help="one step, 'NAME key=value ...' (repeatable: the steps of one "
+                             "recipe, in order)")
+    recipe.add_argument("--recipes", default=None,
+                        help="a TOML file of several recipes: [[recipe]] tables, each with "
+                             "steps = [{method = 'NAME', key = value}, ...]")
     p.add_argument("--calibration", type=int, default=4,
                    help="calibration batches (training split) for data-driven methods")
     p.add_argument("--batch", type=int, default=None,
@@ -711,9 +657,9 @@ def main(argv=None) -> int:
     except Exception as error:  # every failure is one line; --traceback shows the whole
         if show_trace:
             traceback.print_exc()
-        # messages written for users: bad input, and the package's own errors
-        plain = isinstance(error, (ValueError, TypeError)) \
-            or type(error).__module__.startswith("attnarena")
+        # User errors are ValueError: bad input, a missing extra, a run that failed. Any
+        # other exception is a bug, and says its type and where to see more.
+        plain = isinstance(error, ValueError)
         # one line: a message spread over several (torch's) is joined, a huge one cut
         detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
         detail = detail or "no detail"
@@ -725,10 +671,6 @@ def main(argv=None) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-class RunFailed(RuntimeError):
-    """A training run that ended failed or diverged (recorded in the store)."""
 
 
 def _interrupt(signum, frame):

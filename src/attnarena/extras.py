@@ -9,8 +9,9 @@ import logging
 INSTALL = "pip install 'attnarena[pretrained]'"
 
 
-class MissingExtraError(ImportError):
-    """A feature was used without the extra that provides it installed."""
+class MissingExtraError(ImportError, ValueError):
+    """A feature was used without the extra that provides it installed (a user error:
+    the command line prints it as one line, as every ValueError)."""
 
 
 def require(module: str, purpose: str = "pretrained models", extra: str = "pretrained"):

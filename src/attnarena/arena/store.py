@@ -15,6 +15,7 @@ run is never overwritten by another process.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -83,6 +84,34 @@ CREATE TABLE IF NOT EXISTS compress (
 );
 """
 SCHEMA_VERSION = 2  # the file's PRAGMA user_version once migrated
+
+# The row tables: the columns indexed from each row (beside its JSON) and the listing order.
+ROW_TABLES = {
+    "speed": (("mixer", "length", "pass", "status"), "mixer, pass, length"),
+    "linearize": (("source", "mixer", "stage"), "source, created"),
+    "compress": (("source", "recipe"), "source, created"),
+}
+
+
+def stable_id(value, length: int = 12, algorithm: str = "sha256") -> str:
+    """The one id function of the store's keys: a hex digest of ``value`` as sorted JSON
+    (anything JSON cannot hold written as its ``str``), cut to ``length``. Runs, speed
+    cases and the rows of compression and linearization are all keyed by it (compression
+    and linearization rows by its sha1 form, the one their stores were first written
+    with)."""
+    text = json.dumps(value, sort_keys=True, default=str).encode()
+    return hashlib.new(algorithm, text).hexdigest()[:length]
+
+
+def row_key(*parts) -> str:
+    """The key of a compression or linearization row from what tells it apart."""
+    return stable_id(parts, 12, "sha1")
+
+
+def _row_table(table: str) -> tuple:
+    if table not in ROW_TABLES:
+        raise ValueError(f"unknown row table {table!r}; the store has: {', '.join(ROW_TABLES)}")
+    return ROW_TABLES[table]
 
 
 def _columns(create_sql: str) -> list[str]:
@@ -298,7 +327,7 @@ class Store:
                 "started = excluded.started, owner = excluded.owner, "
                 "heartbeat = excluded.heartbeat, finished = NULL",
                 (run_id, suite, resolved["task"], resolved["mixer"], resolved["preset"],
-                 resolved["seed"], json.dumps(resolved, sort_keys=True),
+                 resolved["seed"], json.dumps(dict(resolved), sort_keys=True),
                  json.dumps(environment), now, owner, now))
             self.db.execute("COMMIT")
         except sqlite3.Error as error:
@@ -349,76 +378,67 @@ class Store:
             sql, args = sql + " WHERE status = ?", (status,)
         return [_decode(dict(r)) for r in self.db.execute(sql + " ORDER BY task, mixer", args)]
 
-    # -- speed --------------------------------------------------------------------------------
+    # -- row tables: speed, linearize, compress ----------------------------------------------
 
-    def speed_row(self, case_id):
-        """The stored row of a speed case, or None."""
-        found = self.db.execute("SELECT row FROM speed WHERE id = ?", (case_id,)).fetchone()
+    def row(self, table: str, row_id):
+        """The stored row ``row_id`` of a row table, or None."""
+        _row_table(table)
+        found = self.db.execute(f"SELECT row FROM {table} WHERE id = ?", (row_id,)).fetchone()
         return None if found is None else json.loads(found[0])
 
-    def add_speed(self, case_id, row, suite, environment):
+    def put_row(self, table: str, row_id, row: dict, environment, **columns) -> None:
+        """Write ``row`` as ``row_id`` of a row table (its indexed columns taken from the row,
+        or given); a row written again keeps its place in the listing."""
+        indexed, _ = _row_table(table)
+        values = {**{c: row[c] for c in indexed if c not in columns}, **columns,
+                  "row": json.dumps(row), "environment": json.dumps(environment)}
+        names = list(values)
         self._write(
-            "INSERT OR REPLACE INTO speed (id, suite, mixer, length, pass, status, row, "
-            "environment, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (case_id, suite, row["mixer"], row["length"], row["pass"], row["status"],
-             json.dumps(row), json.dumps(environment), time.time()))
+            f"INSERT INTO {table} (id, {', '.join(names)}, created) VALUES "
+            f"(?, {', '.join('?' for _ in names)}, ?) ON CONFLICT(id) DO UPDATE SET "
+            + ", ".join(f"{n} = excluded.{n}" for n in names),
+            (row_id, *values.values(), time.time()))
 
-    def speed_rows(self):
-        rows = []
-        for r in self.db.execute("SELECT * FROM speed ORDER BY mixer, pass, length"):
-            row = json.loads(r["row"])
-            row["environment"] = json.loads(r["environment"] or "{}")
-            rows.append(row)
-        return rows
-
-
-    # -- linearize ---------------------------------------------------------------------------
-
-    def linearize_row(self, row_id):
-        found = self.db.execute("SELECT row FROM linearize WHERE id = ?", (row_id,)).fetchone()
-        return None if found is None else json.loads(found[0])
-
-    def add_linearize(self, row_id, row, environment):
-        self._write(
-            "INSERT OR REPLACE INTO linearize (id, source, mixer, stage, row, environment, "
-            "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (row_id, row["source"], row["mixer"], row["stage"], json.dumps(row),
-             json.dumps(environment), time.time()))
-
-    def linearize_items(self):
-        """(id, row) pairs of the linearize table, by source and time of writing."""
+    def row_items(self, table: str) -> list[tuple]:
+        """(id, row) pairs of a row table in its listing order, each row with the
+        environment it was measured in."""
+        _, order = _row_table(table)
         items = []
-        for r in self.db.execute("SELECT * FROM linearize ORDER BY source, created"):
+        for r in self.db.execute(f"SELECT * FROM {table} ORDER BY {order}"):
             row = json.loads(r["row"])
             row["environment"] = json.loads(r["environment"] or "{}")
             items.append((r["id"], row))
         return items
 
-    def linearize_rows(self):
-        return [row for _, row in self.linearize_items()]
+    def speed_row(self, case_id):
+        return self.row("speed", case_id)
 
-    # -- compress ----------------------------------------------------------------------------
+    def add_speed(self, case_id, row, suite, environment):
+        self.put_row("speed", case_id, row, environment, suite=suite)
+
+    def speed_rows(self):
+        return [row for _, row in self.row_items("speed")]
+
+    def linearize_row(self, row_id):
+        return self.row("linearize", row_id)
+
+    def add_linearize(self, row_id, row, environment):
+        self.put_row("linearize", row_id, row, environment)
+
+    def linearize_items(self):
+        return self.row_items("linearize")
+
+    def linearize_rows(self):
+        return [row for _, row in self.row_items("linearize")]
 
     def compress_row(self, row_id):
-        found = self.db.execute("SELECT row FROM compress WHERE id = ?", (row_id,)).fetchone()
-        return None if found is None else json.loads(found[0])
+        return self.row("compress", row_id)
 
     def add_compress(self, row_id, row, environment):
-        self._write(
-            "INSERT INTO compress (id, source, recipe, row, environment, created) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET row = excluded.row, "
-            "environment = excluded.environment",  # a row re-timed keeps its place
-            (row_id, row["source"], row["recipe"], json.dumps(row), json.dumps(environment),
-             time.time()))
+        self.put_row("compress", row_id, row, environment)
 
     def compress_rows(self):
-        """Rows of the compress table, by source and time of writing."""
-        rows = []
-        for r in self.db.execute("SELECT * FROM compress ORDER BY source, created"):
-            row = json.loads(r["row"])
-            row["environment"] = json.loads(r["environment"] or "{}")
-            rows.append(row)
-        return rows
+        return [row for _, row in self.row_items("compress")]
 
 
 class Lease:

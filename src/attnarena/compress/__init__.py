@@ -1,12 +1,11 @@
-"""Deployment tools: compression recipes (quantization, pruning, low-rank factorization,
-distillation; each method a config dataclass applied by one function), low-rank adapters,
-and linearization of pretrained softmax models by attention transfer (the ``pretrained``
-extra for real pretrained models, ``compress`` for torchao)."""
-# The method modules register themselves with the recipe registry on import.
+"""Compression recipes over a subject (``attnarena.subject``): quantization, pruning,
+low-rank factorization, distillation; each method a config dataclass applied by one
+function (the ``compress`` extra adds torchao's methods)."""
+# The method modules register themselves with the recipe registry on import, the subject
+# adapters with ``subject_of``.
+from attnarena import models, pretrained  # noqa: F401
 from attnarena.compress import distill, lowrank, mixed, prune, quantize, repquant  # noqa: F401
-from attnarena.compress.lora import LoRALinear, add_lora, merge_lora
-from attnarena.compress.recipe import (apply_recipe, list_methods, make_step,
+from attnarena.compress.recipe import (CompressData, apply_recipe, list_methods, make_step,
                                        recipe_from_dicts)
 
-__all__ = ["LoRALinear", "add_lora", "apply_recipe", "list_methods", "make_step", "merge_lora",
-           "recipe_from_dicts"]
+__all__ = ["CompressData", "apply_recipe", "list_methods", "make_step", "recipe_from_dicts"]

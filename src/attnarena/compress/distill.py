@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnarena.compress.recipe import check_number, loss_and_output, register_method
-from attnarena.models.block import Block
 from attnarena.progress import Progress
+from attnarena.subject import subject_of
 
 
 @dataclass
@@ -48,23 +48,14 @@ class DistillConfig:
             raise ValueError("mixer_options and model describe a new student: give its mixer")
 
 
-def blocks_of(model) -> list[nn.Module]:
-    """The model's residual blocks: arena ``Block``s, or a BERT-family ``encoder.layer``."""
-    blocks = [m for m in model.modules() if isinstance(m, Block)]
-    if blocks:
-        return blocks
-    layers = getattr(getattr(model, "encoder", None), "layer", None)
-    return list(layers) if isinstance(layers, nn.ModuleList) else []
-
-
-def block_outputs(model):
+def block_outputs(subject):
     """Hooks collecting each block's output on the next forward: (list, handles)."""
     outputs, handles = [], []
 
     def keep(module, args, out):
         outputs.append(out[0] if isinstance(out, tuple) else out)
-    for block in blocks_of(model):
-        handles.append(block.register_forward_hook(keep))
+    for block in subject.blocks():
+        handles.append(block.module.register_forward_hook(keep))
     return outputs, handles
 
 
@@ -80,11 +71,11 @@ def output_divergence(student_out, teacher_out, temperature: float) -> torch.Ten
                     log_target=True, reduction="batchmean") * t * t
 
 
-def _traced(model, batch, loss):
+def _traced(subject, batch, loss):
     """(loss, output, block outputs) of one forward."""
-    blocks, handles = block_outputs(model)
+    blocks, handles = block_outputs(subject)
     try:
-        value, out = loss_and_output(model, batch, loss)
+        value, out = loss_and_output(subject, batch, loss)
     finally:
         for h in handles:
             h.remove()
@@ -93,6 +84,7 @@ def _traced(model, batch, loss):
 
 def distill_loss(student, teacher, batch, data, config, projections):
     """The student's distillation loss on one batch, and its parts (floats)."""
+    student, teacher = subject_of(student), subject_of(teacher)
     with torch.no_grad():
         _, t_out, t_blocks = _traced(teacher, batch, data.loss)
     task_loss, s_out, s_blocks = _traced(student, batch, data.loss)
@@ -109,33 +101,30 @@ def distill_loss(student, teacher, batch, data, config, projections):
                   "hidden": float(hidden.detach())}
 
 
-def _width(block) -> int | None:
-    norm = getattr(block, "norm1", None)
-    return norm.normalized_shape[0] if isinstance(norm, nn.LayerNorm) else None
-
-
 def _projections(student, teacher) -> nn.ModuleList:
-    s_dims = [_width(b) for b in blocks_of(student)]
-    t_dim = next((_width(b) for b in blocks_of(teacher) if _width(b)), None)
+    s_dims = [b.width for b in student.blocks()]
+    t_dim = next((b.width for b in teacher.blocks() if b.width), None)
     return nn.ModuleList(nn.Identity() if d is None or t_dim is None or d == t_dim
                          else nn.Linear(d, t_dim, bias=False) for d in s_dims)
 
 
 def distill(student, data, config) -> dict:
-    """Train ``student`` against ``data.teacher``; returns the mean loss parts of the
-    first and last tenth of the steps."""
+    """Train ``student`` (a subject) against ``data.teacher``; returns the mean loss parts
+    of the first and last tenth of the steps."""
     if data.teacher is None or data.train_batch is None:
         raise ValueError("distillation needs the uncompressed teacher and training batches")
-    teacher = data.teacher.eval()
-    device = next(student.parameters()).device
+    student, teacher = subject_of(student), subject_of(data.teacher)
+    teacher.model.eval()
+    model = student.model
+    device = next(model.parameters()).device
     projections = _projections(student, teacher).to(device)
-    params = [p for p in student.parameters() if p.requires_grad and p.is_floating_point()]
+    params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
     params += list(projections.parameters())
     if not params:
         raise ValueError("the student has no float parameters left to train (distill before "
                          "quantizing)")
     optimizer = torch.optim.Adam(params, lr=config.lr)
-    student.train()
+    model.train()
     history = []
     progress = Progress("    distillation, step", config.steps, getattr(data, "log", None))
     for step in range(config.steps):
@@ -146,7 +135,7 @@ def distill(student, data, config) -> dict:
         optimizer.step()
         history.append({"loss": float(loss.detach()), **parts})
         progress.step(step + 1, f"loss {history[-1]['loss']:.4g}")
-    student.eval()
+    model.eval()
     tenth = max(1, len(history) // 10)
 
     def mean(rows):
@@ -158,24 +147,28 @@ def distill(student, data, config) -> dict:
 @register_method("distill", DistillConfig, family="distillation",
                  paper="Hinton et al. 2015, Distilling the Knowledge in a Neural Network; Wu et "
                        "al. 2022, TinyViT; Liu et al. 2023, TransKD",
-                 restore=lambda m, c, r: m, check=lambda m, c: _check_student(c))
-def distill_step(model, config, data):
+                 restore=lambda m, c, r: m, check=lambda s, c: _check_student(s, c))
+def distill_step(subject, config, data):
     if config.mixer is not None:
         if data.build is None:
             raise ValueError("a student of another mechanism needs the task to build it")
         student, resolved = data.build(config.mixer, config.mixer_options, config.model)
-        student = student.to(next(model.parameters()).device)
+        student = subject.with_model(student.to(next(subject.model.parameters()).device))
         result = distill(student, data, config)
         return student, {**result, "student": resolved}
-    result = distill(model, data, config)
-    return model, result
+    result = distill(subject, data, config)
+    return subject, result
 
 
-def _check_student(config):
+def _check_student(subject, config):
     if config.mixer is not None:
         from attnarena.registry import mixer_info
 
         mixer_info(config.mixer)  # an unknown name: one line with the valid ones
+        if not subject.builds_students:
+            raise ValueError(f"a student of another mechanism is for the arena's own models; "
+                             f"to put another mechanism into a {subject.kind} use attnarena "
+                             "linearize")
 
 
 def copy_teacher(model):

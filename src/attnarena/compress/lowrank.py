@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attnarena.compress.recipe import check_number, linear_layers, register_method, set_module
+from attnarena.compress.recipe import check_number, register_method, set_module
 
 
 class LowRankLinear(nn.Module):
@@ -82,9 +82,10 @@ class LowRankConfig:
                  paper="Cahyawijaya et al. 2021, Greenformers: Improving Computation and "
                        "Memory Efficiency in Transformer Models via Low-Rank Approximation",
                  restore=lambda m, c, r: _restore(m, r))
-def lowrank(model, config, data):
+def lowrank(subject, config, data):
     ranks, before, after = {}, 0, 0
-    for name, linear in linear_layers(model, include_head=config.head).items():
+    model = subject.model
+    for name, linear in subject.linear_layers(include_output=config.head).items():
         out_features, in_features = linear.weight.shape
         dense = in_features * out_features
         before += dense
@@ -96,13 +97,13 @@ def lowrank(model, config, data):
         set_module(model, name, LowRankLinear.from_linear(linear, rank))
         ranks[name] = rank
         after += rank * (in_features + out_features)
-    return model, {"ranks": ranks, "weights_before": before, "weights_after": after}
+    return subject, {"ranks": ranks, "weights_before": before, "weights_after": after}
 
 
-def _restore(model, report):
-    layers = linear_layers(model, include_head=True)
+def _restore(subject, report):
+    layers = subject.linear_layers()
     for name, rank in report["ranks"].items():
         linear = layers[name]
-        set_module(model, name, LowRankLinear(linear.in_features, linear.out_features, rank,
+        set_module(subject.model, name, LowRankLinear(linear.in_features, linear.out_features, rank,
                                               linear.bias is not None).to(linear.weight.device))
-    return model
+    return subject

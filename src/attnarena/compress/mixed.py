@@ -17,7 +17,8 @@ import torch
 
 from attnarena.compress.fakequant import QuantLinear
 from attnarena.compress.quantize import fake_quantize, restore_fake
-from attnarena.compress.recipe import check_number, linear_layers, register_method, set_module
+from attnarena.subject import subject_of
+from attnarena.compress.recipe import check_number, register_method, set_module
 
 
 @dataclass
@@ -51,12 +52,14 @@ def _mean_loss(model, data) -> float:
 
 
 @torch.no_grad()
-def sensitivity(model, data, choices) -> dict[str, dict[int, float]]:
+def sensitivity(subject, data, choices) -> dict[str, dict[int, float]]:
     """Loss increase over the float model when one layer alone has ``bits``-bit weights:
     {layer: {bits: increase}}."""
+    subject = subject_of(subject)
+    model = subject.model
     base = _mean_loss(model, data)
     out = {}
-    for name, linear in linear_layers(model).items():
+    for name, linear in subject.linear_layers().items():
         out[name] = {}
         for bits in choices:
             set_module(model, name, QuantLinear.from_linear(linear, bits=bits, search=False))
@@ -99,14 +102,14 @@ def assign_bits(scores: dict[str, dict[int, float]], sizes: dict[str, int], budg
                        "bit allocation)",
                  restore=lambda m, c, r: restore_fake(m, fmt="int", act_bits=0,
                                                       bits_of=r["bits"]))
-def mixed(model, config, data):
-    layers = linear_layers(model)
+def mixed(subject, config, data):
+    layers = subject.linear_layers()
     sizes = {n: m.weight.numel() for n, m in layers.items()}
-    scores = sensitivity(copy.deepcopy(model), data, config.choices)
+    scores = sensitivity(copy.deepcopy(subject), data, config.choices)
     bits = assign_bits(scores, sizes, config.budget, config.choices)
-    report = fake_quantize(model, data, fmt="int", bits=8, act_bits=0, search=False,
+    report = fake_quantize(subject, data, fmt="int", bits=8, act_bits=0, search=False,
                            bits_of=bits)
     mean = sum(bits[n] * sizes[n] for n in bits) / max(sum(sizes.values()), 1)
-    return model, {**report, "mean_bits": mean,
+    return subject, {**report, "mean_bits": mean,
                    "sensitivity": {n: {str(b): v for b, v in s.items()}
                                    for n, s in scores.items()}}

@@ -7,20 +7,23 @@ from __future__ import annotations
 import torch
 
 from attnarena.compress.distill import block_outputs
+from attnarena.subject import subject_of
 
 
 @torch.no_grad()
-def outlier_measures(model, batches, loss) -> dict:
+def outlier_measures(subject, batches, loss) -> dict:
     """Over ``batches``: ``max_inf_norm`` (largest |value| of any block's output) and
     ``kurtosis`` (each block output's kurtosis over its token vectors' values, averaged
     over tokens, batches and blocks; 3 for a Gaussian) and ``max_kurtosis`` (the largest
     block's)."""
+    subject = subject_of(subject)
+    model = subject.model
     was_training = model.training
     model.eval()
     peak, per_block = 0.0, {}
     try:
         for batch in batches:
-            outputs, handles = block_outputs(model)
+            outputs, handles = block_outputs(subject)
             try:
                 loss(model, batch)
             finally:

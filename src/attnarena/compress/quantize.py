@@ -18,14 +18,15 @@ from dataclasses import dataclass
 import torch
 
 from attnarena.compress.fakequant import QuantLinear
+from attnarena.subject import subject_of
 from attnarena.compress.recipe import (check_number, float_parameters, linear_inputs,
-                                       linear_layers, register_method, set_module)
-from attnarena.pretrained._extra import quiet_imports as _quiet
+                                       register_method, set_module)
+from attnarena.extras import quiet_imports as _quiet
 
 
 def torchao():
     """The torchao package, imported quietly, or one line naming the pip command."""
-    from attnarena.pretrained._extra import require
+    from attnarena.extras import require
 
     with _quiet():
         module = require("torchao", "torchao quantization methods", extra="compress")
@@ -91,32 +92,33 @@ def _takes(config, linear) -> str | None:
     return None
 
 
-def torchao_quantize(model, config, data=None):
-    """Quantize every linear layer torchao can take, in place; returns (model, report)."""
-    layers = linear_layers(model)
+def torchao_quantize(subject, config, data=None):
+    """Quantize every linear layer torchao can take, in place; returns (subject, report)."""
+    model = subject.model
+    layers = subject.linear_layers()
     refused = {n: why for n, m in layers.items() if (why := _takes(config, m))}
     done = set(layers) - set(refused)
-    _quantize_named(model, config, done)
+    _quantize_named(subject, config, done)
     kept = float_parameters(model, done)
     for entry in kept:
         if entry["module"] in refused:
             entry["reason"] = refused[entry["module"]]
-    return model, {"quantized": sorted(done), "kept_float": kept}
+    return subject, {"quantized": sorted(done), "kept_float": kept}
 
 
-def _quantize_named(model, config, names):
+def _quantize_named(subject, config, names):
     torchao()
     from torchao.quantization import quantize_
 
-    chosen = {id(m) for n, m in linear_layers(model).items() if n in names}
+    chosen = {id(m) for n, m in subject.linear_layers().items() if n in names}
     with _quiet():
-        quantize_(model, _torchao_config(config),
+        quantize_(subject.model, _torchao_config(config),
                   filter_fn=lambda module, name: id(module) in chosen)
-    return model
+    return subject
 
 
-def _torchao_restore(model, config, report):
-    return _quantize_named(model, config, set(report["quantized"]))
+def _torchao_restore(subject, config, report):
+    return _quantize_named(subject, config, set(report["quantized"]))
 
 
 TORCHAO_PAPER = "torchao: PyTorch native quantization (PyTorch team, 2024)"
@@ -158,10 +160,12 @@ class IntStaticConfig:
             check_number("act_bits", self.act_bits, 2, 8, integer=True)
 
 
-def fake_quantize(model, data, *, fmt, bits, act_bits, search, names=None, bits_of=None):
+def fake_quantize(subject, data, *, fmt, bits, act_bits, search, names=None, bits_of=None):
     """Replace the named linear layers (default: all) by ``QuantLinear``; ``bits_of`` maps
     a name to its own weight bit width (mixed precision)."""
-    layers = linear_layers(model)
+    subject = subject_of(subject)
+    model = subject.model
+    layers = subject.linear_layers()
     names = sorted(layers) if names is None else sorted(names)
     inputs = (linear_inputs(model, names, data.calibration, data.loss) if act_bits else {})
     for name in names:
@@ -172,13 +176,13 @@ def fake_quantize(model, data, *, fmt, bits, act_bits, search, names=None, bits_
             "bits": {n: (bits_of or {}).get(n, bits) for n in names}}
 
 
-def restore_fake(model, *, fmt, act_bits, bits_of):
-    for name, linear in linear_layers(model).items():
+def restore_fake(subject, *, fmt, act_bits, bits_of):
+    for name, linear in subject.linear_layers().items():
         if name in bits_of:
-            set_module(model, name, QuantLinear(
+            set_module(subject.model, name, QuantLinear(
                 linear.in_features, linear.out_features, linear.bias is not None, fmt=fmt,
                 bits=bits_of[name], act_bits=act_bits or None).to(linear.weight.device))
-    return model
+    return subject
 
 
 @register_method("fp4", FP4Config, family="quantization",
@@ -186,8 +190,8 @@ def restore_fake(model, *, fmt, act_bits, bits_of):
                  restore=lambda m, c, r: restore_fake(m, fmt="fp4",
                                                       act_bits=4 if c.activations else 0,
                                                       bits_of=r["bits"]))
-def fp4(model, config, data):
-    return model, fake_quantize(model, data, fmt="fp4", bits=4,
+def fp4(subject, config, data):
+    return subject, fake_quantize(subject, data, fmt="fp4", bits=4,
                                 act_bits=4 if config.activations else 0, search=config.search)
 
 
@@ -196,6 +200,6 @@ def fp4(model, config, data):
                        "Helping Attention Heads Do Nothing (W8A8 static ranges)",
                  restore=lambda m, c, r: restore_fake(m, fmt="int", act_bits=c.act_bits,
                                                       bits_of=r["bits"]))
-def int_static(model, config, data):
-    return model, fake_quantize(model, data, fmt="int", bits=config.weight_bits,
+def int_static(subject, config, data):
+    return subject, fake_quantize(subject, data, fmt="int", bits=config.weight_bits,
                                 act_bits=config.act_bits, search=config.search)

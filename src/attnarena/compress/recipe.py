@@ -1,8 +1,9 @@
 """Compression recipes as plain data: each method is a config dataclass (validated in
-``__post_init__``) registered with the function that applies it, in the shape of torchao's
-``quantize_(model, config)``. A recipe is a list of steps applied in order (prune, then
-distill, then quantize); ``apply_recipe`` returns what each step did, and ``restore_recipe``
-rebuilds the same structure on a fresh model so that saved weights load into it.
+``__post_init__``) registered with the function that applies it to a subject
+(``attnarena.subject``), in the shape of torchao's ``quantize_(model, config)``. A recipe
+is a list of steps applied in order (prune, then distill, then quantize); ``apply_recipe``
+returns what each step did, and ``restore_recipe`` rebuilds the same structure on a fresh
+model so that saved weights load into it.
 """
 from __future__ import annotations
 
@@ -13,38 +14,18 @@ from typing import Callable
 import torch
 from torch import nn
 
-
-@dataclass
-class CompressData:
-    """What data-driven methods see of the task.
-
-    ``calibration``: a few batches (dicts of tensors on the model's device);
-    ``loss(model, batch)``: the task's loss; ``train_batch(step)``: a fresh training batch;
-    ``teacher``: the uncompressed model (distillation); ``build(mixer, options, model)``:
-    a new untrained model for this task (a student of another mechanism);
-    ``importance_loss``: what head and neuron importance differentiate (default ``loss``;
-    a model whose loss is its distance to itself needs another, as that is zero).
-    """
-
-    calibration: list
-    loss: Callable
-    importance_loss: Callable | None = None
-    train_batch: Callable | None = None
-    teacher: nn.Module | None = None
-    build: Callable | None = None
-    seed: int = 0
-    log: Callable | None = None  # progress lines of long steps (distillation)
+from attnarena.subject import CompressData, Subject, subject_of  # noqa: F401 (CompressData)
 
 
 @dataclass
 class Method:
     name: str
     config: type
-    apply: Callable        # (model, config, data) -> (model, report dict)
-    restore: Callable      # (model, config, report) -> model with the compressed structure
+    apply: Callable        # (subject, config, data) -> (subject, report dict)
+    restore: Callable      # (subject, config, report) -> subject with the compressed structure
     family: str
     paper: str
-    check: Callable        # (model, config) -> None; raises when the method cannot apply
+    check: Callable        # (subject, config) -> None; raises when the method cannot apply
 
 
 METHODS: dict[str, Method] = {}
@@ -138,10 +119,49 @@ def recipe_from_table(table) -> list[Step]:
     return recipe_from_dicts(steps)
 
 
+def recipes_from_tables(tables, where: str, what: str = "recipes") -> list[list[Step]]:
+    """Recipes from a list of TOML tables (a suite's ``recipes = [...]``, a file's
+    ``[[recipe]]``), each as ``recipe_from_table`` reads it; ``where`` names the place,
+    ``what`` the list."""
+    if not isinstance(tables, list) or not tables:
+        raise ValueError(f"{where} lists no {what} (each a table with steps = [{{method = "
+                         "'NAME', ...}, ...]} or a single method = 'NAME')")
+    try:
+        return [recipe_from_table(table) for table in tables]
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def recipes_from_file(path) -> list[list[Step]]:
+    """The ``[[recipe]]`` tables of a TOML file."""
+    import tomllib
+    from pathlib import Path
+
+    try:
+        loaded = tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"cannot read the recipes {path}: {error}") from None
+    except RecursionError:
+        raise ValueError(f"{path} nests tables or arrays too deeply to read") from None
+    return recipes_from_tables(loaded.get("recipe"), str(path), "[[recipe]] tables")
+
+
+def recipe_from_methods(texts) -> list[Step]:
+    """One recipe from steps written ``'NAME key=value ...'`` (the command line's)."""
+    from attnarena.options import parse_options
+
+    steps = []
+    for text in texts:
+        name, *pairs = text.split() or [""]
+        steps.append(make_step(name, parse_options(pairs, f" of method {name}")))
+    return steps
+
+
 def check_recipe(model, steps: list[Step]) -> None:
-    """Each step's own check on the model, before anything is computed."""
+    """Each step's own check on the model (or subject), before anything is computed."""
+    subject = subject_of(model)
     for step in steps:
-        method(step.method).check(model, step.config)
+        method(step.method).check(subject, step.config)
 
 
 def recipe_label(steps: list[Step]) -> str:
@@ -149,22 +169,26 @@ def recipe_label(steps: list[Step]) -> str:
 
 
 def apply_recipe(model, steps: list[Step], data: CompressData, log=print):
-    """Apply each step in turn; returns (model, [report of each step]). The model may be
-    replaced (a distilled student of another mechanism)."""
+    """Apply each step in turn to ``model`` (an ``nn.Module`` or a ``Subject``); returns
+    (the compressed model, [report of each step]), a subject when given one. The model may
+    be replaced (a distilled student of another mechanism)."""
+    subject = subject_of(model)
     reports = []
     data.log = log
     for step in steps:
         log(f"  {step.label()}")
-        model, report = method(step.method).apply(model, step.config, data)
+        subject, report = method(step.method).apply(subject, step.config, data)
         reports.append(report)
-    return model, reports
+    return (subject if isinstance(model, Subject) else subject.model), reports
 
 
 def restore_recipe(model, steps: list[Step], reports: list[dict]):
-    """The structure ``apply_recipe`` left, rebuilt on a fresh model (weights to be loaded)."""
+    """The structure ``apply_recipe`` left, rebuilt on a fresh model or subject (weights to
+    be loaded); returns the same kind it was given."""
+    subject = subject_of(model)
     for step, report in zip(steps, reports):
-        model = method(step.method).restore(model, step.config, report)
-    return model
+        subject = method(step.method).restore(subject, step.config, report)
+    return subject if isinstance(model, Subject) else subject.model
 
 
 def check_number(name, value, low, high, *, integer=False, open_low=False, open_high=False):
@@ -178,14 +202,6 @@ def check_number(name, value, low, high, *, integer=False, open_low=False, open_
     if below or above:
         left, right = "(" if open_low else "[", ")" if open_high else "]"
         raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value!r}")
-
-
-def linear_layers(model, *, include_head: bool = True) -> dict[str, nn.Linear]:
-    """Every nn.Linear by qualified name (the output head too unless told otherwise)."""
-    found = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
-    if not include_head:
-        found = {n: m for n, m in found.items() if not n.startswith("head")}
-    return found
 
 
 def set_module(model, name: str, module: nn.Module) -> None:
@@ -236,9 +252,12 @@ def linear_inputs(model, names, batches, loss, limit: int = 4096) -> dict[str, t
     return out
 
 
-def loss_and_output(model, batch, loss):
-    """(the task's loss, the model's own output: logits or predictions) in one forward."""
+def loss_and_output(subject, batch, loss):
+    """(the task's loss, the model's own output: logits or predictions) in one forward, of
+    a model or subject."""
+    subject = subject_of(subject)
     captured = []
+    model = subject.model
     handle = model.register_forward_hook(lambda m, args, out: captured.append(out))
     try:
         value = loss(model, batch)
@@ -246,12 +265,9 @@ def loss_and_output(model, batch, loss):
         handle.remove()
     if not captured:
         raise ValueError("the task's loss did not call the model's forward")
-    out = captured[-1]
-    if hasattr(out, "last_hidden_state"):  # a transformers model's output
-        out = out.last_hidden_state
-    return value, (out[0] if isinstance(out, tuple) else out)
+    return value, subject.output(captured[-1])
 
 
 @torch.no_grad()
-def model_output(model, batch, loss) -> torch.Tensor:
-    return loss_and_output(model, batch, loss)[1]
+def model_output(subject, batch, loss) -> torch.Tensor:
+    return loss_and_output(subject, batch, loss)[1]

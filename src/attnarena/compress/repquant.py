@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from attnarena.compress.quantize import IntStaticConfig, fake_quantize, restore_fake
+from attnarena.subject import subject_of
 from attnarena.compress.recipe import model_output, register_method
 
 
@@ -85,9 +86,11 @@ class RepQuantConfig(IntStaticConfig):
 
 
 @torch.no_grad()
-def fold_layernorms(model, data, tolerance: float = 1e-4) -> dict:
+def fold_layernorms(subject, data, tolerance: float = 1e-4) -> dict:
     """Fold every LayerNorm whose output only linear layers read; returns what was folded
     and what was not (and why)."""
+    subject = subject_of(subject)
+    model = subject.model
     was_training = model.training
     model.eval()
     batch = data.calibration[0]
@@ -98,11 +101,11 @@ def fold_layernorms(model, data, tolerance: float = 1e-4) -> dict:
             rows.setdefault(n, []).append(r)
     folded, skipped = {}, {}
     for name, (consumers, _) in found.items():
-        reference = model_output(model, batch, data.loss)
+        reference = model_output(subject, batch, data.loss)
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         added_bias = [c for c in consumers if model.get_submodule(c).bias is None]
         fold_norm(model, name, consumers, torch.cat(rows[name]))
-        if not torch.allclose(model_output(model, batch, data.loss), reference,
+        if not torch.allclose(model_output(subject, batch, data.loss), reference,
                               rtol=tolerance, atol=tolerance * reference.abs().max()):
             for c in added_bias:
                 model.get_submodule(c).bias = None
@@ -115,7 +118,8 @@ def fold_layernorms(model, data, tolerance: float = 1e-4) -> dict:
             "biased": sorted(c for cs in folded.values() for c in cs)}
 
 
-def _add_biases(model, names):
+def _add_biases(subject, names):
+    model = subject.model
     for name in names:
         linear = model.get_submodule(name)
         if linear.bias is None:
@@ -129,8 +133,8 @@ def _add_biases(model, names):
                  restore=lambda m, c, r: restore_fake(_add_biases(m, r["biased"]) or m,
                                                       fmt="int", act_bits=c.act_bits,
                                                       bits_of=r["bits"]))
-def repquant(model, config, data):
-    folding = fold_layernorms(model, data)
-    report = fake_quantize(model, data, fmt="int", bits=config.weight_bits,
+def repquant(subject, config, data):
+    folding = fold_layernorms(subject, data)
+    report = fake_quantize(subject, data, fmt="int", bits=config.weight_bits,
                            act_bits=config.act_bits, search=config.search)
-    return model, {**folding, **report}
+    return subject, {**folding, **report}

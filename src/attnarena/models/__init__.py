@@ -6,6 +6,7 @@ from attnarena.models.lm import CausalLM
 from attnarena.models.positions import POSITIONS
 from attnarena.models.regressor import SequenceRegressor
 from attnarena.models.seq2seq import DecoderBlock, EncoderDecoder
+from attnarena.models.subject import ArenaSubject
 
-__all__ = ["MLP", "POSITIONS", "Block", "CausalLM", "DecoderBlock", "DualEncoder",
+__all__ = ["MLP", "POSITIONS", "ArenaSubject", "Block", "CausalLM", "DecoderBlock", "DualEncoder",
            "EncoderClassifier", "EncoderDecoder", "SequenceRegressor"]

@@ -72,12 +72,12 @@ class EncoderClassifier(Backbone):
     def forward_intermediates(self, inputs, mask=None):
         """List of (B, L', dim) outputs, one per block, and the mask over them."""
         x, mask = self._embed(inputs, mask)
-        return self._trunk(x, mask, intermediates=True), mask
+        return self.forward_blocks(x, mask, intermediates=True), mask
 
     def forward_features(self, inputs, mask=None):
         """(B, L', dim) token features after the final norm, and the mask over them."""
         x, mask = self._embed(inputs, mask)
-        return self._trunk(x, mask), mask
+        return self.forward_blocks(x, mask), mask
 
     def pool(self, features, mask=None):
         """(B, L', dim) -> (B, dim)."""

@@ -36,4 +36,4 @@ class SequenceRegressor(Backbone):
             raise ValueError(f"inputs must be a float tensor (batch, length, {self.input_dim}), "
                              f"got {got}")
         x = self._positioned(self.embed(inputs.to(self.embed.weight.dtype)))
-        return self.readout(self._trunk(x))[..., 0]
+        return self.readout(self.forward_blocks(x))[..., 0]

@@ -8,6 +8,8 @@ sentence. The text is the running Python's, so the exact count depends on its ve
 """
 from __future__ import annotations
 
+import random
+
 import functools
 import hashlib
 import importlib
@@ -87,3 +89,17 @@ def corpus_split(split: str) -> list[str]:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     return [s for s in english_sentences() if _held_out(s) == (split == "test")]
+
+
+def sentence_batches(encoder, sentences, batch_size, max_length, steps, seed):
+    """``steps`` tokenized batches cycling through shuffled ``sentences``."""
+    order = list(sentences)
+    rng = random.Random(seed)
+    batches, position = [], len(order)
+    for _ in range(steps):
+        if position + batch_size > len(order):
+            rng.shuffle(order)
+            position = 0
+        batches.append(encoder.tokenize(order[position:position + batch_size], max_length))
+        position += batch_size
+    return batches

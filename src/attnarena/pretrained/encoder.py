@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnarena._validate import look_up
-from attnarena.pretrained._extra import quiet_imports, require
+from attnarena.extras import quiet_imports, require
 
 SWAP_FILE = "attnarena_swap.json"  # written beside a saved model whose attention was swapped
 
@@ -139,6 +139,11 @@ class PretrainedEncoder(nn.Module):
             return torch.cat(out) if out else torch.empty(0, self.config.hidden_size)
         finally:
             self.train(was_training)
+
+    def with_model(self, model) -> "PretrainedEncoder":
+        """The same tokenizer and pooling around another transformers model."""
+        return PretrainedEncoder(model, self.tokenizer, normalize=self.normalize,
+                                 max_length=self.max_length, source=self.source)
 
     def save(self, directory):
         """``save_pretrained`` of the model and tokenizer, plus the swap record and pooling

@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attnarena.pretrained._extra import require
+from attnarena.extras import require
+from attnarena.mixers.takeover import mixer_taking_over
 from attnarena.registry import check_mixer_options, create_mixer, list_mixers, mixer_info
-
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
+from attnarena.subject import resolve_layers
 
 def attention_layers(model) -> list[nn.Module]:
     """The self-attention blocks of a BERT-family model, in layer order: modules with a
@@ -83,16 +82,6 @@ class ArenaSelfAttention(nn.Module):
         return self.mixer(hidden_states, mask=keep), None
 
 
-def resolve_layers(count: int, layers, keep_softmax) -> list[int]:
-    chosen = list(range(count)) if layers is None else list(layers)
-    keep = set(keep_softmax or ())
-    for index in [*chosen, *keep]:
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
-            raise ValueError(f"layer index {index!r} is out of range: the model has {count} "
-                             f"attention layers, 0 to {count - 1}")
-    return [i for i in sorted(set(chosen)) if i not in keep]
-
-
 def check_swap(mechanism: str, options: dict | None = None) -> None:
     """ValueError unless ``mechanism`` (with ``options``) can stand in for a pretrained
     encoder's self-attention: a known name that takes over the projections, bidirectional,
@@ -106,26 +95,6 @@ def check_swap(mechanism: str, options: dict | None = None) -> None:
         raise ValueError(f"mixer {mechanism!r} does not support the 'self' pattern (it is "
                          f"{', '.join(sorted(info.patterns))} only), which an encoder needs")
     check_mixer_options(mechanism, dict(options or {}))
-
-
-def mixer_taking_over(mechanism: str, projections: dict, *, heads: int, causal: bool,
-                      options: dict | None = None):
-    """A new ``mechanism`` mixer whose q_proj, k_proj, v_proj, o_proj are the given trained
-    ``nn.Linear`` modules (those named in ``projections``), built with the mechanism's
-    ``pretrained_options`` and ``options``; returns (mixer, the options it was built with).
-    Raises ValueError when the mixer has no square projection to take one over."""
-    reference = next(iter(projections.values())).weight
-    width = reference.shape[1]
-    settings = {**dict(mixer_info(mechanism).pretrained_options or ()), **(options or {})}
-    mixer = create_mixer(mechanism, dim=width, heads=heads, causal=causal, **settings)
-    for name in PROJECTIONS:
-        current = getattr(mixer, name, None)
-        if not (isinstance(current, nn.Linear) and current.weight.shape == (width, width)):
-            raise ValueError(f"mixer {mechanism!r} with options {settings} has no square "
-                             f"{name} of width {width} to take the trained weights")
-    for name, module in projections.items():
-        setattr(mixer, name, module)
-    return mixer.to(device=reference.device, dtype=reference.dtype), settings
 
 
 def build_swapped(block, mechanism: str, options: dict | None = None) -> ArenaSelfAttention:

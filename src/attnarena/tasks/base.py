@@ -89,6 +89,22 @@ class Task(abc.ABC):
             yield self.batch(size, generator, split)
             remaining -= size
 
+    @torch.no_grad()
+    def evaluate(self, model, examples: int, seed: int, device, split: str = "val") -> dict:
+        """Loss and the task's metric of ``model`` over a fixed evaluation set of ``split``:
+        {"loss", "metric", "count"}."""
+        was_training = model.training
+        model.eval()
+        totals: dict = {}
+        for batch in self.eval_batches(split, examples, seed):
+            _, stats = self.score(model, {k: v.to(device) for k, v in batch.items()})
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value
+        model.train(was_training)
+        count = max(totals.get("count", 0.0), 1.0)
+        return {"loss": totals.get("loss", 0.0) / count, "metric": self.value(totals),
+                "count": totals.get("count", 0.0)}
+
     def generalization_lengths(self) -> tuple:
         """Lengths a trained model is tested at one by one, the training length first
         (``at_length`` gives the task at each); none by default."""

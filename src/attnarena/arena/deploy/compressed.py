@@ -3,7 +3,6 @@ into their parts) and ``compressed.json`` (the source, the recipe and what each 
 and how their size is counted."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,12 +13,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
 
-from attnarena.arena.checkpoint import untie
-from attnarena.pretrained._extra import quiet_imports
-
-
-def row_key(*parts) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+from attnarena.arena.run.checkpoint import untie
+from attnarena.extras import quiet_imports
 
 
 # -- saving -------------------------------------------------------------------------------
@@ -99,13 +94,9 @@ def save_compressed(folder, model, resolved: dict, steps: list, reports: list,
     return folder
 
 
-def load_compressed(folder, device="cpu") -> torch.nn.Module:
-    """A model saved by ``attnarena compress`` (its folder), in eval mode; its
-    ``arena_config`` is the source run's config and ``compression`` the recipe (a
-    pretrained source gives back its ``PretrainedEncoder``)."""
-    from attnarena.arena.artifacts import build_run_model
-    from attnarena.compress.recipe import recipe_from_dicts, restore_recipe
-
+def compressed_record(folder) -> dict:
+    """What ``save_compressed`` wrote beside the weights: {"config": the source's config,
+    "recipe": [step, ...], "reports": [what each step did], "row": the stored row}."""
     folder = Path(folder)
     try:
         saved = json.loads((folder / "compressed.json").read_text())
@@ -113,6 +104,17 @@ def load_compressed(folder, device="cpu") -> torch.nn.Module:
         raise ValueError(f"no compressed model in {folder}: "
                          f"{error or type(error).__name__}") from None
     _check_saved(saved, folder / "compressed.json")
+    return saved
+
+
+def load_compressed(folder, device="cpu") -> torch.nn.Module:
+    """A model saved by ``attnarena compress`` (its folder), in eval mode (a pretrained
+    source gives back its ``PretrainedEncoder``); ``compressed_record`` says what was
+    done to it."""
+    from attnarena.arena.run.artifacts import build_run_model
+    from attnarena.compress.recipe import recipe_from_dicts, restore_recipe
+
+    saved = compressed_record(folder)
     if "pretrained" in saved["config"]:
         return _load_pretrained(saved, folder, device)
     steps = recipe_from_dicts(saved["recipe"])
@@ -125,13 +127,19 @@ def load_compressed(folder, device="cpu") -> torch.nn.Module:
     model = build_run_model(resolved)
     model = restore_recipe(model, steps[start:], reports[start:])
     load_state(model, folder)
-    model.arena_config, model.compression = resolved, saved["recipe"]
     return model.to(device).eval()
+
+
+def compressed_model(folder, device="cpu") -> torch.nn.Module:
+    """The ``nn.Module`` a compression acted on, loaded from its folder (of a pretrained
+    source, the transformers model inside the encoder)."""
+    loaded = load_compressed(folder, device)
+    return loaded.model if "pretrained" in compressed_record(folder)["config"] else loaded
 
 
 def _check_saved(saved, where) -> None:
     """What ``save_compressed`` writes: a source config, a recipe and one report a step."""
-    from attnarena.arena.config import check_resolved
+    from attnarena.arena.run.config import check_resolved
 
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise ValueError(f"{where}: expected an object with the source run's config, got "
@@ -184,7 +192,6 @@ def _load_pretrained(saved: dict, folder, device="cpu"):
     steps = recipe_from_dicts(saved["recipe"])
     encoder.model = restore_recipe(encoder.model, steps, saved["reports"])
     load_state(encoder.model, folder)
-    encoder.compression = saved["recipe"]
     return encoder.to(device).eval()
 
 

@@ -1,11 +1,13 @@
-"""``attnarena linearize``: linearize a pretrained encoder, measure it, store the rows.
+"""``attnarena linearize``: linearize a subject, measure it, store the rows.
 
-Each stage of a recipe gives one row in the store's ``linearize`` table: agreement with
-the teacher on the held-out sentences (mean cosine of sentence embeddings, top-10
-neighbour overlap, Spearman correlation of pairwise similarities), encoder time and peak
-memory at the given lengths, and the parameters added. The original model gets a row
-too, as the speed baseline. Finished rows are reused; a run interrupted after stage 1
-resumes from the student saved then.
+One driver for every subject (``attnarena.subject``): a trained softmax run of the arena,
+or a pretrained encoder. Each stage gives one row in the store's ``linearize`` table: the
+subject's quality measure after attention transfer and after fine-tuning (a run's task
+metric; an encoder's agreement with the original on held-out sentences), the parameters
+added and the training time; with ``lengths``, the time and peak memory at each length,
+timed beside the original in the same call. The original model gets a row too. Finished
+rows are reused; a run interrupted after stage 1 resumes from the student saved then.
+A run is also compared with the same mechanism trained from scratch for as many steps.
 """
 from __future__ import annotations
 
@@ -15,86 +17,61 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
+from safetensors.torch import load_file, save_file
 
-from attnarena.arena.compressed import row_key
-from attnarena.arena.compress import side_by_side
-from attnarena.arena.environment import environment, resolve_device
-from attnarena.arena.store import Store
-
-
-def _encoder_cells(encoder, lengths, batch, device) -> dict:
-    """{(length,): a no-grad forward of ``batch`` random sequences at that length}, the
-    cells ``side_by_side`` times."""
-    encoder.eval()
-    vocab = encoder.config.vocab_size
-    limit = getattr(encoder.config, "max_position_embeddings", None)
-    cells = {}
-    for length in lengths:
-        if limit is not None and length > limit:
-            raise ValueError(f"length {length} exceeds the model's {limit} positions")
-        ids = torch.randint(1, vocab, (batch, length), device=device)
-
-        @torch.no_grad()
-        def call(ids=ids):
-            encoder(ids, torch.ones_like(ids))
-
-        cells[(str(length),)] = call
-    return cells
+from attnarena.arena.measure.environment import environment, resolve_device
+from attnarena.arena.measure.timer import side_by_side
+from attnarena.arena.run.checkpoint import untie
+from attnarena.arena.store import Store, row_key
 
 
-def encoder_speed(encoder, lengths, batch=8, repeats=3, device="cpu") -> dict:
-    """Median forward time (ms, with its quartiles) and peak memory (MiB) of the encoder on
-    ``batch`` random sequences at each length: {length: {"ms": ..., "peak_mb": ...}}."""
-    return side_by_side([encoder], lambda e: _encoder_cells(e, lengths, batch, device),
-                        device, repeats)[0]
+def linearize(teacher, config, *, label: str, store_path="results/arena.sqlite",
+              results_dir="results", device="cpu", lengths=None, batch: int = 8,
+              original_steps: int = 0, rerun: bool = False, log=print) -> list[dict]:
+    """Linearize the subject ``teacher`` by ``config`` (a ``LinearizeConfig``) and store one
+    row per stage: the original, after attention transfer, after fine-tuning (returned in
+    that order). ``lengths``: time every stage beside the original at these lengths, on
+    ``batch`` random sequences."""
+    from attnarena.linearize.stages import added_parameters, linearize_subject, swap
+    from attnarena.registry import check_mixer_options
+    from attnarena.subject import resolve_layers
 
-
-def linearize_pretrained(model, config, *, store_path="results/arena.sqlite",
-                         results_dir="results", lengths=(128, 512), batch=8, device="auto",
-                         eval_sentences=None, rerun=False, log=print) -> list[dict]:
-    """Linearize the pretrained encoder ``model`` (a name such as "minilm" or a
-    directory) by ``config`` (a ``LinearizeConfig``) and store one row per stage.
-
-    ``eval_sentences`` limits the held-out sentences measured (default: all of them).
-
-    Returns the rows: the original model, after attention transfer, after fine-tuning.
-    """
-    from attnarena.compress.linearize import agreement, linearize_encoder, new_parameters
-    from attnarena.pretrained import attention_layers, load_pretrained
-    from attnarena.pretrained.corpus import corpus_split
-    from attnarena.pretrained.swap import ArenaSelfAttention, check_swap, resolve_layers
-
-    device = resolve_device(device)
     env = environment(device)
     store = Store(store_path)
-    check_swap(config.mixer, config.options)
-    teacher = load_pretrained(model, device=device)
-    resolve_layers(len(attention_layers(teacher.model)), None, config.keep_softmax)
-    train, test = corpus_split("train"), corpus_split("test")[:eval_sentences]
-    source = str(model)
+    teacher.check_takes_over(config.mixer)
+    check_mixer_options(config.mixer, dict(config.options))
+    resolve_layers(len(teacher.blocks()), None, config.keep_softmax)
+    lengths = sorted(set(lengths)) if lengths else None
     recipe = config.to_dict()
-    base = {"source": source, "mixer": config.mixer, "options": config.options,
+    described = {k: v for k, v in teacher.describe().items() if k != "mixer_options"}
+    base = {**described, "source": label, "mixer": config.mixer, "options": config.options,
             "keep_softmax": list(config.keep_softmax), "loss": config.loss,
             "transfer_steps": config.transfer_steps, "finetune_steps": config.finetune_steps,
-            "recipe": recipe, "train_sentences": len(train), "test_sentences": len(test),
-            "batch": batch, "hardware": env["hardware"]}
-    lengths = sorted(set(lengths))
-    key = (source, recipe, len(train), len(test), lengths, batch, env["hardware"])
+            "recipe": recipe, **teacher.linearize_fields(), "hardware": env["hardware"]}
+    if lengths:
+        base["batch"] = batch
+    key = (label, recipe, *teacher.identity(), lengths, batch if lengths else None,
+           env["hardware"])
     ids = {stage: row_key(*key, stage) for stage in ("transfer", "finetune")}
-    original_id = row_key(source, "original", lengths, batch, env["hardware"])
-    rows = []
+    original_id = row_key(label, "original", *teacher.identity(), lengths,
+                          batch if lengths else None, env["hardware"])
+
+    def timed(*subjects):
+        return side_by_side(list(subjects), lambda s: s.length_cells(lengths, batch, device),
+                            device, repeats=5)
 
     original = None if rerun else store.linearize_row(original_id)
     if original is None:
-        log(f"measuring the original {source} at lengths {lengths}")
+        log(f"measuring the original {label}")
         original = {**base, "mixer": "softmax (original)", "stage": "original",
                     "options": {}, "keep_softmax": [], "transfer_steps": 0,
-                    "finetune_steps": 0, "mean_cosine": 1.0, "top10_overlap": 1.0,
-                    "spearman": 1.0, "params_added": 0, "train_seconds": 0.0, "steps": 0,
-                    "speed": encoder_speed(teacher, lengths, batch, device=device)}
+                    "finetune_steps": 0, **teacher.quality(teacher, device),
+                    "params_added": 0, "train_seconds": 0.0, "steps": original_steps}
+        if lengths:
+            log(f"timing the original at lengths {lengths}")
+            original["speed"] = timed(teacher)[0]
         store.add_linearize(original_id, original, env)
-    rows.append(original)
+    rows = [original]
 
     found = {s: (None if rerun else store.linearize_row(i)) for s, i in ids.items()}
     if all(found.values()):
@@ -102,67 +79,79 @@ def linearize_pretrained(model, config, *, store_path="results/arena.sqlite",
         return rows + [found["transfer"], found["finetune"]]
 
     folder = Path(results_dir) / "linearize" / ids["finetune"]
-    saved = folder / "after_transfer"
+    saved = folder / "after_transfer.safetensors"
     if rerun:
         shutil.rmtree(folder, ignore_errors=True)
-    reference = teacher.encode(test)
-
-    def added(student):
-        return sum(p.numel() for b in attention_layers(student.model)
-                   if isinstance(b.self, ArenaSelfAttention) for p in new_parameters(b))
 
     def measured(student, stage, seconds, steps):
-        log(f"after {stage}: agreement on {len(test)} held-out sentences, then timing "
-            f"beside the original at lengths {lengths}")
-        # timed beside the original in this call: the row's ratio never mixes two calls
-        baseline, speed = side_by_side([teacher, student],
-                                       lambda e: _encoder_cells(e, lengths, batch, device),
-                                       device, repeats=3)
-        return {**base, "stage": stage, "steps": steps,
-                **agreement(reference, student.encode(test)),
-                "params_added": added(student), "train_seconds": seconds,
-                "speed": speed, "baseline_speed": baseline}
+        log(f"after {stage}: measuring {config.mixer}")
+        row = {**base, "stage": stage, "steps": steps, **student.quality(teacher, device),
+               "params_added": added_parameters(student, swapped), "train_seconds": seconds}
+        if lengths:
+            # timed beside the original in this call: the row's ratio never mixes two calls
+            log(f"  timing beside the original at lengths {lengths}")
+            row["baseline_speed"], row["speed"] = timed(teacher, student)
+        return row
 
     def after_transfer(student, info):
-        student.save(saved)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(untie(student.model.state_dict()), str(saved))
         row = measured(student, "transfer", time.perf_counter() - started, info["steps"])
         store.add_linearize(ids["transfer"], row, env)
         found["transfer"] = row
 
+    probe = copy.deepcopy(teacher)
+    swapped = swap(probe, config)
     start_from = None
-    if (saved / "attnarena_swap.json").is_file() and found["transfer"] is not None:
+    if saved.is_file() and found["transfer"] is not None:
         log(f"resuming after attention transfer from {saved}")
-        start_from = load_pretrained(saved, device=device)
+        probe.model.load_state_dict(load_file(str(saved)))
+        start_from = probe
+    del probe
     started = time.perf_counter()
-    student, info = linearize_encoder(teacher, config, train, log=log,
+    log(f"linearizing {label} into {config.mixer}: {config.transfer_steps} transfer + "
+        f"{config.finetune_steps} fine-tuning steps")
+    student, info = linearize_subject(teacher, config, device=device, log=log,
                                       after_transfer=after_transfer, start_from=start_from)
-    seconds = (found["transfer"] or {}).get("train_seconds", 0.0) + info["finetune"]["seconds"]
+    seconds = found["transfer"].get("train_seconds", 0.0) + info["finetune"]["seconds"]
     steps = found["transfer"].get("steps", 0) + info["finetune"]["steps"]
     final = measured(student, "finetune", seconds, steps)
-    student.save(folder / "model")
-    shutil.rmtree(saved, ignore_errors=True)
+    if student.saves_linearized:
+        student.save(folder / "model")
+        log(f"saved the linearized model in {folder / 'model'} ({student.load_hint})")
+    saved.unlink(missing_ok=True)
     store.add_linearize(ids["finetune"], final, env)
-    log(f"saved the linearized model in {folder / 'model'} (load it with "
-        "attnarena.pretrained.load_pretrained)")
     return rows + [found["transfer"], final]
+
+
+def linearize_pretrained(model, config, *, store_path="results/arena.sqlite",
+                         results_dir="results", lengths=(128, 512), batch=8, device="auto",
+                         eval_sentences=None, rerun=False, log=print) -> list[dict]:
+    """``linearize`` the pretrained encoder ``model`` (a name such as "minilm" or a
+    directory), timed at ``lengths``; ``eval_sentences`` limits the held-out sentences
+    measured (default: all of them)."""
+    from attnarena.pretrained import EncoderSubject, load_pretrained
+    from attnarena.pretrained.corpus import corpus_split
+    from attnarena.pretrained.swap import check_swap
+
+    device = resolve_device(device)
+    check_swap(config.mixer, config.options)
+    teacher = EncoderSubject.of(load_pretrained(model, device=device),
+                                train=corpus_split("train"),
+                                test=corpus_split("test")[:eval_sentences])
+    return linearize(teacher, config, label=str(model), store_path=store_path,
+                     results_dir=results_dir, device=device, lengths=lengths, batch=batch,
+                     rerun=rerun, log=log)
 
 
 def linearize_run(run_id, config, *, store_path="results/arena.sqlite", results_dir="results",
                   device="auto", rerun=False, log=print) -> list[dict]:
-    """Linearize the trained softmax model of a finished run by ``config``'s two stages and,
-    at the same number of optimizer steps, train ``config.mixer`` from scratch on the same
-    task; store one row each (and one for the softmax model itself).
-
-    Returns the rows: original, transfer, finetune (both stages), scratch.
-    """
-    from attnarena.arena.artifacts import load_run
-    from attnarena.arena.train import evaluate, train
-    from attnarena.compress.linearize_model import (finetune_task, mixer_blocks,
-                                                    new_mixer_parameters, swap_mixers,
-                                                    transfer_mixers)
+    """``linearize`` the trained softmax model of a finished run and, at the same number of
+    optimizer steps, train ``config.mixer`` from scratch on the same task; store one row
+    each. Returns the rows: original, transfer, finetune, scratch."""
+    from attnarena.arena.run.artifacts import load_run_subject
+    from attnarena.arena.run.train import train
     from attnarena.registry import mixer_info
-    from attnarena.seeds import eval_seed
-    from attnarena.tasks import create_task
 
     device = resolve_device(device)
     env = environment(device)
@@ -175,78 +164,31 @@ def linearize_run(run_id, config, *, store_path="results/arena.sqlite", results_
     if run["mixer"] != "softmax":
         raise ValueError(f"run {run_id!r} trained {run['mixer']!r}; linearization starts from a "
                          "softmax run")
-    resolved = run["config"]
-    teacher = load_run(run_id, results_dir=results_dir, device=device)
-    task = create_task(resolved["task"], **resolved["task_options"])
-    task.prepare()
-    train_cfg, seed = resolved["train"], resolved["seed"]
-    examples, test_seed = train_cfg["eval_examples"], eval_seed(seed, "test")
-    metric = task.metric
-    total = config.transfer_steps + config.finetune_steps
-    base = {"source": run_id, "task": resolved["task"], "mixer": config.mixer,
-            "options": config.options, "keep_softmax": list(config.keep_softmax),
-            "transfer_steps": config.transfer_steps, "finetune_steps": config.finetune_steps,
-            "recipe": config.to_dict(), "metric": metric, "hardware": env["hardware"]}
-    key = (run_id, config.to_dict(), env["hardware"])
-    ids = {s: row_key(*key, s) for s in ("transfer", "finetune", "scratch")}
-    original_id = row_key(run_id, "original")
-    rows = []
-    original = None if rerun else store.linearize_row(original_id)
-    if original is None:
-        score = evaluate(teacher, task, examples, test_seed, device, "test")["metric"]
-        original = {**base, "mixer": "softmax (original)", "stage": "original", "options": {},
-                    "keep_softmax": [], "transfer_steps": 0, "finetune_steps": 0,
-                    "test": score, "steps": run["metrics"]["steps"], "params_added": 0}
-        store.add_linearize(original_id, original, env)
-    rows.append(original)
-    found = {s: (None if rerun else store.linearize_row(i)) for s, i in ids.items()}
+    teacher = load_run_subject(run_id, results_dir=results_dir, device=device)
+    rows = linearize(teacher, config, label=run_id, store_path=store_path,
+                     results_dir=results_dir, device=device,
+                     original_steps=run["metrics"]["steps"], rerun=rerun, log=log)
 
-    if found["transfer"] is None or found["finetune"] is None:
-        log(f"linearizing {run_id} into {config.mixer}: {config.transfer_steps} transfer + "
-            f"{config.finetune_steps} fine-tuning steps")
-        torch.manual_seed(config.seed)
-        student = copy.deepcopy(teacher)
-        swapped = swap_mixers(student, config.mixer, keep_softmax=config.keep_softmax,
-                              **config.options)
-        added = sum(p.numel() for i in swapped
-                    for p in new_mixer_parameters(mixer_blocks(student)[i].mixer))
-        batch = train_cfg["batch"]
-        start = time.perf_counter()
-        first = transfer_mixers(teacher, student, task, swapped, steps=config.transfer_steps,
-                                batch_size=batch, lr=config.transfer_lr, seed=seed,
-                                device=device)
-        seconds = time.perf_counter() - start
-        score = evaluate(student, task, examples, test_seed, device, "test")["metric"]
-        found["transfer"] = {**base, "stage": "transfer", "test": score,
-                             "steps": first["steps"], "params_added": added,
-                             "train_seconds": seconds}
-        store.add_linearize(ids["transfer"], found["transfer"], env)
-        start = time.perf_counter()
-        second = finetune_task(student, task, swapped, steps=config.finetune_steps,
-                               batch_size=batch, lr=config.finetune_lr, rank=config.lora_rank,
-                               seed=seed, device=device)
-        seconds += time.perf_counter() - start
-        score = evaluate(student, task, examples, test_seed, device, "test")["metric"]
-        found["finetune"] = {**base, "stage": "finetune", "test": score,
-                             "steps": first["steps"] + second["steps"],
-                             "params_added": added, "train_seconds": seconds}
-        store.add_linearize(ids["finetune"], found["finetune"], env)
-
-    if found["scratch"] is None:
+    resolved, total = teacher.run, config.transfer_steps + config.finetune_steps
+    scratch_id = row_key(run_id, config.to_dict(), env["hardware"], "scratch")
+    scratch = None if rerun else store.linearize_row(scratch_id)
+    if scratch is None:
         log(f"training {config.mixer} from scratch on {resolved['task']} for {total} steps")
+        train_cfg = resolved["train"]
         every = max(1, min(train_cfg["eval_every"], total))
         settings = {**dict(mixer_info(config.mixer).pretrained_options or ()),
                     **config.options}  # the same mechanism the linearized model holds
-        scratch = {**resolved, "mixer": config.mixer, "mixer_options": settings,
-                   "train": {**train_cfg, "steps": total, "eval_every": every}}
-        folder = Path(results_dir) / "linearize" / ids["scratch"]
-        metrics = train(scratch, checkpoint_dir=folder / "checkpoint", progress=False)
+        settings = {**resolved, "mixer": config.mixer, "mixer_options": settings,
+                    "train": {**train_cfg, "steps": total, "eval_every": every}}
+        folder = Path(results_dir) / "linearize" / scratch_id
+        metrics = train(settings, checkpoint_dir=folder / "checkpoint", progress=False)
         shutil.rmtree(folder, ignore_errors=True)
-        found["scratch"] = {**base, "stage": "scratch", "test": metrics[f"test_{metric}"],
-                            "steps": total, "params_added": None,
-                            "train_seconds": metrics["train_seconds"]}
-        store.add_linearize(ids["scratch"], found["scratch"], env)
-    return rows + [found["transfer"], found["finetune"], found["scratch"]]
+        scratch = {**{k: v for k, v in rows[1].items() if k not in ("steps", "test")},
+                   "stage": "scratch", "test": metrics[f"test_{teacher.task.metric}"],
+                   "steps": total, "params_added": None,
+                   "train_seconds": metrics["train_seconds"]}
+        store.add_linearize(scratch_id, scratch, env)
+    return rows + [scratch]
 
 
 def remeasure_speed(model, *, store_path="results/arena.sqlite", lengths=None, batch=None,
@@ -255,7 +197,7 @@ def remeasure_speed(model, *, store_path="results/arena.sqlite", lengths=None, b
     the original and each linearized architecture back to back (speed does not depend on
     the trained values, so the architecture is rebuilt from the row's recipe); for rows
     first measured on a busy machine. Returns the updated rows."""
-    from attnarena.pretrained import load_pretrained, swap_attention
+    from attnarena.pretrained import EncoderSubject, load_pretrained, swap_attention
 
     device = resolve_device(device)
     env = environment(device)
@@ -279,9 +221,9 @@ def remeasure_speed(model, *, store_path="results/arena.sqlite", lengths=None, b
                                **row.get("options", {}))
             log(f"timing {row['mixer']} at lengths {row_lengths}, beside the original")
             measured[key] = side_by_side(
-                [original, encoder],
-                lambda e: _encoder_cells(e, row_lengths, batch or row["batch"], device),
-                device, repeats=3)
+                [EncoderSubject.of(original), EncoderSubject.of(encoder)],
+                lambda s: s.length_cells(row_lengths, batch or row["batch"], device),
+                device, repeats=5)
         baseline, speed = measured[key]
         row = {**row, "speed": baseline if row["stage"] == "original" else speed,
                "batch": batch or row["batch"], "hardware": env["hardware"]}

@@ -7,18 +7,16 @@ budget is recorded as such, and the mixer's longer lengths are recorded as skipp
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from attnarena.arena.conditions import OthersLoad, flags, spread
-from attnarena.arena.environment import environment, resolve_device
-from attnarena.arena.memory import PeakMemory
+from attnarena.arena.measure.conditions import flags
+from attnarena.arena.measure.environment import environment, resolve_device
+from attnarena.arena.store import stable_id
+from attnarena.arena.measure.timer import peak_memory_mb, sync, time_calls
 from attnarena._validate import check_int, check_real
 from attnarena.options import DTYPES, MixerSpec
 from attnarena.registry import create_mixer, mixer_info
@@ -62,11 +60,6 @@ class SpeedConfig:
 
 SAMPLE_SECONDS = 0.005  # each timed sample lasts at least this long (a burst of calls)
 MAX_BURST = 1000
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -163,30 +156,22 @@ def measure_case(spec: MixerSpec, length: int, cfg: SpeedConfig) -> dict:
         row.update(extra)
         start = time.perf_counter()
         call()  # warm-up: one-time allocations and lazy set-up stay out of the figures
-        _sync(cfg.device)
+        sync(cfg.device)
         first = time.perf_counter() - start
         if first > cfg.time_budget:
             row.update(status="timeout", median_ms=first * 1e3, min_ms=first * 1e3)
             return row
-        with PeakMemory(cfg.device) as memory:
-            call()
-        row["peak_mem_mb"] = None if memory.peak_bytes is None else memory.peak_bytes / 2**20
+        row["peak_mem_mb"] = peak_memory_mb(call, cfg.device)
         repeats = max(1, min(cfg.repeats, int(cfg.time_budget / max(first, 1e-9))))
         # Each sample times a burst of calls lasting at least SAMPLE_SECONDS, so that timer
         # resolution and scheduler noise average out of sub-millisecond calls.
         burst = max(1, min(MAX_BURST, math.ceil(SAMPLE_SECONDS / max(first, 1e-9))))
-        times = []
-        with OthersLoad() as load:
-            for _ in range(repeats):
-                start = time.perf_counter()
-                for _ in range(burst):
-                    call()
-                _sync(cfg.device)
-                times.append((time.perf_counter() - start) / burst * 1e3)
-        row.update(spread(times))
+        timed = time_calls({"case": call}, cfg.device, repeats, burst, warm_up=False)["case"]
+        row.update({k: timed[k] for k in ("median_ms", "min_ms", "q1_ms", "q3_ms", "repeats")})
+        load_share = timed["others_share"]
         tokens = cfg.batch * (1 if cfg.pass_ == "decode" else length)
         row.update(tokens_per_s=tokens / (row["median_ms"] / 1e3), iterations=burst,
-                   others_share=load.share)
+                   others_share=load_share)
         row["flags"] = flags(row)
     except Exception as error:  # one failing case must not stop the sweep
         if _is_oom(error):
@@ -203,15 +188,8 @@ def matmul_gflops(device: str = "cpu", dtype: str = "float32", size: int = 1024)
     """This machine's dense matmul throughput (GFLOP/s), for reading the sweep against."""
     a = torch.randn(size, size, device=device, dtype=DTYPES[dtype])
     b = torch.randn(size, size, device=device, dtype=DTYPES[dtype])
-    a @ b
-    times = []
-    for _ in range(5):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
+    median_ms = time_calls({"matmul": lambda: a @ b}, device, 5)["matmul"]["median_ms"]
+    return 2 * size**3 / (median_ms / 1e3) / 1e9
 
 
 def speed_case_id(cfg, spec, length, env) -> str:
@@ -221,7 +199,7 @@ def speed_case_id(cfg, spec, length, env) -> str:
            "threads": env["threads"], "torch": env["torch"]}
     if cfg.pass_ == "decode":  # rows from when the state's allocated buffers were counted
         key["state"] = "held"
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return stable_id(key, 16)
 
 
 def run_speed(cfg: SpeedConfig, progress: bool = True, known=None, on_row=None) -> dict:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from attnarena.arena.conditions import compare, flags
-from attnarena.arena.report import best_settings, leaderboard_rows, mib
-from attnarena.arena.speed_report import BASELINE, memory_of
+from attnarena.arena.measure.conditions import compare, flags
+from attnarena.arena.report.leaderboard import best_settings, leaderboard_rows
+from attnarena.arena.report.style import mib
+from attnarena.arena.report.speed import BASELINE, memory_of
 from attnarena.registry import list_mixers, mixer_info
 
 
@@ -95,8 +96,8 @@ def _speed_rows(store, question) -> dict:
 
 def _measure(store, question, mixers, pass_, progress, log):
     """Time ``mixers`` at the question's length (one speed sweep), recording each row."""
-    from attnarena.arena.environment import environment
-    from attnarena.arena.speed import SpeedConfig, run_speed, speed_case_id
+    from attnarena.arena.measure.environment import environment
+    from attnarena.arena.measure.speed import SpeedConfig, run_speed, speed_case_id
 
     cfg = SpeedConfig(mixers=list(mixers), lengths=[question.length], pass_=pass_,
                       batch=question.batch, heads=question.heads, head_dim=question.head_dim,

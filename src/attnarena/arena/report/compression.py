@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from attnarena.arena.plotstyle import keep_ticks_within, legend_outside, pyplot
+from attnarena.arena.report.style import keep_ticks_within, legend_outside, pyplot
 
 W8A8 = "int_static"  # the recipe label of 8-bit weights and static 8-bit activations
 MIN_SPAN = 0.05  # the least range a quality axis spans (a metric in [0, 1])

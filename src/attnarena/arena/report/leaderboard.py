@@ -6,9 +6,11 @@ import io
 import json
 from collections import defaultdict
 
-from attnarena.arena.plotstyle import plural
-from attnarena.arena.speed_report import (BASELINE, crossovers, errors_at_longest,
-                                          memory_of, sweep_groups)
+from attnarena.arena.report.speed import speed_markdown
+from attnarena.arena.report.style import (fmt, format_metric, keep_ticks_within, label_log_axis,
+                                          legend_outside, mixer_style, plural, pyplot)
+
+MIN_ACCURACY_SPAN = 0.1  # a y axis spanning less than this would magnify noise
 
 
 COLUMNS = ["task", "mixer", "preset", "seed", "dim", "lr", "setting", "metric", "test",
@@ -146,13 +148,6 @@ def format_value(value) -> str:
     return str(value)
 
 
-def format_metric(value, metric: str) -> str:
-    """One format per metric everywhere: accuracies to 4 decimals, errors to 4 digits."""
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if metric == "accuracy" else f"{value:.4g}"
-
-
 def best_settings(rows) -> dict:
     """{(mixer, preset, problem): best mean test accuracy over seeds among the settings
     run}, so that a sweep (say over learning rates) counts by its best setting, as Zoology
@@ -203,17 +198,6 @@ def format_rows(rows, fmt: str) -> str:
     return buffer.getvalue()
 
 
-def mib(value) -> str:
-    """MiB with three significant digits (a 30 KiB state is 0.0293, not 0.0)."""
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-
-
-def _fmt(value, spec):
-    return "-" if value is None else format(value, spec)
-
-
 def _task_table(task, mine) -> list[str]:
     metric = mine[0]["metric"]
     swept = swept_keys(mine)
@@ -235,9 +219,9 @@ def _task_table(task, mine) -> list[str]:
             format_metric(by_length[str(n)], metric) if str(n) in by_length else "-"
             for n in lengths] + [
             format_metric(r["best_val"], metric),
-            _fmt(r["tokens_per_s"], ",.0f") + ("*" if r.get("resumptions") else ""),
-            _fmt(r["peak_mem_mb"], ",.0f"),
-            _fmt(r["params"], ",")]
+            fmt(r["tokens_per_s"], ",.0f") + ("*" if r.get("resumptions") else ""),
+            fmt(r["peak_mem_mb"], ",.0f"),
+            fmt(r["params"], ",")]
         lines.append("| " + " | ".join(cells) + " |")
     baselines = next((r["baselines"] for r in mine if r["baselines"]), None)
     if baselines:
@@ -292,53 +276,15 @@ def leaderboard_markdown(store) -> str:
             lines += ["| mixer | preset | mean test accuracy |", "|---|---|---|"]
             lines += [f"| {m} | {p} | {format_metric(a, 'accuracy')} |" for m, p, a in avg]
         lines.append("")
-    for (pass_, causal, *_), (stem, mine) in sweep_groups(store.speed_rows()).items():
-        lengths = sorted({r["length"] for r in mine})
-        env = mine[0]["environment"]
-        cross, errors = crossovers(mine), errors_at_longest(mine)
-        extra = (["crossover"] if cross else []) + (["error vs softmax"] if errors else [])
-        memory = "decoding state held" if pass_ == "decode" else "peak memory"
-        kind = "" if causal is None else ("causal, " if causal else "noncausal, ")
-        lines += [f"## Speed: {pass_} ({kind}median ms; batch {mine[0].get('batch')}, "
-                  f"{mine[0].get('heads')} heads x {mine[0].get('head_dim')}, "
-                  f"{mine[0].get('dtype')}, {env.get('hardware')}, "
-                  f"{env.get('threads')} threads)", "", _speed_conditions(mine), ""]
-        if cross:
-            lines += [f"crossover: the shortest measured length from which the mechanism is "
-                      f"faster than softmax and needs less {memory}, at every longer length "
-                      "measured (never: not by the longest)."]
-        if errors:
-            lines += ["error vs softmax: ||y - y*|| / ||y*|| of the mixer's output against "
-                      "exact softmax attention through its own projections, at its "
-                      "initialization on random inputs, at the longest length measured."]
-        if cross or errors:
-            lines.append("")
-        unit = "state MiB" if pass_ == "decode" else "MiB"
-        extra = [f"{unit} L={lengths[-1]}"] + extra
-        lines += ["| mixer | " + " | ".join([f"L={n}" for n in lengths] + extra) + " |",
-                  "|---" * (len(lengths) + len(extra) + 1) + "|"]
-        for mixer in sorted({r["mixer"] for r in mine}):
-            cells = []
-            for n in lengths:
-                row = next((r for r in mine if r["mixer"] == mixer and r["length"] == n), None)
-                cells.append("-" if row is None else _time_cell(row))
-            longest = next((r for r in mine if r["mixer"] == mixer
-                            and r["length"] == lengths[-1] and r["status"] == "ok"), None)
-            cells.append(mib(None if longest is None else memory_of(longest)))
-            if cross:
-                cells.append("baseline" if mixer == BASELINE else
-                             "never" if cross.get(mixer) is None else f"L={cross[mixer]}")
-            if errors:
-                cells.append(f"{errors[mixer][1]:.3g} (L={errors[mixer][0]})"
-                             if mixer in errors else "-")
-            lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines += speed_markdown(store.speed_rows())
     linearized = store.linearize_rows()
     if linearized:
+        from attnarena.arena.report.linearization import linearize_markdown
+
         lines += [linearize_markdown(linearized)]
     compressed = store.compress_rows()
     if compressed:
-        from attnarena.arena.compress_report import compress_markdown
+        from attnarena.arena.report.compression import compress_markdown
 
         lines += [compress_markdown(compressed)]
     if unfinished:
@@ -353,110 +299,93 @@ def leaderboard_markdown(store) -> str:
     return "\n".join(lines)
 
 
-def _time_cell(row) -> str:
-    """Median ms with half its interquartile range, and the flags of its conditions."""
-    if row["status"] != "ok":
-        return row["status"]
-    text = f"{row['median_ms']:.2f}"
-    if row.get("q1_ms") is not None and row.get("q3_ms") is not None:
-        text += f" ±{(row['q3_ms'] - row['q1_ms']) / 2:.2g}"
-    marks = row.get("flags") or []
-    return text + (f" ({', '.join(marks)})" if marks else "")
+def plot_quality_vs_speed(rows, path):
+    """One panel per task: each mechanism's test accuracy (its best setting, mean over
+    seeds) against the training throughput of those same runs, with the Pareto front.
+    Throughputs of different tasks differ by orders of magnitude (lengths, batch sizes), so
+    they are never averaged across tasks; the axis says how they were measured."""
+    plt = pyplot()
+    panels = defaultdict(list)
+    for (mixer, _, problem), (value, runs) in best_runs(rows).items():
+        speed = sum(r["tokens_per_s"] for r in runs) / len(runs)
+        panels[problem].append((speed, value, mixer))
+    tasks = sorted(panels)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks) + 2.3, 4.8),
+                             squeeze=False)
+    handles = {}
+    for ax, task in zip(axes[0], tasks):
+        points = sorted(panels[task])
+        for speed, acc, mixer in points:
+            style = mixer_style(mixer)
+            handles[mixer] = ax.scatter(speed, acc, s=50, color=style["color"],
+                                        marker=style["marker"], label=mixer, zorder=3)
+        front, best = [], -1.0
+        for speed, acc, _ in sorted(points, key=lambda p: -p[0]):
+            if acc > best:
+                front.append((speed, acc))
+                best = acc
+        # the front: mechanisms no other beats on both axes (one point when one beats all)
+        handles["Pareto front"] = ax.plot(
+            *zip(*sorted(front)), linestyle="--", color="gray", marker="o", markersize=13,
+            markerfacecolor="none", label="Pareto front", zorder=2)[0]
+        accs = [p[1] for p in points]
+        low, high = min(accs), max(accs)
+        pad = max(0.0, MIN_ACCURACY_SPAN - (high - low)) / 2 + 0.02
+        # past 1.0 too, so a marker at 1.0 is drawn whole; no tick is labelled past 1.0
+        ax.set_ylim(low - pad, high + pad)
+        keep_ticks_within(ax.yaxis, 0.0, 1.0)
+        ax.set_xscale("log")
+        label_log_axis(ax.xaxis, [p[0] for p in points])
+        ax.set_xlabel("training throughput (tokens/s over each run's training)")
+        ax.set_ylabel("test accuracy (best setting, mean over seeds)")
+        ax.set_title(task)
+        ax.grid(True, which="both", alpha=0.3)
+    order = sorted(m for m in handles if m != "Pareto front") + ["Pareto front"]
+    legend_outside(axes[0][-1], [handles[m] for m in order], order, title="mechanism")
+    conditions = training_conditions(rows)
+    fig.suptitle(f"Quality against training speed, per task ({plural(len(tasks), 'task')}); "
+                 "throughput as measured while each run trained"
+                 + (f" ({conditions})" if conditions else "")
+                 + ",\non the machine as it was then (see attnarena speed for controlled "
+                 "timings)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
-def _span(values) -> str:
-    return str(values[0]) if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
-
-
-def _speed_conditions(rows) -> str:
-    """How the sweep's rows were timed: repeats, calls per sample, the machine's pace, the
-    rule for a difference, and the flags."""
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("repeats")]
-    if not ok:
-        return ("Timed before spreads were kept: medians only, and a difference is a "
-                "difference of medians.")
-    repeats = sorted({r["repeats"] for r in ok})
-    calls = sorted({r.get("iterations") or 1 for r in ok})
-    pace = sorted({round(r["matmul_gflops"]) for r in ok if r.get("matmul_gflops")})
-    after = sorted({round(r["matmul_gflops_after"]) for r in ok
-                    if r.get("matmul_gflops_after")})
-    flagged = sum(bool(r.get("flags")) for r in ok)
-    return (f"Each time is the median of {_span(repeats)} samples, each the mean of "
-            f"{_span(calls)} calls, ± half the "
-            "interquartile range; a mechanism is faster than softmax only where the two "
-            "interquartile ranges do not overlap (otherwise a tie, never a crossover). "
-            + (f"Matmul pace when the sweeps began: {', '.join(map(str, pace))} GFLOP/s"
-               + (f", when they ended: {', '.join(map(str, after))}" if after else "")
-               + ". " if pace else "")
-            + f"busy: other processes used over a quarter of the cores while it was timed; "
-            f"noisy: the interquartile range exceeds a quarter of the median ({flagged} of "
-            f"{len(ok)} times flagged).")
-
-
-def _speed_cells(row, lengths):
-    """ms at each length, with the speed-up over the original timed in the same call
-    where the row kept it; then peak MiB at each length."""
-    speed, baseline = row.get("speed") or {}, row.get("baseline_speed") or {}
-    times = []
-    for n in lengths:
-        ms = (speed.get(str(n)) or {}).get("ms")
-        base = (baseline.get(str(n)) or {}).get("ms")
-        times.append(_fmt(ms, ".1f") + (f" ({base / ms:.2f}x)" if ms and base else ""))
-    memory = [_fmt((speed.get(str(n)) or {}).get("peak_mb"), ".0f") for n in lengths]
-    return times + memory
-
-
-def linearize_markdown(rows) -> str:
-    """Tables of linearization rows: pretrained encoders (agreement with the teacher, speed)
-    and arena runs (test metric against training the mechanism from scratch)."""
-    lines = []
-    encoders = [r for r in rows if "mean_cosine" in r]
-    if encoders:
-        lengths = sorted({int(n) for r in encoders for n in (r.get("speed") or {})})
-        first = encoders[0]
-        lines += ["## Linearized pretrained encoders", "",
-                  f"Agreement with the original on {first.get('test_sentences')} held-out "
-                  "sentences: mean cosine of sentence embeddings, overlap of the 10 nearest "
-                  "neighbours, Spearman correlation of all pairwise similarities. Stages: "
-                  "transfer = attention transfer only; finetune = transfer, then LoRA "
-                  f"fine-tuning. Encoder forward of batch {first.get('batch')} "
-                  f"on {first.get('hardware')}: median ms (in brackets, the original's time "
-                  "over the row's, both from the call that measured the row) and peak MiB.",
-                  "",
-                  "| model | mixer | softmax layers | stage | steps | cosine | top-10 | "
-                  "Spearman | " + " | ".join([f"ms L={n}" for n in lengths]
-                                              + [f"MiB L={n}" for n in lengths])
-                  + " | params added |",
-                  "|---" * (9 + 2 * len(lengths)) + "|"]
-        for r in encoders:
-            # rows written before the steps taken were recorded: the recipe's steps
-            recipe = r["transfer_steps"] + (r["finetune_steps"] if r["stage"] == "finetune"
-                                            else 0)
-            steps = str(r.get("steps", recipe))
-            lines.append(" | ".join([
-                f"| {r['source']}", r["mixer"] + _options_text(r.get("options")),
-                ",".join(map(str, r.get("keep_softmax") or [])) or "-", r["stage"],
-                steps if r["stage"] != "original" else "-", _fmt(r["mean_cosine"], ".4f"),
-                _fmt(r["top10_overlap"], ".3f"), _fmt(r["spearman"], ".4f"),
-                *_speed_cells(r, lengths), f"{r.get('params_added', 0):,}"]) + " |")
-        lines.append("")
-    runs = [r for r in rows if "mean_cosine" not in r]
-    if runs:
-        lines += ["## Linearized arena models", "",
-                  "A trained softmax run linearized (transfer: attention transfer only; "
-                  "finetune: transfer, then LoRA fine-tuning on the task) against the same "
-                  "mechanism trained from scratch for as many steps.", "",
-                  "| run | task | mixer | stage | steps | test | params added |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in runs:
-            added = r.get("params_added")
-            lines.append(f"| {r['source']} | {r['task']} | {r['mixer']}"
-                         f"{_options_text(r.get('options'))} | {r['stage']} | {r['steps']} | "
-                         f"{format_metric(r['test'], r['metric'])} | "
-                         f"{'-' if added is None else f'{added:,}'} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _options_text(options) -> str:
-    return f" ({', '.join(f'{k}={v}' for k, v in sorted(options.items()))})" if options else ""
+def plot_curves(rows, store, path):
+    """Validation metric against step, one panel per task, one colour per mechanism; the
+    legend names each run's seed and whatever setting its sweep varied."""
+    plt = pyplot()
+    histories = {r["id"]: r["metrics"].get("history", []) for r in store.runs(status="done")}
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7.5 * len(tasks), 4.5), squeeze=False)
+    styles = ("-", "--", ":", "-.")
+    for ax, task in zip(axes[0], tasks):
+        mine = sorted((r for r in rows if r["task"] == task), key=lambda r: r["mixer"])
+        swept = swept_keys(mine)
+        # one line style per swept setting (say, per learning rate), the same for every
+        # mechanism; seeds share their setting's style
+        shown = [k for k in swept if k != "seed"]
+        variants = sorted({repr(tuple(r["settings"].get(k) for k in shown)) for r in mine})
+        metric = mine[0]["metric"]
+        for r in mine:
+            history = histories.get(r["id"], [])
+            if not history:
+                continue
+            style = mixer_style(r["mixer"])
+            if shown:
+                variant = repr(tuple(r["settings"].get(k) for k in shown))
+                style["linestyle"] = styles[variants.index(variant) % len(styles)]
+            ax.plot([h["step"] for h in history], [h[f"val_{metric}"] for h in history],
+                    markersize=5, label=run_label(r, swept), **style)
+        ax.set_title(f"{task}: validation {metric}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+        legend_outside(ax, title="mechanism (setting)" if swept else "mechanism")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

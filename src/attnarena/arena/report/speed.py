@@ -6,9 +6,9 @@ import json
 import textwrap
 from pathlib import Path
 
-from attnarena.arena.conditions import compare
-from attnarena.arena.plotstyle import (coinciding, label_log_axis, legend_outside,
-                                        mixer_style, pyplot)
+from attnarena.arena.measure.conditions import compare
+from attnarena.arena.report.style import (coinciding, label_log_axis, legend_outside, mib,
+                                          mixer_style, pyplot)
 
 COLUMNS = ["mixer", "length", "pass", "status", "median_ms", "min_ms", "q1_ms", "q3_ms",
            "repeats", "iterations", "others_share", "flags", "matmul_gflops", "tokens_per_s",
@@ -189,3 +189,92 @@ def errors_at_longest(rows: list) -> dict:
         if r.get("rel_error") is not None:
             found[r["mixer"]] = (r["length"], r["rel_error"])
     return found
+
+
+def speed_markdown(rows) -> list[str]:
+    """The speed sections of the leaderboard: one table per sweep (pass, causality, batch,
+    heads, head size, dtype), median ms ± half the interquartile range at each length, the
+    memory at the longest, crossovers and errors against softmax."""
+    lines = []
+    for (pass_, causal, *_), (stem, mine) in sweep_groups(rows).items():
+        lengths = sorted({r["length"] for r in mine})
+        env = mine[0]["environment"]
+        cross, errors = crossovers(mine), errors_at_longest(mine)
+        extra = (["crossover"] if cross else []) + (["error vs softmax"] if errors else [])
+        memory = "decoding state held" if pass_ == "decode" else "peak memory"
+        kind = "" if causal is None else ("causal, " if causal else "noncausal, ")
+        lines += [f"## Speed: {pass_} ({kind}median ms; batch {mine[0].get('batch')}, "
+                  f"{mine[0].get('heads')} heads x {mine[0].get('head_dim')}, "
+                  f"{mine[0].get('dtype')}, {env.get('hardware')}, "
+                  f"{env.get('threads')} threads)", "", _speed_conditions(mine), ""]
+        if cross:
+            lines += [f"crossover: the shortest measured length from which the mechanism is "
+                      f"faster than softmax and needs less {memory}, at every longer length "
+                      "measured (never: not by the longest)."]
+        if errors:
+            lines += ["error vs softmax: ||y - y*|| / ||y*|| of the mixer's output against "
+                      "exact softmax attention through its own projections, at its "
+                      "initialization on random inputs, at the longest length measured."]
+        if cross or errors:
+            lines.append("")
+        unit = "state MiB" if pass_ == "decode" else "MiB"
+        extra = [f"{unit} L={lengths[-1]}"] + extra
+        lines += ["| mixer | " + " | ".join([f"L={n}" for n in lengths] + extra) + " |",
+                  "|---" * (len(lengths) + len(extra) + 1) + "|"]
+        for mixer in sorted({r["mixer"] for r in mine}):
+            cells = []
+            for n in lengths:
+                row = next((r for r in mine if r["mixer"] == mixer and r["length"] == n), None)
+                cells.append("-" if row is None else _time_cell(row))
+            longest = next((r for r in mine if r["mixer"] == mixer
+                            and r["length"] == lengths[-1] and r["status"] == "ok"), None)
+            cells.append(mib(None if longest is None else memory_of(longest)))
+            if cross:
+                cells.append("baseline" if mixer == BASELINE else
+                             "never" if cross.get(mixer) is None else f"L={cross[mixer]}")
+            if errors:
+                cells.append(f"{errors[mixer][1]:.3g} (L={errors[mixer][0]})"
+                             if mixer in errors else "-")
+            lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _time_cell(row) -> str:
+    """Median ms with half its interquartile range, and the flags of its conditions."""
+    if row["status"] != "ok":
+        return row["status"]
+    text = f"{row['median_ms']:.2f}"
+    if row.get("q1_ms") is not None and row.get("q3_ms") is not None:
+        text += f" ±{(row['q3_ms'] - row['q1_ms']) / 2:.2g}"
+    marks = row.get("flags") or []
+    return text + (f" ({', '.join(marks)})" if marks else "")
+
+
+def _span(values) -> str:
+    return str(values[0]) if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
+
+
+def _speed_conditions(rows) -> str:
+    """How the sweep's rows were timed: repeats, calls per sample, the machine's pace, the
+    rule for a difference, and the flags."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("repeats")]
+    if not ok:
+        return ("Timed before spreads were kept: medians only, and a difference is a "
+                "difference of medians.")
+    repeats = sorted({r["repeats"] for r in ok})
+    calls = sorted({r.get("iterations") or 1 for r in ok})
+    pace = sorted({round(r["matmul_gflops"]) for r in ok if r.get("matmul_gflops")})
+    after = sorted({round(r["matmul_gflops_after"]) for r in ok
+                    if r.get("matmul_gflops_after")})
+    flagged = sum(bool(r.get("flags")) for r in ok)
+    return (f"Each time is the median of {_span(repeats)} samples, each the mean of "
+            f"{_span(calls)} calls, ± half the "
+            "interquartile range; a mechanism is faster than softmax only where the two "
+            "interquartile ranges do not overlap (otherwise a tie, never a crossover). "
+            + (f"Matmul pace when the sweeps began: {', '.join(map(str, pace))} GFLOP/s"
+               + (f", when they ended: {', '.join(map(str, after))}" if after else "")
+               + ". " if pace else "")
+            + f"busy: other processes used over a quarter of the cores while it was timed; "
+            f"noisy: the interquartile range exceeds a quarter of the median ({flagged} of "
+            f"{len(ok)} times flagged).")

@@ -99,3 +99,21 @@ def _spread(values, most=8):
 
 def plural(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def mib(value) -> str:
+    """MiB with three significant digits (a 30 KiB state is 0.0293, not 0.0)."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def format_metric(value, metric: str) -> str:
+    """One format per metric everywhere: accuracies to 4 decimals, errors to 4 digits."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if metric == "accuracy" else f"{value:.4g}"
+
+
+def fmt(value, spec):
+    return "-" if value is None else format(value, spec)

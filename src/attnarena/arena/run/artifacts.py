@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from attnarena.arena.checkpoint import check_weights, untie
-from attnarena.arena.config import check_resolved
+from attnarena.arena.run.checkpoint import check_weights, untie
+from attnarena.arena.run.config import check_resolved
 from attnarena.options import DTYPES
 
 FILES = ("model.safetensors", "config.json", "metrics.json")
@@ -78,8 +78,36 @@ def load_run(source, *, results_dir="results", device="cpu") -> torch.nn.Module:
         device: where to put the model.
 
     Returns:
-        The model; ``model.arena_config`` is the run's resolved config.
+        The model (``run_config`` gives the run's resolved config).
     """
+    return _read_run(source, results_dir, device)[1]
+
+
+def run_config(source, *, results_dir="results") -> dict:
+    """The resolved config a finished run (a run id or a run folder) was trained with."""
+    folder = _locate(source, results_dir)
+    try:
+        resolved = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, RecursionError) as error:
+        raise ValueError(f"cannot read the trained run in {folder}: "
+                         f"{error or type(error).__name__}") from None
+    check_resolved(resolved, str(folder / "config.json"))
+    return resolved
+
+
+def load_run_subject(source, *, results_dir="results", device="cpu"):
+    """A finished run's trained model as a subject of compression and linearization
+    (``ArenaSubject``), with its task (data prepared) and resolved config."""
+    from attnarena.models import ArenaSubject
+    from attnarena.tasks import create_task
+
+    resolved, model = _read_run(source, results_dir, device)
+    task = create_task(resolved["task"], **resolved["task_options"])
+    task.prepare()
+    return ArenaSubject(model, task, resolved)
+
+
+def _read_run(source, results_dir, device):
     folder = _locate(source, results_dir)
     try:
         resolved = json.loads((folder / "config.json").read_text())
@@ -91,8 +119,7 @@ def load_run(source, *, results_dir="results", device="cpu") -> torch.nn.Module:
     model = build_run_model(resolved).to(dtype=DTYPES[resolved.get("dtype", "float32")])
     check_weights(weights, model.state_dict(), str(folder / "model.safetensors"))
     model.load_state_dict(weights)
-    model.arena_config = resolved
-    return model.to(device).eval()
+    return resolved, model.to(device).eval()
 
 
 def export_run(source, out_dir, *, results_dir="results") -> list[Path]:

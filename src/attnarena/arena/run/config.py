@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
 
 from attnarena._validate import check_int, check_real
+from attnarena.arena.store import stable_id
 from attnarena.options import DTYPES
 from attnarena.stack import canonical, layer_mixers, path_name
 from attnarena.tasks import create_task, task_presets
@@ -60,7 +60,7 @@ class _Overrides(Mapping):
         if isinstance(value, cls):
             return value
         if not isinstance(value, Mapping):
-            raise TypeError(f"{cls.section} settings must be a table of name = value, got "
+            raise ValueError(f"{cls.section} settings must be a table of name = value, got "
                             f"{type(value).__name__}")
         bad = sorted(set(value) - set(cls.keys_valid()))
         if bad:
@@ -109,10 +109,6 @@ class TrainSettings(_Overrides):
         _check_train(dict(self))
 
 
-MODEL_KEYS = ModelSettings.keys_valid()
-TRAIN_KEYS = TrainSettings.keys_valid()
-
-
 @dataclass
 class RunConfig:
     """One training run. ``model`` and ``train`` override the preset's values; they are
@@ -139,8 +135,9 @@ class RunConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
 
-    def resolve(self) -> dict:
-        """Every value the run uses, validated, as plain data (written next to results)."""
+    def resolve(self) -> "ResolvedRun":
+        """Every value the run uses, validated, with the run's id: computed once, then
+        passed down (``as_dict`` is what is written next to results)."""
         presets = task_presets(self.task)
         if self.preset not in presets:
             raise ValueError(f"task {self.task!r} has no preset {self.preset!r}; presets: "
@@ -171,13 +168,56 @@ class RunConfig:
             raise ValueError(f"train.eval_examples must be an int >= {least} for task "
                              f"{self.task!r}" + (" (0 evaluates whole splits)" if not least
                                                  else "") + f", got {train['eval_examples']!r}")
-        return {"task": self.task, "preset": self.preset, "mixer": mixer,
-                "mixer_options": dict(self.mixer_options), "task_options": task_options,
-                "model": model, "train": train, "seed": self.seed, "device": self.device,
-                "dtype": self.dtype}
+        return ResolvedRun.of({"task": self.task, "preset": self.preset, "mixer": mixer,
+                               "mixer_options": dict(self.mixer_options),
+                               "task_options": task_options, "model": model, "train": train,
+                               "seed": self.seed, "device": self.device,
+                               "dtype": self.dtype})
 
-    def run_id(self) -> str:
-        return run_id(self.resolve())
+
+@dataclass(frozen=True)
+class ResolvedRun(Mapping):
+    """A run with every value it uses filled in and checked, and its id; frozen. Read it by
+    attribute (``run.task``, ``run.train["steps"]``) or as the plain mapping it was resolved
+    to (``run["task"]``, ``as_dict()`` for a copy to write or change)."""
+
+    id: str
+    task: str
+    preset: str
+    mixer: str
+    mixer_options: dict
+    task_options: dict
+    model: dict
+    train: dict
+    seed: int
+    device: str
+    dtype: str
+
+    @classmethod
+    def of(cls, resolved: Mapping) -> "ResolvedRun":
+        """The run of a resolved config (as ``as_dict`` gives, or as read from a run's
+        config.json)."""
+        if isinstance(resolved, ResolvedRun):
+            return resolved
+        values = copy.deepcopy(dict(resolved))
+        values.setdefault("dtype", "float32")
+        values.setdefault("device", "auto")
+        return cls(id=run_id(values), **values)
+
+    def as_dict(self) -> dict:
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
+                if f.name != "id"}
+
+    def __getitem__(self, key):
+        if key == "id" or key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return (f.name for f in fields(self) if f.name != "id")
+
+    def __len__(self) -> int:
+        return len(fields(self)) - 1
 
 
 def _check_train(train: dict) -> None:
@@ -267,20 +307,5 @@ def check_resolved(resolved, where: str) -> dict:
 def run_id(resolved: dict) -> str:
     """Stable id of a resolved config; the device is not part of what a run computes."""
     key = {k: v for k, v in resolved.items() if k != "device"}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    digest = stable_id(key)
     return f"{resolved['task']}-{path_name(resolved['mixer'])}-s{resolved['seed']}-{digest}"
-
-
-def from_dict(data: dict) -> RunConfig:
-    known = set(RunConfig.__dataclass_fields__)
-    bad = sorted(set(data) - known)
-    if bad:
-        raise ValueError(f"unknown run setting(s) {bad}; valid: {', '.join(sorted(known))}")
-    return RunConfig(**data)
-
-
-def to_dict(config: RunConfig) -> dict:
-    """The config as plain data, with only the model and train settings given."""
-    data = asdict(config)
-    data["model"], data["train"] = dict(config.model), dict(config.train)
-    return data

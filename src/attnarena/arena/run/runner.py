@@ -19,28 +19,29 @@ import time
 import traceback
 from pathlib import Path
 
-from attnarena.arena.artifacts import run_folder
-from attnarena.arena.environment import environment, resolve_device
-from attnarena.arena.plotstyle import plural
-from attnarena.arena.report import format_metric
+from attnarena.arena.run.artifacts import run_folder
+from attnarena.arena.measure.environment import environment, resolve_device
+from attnarena.arena.report.style import plural
+from attnarena.arena.report.style import format_metric
 from attnarena.arena.store import Lease, Store, new_owner
-from attnarena.arena.speed import speed_case_id
-from attnarena.arena.suite import MAX_RUNS, load_suite
-from attnarena.arena.train import DivergedError, train
+from attnarena.arena.measure.speed import speed_case_id
+from attnarena.arena.run.suite import MAX_RUNS, load_suite
+from attnarena.arena.run.train import DivergedError, train
 
 POLL_SECONDS = 2.0
 
 
-def train_claimed(store, run_id, resolved, owner, checkpoints, progress=True, save_dir=None):
-    """Train a run whose lease ``owner`` holds and record how it ended.
+def train_claimed(store, run, owner, checkpoints, progress=True, save_dir=None):
+    """Train a run (a ``ResolvedRun``) whose lease ``owner`` holds and record how it ended.
 
     Returns (status, metrics or error text): status is "done", "failed", "diverged" or
     "lost" (another process took the lease over; nothing is written). Ctrl-C marks the
     run 'interrupted' (its checkpoint stays, so the next run resumes) and propagates.
     """
+    run_id = run.id
     with Lease(store.path, run_id, owner) as lease:
         try:
-            metrics = train(resolved, checkpoint_dir=checkpoints, progress=progress,
+            metrics = train(run, checkpoint_dir=checkpoints, progress=progress,
                             save_dir=save_dir)
         except DivergedError as error:
             store.fail_run(run_id, str(error), owner, status="diverged")
@@ -58,6 +59,38 @@ def train_claimed(store, run_id, resolved, owner, checkpoints, progress=True, sa
     return "done", metrics
 
 
+class RunFailed(ValueError):
+    """A training run ended failed or diverged (recorded in the store)."""
+
+
+def train_run(config, *, out="results", store_path=None, progress=True) -> tuple:
+    """Train one run (a ``RunConfig``): resolved once, claimed and recorded in the store at
+    ``store_path`` (None: in no store), its model saved under ``OUT/runs/RUN_ID``. Under
+    torchrun only rank 0 writes. Returns (the ``ResolvedRun``, its metrics); a run that
+    failed or diverged raises ``RunFailed``."""
+    resolve_device(config.device)  # an unavailable device: one line, before anything
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # an unusable folder: likewise
+    run = config.resolve()
+    lead = int(os.environ.get("RANK", "0")) == 0
+    checkpoints = out / "checkpoints" / run.id
+    save_dir = run_folder(out, run.id) if lead else None
+    if store_path is None or not lead:
+        return run, train(run, checkpoint_dir=checkpoints, progress=progress,
+                          save_dir=save_dir)
+    store, owner = Store(store_path), new_owner()
+    claim, row = store.claim_run(run.id, run.as_dict(), None,
+                                 environment(resolve_device(config.device)), owner,
+                                 retake_before=float("inf"), retry_failed_before=float("inf"))
+    if claim == "busy":
+        raise ValueError(f"run {run.id} is being trained by {row['owner']} on this store; "
+                         "wait for it, or stop that process")
+    status, outcome = train_claimed(store, run, owner, checkpoints, progress, save_dir)
+    if status != "done":
+        raise RunFailed(f"run {run.id} {status}: {outcome} (recorded in {store_path})")
+    return run, outcome
+
+
 def _result_line(status, outcome) -> str:
     if status != "done":
         return f"{status}: {outcome.splitlines()[0]}"
@@ -72,13 +105,13 @@ def _compress_runs(suite, store, store_path, out, device, rerun, log) -> int:
     (head pruning without heads) is noted and skipped. Returns the recipes applied."""
     if not suite.compress:
         return 0
-    from attnarena.arena.compress import compress_run
+    from attnarena.arena.deploy.compress import compress_run
 
     done = 0
-    for config in suite.runs:
-        run_id = config.run_id()
+    for planned in suite.runs:
+        run_id = planned.id
         run = store.run(run_id)
-        recipes = [steps for group in suite.compress if group.takes(config)
+        recipes = [steps for group in suite.compress if group.takes(planned)
                    for steps in group.recipes]
         if run is None or run["status"] != "done" or not recipes:
             continue
@@ -96,17 +129,17 @@ def _train_runs(suite, store, out, env, owner, began, rerun, progress, log) -> d
     before ``began``), "others" (finished since by another process), "others_failed"."""
     outcome = {}
     total = len(suite.runs)
-    pending = [(k, config, config.resolve(), config.run_id())
-               for k, config in enumerate(suite.runs, start=1)]
+    pending = list(enumerate(suite.runs, start=1))
     waiting_said = False
     while pending:
         held = []
-        for k, config, resolved, run_id in pending:
-            claim, row = store.claim_run(run_id, resolved, suite.name, env, owner,
+        for k, run in pending:
+            run_id = run.id
+            claim, row = store.claim_run(run_id, run.as_dict(), suite.name, env, owner,
                                          retake_before=began if rerun else None,
                                          retry_failed_before=began)
             if claim == "busy":
-                held.append((k, config, resolved, run_id))
+                held.append((k, run))
                 continue
             if claim == "finished":
                 if row["status"] == "failed":  # failed meanwhile in another process
@@ -118,10 +151,10 @@ def _train_runs(suite, store, out, env, owner, began, rerun, progress, log) -> d
             checkpoints = out / "checkpoints" / run_id
             if rerun:
                 shutil.rmtree(checkpoints, ignore_errors=True)
-            what = f"run {k} of {total}: {config.task} / {config.mixer} seed {config.seed}"
+            what = f"run {k} of {total}: {run.task} / {run.mixer} seed {run.seed}"
             log(what)
-            status, result = train_claimed(store, run_id, resolved, owner, checkpoints,
-                                           progress, run_folder(out, run_id))
+            status, result = train_claimed(store, run, owner, checkpoints, progress,
+                                           run_folder(out, run_id))
             log(f"{what}: " + _result_line(status, result))
             if status == "done":
                 shutil.rmtree(checkpoints, ignore_errors=True)
@@ -145,7 +178,7 @@ def _start_jobs(jobs, threads, spec, log) -> list:
         mine = {**spec, "threads": threads, "job": job, "parent": os.getpid(),
                 "outcome_path": str(Path(spec["out_dir"]) / f".job-{job}-{os.getpid()}.json")}
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        process = subprocess.Popen([sys.executable, "-m", "attnarena.arena.runner",
+        process = subprocess.Popen([sys.executable, "-m", "attnarena.arena.run.runner",
                                     json.dumps(mine)], env=env)
         workers.append((process, Path(mine["outcome_path"])))
     log(f"training with {jobs} jobs at once, {plural(threads, 'thread')} each")
@@ -178,8 +211,8 @@ def _tally(outcome, counts):
         counts[names[how]] += 1
 
 
-def _to_train(store, config, rerun) -> bool:
-    row = store.run(config.run_id())
+def _to_train(store, run, rerun) -> bool:
+    row = store.run(run.id)
     return rerun or row is None or row["status"] != "done"
 
 
@@ -253,7 +286,7 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
 
         threads = torch.get_num_threads()
         # workers only for runs still to train (a finished suite starts none)
-        jobs = max(1, min(jobs, sum(_to_train(store, config, rerun) for config in suite.runs)))
+        jobs = max(1, min(jobs, sum(_to_train(store, run, rerun) for run in suite.runs)))
         workers = []
         if jobs > 1:
             out.mkdir(parents=True, exist_ok=True)
@@ -298,7 +331,7 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
                     recorded.add(case)
                     counts["speed_measured"] += 1
 
-            from attnarena.arena.speed import run_speed
+            from attnarena.arena.measure.speed import run_speed
 
             log(f"speed sweep, {cfg.pass_} pass: {len(cfg.mixers)} mechanisms x "
                 f"{len(cfg.lengths)} lengths")
@@ -306,7 +339,7 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
         counts["compressed"] = _compress_runs(suite, store, store_path, out, device, rerun,
                                               log)
         if report:
-            from attnarena.arena.publish import build_reports
+            from attnarena.arena.report.publish import build_reports
 
             counts["reports"] = [str(p) for p in build_reports(store, out)]
     finally:

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from attnarena.arena.config import RunConfig
-from attnarena.arena.environment import resolve_device
-from attnarena.arena.speed import PASSES, SpeedConfig
+from attnarena.arena.run.config import RunConfig
+from attnarena.arena.measure.environment import resolve_device
+from attnarena.arena.measure.speed import PASSES, SpeedConfig
 from attnarena.options import parse_mixers
 from attnarena.registry import list_mixers, mixer_info
 from attnarena.stack import canonical
@@ -72,7 +72,7 @@ def unknown_keys(given, valid, what: str) -> None:
 @dataclass
 class Suite:
     name: str
-    runs: list = field(default_factory=list)  # RunConfig
+    runs: list = field(default_factory=list)  # ResolvedRun, each resolved once
     speed: list = field(default_factory=list)  # SpeedConfig, one per pass
     compress: list = field(default_factory=list)  # CompressGroup
     notes: list = field(default_factory=list)  # what was left out, and why
@@ -95,7 +95,7 @@ COMPRESS_KEYS = {"mixers", "tasks", "recipes"}
 
 
 def _compress_groups(groups) -> list[CompressGroup]:
-    from attnarena.compress.recipe import recipe_from_table
+    from attnarena.compress.recipe import recipes_from_tables
 
     if not isinstance(groups, list):
         raise ValueError("compress must be an array of tables ([[compress]])")
@@ -104,12 +104,8 @@ def _compress_groups(groups) -> list[CompressGroup]:
         if not isinstance(group, dict):
             raise ValueError(f"each [[compress]] must be a table, got {group!r:.80}")
         unknown_keys(group, COMPRESS_KEYS, "compress")
-        recipes = group.get("recipes")
-        if not isinstance(recipes, list) or not recipes:
-            raise ValueError("each [[compress]] needs recipes = [{method = ...}, "
-                             "{steps = [...]}, ...]")
         out.append(CompressGroup(
-            recipes=[recipe_from_table(r) for r in recipes],
+            recipes=recipes_from_tables(group.get("recipes"), "a [[compress]] table"),
             mixers=None if "mixers" not in group else _names(group["mixers"], list_mixers(),
                                                              "compress.mixers"),
             tasks=None if "tasks" not in group else _names(group["tasks"], list_tasks(),
@@ -267,10 +263,10 @@ def _build(data, mixer_filter, task_filter, device, data_root=None, max_runs=MAX
                                            mixer_options=group.get("mixer_options", {}),
                                            task_options=options, model=model, train=train,
                                            device=device)
-                        run_id = config.run_id()  # resolves: validates names and options
-                        if run_id not in seen:
-                            seen.add(run_id)
-                            suite.runs.append(config)
+                        run = config.resolve()  # validates names and options
+                        if run.id not in seen:
+                            seen.add(run.id)
+                            suite.runs.append(run)
     speed = data.get("speed")
     if speed:
         if not isinstance(speed, dict):
@@ -305,10 +301,9 @@ def _cost_note(suite) -> str:
     from attnarena.tasks import create_task
 
     tokens = 0
-    for config in suite.runs:
-        resolved = config.resolve()
-        length = create_task(resolved["task"], **resolved["task_options"]).sequence_length
-        tokens += resolved["train"]["steps"] * resolved["train"]["batch"] * length
+    for run in suite.runs:
+        length = create_task(run.task, **run.task_options).sequence_length
+        tokens += run.train["steps"] * run.train["batch"] * length
     biggest = max((s.batch for s in suite.speed), default=0)
     speed = f", then speed sweeps at batch {biggest}" if biggest else ""
     return (f"note: suite {suite.name!r} runs published (paper) configurations: "

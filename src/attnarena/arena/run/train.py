@@ -19,10 +19,11 @@ import time
 import torch
 
 from attnarena._validate import NonFiniteError
-from attnarena.arena.artifacts import save_run
-from attnarena.arena.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from attnarena.arena.environment import resolve_device
-from attnarena.arena.memory import PeakMemory
+from attnarena.arena.run.artifacts import save_run
+from attnarena.arena.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from attnarena.arena.run.config import ResolvedRun
+from attnarena.arena.measure.environment import resolve_device
+from attnarena.arena.measure.memory import PeakMemory
 from attnarena.options import DTYPES
 from attnarena.seeds import batch_seed, eval_seed
 from attnarena.tasks import create_task
@@ -66,20 +67,10 @@ def _to(batch: dict, device, rows=None) -> dict:
     return {k: (v if rows is None else v[rows]).to(device) for k, v in batch.items()}
 
 
-@torch.no_grad()
 def evaluate(model, task, examples: int, seed: int, device, split: str = "val") -> dict:
-    """Loss and the task's metric over a fixed evaluation set of ``split``."""
-    was_training = model.training
-    model.eval()
-    totals: dict = {}
-    for batch in task.eval_batches(split, examples, seed):
-        _, stats = task.score(model, _to(batch, device))
-        for key, value in stats.items():
-            totals[key] = totals.get(key, 0.0) + value
-    model.train(was_training)
-    count = max(totals.get("count", 0.0), 1.0)
-    return {"loss": totals.get("loss", 0.0) / count, "metric": task.value(totals),
-            "count": totals.get("count", 0.0)}
+    """Loss and the task's metric over a fixed evaluation set of ``split``
+    (``Task.evaluate``)."""
+    return task.evaluate(model, examples, seed, device, split)
 
 
 def _tokens(batch: dict) -> int:
@@ -98,11 +89,12 @@ def _throughput(state) -> float:
     return state["tokens"] / max(state["train_seconds"], 1e-9)
 
 
-def train(resolved: dict, checkpoint_dir=None, progress: bool = True, save_dir=None) -> dict:
+def train(resolved, checkpoint_dir=None, progress: bool = True, save_dir=None) -> dict:
     """Train and evaluate one run; returns plain metrics.
 
     Args:
-        resolved: ``RunConfig.resolve()`` output.
+        resolved: the run, a ``ResolvedRun`` (``RunConfig.resolve()``) or its plain
+            mapping.
         checkpoint_dir: where checkpoints go; a run finds its own there and resumes.
         progress: show a progress bar with loss, accuracy and tokens/s.
         save_dir: where the trained model goes (weights of the best validation checkpoint,
@@ -111,6 +103,7 @@ def train(resolved: dict, checkpoint_dir=None, progress: bool = True, save_dir=N
     from tqdm import tqdm
 
     rank, world = _distributed()
+    resolved = ResolvedRun.of(resolved).as_dict()
     train_cfg, seed = resolved["train"], resolved["seed"]
     device = torch.device(resolve_device(resolved["device"]))
     dtype = DTYPES[resolved["dtype"]]
