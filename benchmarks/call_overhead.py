@@ -33,8 +33,13 @@ def cases(dim: int = 256, heads: int = 4):
             _, state = mixer.prefill(torch.randn(1, 256, dim))
         else:
             state = mixer.init_state(1)
+        holder = {"state": state}  # each step continues from the state the last returned
+
+        def step(m=mixer, x=x_t, holder=holder):
+            _, holder["state"] = m.step(x, holder["state"])
+
         out[f"{name} step (state after 256 tokens)" if name == "softmax" else
-            f"{name} step"] = (lambda m=mixer, x=x_t, s=state: m.step(x, s), 200)
+            f"{name} step"] = (step, 200)
     model = CausalLM(vocab_size=256, dim=dim, depth=4, heads=heads,
                                mixer="gla", max_len=4096).eval()
     tokens = torch.randint(0, 256, (1, 4096))

@@ -95,3 +95,26 @@ def _in_a_folder_of_its_own(tmp_path, monkeypatch):
     """Every test runs in a temporary folder: a command's default `results/` (the store,
     checkpoints, reports) never lands in the checkout the tests run from."""
     monkeypatch.chdir(tmp_path)
+
+
+# A two-run suite (softmax and linear on copy) with a small speed sweep: the runner's and
+# the store's tests run it.
+TINY = """
+name = "tiny"
+[[runs]]
+tasks = ["copy"]
+mixers = ["softmax", "linear"]
+train = { steps = %(steps)d, eval_every = %(every)d, eval_examples = 64, batch = 8 }
+model = { dim = 16, depth = 1, heads = 2 }
+[speed]
+mixers = ["linear"]
+lengths = [32, 64]
+passes = ["fwd"]
+repeats = 1
+"""
+
+
+def tiny_suite(tmp_path, steps=12, every=4):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY % {"steps": steps, "every": every})
+    return str(path)

@@ -8,12 +8,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attnarena.arena.run.artifacts import load_run
-from attnarena.arena.run.checkpoint import CheckpointError
+from attnarena.arena.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from attnarena.arena.run.config import RunConfig
 from attnarena.arena.run.train import train
-from attnarena.cli import main
-from attnarena.arena.run.checkpoint import load_checkpoint, save_checkpoint
 from attnarena.arena.store import Store
+from attnarena.cli import main
 
 TINY = {"steps": 4, "eval_every": 2, "eval_examples": 16, "batch": 4}
 

@@ -1,20 +1,20 @@
 import csv
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import attnarena as aa
 from attnarena.arena.measure.speed import SpeedConfig, measure_case, run_speed
-from attnarena.options import MixerSpec
+from attnarena.arena.report.leaderboard import leaderboard_markdown
+from attnarena.arena.run.config import RunConfig
 from attnarena.arena.store import Store
 from attnarena.cli import main
-import subprocess
-import sys
-from attnarena.arena.run.config import RunConfig
-from attnarena.arena.report.leaderboard import leaderboard_markdown
+from attnarena.options import MixerSpec
 from attnarena.tasks import create_task, task_presets
-from pathlib import Path
 
 
 def test_list_shows_every_mechanism(capsys):

@@ -12,15 +12,19 @@ from attnarena.compress import fakequant as fq
 from attnarena.compress.distill import DistillConfig, copy_teacher, distill, distill_loss
 from attnarena.compress.lowrank import LowRankLinear, choose_rank
 from attnarena.compress.mixed import assign_bits
-from attnarena.mixers.heads import HEAD_LAYOUTS, prune_mixer_heads
-from attnarena.compress.prune import (head_groups,
-                                      prune_mlp_neurons)
-from attnarena.compress.recipe import (CompressData, apply_recipe, make_step, model_output,
-                                       recipe_from_dicts)
-from attnarena.subject import subject_of
+from attnarena.compress.prune import head_groups, prune_mlp_neurons
+from attnarena.compress.recipe import (
+    CompressData,
+    apply_recipe,
+    make_step,
+    model_output,
+    recipe_from_dicts,
+)
 from attnarena.compress.repquant import fold_layernorms
+from attnarena.mixers.heads import HEAD_LAYOUTS, prune_mixer_heads
 from attnarena.models.block import Block
 from attnarena.seeds import batch_seed
+from attnarena.subject import subject_of
 from attnarena.tasks import create_task
 from conftest import make_mixer
 

@@ -6,8 +6,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from attnarena.arena.deploy.compressed import compressed_record, load_compressed  # noqa: E402
 from attnarena.arena.deploy.compress import compress_pretrained  # noqa: E402
+from attnarena.arena.deploy.compressed import compressed_record, load_compressed  # noqa: E402
 from attnarena.arena.store import Store  # noqa: E402
 from attnarena.cli import main  # noqa: E402
 from attnarena.compress.prune import head_groups, mlp_units  # noqa: E402

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from test_compress import data_for, outputs, tiny
 
 from attnarena.arena.deploy.compressed import load_compressed, save_compressed, stored_bytes
 from attnarena.arena.report.compression import pareto
@@ -11,7 +12,6 @@ from attnarena.arena.store import Store
 from attnarena.cli import main
 from attnarena.compress.recipe import apply_recipe, make_step
 from conftest import run_tiny_suite
-from test_compress import data_for, outputs, tiny
 
 
 @pytest.mark.parametrize("recipe", [
@@ -101,7 +101,6 @@ def test_cli_compress_end_to_end(tmp_path, capsys):
     assert main([*base, "--method", "int8_dynamic"]) == 0
     assert len(Store(store).compress_rows()) == 4
     import attnarena as aa
-
     from attnarena.arena.deploy.compressed import compressed_record
 
     loaded = aa.load_compressed(rows[3]["folder"])

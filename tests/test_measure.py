@@ -7,12 +7,11 @@ import time
 import pytest
 
 from attnarena.arena.measure.conditions import OthersLoad, compare, flags, spread
-from attnarena.arena.report.leaderboard import leaderboard_markdown
 from attnarena.arena.measure.speed import SpeedConfig, measure_case
-from attnarena.arena.report.speed import crossovers
-from attnarena.arena.store import Store
+from attnarena.arena.report.leaderboard import leaderboard_markdown
 from attnarena.arena.report.publish import build_reports
-from attnarena.arena.report.speed import plot_speed
+from attnarena.arena.report.speed import crossovers, plot_speed
+from attnarena.arena.store import Store
 from attnarena.cli import main
 
 

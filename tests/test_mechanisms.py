@@ -4,14 +4,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-import attnarena as aa
-from attnarena.ops import favor_features, orthogonal_gaussian
-from attnarena import ops
-from attnarena.models import CausalLM
-from conftest import make_mixer
 from hypothesis import given
 from hypothesis import strategies as st
+
+import attnarena as aa
+from attnarena import ops
+from attnarena.models import CausalLM
+from attnarena.ops import favor_features, orthogonal_gaussian
+from conftest import make_mixer
 
 
 def test_softmax_mixer_is_multihead_attention():

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import attnarena as aa
-from conftest import make_mixer, pattern_cases, pattern_ids
 from attnarena import ops
+from conftest import make_mixer, pattern_cases, pattern_ids
 
 CASES = pattern_cases()
 # The tolerance the README states for half precision: mean absolute difference from

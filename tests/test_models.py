@@ -1,9 +1,10 @@
+import math
+
 import pytest
 import torch
 
 import attnarena as aa
 from attnarena.models import Block, CausalLM, EncoderClassifier
-import math
 
 CAUSAL = [n for n in aa.list_mixers() if "causal" in aa.mixer_info(n).patterns]
 

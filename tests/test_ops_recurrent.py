@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnarena import ops
 import attnarena as aa
+from attnarena import ops
 
 FORMS = ["parallel", "chunk", "recurrent"]
 
@@ -611,3 +611,24 @@ def test_diagonal_scan_gradients():
 def test_diagonal_scan_refuses_bad_inputs(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@given(st.integers(1, 6), st.integers(0, 10_000))
+def test_gla_step_continues_the_sequence_one_token_at_a_time(length, seed):
+    """Decoding token by token with gla_step gives the recurrent form's outputs and state
+    (in float32 for half-precision inputs)."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 3, length, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    log_g = -torch.rand(2, 3, length, 4, generator=g, dtype=torch.float64)
+    reference, final = ops.gla(q, k, v, log_g=log_g, form="recurrent", return_state=True)
+    state = torch.zeros(2, 3, 4, 4, dtype=torch.float64)
+    outputs = []
+    for t in range(length):
+        o, state = ops.gla_step(q[:, :, t], k[:, :, t], v[:, :, t], log_g=log_g[:, :, t],
+                                state=state)
+        outputs.append(o)
+    torch.testing.assert_close(torch.stack(outputs, 2), reference)
+    torch.testing.assert_close(state, final)
+    half, wide = ops.gla_step(q[:, :, 0].half(), k[:, :, 0].half(), v[:, :, 0].half(),
+                              log_g=log_g[:, :, 0].half(), state=state.float())
+    assert half.dtype == torch.float16 and wide.dtype == torch.float32

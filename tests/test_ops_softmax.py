@@ -7,9 +7,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnarena.ops import alibi_slopes, softmax_attention
 import attnarena as aa
 from attnarena import ops
+from attnarena.ops import alibi_slopes, softmax_attention
 
 
 def reference(q, k, v, causal=False, key_mask=None, window=None, slopes=None):

@@ -7,8 +7,14 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from attnarena.pretrained import (MissingExtraError, attention_layers, load_pretrained,  # noqa: E402
-                                  model_directory, swap_attention, swappable_mixers)
+from attnarena.pretrained import (  # noqa: E402
+    MissingExtraError,
+    attention_layers,
+    load_pretrained,
+    model_directory,
+    swap_attention,
+    swappable_mixers,
+)
 from conftest import TEST_OPTIONS  # noqa: E402
 
 SENTENCES = ["A man is eating food.",

@@ -5,18 +5,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+from matplotlib.colors import to_hex
 
 import attnarena as aa  # noqa: E402
-from attnarena.arena.report.style import COLOURS, coinciding, mixer_style  # noqa: E402
-from matplotlib.colors import to_hex
-from conftest import run_tiny_suite
-from attnarena.arena.run.config import RunConfig
-from attnarena.arena.report.publish import build_reports
 from attnarena.arena.report.leaderboard import leaderboard_markdown
+from attnarena.arena.report.publish import build_reports
 from attnarena.arena.report.speed import plot_speed
-from attnarena.arena.store import Store
+from attnarena.arena.report.style import COLOURS, coinciding, mixer_style  # noqa: E402
+from attnarena.arena.run.config import RunConfig
 from attnarena.arena.run.train import train
+from attnarena.arena.store import Store
 from attnarena.cli import main
+from conftest import run_tiny_suite
 
 
 def test_every_mechanism_has_its_own_colour_and_marker_pair():

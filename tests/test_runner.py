@@ -1,21 +1,22 @@
 """Running suites: each run once across processes and jobs, reused from the store, resumed
 after a kill, workers that stop with their parent."""
+import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
-import pytest
-import torch
-from attnarena.arena.report.leaderboard import leaderboard_rows
-from attnarena.arena.store import Store
-from attnarena.cli import main
-import json
-import signal
 import time
 from pathlib import Path
-from attnarena.arena.report.leaderboard import (format_rows)
-from attnarena.arena.run.runner import run_suite
 
+import pytest
+import torch
+
+from attnarena.arena.report.leaderboard import format_rows, leaderboard_rows
+from attnarena.arena.run.runner import run_suite
+from attnarena.arena.store import Store
+from attnarena.cli import main
+from conftest import tiny_suite
 
 SUITE = """
 name = "together"
@@ -25,27 +26,6 @@ mixers = ["softmax", "linear", "gla", "retention"]
 seeds = [0, 1]
 train = { steps = 40, eval_every = 20, eval_examples = 32, batch = 8 }
 model = { dim = 16, depth = 1, heads = 2 }
-"""
-
-
-def tiny_suite(tmp_path, steps=12, every=4):
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY % {"steps": steps, "every": every})
-    return str(path)
-
-
-TINY = """
-name = "tiny"
-[[runs]]
-tasks = ["copy"]
-mixers = ["softmax", "linear"]
-train = { steps = %(steps)d, eval_every = %(every)d, eval_examples = 64, batch = 8 }
-model = { dim = 16, depth = 1, heads = 2 }
-[speed]
-mixers = ["linear"]
-lengths = [32, 64]
-passes = ["fwd"]
-repeats = 1
 """
 
 

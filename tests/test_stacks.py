@@ -6,10 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attnarena.arena.run.config import RunConfig
-from attnarena.models import (CausalLM, DualEncoder, EncoderClassifier, EncoderDecoder,
-                              SequenceRegressor)
+from attnarena.models import (
+    CausalLM,
+    DualEncoder,
+    EncoderClassifier,
+    EncoderDecoder,
+    SequenceRegressor,
+)
 from attnarena.stack import canonical, is_hybrid, layer_mixers, parse_stack, path_name
-
 from conftest import run_tiny_suite
 
 NAMES = ["gla", "softmax", "deltanet", "mamba2", "local"]

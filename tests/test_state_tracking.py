@@ -71,8 +71,8 @@ def test_lengths_and_options_are_checked():
 
 
 def test_a_run_records_accuracy_per_length_and_the_leaderboard_shows_it(tmp_path):
-    from attnarena.arena.run.config import RunConfig
     from attnarena.arena.report.leaderboard import leaderboard_markdown
+    from attnarena.arena.run.config import RunConfig
     from attnarena.arena.run.runner import run_suite
     from attnarena.arena.store import Store
 

@@ -1,17 +1,18 @@
 """The results store: versioned migrations that keep every row, column and table; reports
 that never write; errors that name their real cause."""
 import json
+import os
+import socket
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
 from attnarena.arena.run.config import RunConfig
 from attnarena.arena.store import SCHEMA_VERSION, Store, StoreError
 from attnarena.cli import main
-import os
-import socket
-import subprocess
-import sys
+from conftest import tiny_suite
 
 OLD_RUNS = """CREATE TABLE runs (id TEXT PRIMARY KEY, suite TEXT, task TEXT NOT NULL,
     mixer TEXT NOT NULL, preset TEXT NOT NULL, seed INTEGER NOT NULL, config TEXT NOT NULL,
@@ -127,27 +128,6 @@ def test_report_output_writes_the_markdown_leaderboard_there(tmp_path, capsys):
 
 def _resolved():
     return RunConfig(task="copy", mixer="gla").resolve()
-
-
-def tiny_suite(tmp_path, steps=12, every=4):
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY % {"steps": steps, "every": every})
-    return str(path)
-
-
-TINY = """
-name = "tiny"
-[[runs]]
-tasks = ["copy"]
-mixers = ["softmax", "linear"]
-train = { steps = %(steps)d, eval_every = %(every)d, eval_examples = 64, batch = 8 }
-model = { dim = 16, depth = 1, heads = 2 }
-[speed]
-mixers = ["linear"]
-lengths = [32, 64]
-passes = ["fwd"]
-repeats = 1
-"""
 
 
 def test_leases_keep_live_owners_and_take_over_dead_ones(tmp_path):

@@ -1,19 +1,17 @@
 """Suites: their size counted before anything is built, bad files refused in one line."""
 import time
+import tomllib
+from pathlib import Path
 
 import pytest
 
-from attnarena.arena.run.suite import SuiteError, count_runs, load_suite
-from attnarena.cli import main
+from attnarena.arena.report.leaderboard import leaderboard_markdown, leaderboard_rows
 from attnarena.arena.run.config import RunConfig
-from attnarena.arena.report.leaderboard import leaderboard_markdown
-from attnarena.arena.store import Store
-from attnarena.tasks import list_tasks
-from attnarena.arena.report.leaderboard import leaderboard_rows
-import tomllib
-from pathlib import Path
 from attnarena.arena.run.runner import run_suite
-from attnarena.arena.run.suite import builtin_suites
+from attnarena.arena.run.suite import SuiteError, builtin_suites, count_runs, load_suite
+from attnarena.arena.store import Store
+from attnarena.cli import main
+from attnarena.tasks import list_tasks
 
 
 def test_a_billion_run_suite_is_refused_within_a_second(tmp_path):

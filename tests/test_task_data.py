@@ -1,18 +1,22 @@
 """Writing a task's data to disk: streamed one image at a time, resumed where it stopped,
 checked against the free space first, a full disk named; images checked before decoding."""
 import errno
+import pickle
 
 import numpy as np
 import pytest
 
 from attnarena.cli import main
-from attnarena.tasks import pathfinder
-from attnarena.tasks.pathfinder import (PathfinderSettings, generate_dataset, read_metadata,
-                                        read_png, write_pathfinder)
-from attnarena.tasks import list_tasks
-from attnarena.tasks.registry import task_class
+from attnarena.tasks import list_tasks, pathfinder
 from attnarena.tasks.data import SYNTHETIC
-import pickle
+from attnarena.tasks.pathfinder import (
+    PathfinderSettings,
+    generate_dataset,
+    read_metadata,
+    read_png,
+    write_pathfinder,
+)
+from attnarena.tasks.registry import task_class
 
 SETTINGS = PathfinderSettings(size=32, contour_length=6, distractor_length=2)
 

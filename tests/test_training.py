@@ -1,26 +1,26 @@
 """Training one run: configs resolved once and checked, schedules, evaluation sets,
 determinism, resuming, divergence, torchrun, and trained runs taken away."""
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
 import pytest
 import torch
+
 import attnarena as aa
-from conftest import run_tiny_suite
+from attnarena.arena.report.leaderboard import leaderboard_markdown, leaderboard_rows
+from attnarena.arena.run.checkpoint import save_checkpoint
 from attnarena.arena.run.config import RunConfig
-from attnarena.arena.report.leaderboard import leaderboard_markdown
+from attnarena.arena.run.train import evaluate, lr_at, train
 from attnarena.arena.store import Store
-from attnarena.arena.run.train import evaluate, train
 from attnarena.cli import main
 from attnarena.seeds import eval_seed
 from attnarena.tasks import create_task
-import os
-from attnarena.arena.run.checkpoint import save_checkpoint
-from attnarena.arena.report.leaderboard import leaderboard_rows
-from pathlib import Path
-from attnarena.arena.run.train import lr_at
+from conftest import run_tiny_suite
 
 
 def _cli(capsys, *args):

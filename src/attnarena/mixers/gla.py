@@ -63,3 +63,13 @@ class GatedLinearAttention(RecurrentMixer):
                        initial_state=None if state is None else state["S"], return_state=True)
         y = self.o_proj(F.silu(self.g_proj(x)) * self.norm(merge_heads(o)))
         return y, {"S": S}
+
+    def _step(self, x_t, state):
+        """One token, without the sequence machinery: (B, dim) in, (B, dim) out."""
+        B, H = x_t.shape[0], self.heads
+        q = self.q_proj(x_t).view(B, H, -1)
+        log_g = F.logsigmoid(self.gate(x_t)) / self.gate_temperature
+        o, S = ops.gla_step(q * q.shape[-1] ** -0.5, self.k_proj(x_t).view(B, H, -1),
+                            self.v_proj(x_t).view(B, H, -1), log_g=log_g.view(B, H, -1),
+                            state=state["S"])
+        return self.o_proj(F.silu(self.g_proj(x_t)) * self.norm(o.reshape(B, -1))), {"S": S}

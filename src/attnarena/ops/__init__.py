@@ -10,7 +10,7 @@ from attnarena.ops.dilated import dilated_attention
 from attnarena.ops.feature_maps import (FEATURE_MAPS, attention_distillation_loss,
                                         cosine_features, favor_features,
                                         focused, hedgehog_features, orthogonal_gaussian)
-from attnarena.ops.gated import gla, retention, scalar_gated
+from attnarena.ops.gated import gla, gla_step, retention, scalar_gated
 from attnarena.ops.gsa import gated_slot_attention
 from attnarena.ops.gaussian import gaussian_adaptive
 from attnarena.ops.linear import linear_attention
@@ -41,7 +41,7 @@ __all__ = ["FEATURE_MAPS", "agent_attention", "alibi_slopes", "attention_distill
            "clipped_softmax_attention", "cosine_features", "cross_covariance_attention",
            "decode_attention", "delta_product", "delta_rule", "diagonal_recurrence",
            "dilated_attention", "favor_features", "focused", "fourier_mix", "gated_delta_rule",
-           "gated_slot_attention", "gaussian_adaptive", "gla", "head_routing_weights",
+           "gated_slot_attention", "gaussian_adaptive", "gla", "gla_step", "head_routing_weights",
            "hedgehog_features", "iterative_pinv", "latent_attention", "linear_attention",
            "linformer_attention", "log_linear_attention", "lsh_attention", "masked_softmax",
            "merge_partial_attention", "mlstm", "neural_memory", "nystrom_attention",

@@ -122,6 +122,25 @@ def gla(q, k, v, *, log_g, form="chunk", chunk_size=64, initial_state=None, retu
     return (o, state) if return_state else o
 
 
+def gla_step(q, k, v, *, log_g, state):
+    """One token of gated linear attention, for decoding: S = diag(exp(log_g)) S + k v^T,
+    o = S^T q (the reference's step, without its loop over a sequence).
+
+    Args:
+        q, k, log_g: (B, H, Dk); v: (B, H, Dv); state: (B, H, Dk, Dv) in the dtype the
+            update runs in (float32 for half-precision inputs).
+
+    Returns:
+        (o (B, H, Dv) in the dtype of q, the new state).
+    """
+    dtype = state.dtype
+    k, v = k.to(dtype), v.to(dtype)
+    state = torch.addcmul(log_g.to(dtype).exp()[..., None] * state, k[..., None],
+                          v[..., None, :])
+    o = (q.to(dtype)[..., None, :] @ state)[..., 0, :]
+    return o.to(q.dtype), state
+
+
 def _recurrent(q, k, v, log_a, state):
     """The reference: one token at a time. log_a: (B, H, L, Dk or 1)."""
     B, H, L, Dk = q.shape
