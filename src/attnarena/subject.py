@@ -76,7 +76,29 @@ class Block:
 
 class Subject(abc.ABC):
     """A model as compression and linearization see it; ``model`` is the ``nn.Module`` the
-    methods change in place (a method may also replace it: ``with_model``)."""
+    methods change in place (a method may also replace it: ``with_model``).
+
+    Structure (what every compression method reads): ``blocks``, ``output``,
+    ``output_layers``, ``linear_layers``.
+
+    The workflows (``attnarena.arena.deploy``), for an adapter built with its data:
+
+    - compress: ``seed``, ``default_batch``, ``describe() -> dict`` (fields of every row),
+      ``compress_data(calibration, batch, device) -> CompressData``, ``quality(teacher,
+      device) -> {"test": ..., ...}``, ``timing_cells(device) -> {key path: call}``,
+      ``timed_length``, ``source_config() -> dict`` (what a saved model records), and
+      ``identity()``;
+    - linearize: ``check_takes_over(mechanism)``, ``swap_attention(index, mechanism,
+      options)``, ``is_swapped(index)``, ``attention_module(index)``,
+      ``capture_attention(indices, batch)``, ``attention_output(index, inputs, mask)``,
+      ``adapted_projections(index)``, ``linearize_batches(stage, config, device)``,
+      ``finetune_loss(teacher, batch)``, ``finetunes_in_train_mode``, and, to be timed at
+      given lengths, ``length_cells(lengths, batch, device)``; ``saves_linearized`` with
+      ``save(folder)`` where the result loads back.
+
+    ``ArenaSubject`` (``attnarena.models``) and ``EncoderSubject``
+    (``attnarena.pretrained``) implement all of them.
+    """
 
     kind: str = "model"  # a short name of the adapter ("arena", "encoder", ...)
     builds_students = False  # whether a fresh model of another mechanism can stand in
