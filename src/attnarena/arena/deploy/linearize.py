@@ -40,7 +40,7 @@ def linearize(teacher, config, *, label: str, store_path="results/arena.sqlite",
     store = Store(store_path)
     teacher.check_takes_over(config.mixer)
     check_mixer_options(config.mixer, dict(config.options))
-    resolve_layers(len(teacher.blocks()), None, config.keep_softmax)
+    swapped = resolve_layers(len(teacher.blocks()), None, config.keep_softmax)
     lengths = sorted(set(lengths)) if lengths else None
     recipe = config.to_dict()
     described = {k: v for k, v in teacher.describe().items() if k != "mixer_options"}
@@ -100,14 +100,12 @@ def linearize(teacher, config, *, label: str, store_path="results/arena.sqlite",
         store.add_linearize(ids["transfer"], row, env)
         found["transfer"] = row
 
-    probe = copy.deepcopy(teacher)
-    swapped = swap(probe, config)
     start_from = None
     if saved.is_file() and found["transfer"] is not None:
         log(f"resuming after attention transfer from {saved}")
-        probe.model.load_state_dict(load_file(str(saved)))
-        start_from = probe
-    del probe
+        start_from = copy.deepcopy(teacher)  # the same swaps, then the saved weights
+        swap(start_from, config)
+        start_from.model.load_state_dict(load_file(str(saved)))
     started = time.perf_counter()
     log(f"linearizing {label} into {config.mixer}: {config.transfer_steps} transfer + "
         f"{config.finetune_steps} fine-tuning steps")
