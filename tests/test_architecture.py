@@ -165,7 +165,7 @@ def test_every_mixer_module_takes_its_math_from_ops():
 # Operations that mix tokens. In mixers/ they are allowed only where they do something other
 # than the mechanism's own token mixing, each place named with why.
 TOKEN_MATH = {"softmax", "log_softmax", "cumsum", "cumprod", "logcumsumexp", "einsum",
-              "matmul", "bmm", "baddbmm"}
+              "matmul", "bmm", "baddbmm", "scaled_dot_product_attention"}
 NOT_MIXING = {
     ("linear.py", "_forward"): "counts of real tokens, for the output's length normalization",
     ("prefix_pool.py", "_sequence"): "each key scored by Aaren's learned query: a projection",

@@ -1,9 +1,11 @@
-"""ops.linear_attention: every form equals the plain quadratic reference."""
+"""ops.linear_attention: every form equals the plain quadratic reference, and the decoding
+step continues the recurrent form."""
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from attnarena import ops
 from attnarena.ops import linear_attention
 
 
@@ -117,3 +119,23 @@ def test_bad_input(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         linear_attention(**args)
+
+
+@given(st.integers(1, 6), st.integers(0, 10_000), st.booleans())
+def test_linear_attention_step_continues_the_sequence_one_token_at_a_time(length, seed,
+                                                                         normalize):
+    """Decoding token by token with linear_attention_step gives the recurrent form's
+    outputs and state, normalized or not."""
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.rand(2, 3, length, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(2, 3, length, 5, generator=g, dtype=torch.float64)
+    reference, final = ops.linear_attention(q, k, v, causal=True, normalize=normalize,
+                                            form="recurrent", return_state=True)
+    state = torch.zeros(2, 3, 4, 5 + normalize, dtype=torch.float64)
+    outputs = []
+    for t in range(length):
+        o, state = ops.linear_attention_step(q[:, :, t], k[:, :, t], v[:, :, t], state=state,
+                                             normalize=normalize)
+        outputs.append(o)
+    torch.testing.assert_close(torch.stack(outputs, 2), reference)
+    torch.testing.assert_close(state, final)

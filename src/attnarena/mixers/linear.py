@@ -93,8 +93,15 @@ class LinearAttentionBase(QKVMixer):
                                      device=device, dtype=dtype), "position": 0}
 
     def _step(self, x_t, state):
-        y, new = self._prefill(x_t[:, None], state)
-        return y[:, 0], new
+        """One token, without the sequence machinery: (B, dim) in, (B, dim) out."""
+        position = state["position"]
+        q, k, v = self._mapped(*self.project(x_t[:, None]), start=position)
+        o, s = ops.linear_attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0],
+                                         state=state["state"], normalize=self.normalize)
+        counts = o.new_full((1, 1, 1, 1), position + 1)
+        y = self.o_proj(self.merge_heads(self.rescale_output(o[:, :, None], counts))
+                        .to(x_t.dtype))
+        return y[:, 0], {"state": s, "position": position + 1}
 
     def _prefill(self, x, state):
         """Causal forward over x continuing from ``state``; it serves step too."""

@@ -80,7 +80,7 @@ class TransNormer(LinearAttentionBase):
         if keys.shape[2] == self.block:  # a new block starts
             keys, values = keys[:, :, :0], values[:, :, :0]
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
-        o = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype))
+        o = ops.softmax_attention(q, keys.to(q.dtype), values.to(q.dtype))
         return self.o_proj(self.merge_heads(o))[:, 0], {"keys": keys, "values": values}
 
 

@@ -13,7 +13,7 @@ from attnarena.ops.feature_maps import (FEATURE_MAPS, attention_distillation_los
 from attnarena.ops.gated import gla, gla_step, retention, scalar_gated
 from attnarena.ops.gsa import gated_slot_attention
 from attnarena.ops.gaussian import gaussian_adaptive
-from attnarena.ops.linear import linear_attention
+from attnarena.ops.linear import linear_attention, linear_attention_step
 from attnarena.ops.log_linear import log_linear_attention
 from attnarena.ops.lowrank import iterative_pinv, linformer_attention, nystrom_attention
 from attnarena.ops.lsh import lsh_attention
@@ -43,10 +43,10 @@ __all__ = ["FEATURE_MAPS", "agent_attention", "alibi_slopes", "attention_distill
            "dilated_attention", "favor_features", "focused", "fourier_mix", "gated_delta_rule",
            "gated_slot_attention", "gaussian_adaptive", "gla", "gla_step", "head_routing_weights",
            "hedgehog_features", "iterative_pinv", "latent_attention", "linear_attention",
-           "linformer_attention", "log_linear_attention", "lsh_attention", "masked_softmax",
-           "merge_partial_attention", "mlstm", "neural_memory", "nystrom_attention",
-           "orthogonal_gaussian", "pattern_attention", "pool_mix", "prefix_attention",
-           "retention", "rotary", "routing_attention", "s4d", "scalar_gated", "score_attention",
-           "selective_scan", "sinkhorn", "sinkhorn_attention", "soft_attention",
-           "softmax_attention", "softmax_pool", "ttt_linear", "vq_attention",
+           "linear_attention_step", "linformer_attention", "log_linear_attention",
+           "lsh_attention", "masked_softmax", "merge_partial_attention", "mlstm", "neural_memory",
+           "nystrom_attention", "orthogonal_gaussian", "pattern_attention", "pool_mix",
+           "prefix_attention", "retention", "rotary", "routing_attention", "s4d", "scalar_gated",
+           "score_attention", "selective_scan", "sinkhorn", "sinkhorn_attention",
+           "soft_attention", "softmax_attention", "softmax_pool", "ttt_linear", "vq_attention",
            "window_linear_attention"]

@@ -67,6 +67,30 @@ def linear_attention(q, k, v, *, causal, normalize=True, form="chunk", chunk_siz
     return (o, state) if return_state else o
 
 
+def linear_attention_step(q, k, v, *, state, normalize=True, eps=1e-6):
+    """One token of causal linear attention, for decoding: S = S + k v^T, o = S^T q (and,
+    normalized, divided by the running key sum's dot product with q), the recurrent
+    form's step without its loop.
+
+    Args:
+        q, k: (B, H, Dk) feature-mapped; v: (B, H, Dv); state: (B, H, Dk, Dv), or
+            (B, H, Dk, Dv + 1) when normalized (the last column the running key sum), in
+            the dtype the update runs in (float32 for half-precision inputs).
+
+    Returns:
+        (o (B, H, Dv) in the dtype of q, the new state).
+    """
+    dtype = state.dtype
+    k, v = k.to(dtype), v.to(dtype)
+    if normalize:
+        v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+    state = torch.addcmul(state, k[..., None], v[..., None, :])
+    o = (q.to(dtype)[..., None, :] @ state)[..., 0, :]
+    if normalize:
+        o = o[..., :-1] / (o[..., -1:] + eps)
+    return o.to(q.dtype), state
+
+
 def _parallel(q, k, v, causal, state):
     scores = q @ k.transpose(-1, -2)  # (B, H, L, S)
     if causal:
