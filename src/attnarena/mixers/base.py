@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import weakref
 
 import torch
 from torch import nn
@@ -143,13 +144,13 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         if state is None:  # documented: a fresh sequence, as with prefill
             state = self.init_state(x_t.shape[0], x_t.device, x_t.dtype)
         debug = debug_checks_on()
-        if entry and (debug or state is not self.__dict__.get("_last_state")):
+        if entry and (debug or not self._returned_last(state)):
             self._check_state(state, x_t.shape[0])
         if not debug:
             with inside():
                 y_t, state = self._step(x_t, state)
             if entry:
-                self.__dict__["_last_state"] = state
+                self._remember(state)
             return y_t, state
         # A state holding NaN is found from its effects (a NaN output, or an op refusing a
         # value computed from it), so a good state costs no pass over it.
@@ -164,6 +165,23 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
                                  "holds NaN or infinite values (x_t is finite); start the "
                                  "sequence again from init_state")
         return y_t, state
+
+    def _remember(self, state) -> None:
+        """Mark ``state`` as the one this mixer returned last, holding no reference that
+        would keep it alive (a weak one to its first tensor, and the container's id)."""
+        first = next(_tensors(state), None)
+        self.__dict__["_last_state"] = None if first is None else (id(state),
+                                                                   weakref.ref(first))
+
+    def _returned_last(self, state) -> bool:
+        mark = self.__dict__.get("_last_state")
+        return mark is not None and id(state) == mark[0] and \
+            next(_tensors(state), None) is mark[1]()
+
+    def __getstate__(self):
+        state = super().__getstate__()  # pickling and deepcopy leave the decoding mark out
+        state.pop("_last_state", None)
+        return state
 
     def prefill(self, x, state=None):
         """Run a causal forward over x (B, L, dim) and return (y, state) to continue with step.
