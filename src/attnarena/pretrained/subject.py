@@ -187,21 +187,29 @@ class EncoderSubject(Subject):
         measured = agreement(reference, self.encoder.encode(self.test))
         return {**measured, "test": measured["mean_cosine"]}
 
+    def _forward_on_random_ids(self, size: int, length: int, device, seed=None):
+        """A no-grad forward of the encoder on ``size`` random sequences of ``length``
+        tokens (all real), drawn once: what is timed."""
+        encoder = self.encoder.eval()
+        generator = None if seed is None else torch.Generator(device).manual_seed(seed)
+        ids = torch.randint(1, encoder.config.vocab_size, (size, length), device=device,
+                            generator=generator)
+        return torch.no_grad()(lambda: encoder(ids, torch.ones_like(ids)))
+
+    def _positions(self):
+        return getattr(self.encoder.config, "max_position_embeddings", None)
+
     def timing_cells(self, device, batch_sizes=(1, 32), length_factors=(1, 4)) -> dict:
         """Whole-encoder calls in the rows' layout: each batch size at the timed length
         ("model") and at it and 4x it within the encoder's positions ("blocks"; the encoder
         is its blocks but for the embedding lookup)."""
-        length, encoder = self.timed_length, self.encoder.eval()
-        limit = getattr(encoder.config, "max_position_embeddings", None) or 4 * length
+        length, limit = self.timed_length, self._positions() or 4 * self.timed_length
         cells = {}
         for factor in length_factors:
             if factor * length > limit:
                 continue
             for size in batch_sizes:
-                ids = torch.randint(1, encoder.config.vocab_size, (size, factor * length),
-                                    device=device,
-                                    generator=torch.Generator(device).manual_seed(factor))
-                call = torch.no_grad()(lambda ids=ids: encoder(ids, torch.ones_like(ids)))
+                call = self._forward_on_random_ids(size, factor * length, device, seed=factor)
                 cells[("blocks", str(factor), str(size))] = call
                 if factor == 1:
                     cells[("model", str(size))] = call
@@ -228,16 +236,11 @@ class EncoderSubject(Subject):
 
     def length_cells(self, lengths, batch: int, device) -> dict:
         """{(length,): a no-grad forward of ``batch`` random sequences at that length}."""
-        encoder = self.encoder.eval()
-        limit = getattr(encoder.config, "max_position_embeddings", None)
-        cells = {}
+        limit = self._positions()
         for length in lengths:
             if limit is not None and length > limit:
                 raise ValueError(f"length {length} exceeds the model's {limit} positions")
-            ids = torch.randint(1, encoder.config.vocab_size, (batch, length), device=device)
-            cells[(str(length),)] = torch.no_grad()(
-                lambda ids=ids: encoder(ids, torch.ones_like(ids)))
-        return cells
+        return {(str(n),): self._forward_on_random_ids(batch, n, device) for n in lengths}
 
     def check_takes_over(self, mechanism: str) -> None:
         check_swap(mechanism)
