@@ -18,8 +18,9 @@ def train(task: str, mixer: str, *, steps: int | None = None, preset: str = "cpu
           store: bool = True, device: str = "auto", progress: bool = False):
     """Train one run of ``mixer`` on ``task`` at ``preset`` (``steps`` overrides the
     preset's), recorded in ``OUT/arena.sqlite`` unless ``store`` is False, its model saved
-    in ``OUT/runs/RUN_ID``; a run already finished is read back, not trained again.
-    Returns (run id, metrics). See ``attnarena.arena.run.runner.train_run``."""
+    in ``OUT/runs/RUN_ID``. Like ``attnarena train``, it trains each time it is called (a
+    run already in the store is trained again and its row replaced; ``attnarena run``
+    reuses finished runs). Returns (run id, metrics). See ``attnarena.arena.run.runner.train_run``."""
     from pathlib import Path
 
     from attnarena.arena.run.config import RunConfig
