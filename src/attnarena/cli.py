@@ -35,6 +35,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _keep_softmax(text: str):
+    """Layer indices ("0,5") or "auto:K" (K layers chosen after stage 1)."""
+    if text.startswith("auto:"):
+        count = text[5:]
+        if not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(f"expected auto:K with K a positive number of "
+                                             f"layers, got {text!r}")
+        return int(count)
+    return _indices(text)
+
+
 def _indices(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -320,20 +331,70 @@ def cmd_linearize(args) -> int:
              else args.steps,
              "finetune_steps": args.finetune_steps if args.finetune_steps is not None
              else args.steps}
+    decoder = args.model is not None and _is_decoder(args.model)
+    keep = args.keep_softmax
+    chosen = {"batch_size": args.batch, "max_length": args.max_length,
+              "transfer_lr": args.transfer_lr, "finetune_lr": args.finetune_lr}
+    if decoder:  # windows of 512 tokens, a few per step, as LoLCATs trains
+        chosen = {"batch_size": 4, "max_length": 512, "transfer_lr": 1e-2,
+                  "finetune_lr": 1e-3} | {k: v for k, v in chosen.items() if v is not None}
     config = LinearizeConfig(
         mixer=args.mixer, options=parse_options(args.option or []),
-        keep_softmax=tuple(args.keep_softmax or ()), loss=args.loss,
-        lora_rank=args.lora_rank, batch_size=args.batch, seed=args.seed,
-        **{k: v for k, v in steps.items() if v is not None})
+        keep_softmax=tuple(keep) if isinstance(keep, list) else (),
+        keep_softmax_auto=keep if isinstance(keep, int) else 0, loss=args.loss,
+        lora_rank=args.lora_rank, seed=args.seed,
+        **{k: v for k, v in {**steps, **chosen}.items() if v is not None})
     if args.model is not None:
         rows = linearize_pretrained(args.model, config, store_path=args.store,
-                                    results_dir=args.out, lengths=args.lengths or [128, 512],
-                                    device=args.device, eval_sentences=args.eval_sentences,
-                                    rerun=args.rerun, log=log)
+                                    results_dir=args.out,
+                                    lengths=args.lengths or ([512, 2048] if decoder
+                                                             else [128, 512]),
+                                    batch=1 if decoder else 8, device=args.device,
+                                    eval_sentences=args.eval_sentences,
+                                    contexts=tuple(args.contexts or (512, 2048)),
+                                    eval_tokens=args.eval_tokens, rerun=args.rerun, log=log)
     else:
         rows = linearize_run(args.run, config, store_path=args.store, results_dir=args.out,
                              device=args.device, rerun=args.rerun, log=log)
     return _linearize_report(rows, args)
+
+
+def _is_decoder(model) -> bool:
+    from attnarena.pretrained.decoder import is_decoder_directory
+
+    return model == "smollm2" or is_decoder_directory(Path(model))
+
+
+def cmd_generate(args) -> int:
+    from attnarena.arena.measure.environment import resolve_device
+    from attnarena.pretrained import PretrainedDecoder, load_pretrained
+
+    model = load_pretrained(args.model, device=resolve_device(args.device))
+    if not isinstance(model, PretrainedDecoder):
+        raise ValueError(f"{args.model} is not a causal language model (generate needs one, "
+                         "e.g. smollm2 or a linearized decoder's folder)")
+    tokenizer = model.tokenizer
+    written, shown = [], [""]
+
+    def stream(step, token):
+        written.append(int(token[0]))
+        text = tokenizer.decode(written, skip_special_tokens=True)
+        print(text[len(shown[0]):], end="", flush=True)
+        shown[0] = text
+
+    print(args.prompt, end="", flush=True)
+    result = model.generate(args.prompt, args.max_new_tokens, temperature=args.temperature,
+                            top_k=args.top_k, seed=args.seed, stream=stream)
+    prompt_tokens = len(tokenizer(args.prompt)["input_ids"])
+    grows = any(a.core.grows for a in model.attentions())
+    rate = result["tokens_per_second"]
+    print(f"\n\n{len(written)} tokens; prefill of {prompt_tokens} prompt tokens "
+          f"{result['prefill_seconds']:.2f} s; decoding "
+          + (f"{rate:.1f} tokens/s" if rate else "one token")
+          + f"; decoding state {result['state_bytes'] / 2**20:.2f} MiB "
+          + ("(a key/value cache: grows with the context)" if grows
+             else "(fixed: does not grow with the context)"))
+    return 0
 
 
 def _compress_recipes(args) -> list:
@@ -529,13 +590,15 @@ def build_parser() -> argparse.ArgumentParser:
                                   "by attention transfer, then fine-tuning")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", default=None,
-                      help="a pretrained encoder: minilm (all-MiniLM-L6-v2, offline with the "
-                           "pretrained extra) or a model directory")
+                      help="a pretrained model: minilm (all-MiniLM-L6-v2), smollm2 "
+                           "(SmolLM2-135M, a causal LM; offline with the pretrained extra) "
+                           "or a model directory")
     what.add_argument("--run", default=None, help="a finished softmax run of the store (its id)")
     p.add_argument("--mixer", default=None, help="the mechanism that replaces softmax")
     p.add_argument("--option", action="append", help="mixer option key=value (repeatable)")
-    p.add_argument("--keep-softmax", type=_indices, default=None,
-                   help="layers that stay softmax attention, e.g. 0,5")
+    p.add_argument("--keep-softmax", type=_keep_softmax, default=None,
+                   help="layers that stay softmax attention, e.g. 0,5; or auto:K, the K "
+                        "layers with the largest attention-transfer loss after stage 1")
     p.add_argument("--steps", type=int, default=None,
                    help="steps of each stage (default 300 each)")
     p.add_argument("--transfer-steps", type=int, default=None, help="steps of stage 1 only")
@@ -544,11 +607,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage 1: match attention outputs (mse, LoLCATs) or attention "
                         "weights (Hedgehog's cross-entropy)")
     p.add_argument("--lora-rank", type=int, default=8, help="rank of the stage-2 adapters")
-    p.add_argument("--batch", type=int, default=32,
-                   help="sentences per step with --model (a --run trains on its own batch)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="sentences (an encoder; default 32) or token windows (a decoder; "
+                        "default 4) per step with --model (a --run trains on its own batch)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per training sequence with --model (default 128 for an "
+                        "encoder, 512 for a decoder)")
+    p.add_argument("--transfer-lr", type=float, default=None, help="stage 1 learning rate")
+    p.add_argument("--finetune-lr", type=float, default=None, help="stage 2 learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lengths", type=_ints, default=None,
-                   help="encoder lengths to time (default 128,512)")
+                   help="lengths to time (default 128,512 for an encoder, 512,2048 for a "
+                        "decoder's prefill)")
+    p.add_argument("--contexts", type=_ints, default=None,
+                   help="a decoder's perplexity contexts (default 512,2048)")
+    p.add_argument("--eval-tokens", type=int, default=4096,
+                   help="a decoder's held-out tokens measured (default 4096)")
     p.add_argument("--eval-sentences", type=int, default=None,
                    help="measure agreement on only the first N held-out sentences")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -560,6 +634,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "original and each architecture back to back), keeping the rest")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_linearize)
+
+    p = command("generate", help="continue a prompt with a causal LM (smollm2, or a "
+                                 "linearized decoder's folder), streaming tokens")
+    p.add_argument("--model", default="smollm2", help="smollm2 or a model directory")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.set_defaults(func=cmd_generate)
 
     p = command("compress", help="compress a trained run by recipes (quantization, pruning, "
                                  "low-rank, distillation), measured before and after",

@@ -15,6 +15,8 @@ class LinearizeConfig:
     Attributes:
         mixer: the arena mechanism swapped in; options: its options.
         keep_softmax: layer indices left as softmax attention (a hybrid stack).
+        keep_softmax_auto: a number k of layers to keep softmax, chosen after stage 1 as
+            those whose transfer loss stayed largest (0: none chosen this way).
         transfer_steps / finetune_steps: optimizer steps of stage 1 / stage 2 (0 skips it).
         loss: stage 1's objective, "mse" (attention outputs) or "attention" (Hedgehog's
             cross-entropy on attention weights; mechanisms with ``distillation_loss``).
@@ -27,6 +29,7 @@ class LinearizeConfig:
     mixer: str = "hedgehog"
     options: dict = field(default_factory=dict)
     keep_softmax: tuple = ()
+    keep_softmax_auto: int = 0
     transfer_steps: int = 300
     finetune_steps: int = 300
     loss: str = "mse"
@@ -46,6 +49,10 @@ class LinearizeConfig:
         for name in ("lora_rank", "batch_size", "max_length"):
             check_int(getattr(self, name), name)
         check_int(self.seed, "seed", minimum=0)
+        check_int(self.keep_softmax_auto, "keep_softmax_auto", minimum=0)
+        if self.keep_softmax_auto and self.keep_softmax:
+            raise ValueError("give layers to keep softmax (keep_softmax) or a number of them to "
+                             "choose (keep_softmax_auto), not both")
         for name in ("transfer_lr", "finetune_lr"):
             check_real(getattr(self, name), name, low_open=True)
         if self.loss not in LOSSES:

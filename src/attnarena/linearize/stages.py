@@ -62,6 +62,25 @@ def _layer_loss(student, index, inputs, mask, target, loss):
     return F.mse_loss(output[mask], target[mask])
 
 
+def _mechanism(module) -> str:
+    return getattr(module, "mechanism", None) or module.info.name
+
+
+def keep_worst(teacher, student, count: int, batches, loss="mse") -> tuple[list, dict]:
+    """Put softmax attention back in the ``count`` swapped layers whose stage 1 loss on
+    ``batches`` is largest; returns (those indices, every layer's loss)."""
+    if not hasattr(student, "unswap_attention"):
+        raise ValueError(f"choosing layers to keep softmax needs a subject that can put "
+                         f"softmax back; a {student.kind} cannot: name them instead")
+    losses = transfer_losses(teacher, student, batches, loss)
+    if count > len(losses):
+        raise ValueError(f"cannot keep {count} layers softmax: {len(losses)} are swapped")
+    worst = sorted(sorted(losses, key=losses.get, reverse=True)[:count])
+    for index in worst:
+        student.unswap_attention(index)
+    return worst, losses
+
+
 def transfer_losses(teacher, student, batches, loss="mse") -> dict[int, float]:
     """Mean stage 1 loss of each swapped layer of ``student`` over ``batches``."""
     swapped = swapped_layers(student)
@@ -80,7 +99,7 @@ def attention_transfer(teacher, student, batches, *, loss="mse", lr=1e-2, log=No
     of parameters trained."""
     swapped = swapped_layers(student)
     if loss == "attention":
-        lacking = sorted({student.attention_module(i).info.name for i in swapped
+        lacking = sorted({_mechanism(student.attention_module(i)) for i in swapped
                           if not hasattr(student.attention_module(i), "distillation_loss")})
         if lacking:
             raise ValueError(f"loss 'attention' needs attention weights to match, which "
@@ -153,6 +172,15 @@ def linearize_subject(teacher, config: LinearizeConfig, *, device="cpu", log=Non
         batches = teacher.linearize_batches("transfer", config, device)
         info["transfer"] = attention_transfer(teacher, student, batches, loss=config.loss,
                                               lr=config.transfer_lr, log=log)
+        if config.keep_softmax_auto:
+            kept, losses = keep_worst(teacher, student, config.keep_softmax_auto,
+                                      batches[-min(len(batches), 4):] or
+                                      teacher.linearize_batches("finetune", config, device)[:4],
+                                      config.loss)
+            info["transfer"]["keep_softmax"] = kept
+            info["transfer"]["layer_losses"] = {str(i): v for i, v in losses.items()}
+            if log:
+                log(f"keeping softmax in layers {kept} (largest transfer loss after stage 1)")
         info["transfer"]["seconds"] = time.perf_counter() - started
         if after_transfer is not None:
             after_transfer(student, info["transfer"])

@@ -103,3 +103,30 @@ def sentence_batches(encoder, sentences, batch_size, max_length, steps, seed):
         batches.append(encoder.tokenize(order[position:position + batch_size], max_length))
         position += batch_size
     return batches
+
+
+@functools.lru_cache(maxsize=1)
+def english_documents() -> tuple[str, ...]:
+    """The corpus as running text for a language model: each help topic and each
+    docstring one document (prose and code as written), in a fixed order, without
+    duplicates or near-empty ones."""
+    from pydoc_data import topics
+
+    found = [topics.topics[key].strip() for key in sorted(topics.topics)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found += [doc.strip() for doc in _docstrings()]
+    seen, out = set(), []
+    for doc in found:
+        if len(doc) >= 200 and doc not in seen:
+            seen.add(doc)
+            out.append(doc)
+    return tuple(out)
+
+
+def document_split(split: str) -> list[str]:
+    """The "train" or "test" documents, split by a hash of each as ``corpus_split``
+    splits sentences (about one in ten is "test")."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return [d for d in english_documents() if _held_out(d) == (split == "test")]

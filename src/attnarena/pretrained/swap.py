@@ -149,9 +149,13 @@ def swap_record(model) -> dict:
     return {"layers": layers}
 
 
-def check_swap_record(record, layers: int, where) -> dict[int, dict]:
+def check_swap_record(record, layers: int, where, *, decoder=False) -> dict[int, dict]:
     """The swaps of a record read from a file, as {layer index: {"mixer", "options"}}, or one
-    ValueError naming ``where`` and what is wrong."""
+    ValueError naming ``where`` and what is wrong (``decoder``: a causal LM's record)."""
+    if decoder:
+        from attnarena.pretrained.llama import check_decoder_swap as check
+    else:
+        check = check_swap
     def refuse(problem):
         raise ValueError(f"{where}: {problem}")
 
@@ -166,7 +170,7 @@ def check_swap_record(record, layers: int, where) -> dict[int, dict]:
             refuse(f"layer {key}: expected {{\"mixer\": NAME, \"options\": {{...}}}}, got "
                    f"{str(entry)[:80]}")
         try:
-            check_swap(entry["mixer"], entry["options"])
+            check(entry["mixer"], entry["options"])
         except ValueError as error:
             refuse(f"layer {key}: {error}")
         out[int(key)] = entry
@@ -199,7 +203,6 @@ def restore_swapped(directory: Path, record: dict):
     """The model saved in ``directory`` with the swaps of ``record`` rebuilt, then every
     saved weight loaded (strictly)."""
     transformers = require("transformers")
-    safetensors = require("safetensors.torch", "loading saved models")
     config = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=False)
     model = transformers.AutoModel.from_config(config, attn_implementation="sdpa",
                                                trust_remote_code=False)
@@ -210,6 +213,14 @@ def restore_swapped(directory: Path, record: dict):
         _check_size(entry["mixer"], entry["options"], width,
                     blocks[index].self.num_attention_heads, where)
         blocks[index].self = build_swapped(blocks[index], entry["mixer"], entry["options"])
+    load_weights(model, directory)
+    return model.eval()
+
+
+def load_weights(model, directory) -> None:
+    """Load every ``.safetensors`` file of ``directory`` into ``model``, strictly but for an
+    output head tied to the embeddings (saved once)."""
+    safetensors = require("safetensors.torch", "loading saved models")
     files = sorted(Path(directory).glob("*.safetensors"))
     if not files:
         raise ValueError(f"no .safetensors weights in {directory}")
@@ -217,8 +228,11 @@ def restore_swapped(directory: Path, record: dict):
     for file in files:
         state.update(safetensors.load_file(str(file)))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    # non-persistent buffers are not saved; anything else missing is an error
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+        tied = {n for n, p in model.named_parameters(remove_duplicate=False)
+                if any(p is q for k, q in model.named_parameters() if k in state and k != n)}
+        missing = [m for m in missing if m not in tied]
     if unexpected or missing:
         raise ValueError(f"the weights in {directory} do not fit the recorded model: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model.eval()

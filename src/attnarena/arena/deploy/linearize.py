@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 import shutil
 import time
 from pathlib import Path
@@ -32,15 +33,14 @@ def linearize(teacher, config, *, label: str, store_path="results/arena.sqlite",
     row per stage: the original, after attention transfer, after fine-tuning (returned in
     that order). ``lengths``: time every stage beside the original at these lengths, on
     ``batch`` random sequences."""
-    from attnarena.linearize.stages import added_parameters, linearize_subject, swap
+    from attnarena.linearize.stages import (added_parameters, linearize_subject, swap,
+                                            swapped_layers)
     from attnarena.registry import check_mixer_options
-    from attnarena.subject import resolve_layers
 
     env = environment(device)
     store = Store(store_path)
     teacher.check_takes_over(config.mixer)
     check_mixer_options(config.mixer, dict(config.options))
-    swapped = resolve_layers(len(teacher.blocks()), None, config.keep_softmax)
     lengths = sorted(set(lengths)) if lengths else None
     recipe = config.to_dict()
     described = {k: v for k, v in teacher.describe().items() if k != "mixer_options"}
@@ -85,8 +85,12 @@ def linearize(teacher, config, *, label: str, store_path="results/arena.sqlite",
 
     def measured(student, stage, seconds, steps):
         log(f"after {stage}: measuring {config.mixer}")
+        swapped = swapped_layers(student)
         row = {**base, "stage": stage, "steps": steps, **student.quality(teacher, device),
-               "params_added": added_parameters(student, swapped), "train_seconds": seconds}
+               "params_added": added_parameters(student, swapped), "train_seconds": seconds,
+               "keep_softmax": [i for i in range(len(student.blocks())) if i not in swapped]}
+        if config.keep_softmax_auto:
+            row["keep_softmax_rule"] = "largest attention-transfer loss after stage 1"
         if lengths:
             # timed beside the original in this call: the row's ratio never mixes two calls
             log(f"  timing beside the original at lengths {lengths}")
@@ -97,6 +101,8 @@ def linearize(teacher, config, *, label: str, store_path="results/arena.sqlite",
         folder.mkdir(parents=True, exist_ok=True)
         save_file(untie(student.model.state_dict()), str(saved))
         row = measured(student, "transfer", time.perf_counter() - started, info["steps"])
+        if "layer_losses" in info:
+            row["layer_losses"] = info["layer_losses"]
         store.add_linearize(ids["transfer"], row, env)
         found["transfer"] = row
 
@@ -104,7 +110,8 @@ def linearize(teacher, config, *, label: str, store_path="results/arena.sqlite",
     if saved.is_file() and found["transfer"] is not None:
         log(f"resuming after attention transfer from {saved}")
         start_from = copy.deepcopy(teacher)  # the same swaps, then the saved weights
-        swap(start_from, config)
+        swap(start_from, replace(config, keep_softmax_auto=0,
+                                 keep_softmax=tuple(found["transfer"]["keep_softmax"])))
         start_from.model.load_state_dict(load_file(str(saved)))
     started = time.perf_counter()
     log(f"linearizing {label} into {config.mixer}: {config.transfer_steps} transfer + "
@@ -122,21 +129,37 @@ def linearize(teacher, config, *, label: str, store_path="results/arena.sqlite",
     return rows + [found["transfer"], final]
 
 
+def pretrained_subject(model, device, *, eval_sentences=None, contexts=(512, 2048),
+                       eval_tokens=4096):
+    """The subject of a pretrained model with its corpus: an encoder with the sentences of
+    Python's documentation, a causal LM with its documents as token streams."""
+    from attnarena.pretrained import (DecoderSubject, EncoderSubject, PretrainedDecoder,
+                                      load_pretrained)
+    from attnarena.pretrained.corpus import corpus_split, document_split
+    from attnarena.pretrained.decoder_subject import token_stream
+
+    loaded = load_pretrained(model, device=device)
+    if isinstance(loaded, PretrainedDecoder):
+        tokenizer = loaded.tokenizer
+        return DecoderSubject.of(loaded, train=token_stream(tokenizer, document_split("train")),
+                                 test=token_stream(tokenizer, document_split("test")),
+                                 contexts=contexts, tokens=eval_tokens)
+    return EncoderSubject.of(loaded, train=corpus_split("train"),
+                             test=corpus_split("test")[:eval_sentences])
+
+
 def linearize_pretrained(model, config, *, store_path="results/arena.sqlite",
                          results_dir="results", lengths=(128, 512), batch=8, device="auto",
-                         eval_sentences=None, rerun=False, log=print) -> list[dict]:
-    """``linearize`` the pretrained encoder ``model`` (a name such as "minilm" or a
-    directory), timed at ``lengths``; ``eval_sentences`` limits the held-out sentences
-    measured (default: all of them)."""
-    from attnarena.pretrained import EncoderSubject, load_pretrained
-    from attnarena.pretrained.corpus import corpus_split
-    from attnarena.pretrained.swap import check_swap
-
+                         eval_sentences=None, contexts=(512, 2048), eval_tokens=4096,
+                         rerun=False, log=print) -> list[dict]:
+    """``linearize`` the pretrained model ``model`` (a name such as "minilm" or "smollm2",
+    or a directory), timed at ``lengths``. An encoder is measured on held-out sentences
+    (``eval_sentences`` limits them), a causal LM by perplexity at ``contexts`` over the
+    first ``eval_tokens`` held-out tokens."""
     device = resolve_device(device)
-    check_swap(config.mixer, config.options)
-    teacher = EncoderSubject.of(load_pretrained(model, device=device),
-                                train=corpus_split("train"),
-                                test=corpus_split("test")[:eval_sentences])
+    teacher = pretrained_subject(model, device, eval_sentences=eval_sentences,
+                                 contexts=contexts, eval_tokens=eval_tokens)
+    teacher.check_takes_over(config.mixer)
     return linearize(teacher, config, label=str(model), store_path=store_path,
                      results_dir=results_dir, device=device, lengths=lengths, batch=batch,
                      rerun=rerun, log=log)
