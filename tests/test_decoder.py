@@ -18,11 +18,9 @@ from attnarena.extras import MissingExtraError  # noqa: E402
 from attnarena.linearize import LinearizeConfig, linearize_subject  # noqa: E402
 from attnarena.linearize.lora import add_lora, merge_lora  # noqa: E402
 from attnarena.linearize.stages import attention_transfer, swap, transfer_losses  # noqa: E402
-from attnarena.pretrained import (DecoderSubject, PretrainedDecoder,  # noqa: E402
-                                  load_pretrained)
+from attnarena.pretrained import DecoderSubject, PretrainedDecoder, load_pretrained  # noqa: E402
 from attnarena.pretrained import decoder as decoder_module  # noqa: E402
-from attnarena.pretrained.llama import (decoder_mechanisms,  # noqa: E402
-                                        swap_decoder_attention)
+from attnarena.pretrained.llama import decoder_mechanisms, swap_decoder_attention  # noqa: E402
 
 MECHANISMS = decoder_mechanisms()
 SMALL = {"lolcats": {"window": 5}}  # a window shorter than the test sequences

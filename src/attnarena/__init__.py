@@ -20,7 +20,8 @@ def train(task: str, mixer: str, *, steps: int | None = None, preset: str = "cpu
     preset's), recorded in ``OUT/arena.sqlite`` unless ``store`` is False, its model saved
     in ``OUT/runs/RUN_ID``. Like ``attnarena train``, it trains each time it is called (a
     run already in the store is trained again and its row replaced; ``attnarena run``
-    reuses finished runs). Returns (run id, metrics). See ``attnarena.arena.run.runner.train_run``."""
+    reuses finished runs). Returns (run id, metrics). See
+    ``attnarena.arena.run.runner.train_run``."""
     from pathlib import Path
 
     from attnarena.arena.run.config import RunConfig

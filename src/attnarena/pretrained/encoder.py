@@ -13,8 +13,7 @@ from torch import nn
 
 from attnarena._validate import look_up
 from attnarena.extras import quiet_imports, require
-
-SWAP_FILE = "attnarena_swap.json"  # written beside a saved model whose attention was swapped
+from attnarena.pretrained.swap import SWAP_FILE
 
 
 def _minilm_directory() -> Path:

@@ -21,6 +21,8 @@ from attnarena.mixers.takeover import mixer_taking_over
 from attnarena.registry import check_mixer_options, create_mixer, list_mixers, mixer_info
 from attnarena.subject import resolve_layers
 
+SWAP_FILE = "attnarena_swap.json"  # written beside a saved model whose attention was swapped
+
 def attention_layers(model) -> list[nn.Module]:
     """The self-attention blocks of a BERT-family model, in layer order: modules with a
     ``self`` part (the attention, with ``query``/``key``/``value`` maps, or an arena mixer
@@ -149,13 +151,11 @@ def swap_record(model) -> dict:
     return {"layers": layers}
 
 
-def check_swap_record(record, layers: int, where, *, decoder=False) -> dict[int, dict]:
+def check_swap_record(record, layers: int, where, *, check=None) -> dict[int, dict]:
     """The swaps of a record read from a file, as {layer index: {"mixer", "options"}}, or one
-    ValueError naming ``where`` and what is wrong (``decoder``: a causal LM's record)."""
-    if decoder:
-        from attnarena.pretrained.llama import check_decoder_swap as check
-    else:
-        check = check_swap
+    ValueError naming ``where`` and what is wrong; ``check(mixer, options)`` refuses what
+    cannot be swapped in (default ``check_swap``, an encoder's)."""
+    check = check or check_swap
     def refuse(problem):
         raise ValueError(f"{where}: {problem}")
 
@@ -207,7 +207,7 @@ def restore_swapped(directory: Path, record: dict):
     model = transformers.AutoModel.from_config(config, attn_implementation="sdpa",
                                                trust_remote_code=False)
     blocks = attention_layers(model)
-    where = Path(directory) / "attnarena_swap.json"
+    where = Path(directory) / SWAP_FILE
     for index, entry in check_swap_record(record, len(blocks), where).items():
         width = blocks[index].self.query.weight.shape[1]
         _check_size(entry["mixer"], entry["options"], width,

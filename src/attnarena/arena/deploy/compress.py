@@ -161,11 +161,16 @@ def compress_pretrained(model, recipes, *, store_path="results/arena.sqlite",
     directory); quality is agreement with the uncompressed encoder's sentence embeddings on
     held-out sentences (mean cosine, top-10 neighbour overlap, Spearman of pairwise
     similarities). ``options`` go to ``compress``."""
-    from attnarena.pretrained import EncoderSubject, load_pretrained
+    from attnarena.pretrained import EncoderSubject, PretrainedDecoder, load_pretrained
     from attnarena.pretrained.corpus import corpus_split
 
     device = resolve_device(device)
-    subject = EncoderSubject.of(load_pretrained(model, device=device),
+    loaded = load_pretrained(model, device=device)
+    if isinstance(loaded, PretrainedDecoder):
+        raise ValueError(f"{model} is a causal language model; attnarena compress --model takes "
+                         "a sentence encoder (e.g. minilm), and compressing decoders is not "
+                         "supported yet (attnarena linearize --model takes them)")
+    subject = EncoderSubject.of(loaded,
                                 train=corpus_split("train"),
                                 test=corpus_split("test")[:eval_sentences], length=length)
     return compress(subject, recipes, label=str(model), store_path=store_path,

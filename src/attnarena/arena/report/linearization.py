@@ -53,7 +53,10 @@ def linearize_markdown(rows) -> str:
                 fmt(r["top10_overlap"], ".3f"), fmt(r["spearman"], ".4f"),
                 *_speed_cells(r, lengths), f"{r.get('params_added', 0):,}"]) + " |")
         lines.append("")
-    runs = [r for r in rows if "mean_cosine" not in r]
+    decoders = [r for r in rows if r.get("metric") == "perplexity"]
+    if decoders:
+        lines += decoder_markdown(decoders)
+    runs = [r for r in rows if "mean_cosine" not in r and r.get("metric") != "perplexity"]
     if runs:
         lines += ["## Linearized arena models", "",
                   "A trained softmax run linearized (transfer: attention transfer only; "
@@ -69,6 +72,87 @@ def linearize_markdown(rows) -> str:
                          f"{'-' if added is None else f'{added:,}'} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def trained_tokens(row) -> int:
+    """Tokens a decoder's linearization trained on: steps x windows x window length."""
+    recipe = row.get("recipe") or {}
+    steps = row["transfer_steps"] + (row["finetune_steps"] if row["stage"] == "finetune" else 0)
+    if row["stage"] == "original":
+        return 0
+    return steps * recipe.get("batch_size", 0) * recipe.get("max_length", 0)
+
+
+def decoder_markdown(rows) -> list[str]:
+    """The table of linearized causal LMs: perplexity at each context and top-1 agreement
+    with the original, tokens trained on, prefill time beside the original."""
+    contexts = sorted({int(k.rsplit("_", 1)[1]) for r in rows for k in r
+                       if k.startswith("perplexity_")})
+    lengths = sorted({int(n) for r in rows for n in (r.get("speed") or {})})
+    first = rows[0]
+    lines = ["## Linearized causal language models", "",
+             f"Perplexity on the first {first.get('eval_tokens')} held-out tokens of Python's "
+             "documentation at each context, and the share of positions whose most likely "
+             "next token is the original's (top-1). Stages: transfer = attention transfer "
+             "only; finetune = transfer, then LoRA fine-tuning on next-token loss, merged. "
+             f"Tokens: those trained on. Prefill (one forward) of batch {first.get('batch')} on "
+             f"{first.get('hardware')}: median ms (in brackets, the original's time over the "
+             "row's, from the same call). Decoding speed: `benchmarks/decode_smollm2.py`.", "",
+             "| model | mixer | softmax layers | stage | tokens | "
+             + " | ".join([f"ppl {n}" for n in contexts] + [f"top-1 {n}" for n in contexts]
+                          + [f"prefill ms L={n}" for n in lengths]) + " | params added |",
+             "|---" * (6 + 2 * len(contexts) + len(lengths)) + "|"]
+    for r in rows:
+        times = _speed_cells(r, lengths)[:len(lengths)]
+        lines.append(" | ".join([
+            f"| {r['source']}", r["mixer"] + _options_text(r.get("options")),
+            ",".join(map(str, r.get("keep_softmax") or [])) or "-", r["stage"],
+            f"{trained_tokens(r):,}" if r["stage"] != "original" else "-",
+            *[fmt(r.get(f"perplexity_{n}"), ".2f") for n in contexts],
+            *[fmt(r.get(f"top1_agreement_{n}"), ".3f") for n in contexts], *times,
+            f"{r.get('params_added', 0):,}"]) + " |")
+    lines.append("")
+    return lines
+
+
+def plot_decoder_linearization(rows, path):
+    """Linearized causal LMs: perplexity at each context after each stage, beside the
+    original's."""
+    plt = pyplot()
+    contexts = sorted({int(k.rsplit("_", 1)[1]) for r in rows for k in r
+                       if k.startswith("perplexity_")})
+    labels = sorted({_variant(r) for r in rows if r["stage"] != "original"})
+    fig, axes = plt.subplots(1, len(contexts), figsize=(6.5 * len(contexts), 0.6 * len(labels)
+                                                         + 2.4), squeeze=False)
+    original = next((r for r in rows if r["stage"] == "original"), None)
+    for ax, context in zip(axes[0], contexts):
+        key = f"perplexity_{context}"
+        for offset, stage, colour in ((-0.2, "transfer", "#9ecae1"),
+                                      (0.2, "finetune", "#3182bd")):
+            values = [next((r[key] for r in rows if r["stage"] == stage
+                            and _variant(r) == label and key in r), None) for label in labels]
+            places = [i + offset for i, v in enumerate(values) if v is not None]
+            shown = [v for v in values if v is not None]
+            ax.barh(places, shown, height=0.4, color=colour,
+                    label="attention transfer" if stage == "transfer"
+                    else "transfer + fine-tuning")
+            for y, value in zip(places, shown):
+                ax.text(value, y, f" {value:.1f}", va="center", fontsize=7)
+        if original is not None and key in original:
+            ax.axvline(original[key], color="black", linestyle="--", linewidth=1,
+                       label=f"original: {original[key]:.2f}")
+        largest = max([r[key] for r in rows if key in r], default=1.0)
+        ax.set_xlim(0, largest * 1.15)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xlabel(f"perplexity at context {context} (lower is better)")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3,
+                  frameon=False)
+        ax.set_title(f"held-out text, context {context}")
+    fig.suptitle(f"linearized {rows[0]['source']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def _options_text(options) -> str:

@@ -8,7 +8,8 @@ from attnarena.arena.report.choose import store_answer
 from attnarena.arena.report.compression import by_source, plot_compression
 from attnarena.arena.report.leaderboard import (leaderboard_markdown, leaderboard_rows,
                                                 plot_curves, plot_quality_vs_speed)
-from attnarena.arena.report.linearization import plot_linearization
+from attnarena.arena.report.linearization import (plot_decoder_linearization,
+                                                  plot_linearization)
 from attnarena.arena.report.speed import plot_speed, sweep_groups
 
 def build_reports(store, out_dir) -> list[Path]:
@@ -42,6 +43,9 @@ def build_reports(store, out_dir) -> list[Path]:
     encoders = [r for r in store.linearize_rows() if "mean_cosine" in r]
     if encoders:
         paths.append(plot_linearization(encoders, out / "linearization.png"))
+    decoders = [r for r in store.linearize_rows() if r.get("metric") == "perplexity"]
+    if decoders:
+        paths.append(plot_decoder_linearization(decoders, out / "linearization_decoder.png"))
     if by_source(store.compress_rows()):
         paths.append(plot_compression(store.compress_rows(), out / "compression.png"))
     return paths
