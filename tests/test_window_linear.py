@@ -58,3 +58,39 @@ def test_lolcats_weighs_the_window_by_softmax_and_the_rest_by_hedgehog_features(
                 out[b, h, i] = num / den
     expected = mixer.o_proj(mixer.merge_heads(out))
     torch.testing.assert_close(mixer(x), expected, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(L=st.integers(1, 23), window=st.integers(1, 7), chunk=st.integers(1, 8),
+       padded=st.booleans(), seed=st.integers(0, 2**16))
+def test_factored_chunk_form_equals_the_released_equation_per_query(L, window, chunk, padded,
+                                                                     seed):
+    """LoLCATs as released: y_i = (sum_{j in W(i)} g exp(s_ij - max_{j' in W(i)} s_ij') v_j
+    + sum_{j <= i - window} phi(q_i) phi(k_j) v_j) / (the same sums without v), written
+    per query with loops; the chunk and parallel forms both equal it."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 2, L, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    fq, fk = (torch.rand(2, 2, L, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    factor = torch.rand(2, generator=g, dtype=torch.float64)
+    keep = (torch.rand(2, L, generator=g) > 0.3) if padded else torch.ones(2, L, dtype=bool)
+    expected = torch.zeros_like(v)
+    for b in range(2):
+        for h in range(2):
+            for i in range(L):
+                near = [j for j in range(max(0, i - window + 1), i + 1) if keep[b, j]]
+                far = [j for j in range(0, i - window + 1) if keep[b, j]]
+                if not near and not far:
+                    continue
+                scores = {j: float(q[b, h, i] @ k[b, h, j]) / 3 ** 0.5 for j in near}
+                top = max(scores.values(), default=0.0)
+                weights = {j: factor[h] * torch.exp(torch.tensor(s - top, dtype=torch.float64))
+                           for j, s in scores.items()}
+                weights.update({j: fq[b, h, i] @ fk[b, h, j] for j in far})
+                total = sum(weights.values())
+                expected[b, h, i] = sum(w * v[b, h, j] for j, w in weights.items()) / total
+    mask = keep if padded else None
+    for form in ("parallel", "chunk"):
+        got = ops.factored_window_linear_attention(q, k, v, fq, fk, window=window,
+                                                   window_factor=factor, mask=mask, form=form,
+                                                   chunk_size=chunk)
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)

@@ -34,7 +34,8 @@ from attnarena.ops.sparse import pattern_attention
 from attnarena.ops.ssm import selective_scan
 from attnarena.ops.ttt import ttt_linear
 from attnarena.ops.vq import vq_attention
-from attnarena.ops.window_linear import window_linear_attention
+from attnarena.ops.window_linear import (factored_window_linear_attention,
+                                         factored_window_linear_step, window_linear_attention)
 from attnarena.ops.xca import cross_covariance_attention
 
 __all__ = ["FEATURE_MAPS", "agent_attention", "alibi_slopes", "attention_distillation_loss",
@@ -49,4 +50,5 @@ __all__ = ["FEATURE_MAPS", "agent_attention", "alibi_slopes", "attention_distill
            "prefix_attention", "retention", "rotary", "routing_attention", "s4d", "scalar_gated",
            "score_attention", "selective_scan", "sinkhorn", "sinkhorn_attention",
            "soft_attention", "softmax_attention", "softmax_pool", "ttt_linear", "vq_attention",
-           "window_linear_attention"]
+           "window_linear_attention", "factored_window_linear_attention",
+           "factored_window_linear_step"]

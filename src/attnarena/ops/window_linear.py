@@ -145,3 +145,121 @@ def window_linear_attention(q, k, v, fq, fk, *, window: int, causal: bool = Fals
         return _parallel(q, k, v, fq, fk, window, causal, mask, scale)
     check_int(chunk_size, "chunk_size")
     return _chunk(q, k, v, fq, fk, window, causal, mask, scale, max(chunk_size, window))
+
+
+def _factored_parallel(q, k, v, fq, fk, window, factor, keep, scale):
+    L = q.shape[2]
+    i = torch.arange(L, device=q.device)[:, None]
+    j = torch.arange(L, device=q.device)[None, :]
+    real = keep[:, None, None, :]
+    inside = ((i - j < window) & (j <= i))[None, None] & real
+    outside = (j <= i - window)[None, None] & real
+    scores = (q @ k.transpose(-1, -2) * scale).masked_fill(~inside, float("-inf"))
+    top = scores.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    weights = factor * torch.exp(scores - top) + (fq @ fk.transpose(-1, -2)) * outside
+    return _divide(weights @ v, weights.sum(-1))
+
+
+def _divide(num, den):
+    tiny = torch.finfo(den.dtype).tiny
+    o = num / den.clamp_min(tiny)[..., None]
+    return torch.where((den > 0)[..., None], o, torch.zeros_like(o))
+
+
+def _factored_chunk(q, k, v, fq, fk, window, factor, keep, scale, chunk_size):
+    B, H, L, D = q.shape
+    c = chunk_size
+    n = -(-L // c)
+    pad = n * c - L
+    if pad:
+        q, k, v, fq, fk = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v, fq, fk))
+        keep = F.pad(keep, (0, pad), value=False)
+    fk = fk * keep[:, None, :, None].to(fk.dtype)
+
+    def blocks(t):  # (B, H, n * c, X) -> (B, H, n, c, X)
+        return t.reshape(B, H, n, c, t.shape[-1])
+
+    def previous(t, fill):  # block b holds block b - 1 (fill before the first)
+        return torch.cat([torch.full_like(t.narrow(2, 0, 1), fill), t.narrow(2, 0, n - 1)], 2)
+
+    qb, kb, vb, fqb, fkb = map(blocks, (q, k, v, fq, fk))
+    keep_b = keep.reshape(B, 1, n, c)
+    near_k = torch.cat([previous(kb, 0.0), kb], dim=3)  # (B, H, n, 2c, D)
+    near_v = torch.cat([previous(vb, 0.0), vb], dim=3)
+    near_fk = torch.cat([previous(fkb, 0.0), fkb], dim=3)
+    near_keep = torch.cat([previous(keep_b, False), keep_b], dim=3)[:, :, :, None, :]
+    i = torch.arange(c, device=q.device)[:, None]
+    j = torch.arange(-c, c, device=q.device)[None, :]
+    inside = (i - j < window) & (j <= i) & near_keep
+    outside = (j <= i - window) & near_keep
+    scores = (qb @ near_k.transpose(-1, -2) * scale).masked_fill(~inside, float("-inf"))
+    top = scores.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    weights = factor[:, :, None] * torch.exp(scores - top) \
+        + (fqb @ near_fk.transpose(-1, -2)) * outside
+    # keys two blocks back and earlier: running sums of phi(k) v^T and phi(k)
+    far_kv = _exclusive_cumsum(fkb.transpose(-1, -2) @ vb, shift=2)  # (B, H, n, F, Dv)
+    far_z = _exclusive_cumsum(fkb.sum(3), shift=2)  # (B, H, n, F)
+    num = weights @ near_v + fqb @ far_kv
+    den = weights.sum(-1) + (fqb * far_z[:, :, :, None]).sum(-1)
+    return _divide(num, den).reshape(B, H, n * c, -1)[:, :, :L]
+
+
+def factored_window_linear_attention(q, k, v, fq, fk, *, window: int, window_factor,
+                                     mask=None, scale: float | None = None,
+                                     form: str = "chunk", chunk_size: int = 64):
+    """LoLCATs' causal hybrid attention as released (Zhang et al. 2025): query i weighs
+    each key of its window (j in (i - window, i]) by g exp(q_i . k_j * scale - m_i), m_i the
+    largest of those scores and g the head's window factor in (0, 1), and every earlier key
+    by phi(q_i) . phi(k_j); it divides by the sum of all its weights. (The feature maps
+    compete with the window's weights after its largest is set to g, not with exp of the
+    raw scores as in ``window_linear_attention``.)
+
+    Args:
+        q, k: (B, H, L, D); v: (B, H, L, Dv); fq, fk: (B, H, L, F) non-negative features.
+        window: keys per query scored by softmax; window_factor: (H,) in (0, 1).
+        mask: optional (B, L) bool over keys, True = real token.
+        form: "parallel" (quadratic, the reference) or "chunk" (blocks of
+            max(chunk_size, window), linear in L).
+
+    Returns:
+        (B, H, L, Dv).
+    """
+    check_int(window, "window")
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    check_key_mask(mask, q, k)
+    B, H, L, _ = q.shape
+    factor = window_factor.to(q.dtype).view(1, H, 1, 1)
+    keep = torch.ones(B, L, dtype=torch.bool, device=q.device) if mask is None else mask
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if form == "parallel":
+        return _factored_parallel(q, k, v, fq, fk, window, factor, keep, scale)
+    check_int(chunk_size, "chunk_size")
+    return _factored_chunk(q, k, v, fq, fk, window, factor, keep, scale,
+                           max(chunk_size, window))
+
+
+def factored_window_linear_step(q, keys, values, kept, fq, state, *, window_factor,
+                                scale: float | None = None):
+    """One query of ``factored_window_linear_attention`` per head, for decoding: ``keys``,
+    ``values`` (B, H, W, D) the window (the newest last), ``kept`` (B, W) which of them are
+    real, ``fq`` (B, H, F) the query's features, ``state`` (B, H, F, Dv + 1) the running
+    sums of phi(k) [v, 1] over the keys before the window. q: (B, H, D) -> (B, H, Dv).
+    Head groups: q, fq may hold G queries per key head as (B, H, G, ...), with
+    ``window_factor`` then (H, G)."""
+    grouped = q.dim() == 4
+    q = q if grouped else q[:, :, None]
+    fq = fq if grouped else fq[:, :, None]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ keys.transpose(-1, -2) * scale).masked_fill(~kept[:, None, None, :],
+                                                              float("-inf"))
+    top = scores.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    factor = window_factor.to(q.dtype)
+    factor = factor.view(1, *factor.shape, 1) if grouped else factor.view(1, -1, 1, 1)
+    weights = factor * torch.exp(scores - top)
+    far = fq @ state  # (B, H, G, Dv + 1)
+    o = _divide(weights @ values + far[..., :-1], weights.sum(-1) + far[..., -1])
+    return o if grouped else o[:, :, 0]

@@ -24,8 +24,9 @@ Cores (what ``swap_decoder_attention`` takes):
 - ``hedgehog``: Hedgehog's learnable feature maps (Zhang et al. 2024), one per query head
   and one per key/value head, normalized linear attention;
 - ``lolcats``: LoLCATs' sliding-window softmax plus Hedgehog linear attention under one
-  normalizer (Zhang et al. 2025), ``window`` 64 by default; its state is the last
-  ``window - 1`` keys and values plus the linear state;
+  normalizer, with its learnable per-head window factor, as released (Zhang et al. 2025),
+  ``window`` 64 by default; its state is the last ``window - 1`` keys and values plus the
+  linear state;
 - ``gla``: gated linear attention (Yang et al. 2024) with Liger's construction (Lan et al.
   2025, "Liger: Linearizing Large Language Models to Gated Recurrent Structures"): softmax
   feature maps of the queries and keys and gates from the pretrained key projection
@@ -194,10 +195,11 @@ class HedgehogCore(Core):
 
 
 class LolcatsCore(HedgehogCore):
-    """LoLCATs: exact softmax weights over the ``window`` most recent keys, Hedgehog
-    features for every earlier key, one normalizer over both
-    (``ops.window_linear_attention``). Decoding keeps the last ``window - 1`` keys and
-    values and the linear state of the keys before them.
+    """LoLCATs as released: the ``window`` most recent keys weighed by softmax scores
+    shifted so that the largest is the head's learnable window factor g = sigmoid(w)
+    (w = 0 at first), every earlier key by Hedgehog features, one normalizer over both
+    (``ops.factored_window_linear_attention``). Decoding keeps the last ``window - 1``
+    keys and values and the linear state of the keys before them.
 
     Options: window (default 64, as in LoLCATs), feature_size."""
 
@@ -207,13 +209,14 @@ class LolcatsCore(HedgehogCore):
         super().__init__(heads, kv_heads, head_dim, feature_size=feature_size)
         check_int(window, "window")
         self.window = window
+        self.window_factor = nn.Parameter(torch.zeros(heads))
 
     def forward(self, q, k, v, raw_k, keep):
         fq, fk = self.features(q, k, keep)
         g = self.groups
-        return ops.window_linear_attention(q, _shared(k, g), _shared(v, g), fq, _shared(fk, g),
-                                           window=self.window, causal=True, mask=keep,
-                                           form="chunk")
+        return ops.factored_window_linear_attention(
+            q, _shared(k, g), _shared(v, g), fq, _shared(fk, g), window=self.window,
+            window_factor=torch.sigmoid(self.window_factor), mask=keep, form="chunk")
 
     def prefill(self, q, k, v, raw_k, keep, reserve=0):
         B, _, L, D = k.shape
@@ -227,8 +230,7 @@ class LolcatsCore(HedgehogCore):
         far = k.shape[2] - recent  # keys before the window
         state = {"S": fk[:, :, :far].transpose(-1, -2) @ _with_ones(v[:, :, :far]),
                  "k": k[:, :, far:], "v": v[:, :, far:], "keep": kept[:, far:]}
-        return self.forward(q[:, :, -L:], k[:, :, -L:], v[:, :, -L:], raw_k,
-                            None if keep is None else keep), state
+        return self.forward(q, k[:, :, -L:], v[:, :, -L:], raw_k, keep), state
 
     def step(self, q, k, v, raw_k, state):
         B = q.shape[0]
@@ -236,18 +238,10 @@ class LolcatsCore(HedgehogCore):
         values = torch.cat([state["v"], v], dim=2)
         kept = torch.cat([state["keep"], state["keep"].new_ones(B, 1)], dim=1)
         fq = ops.hedgehog_features(q, self.query_map)
-        qg = _grouped(q, self.kv_heads)[:, :, :, 0]  # (B, kv_heads, groups, D)
-        scores = (qg @ keys.transpose(-1, -2)) * self.head_dim ** -0.5
-        scores = scores.masked_fill(~kept[:, None, None, :], float("-inf"))
-        far = _grouped(fq, self.kv_heads)[:, :, :, 0] @ state["S"]  # (B, kv, groups, D + 1)
-        far_num, far_den = far[..., :-1], far[..., -1]
-        tiny = torch.finfo(far_den.dtype).tiny
-        far_log = far_den.clamp_min(tiny).log()
-        top = torch.maximum(scores.amax(-1), far_log)
-        near = torch.exp(scores - top[..., None])
-        far_scale = torch.exp(far_log - top) * (far_den > 0)
-        num = near @ values + far_scale[..., None] * far_num / far_den.clamp_min(tiny)[..., None]
-        o = num / (near.sum(-1) + far_scale).clamp_min(tiny)[..., None]
+        factor = torch.sigmoid(self.window_factor).view(self.kv_heads, self.groups)
+        o = ops.factored_window_linear_step(
+            _grouped(q, self.kv_heads)[:, :, :, 0], keys, values, kept,
+            _grouped(fq, self.kv_heads)[:, :, :, 0], state["S"], window_factor=factor)
         # the oldest key leaves the window for the linear state
         f_old = self.key_features(keys[:, :, :1], kept[:, :1])
         S = state["S"] + f_old.transpose(-1, -2) @ _with_ones(values[:, :, :1])
