@@ -159,3 +159,21 @@ def test_speed_gives_its_reasons_and_its_own_folder(tmp_path, capsys):
     from attnarena.cli import build_parser
 
     assert build_parser().parse_args(["speed"]).out == "results/speed"
+
+
+def test_a_restarted_peak_counts_what_the_first_phase_left_not_its_passing_peak():
+    import torch
+
+    from attnarena.arena.measure.memory import PeakMemory
+
+    with PeakMemory("cpu") as memory:
+        passing = torch.ones(64 * 2**20 // 4)  # 64 MiB, freed before the second phase
+        kept = torch.ones(16 * 2**20 // 4)  # 16 MiB, held through the second phase
+        del passing
+        first = memory.restart()
+        more = torch.ones(8 * 2**20 // 4)  # 8 MiB more in the second phase
+    if first is None:
+        pytest.skip("peak resident memory cannot be read on this system")
+    assert first >= 70 * 2**20
+    assert 20 * 2**20 <= memory.peak_bytes <= 40 * 2**20
+    del kept, more

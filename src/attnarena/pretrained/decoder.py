@@ -259,11 +259,13 @@ class PretrainedDecoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt, max_new_tokens=32, *, ids=None, keep=None, temperature=0.0,
-                 top_k=None, seed=0, stop_at_eos=True, stream=None) -> dict:
+                 top_k=None, seed=0, stop_at_eos=True, stream=None,
+                 after_prefill=None) -> dict:
         """Continue ``prompt`` (a string or list of strings; or token ``ids`` (B, L) with a
         ``keep`` mask) by ``max_new_tokens`` tokens through the mechanisms' decoding states:
         greedy when ``temperature`` is 0, else sampled (``top_k``, ``seed``).
-        ``stream(step, tokens)`` is called with each new (B,) token tensor.
+        ``stream(step, tokens)`` is called with each new (B,) token tensor,
+        ``after_prefill()`` once between the prefill and the first decoding step.
 
         Returns {"tokens": (B, N) new ids, "texts", "prefill_seconds", "decode_seconds",
         "tokens_per_second" (new tokens of all sequences per decoding second),
@@ -295,6 +297,8 @@ class PretrainedDecoder(nn.Module):
         hidden, state = self.run(ids, keep, want_state=True, reserve=max_new_tokens)
         token = pick(hidden)
         prefill = time.perf_counter() - started
+        if after_prefill:
+            after_prefill()
         out, done = [token], torch.zeros_like(token, dtype=torch.bool)
         if stream:
             stream(0, token)

@@ -56,6 +56,25 @@ class PeakMemory:
                 self._start = None
         return self
 
+    def restart(self) -> float | None:
+        """Start a new peak from here, against the same baseline (a CPU's resident size
+        when the block began): returns the peak so far in bytes (None if unknown). A
+        second phase's peak then counts what the first phase left allocated, not its
+        transient peak (decoding after a prefill)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            so_far = torch.cuda.max_memory_allocated(self.device) - self._start
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return so_far
+        if self._start is None:
+            return None
+        peak = _status_kib("VmHWM")
+        try:
+            _CLEAR.write_text("5")
+        except OSError:
+            return None
+        return None if peak is None else max(0, peak - self._start) * 1024
+
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
