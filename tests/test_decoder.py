@@ -367,3 +367,14 @@ def test_transformers_generate_recomputes_a_swapped_model_and_agrees():
     cache = transformers.DynamicCache(config=decoder.config)
     with pytest.raises(ValueError, match="keeps no transformers cache"):
         decoder.model(ids, cache=cache, use_cache=True)
+
+
+def test_perplexity_of_text_equals_that_of_its_token_stream(tiny_folder):
+    from attnarena.pretrained.decoder_subject import token_stream
+
+    decoder = load_pretrained(tiny_folder)
+    documents = ["The arena measures every mechanism on one machine. " * 20,
+                 "A second document follows the first one, after an end token. " * 20]
+    ids = token_stream(decoder.tokenizer, documents)
+    assert decoder.perplexity(documents, context=32, tokens=256) == \
+        decoder.perplexity(ids, context=32, tokens=256)

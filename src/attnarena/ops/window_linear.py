@@ -48,19 +48,8 @@ def _chunk(q, k, v, fq, fk, window, causal, mask, scale, chunk_size):
     causal), so time and memory grow linearly with length."""
     B, H, L, D = q.shape
     c = chunk_size
-    n = -(-L // c)
-    pad = n * c - L
     keep = torch.ones(B, L, dtype=torch.bool, device=q.device) if mask is None else mask
-    if pad:
-        q, k, v, fq, fk = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v, fq, fk))
-        keep = F.pad(keep, (0, pad), value=False)
-    fk = fk * keep[:, None, :, None].to(fk.dtype)
-
-    def blocks(t):  # (B, H, n * c, X) -> (B, H, n, c, X)
-        return t.reshape(B, H, n, c, t.shape[-1])
-
-    qb, kb, vb, fqb, fkb = map(blocks, (q, k, v, fq, fk))
-    keep_b = keep.reshape(B, 1, n, c)
+    n, (qb, kb, vb, fqb, fkb), keep_b = _blocks(q, k, v, fq, fk, keep, c)
     offsets = (-1, 0) if causal else (-1, 0, 1)
 
     def shifted(t, offset, fill):  # block b holds block b + offset (fill past the ends)
@@ -105,6 +94,20 @@ def _chunk(q, k, v, fq, fk, window, causal, mask, scale, chunk_size):
     o = num / den.clamp_min(torch.finfo(den.dtype).tiny)[..., None]
     o = torch.where((den > 0)[..., None], o, torch.zeros_like(o))
     return o.reshape(B, H, n * c, -1)[:, :, :L]
+
+
+def _blocks(q, k, v, fq, fk, keep, c):
+    """Pad the length to n blocks of c (padding is not kept), zero the features of keys not
+    kept, and split: (n, (B, H, n, c, X) views of q, k, v, fq, fk, (B, 1, n, c) keep)."""
+    B, H, L, _ = q.shape
+    n = -(-L // c)
+    pad = n * c - L
+    if pad:
+        q, k, v, fq, fk = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v, fq, fk))
+        keep = F.pad(keep, (0, pad), value=False)
+    fk = fk * keep[:, None, :, None].to(fk.dtype)
+    blocks = tuple(t.reshape(B, H, n, c, t.shape[-1]) for t in (q, k, v, fq, fk))
+    return n, blocks, keep.reshape(B, 1, n, c)
 
 
 def _exclusive_cumsum(x, shift):
@@ -170,21 +173,11 @@ def _divide(num, den):
 def _factored_chunk(q, k, v, fq, fk, window, factor, keep, scale, chunk_size):
     B, H, L, D = q.shape
     c = chunk_size
-    n = -(-L // c)
-    pad = n * c - L
-    if pad:
-        q, k, v, fq, fk = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v, fq, fk))
-        keep = F.pad(keep, (0, pad), value=False)
-    fk = fk * keep[:, None, :, None].to(fk.dtype)
-
-    def blocks(t):  # (B, H, n * c, X) -> (B, H, n, c, X)
-        return t.reshape(B, H, n, c, t.shape[-1])
+    n, (qb, kb, vb, fqb, fkb), keep_b = _blocks(q, k, v, fq, fk, keep, c)
 
     def previous(t, fill):  # block b holds block b - 1 (fill before the first)
         return torch.cat([torch.full_like(t.narrow(2, 0, 1), fill), t.narrow(2, 0, n - 1)], 2)
 
-    qb, kb, vb, fqb, fkb = map(blocks, (q, k, v, fq, fk))
-    keep_b = keep.reshape(B, 1, n, c)
     near_k = torch.cat([previous(kb, 0.0), kb], dim=3)  # (B, H, n, 2c, D)
     near_v = torch.cat([previous(vb, 0.0), vb], dim=3)
     near_fk = torch.cat([previous(fkb, 0.0), fkb], dim=3)

@@ -215,11 +215,17 @@ class PretrainedDecoder(nn.Module):
         return ids[:count * context].view(count, context)
 
     @torch.no_grad()
-    def perplexity(self, ids: torch.Tensor, *, context=512, tokens=4096, batch=4,
-                   teacher=None) -> dict:
-        """exp(mean next-token loss) over the first ``tokens`` of the stream ``ids`` in
-        windows of ``context``; with a ``teacher`` (another PretrainedDecoder) also the
-        share of positions whose top-1 next token equals the teacher's."""
+    def perplexity(self, text, *, context=512, tokens=4096, batch=4, teacher=None) -> dict:
+        """exp(mean next-token loss) over the first ``tokens`` of ``text`` (a string, a list
+        of documents, or a 1-D tensor of token ids) in windows of ``context``; with a
+        ``teacher`` (another PretrainedDecoder) also the share of positions whose top-1
+        next token equals the teacher's."""
+        if isinstance(text, torch.Tensor):
+            ids = text
+        else:
+            from attnarena.pretrained.decoder_subject import token_stream
+
+            ids = token_stream(self.tokenizer, [text] if isinstance(text, str) else text)
         windows = self.windows(ids, context, tokens)
         total, count, same = 0.0, 0, 0
         for start in range(0, len(windows), batch):

@@ -10,7 +10,6 @@ context over the first ``tokens`` held-out tokens, and next-token top-1 agreemen
 original), and what is timed (a forward pass over random ids, the prefill)."""
 from __future__ import annotations
 
-import copy
 import random
 
 import torch
@@ -22,7 +21,8 @@ from attnarena.pretrained.llama import (
     check_decoder_swap,
     decoder_layers,
 )
-from attnarena.subject import Attention, Block, Subject, register_subject
+from attnarena.pretrained.subject import PretrainedSubject
+from attnarena.subject import Attention, Block, register_subject
 
 
 def token_stream(tokenizer, documents) -> torch.Tensor:
@@ -36,14 +36,13 @@ def token_stream(tokenizer, documents) -> torch.Tensor:
 
 
 @register_subject
-class DecoderSubject(Subject):
+class DecoderSubject(PretrainedSubject):
     """A Llama-family causal LM: ``model`` is the transformers model, ``decoder`` (optional)
     the ``PretrainedDecoder`` around it that the workflows use."""
 
     kind = "Llama-family causal LM"
+    wrapper = "decoder"
     seed = 0
-    saves_linearized = True
-    load_hint = "load it with attnarena.pretrained.load_pretrained"
     finetunes_in_train_mode = False
 
     def __init__(self, model: nn.Module, decoder=None, *, train=None, test=None,
@@ -52,7 +51,6 @@ class DecoderSubject(Subject):
         self.decoder = decoder
         self.train_ids, self.test_ids = train, test
         self.contexts, self.tokens, self.timed_length = tuple(contexts), tokens, length
-        self._teacher_logits = {}
 
     @classmethod
     def of(cls, decoder, **corpus) -> "DecoderSubject":
@@ -65,21 +63,6 @@ class DecoderSubject(Subject):
     def accepts(cls, model) -> bool:
         return isinstance(model, nn.Module) and bool(decoder_layers(model)) \
             and isinstance(getattr(model, "lm_head", None), nn.Linear)
-
-    def with_model(self, model):
-        other = super().with_model(model)
-        if self.decoder is not None:
-            other.decoder = self.decoder.with_model(model)
-        return other
-
-    def __deepcopy__(self, memo):
-        if self.decoder is None:
-            return super().__deepcopy__(memo)
-        other = copy.copy(self)
-        other.decoder = copy.deepcopy(self.decoder, memo)
-        other.model = other.decoder.model
-        other._teacher_logits = {}
-        return other
 
     # -- structure ------------------------------------------------------------------------
 
@@ -125,9 +108,6 @@ class DecoderSubject(Subject):
 
     def identity(self) -> tuple:
         return (self.contexts, self.tokens, self.timed_length)
-
-    def save(self, folder):
-        return self.decoder.save(folder)
 
     def quality(self, teacher=None, device="cpu") -> dict:
         """Perplexity on held-out text at each context and, beside a teacher, top-1

@@ -38,12 +38,40 @@ def prune_bert_heads(attention, output: nn.Linear, kept: list[int]) -> None:
     attention.num_attention_heads, attention.all_head_size = len(kept), len(index)
 
 
+class PretrainedSubject(Subject):
+    """A subject around a pretrained model's wrapper (its model with a tokenizer), kept in
+    the attribute named by ``wrapper``: copies, other models and saving go through it."""
+
+    wrapper = ""
+    saves_linearized = True
+    load_hint = "load it with attnarena.pretrained.load_pretrained"
+
+    def with_model(self, model):
+        other = super().with_model(model)
+        if getattr(self, self.wrapper) is not None:
+            setattr(other, self.wrapper, getattr(self, self.wrapper).with_model(model))
+        return other
+
+    def save(self, folder):
+        """Save the model (weights, tokenizer, swap record) to ``folder``."""
+        return getattr(self, self.wrapper).save(folder)
+
+    def __deepcopy__(self, memo):
+        if getattr(self, self.wrapper) is None:
+            return super().__deepcopy__(memo)
+        other = copy.copy(self)
+        setattr(other, self.wrapper, copy.deepcopy(getattr(self, self.wrapper), memo))
+        other.model = getattr(other, self.wrapper).model
+        return other
+
+
 @register_subject
-class EncoderSubject(Subject):
+class EncoderSubject(PretrainedSubject):
     """A BERT-family encoder: ``model`` is the transformers model, ``encoder`` (optional)
     the ``PretrainedEncoder`` around it (tokenizer and pooling) that the workflows use."""
 
     kind = "BERT-family encoder"
+    wrapper = "encoder"
 
     seed = 0
     default_batch = 32
@@ -64,19 +92,6 @@ class EncoderSubject(Subject):
     def accepts(cls, model) -> bool:
         return isinstance(model, nn.Module) and bool(attention_layers(model))
 
-    def with_model(self, model):
-        other = super().with_model(model)
-        if self.encoder is not None:
-            other.encoder = self.encoder.with_model(model)
-        return other
-
-    saves_linearized = True
-    load_hint = "load it with attnarena.pretrained.load_pretrained"
-
-    def save(self, folder):
-        """Save the encoder (weights, tokenizer, swap record) to ``folder``."""
-        return self.encoder.save(folder)
-
     def linearize_fields(self) -> dict:
         return {"train_sentences": len(self.train), "test_sentences": len(self.test)}
 
@@ -84,14 +99,6 @@ class EncoderSubject(Subject):
         """What besides the recipe tells this subject's rows apart: the timed length and
         the number of held-out sentences."""
         return (self.timed_length, len(self.test))
-
-    def __deepcopy__(self, memo):
-        if self.encoder is None:
-            return super().__deepcopy__(memo)
-        other = copy.copy(self)
-        other.encoder = copy.deepcopy(self.encoder, memo)
-        other.model = other.encoder.model
-        return other
 
     def _layers(self) -> list[tuple[str, nn.Module]]:
         names = {id(m): n for n, m in self.model.named_modules()}
