@@ -194,6 +194,16 @@ def test_choosing_layers_to_keep_softmax_takes_the_largest_transfer_loss():
         i != info["transfer"]["keep_softmax"][0] for i in range(3)]
 
 
+def test_choosing_softmax_layers_is_refused_where_it_cannot_be_done():
+    with pytest.raises(ValueError, match="at least one must be swapped"):
+        linearize_subject(tiny_subject(layers=2), LinearizeConfig(
+            mixer="hedgehog", transfer_steps=1, finetune_steps=0, keep_softmax_auto=2))
+    from attnarena.pretrained import EncoderSubject
+
+    with pytest.raises(ValueError, match="cannot put softmax attention back"):
+        EncoderSubject(torch.nn.Linear(2, 2)).unswap_attention(0)
+
+
 def test_merged_adapters_equal_unmerged():
     subject = tiny_subject(dtype=torch.float64)
     swap(subject, LinearizeConfig(mixer="gla"))

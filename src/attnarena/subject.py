@@ -144,6 +144,12 @@ class Subject(abc.ABC):
         (nothing, by default)."""
         return ()
 
+    def unswap_attention(self, index: int) -> None:
+        """Put softmax attention back in the swapped layer ``index`` (linearization's
+        choice of layers to keep softmax); adapters that can say how."""
+        raise ValueError(f"a {self.kind} cannot put softmax attention back in a swapped layer: "
+                         "name the layers to keep softmax instead of choosing them")
+
     def attentions(self) -> list[Attention]:
         return [b.attention for b in self.blocks() if b.attention is not None]
 

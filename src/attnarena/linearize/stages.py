@@ -69,9 +69,6 @@ def _mechanism(module) -> str:
 def keep_worst(teacher, student, count: int, batches, loss="mse") -> tuple[list, dict]:
     """Put softmax attention back in the ``count`` swapped layers whose stage 1 loss on
     ``batches`` is largest; returns (those indices, every layer's loss)."""
-    if not hasattr(student, "unswap_attention"):
-        raise ValueError(f"choosing layers to keep softmax needs a subject that can put "
-                         f"softmax back; a {student.kind} cannot: name them instead")
     losses = transfer_losses(teacher, student, batches, loss)
     if count > len(losses):
         raise ValueError(f"cannot keep {count} layers softmax: {len(losses)} are swapped")
@@ -160,6 +157,10 @@ def linearize_subject(teacher, config: LinearizeConfig, *, device="cpu", log=Non
     Returns:
         (student, info) with steps, trained parameter counts and seconds per stage.
     """
+    layers = len(teacher.blocks())
+    if config.keep_softmax_auto >= layers:
+        raise ValueError(f"cannot choose {config.keep_softmax_auto} layers to keep softmax: the "
+                         f"model has {layers} attention layers and at least one must be swapped")
     torch.manual_seed(config.seed)
     teacher.model.eval()
     for p in teacher.model.parameters():

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -227,6 +227,9 @@ def remeasure_speed(model, *, store_path="results/arena.sqlite", lengths=None, b
     stored = [(i, r) for i, r in store.linearize_items() if r["source"] == source
               and "mean_cosine" in r]
     if not stored:
+        if any(r["source"] == source for _, r in store.linearize_items()):
+            raise ValueError(f"--remeasure-speed times encoders again; {source!r} is a causal "
+                             "LM: time its decoding with benchmarks/decode_smollm2.py")
         raise ValueError(f"no linearization of {source!r} in {store_path}")
     original = load_pretrained(model, device=device)
     measured = {}
