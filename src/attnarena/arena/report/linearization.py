@@ -98,6 +98,7 @@ def decoder_markdown(rows) -> list[str]:
              f"Tokens: those trained on. Prefill (one forward) of batch {first.get('batch')} on "
              f"{first.get('hardware')}: median ms (in brackets, the original's time over the "
              "row's, from the same call). Decoding speed: `benchmarks/decode_smollm2.py`.", "",
+             *_named_models(rows),
              "| model | mixer | softmax layers | stage | tokens | "
              + " | ".join([f"ppl {n}" for n in contexts] + [f"top-1 {n}" for n in contexts]
                           + [f"prefill ms L={n}" for n in lengths]) + " | params added |",
@@ -113,6 +114,14 @@ def decoder_markdown(rows) -> list[str]:
             f"{r.get('params_added', 0):,}"]) + " |")
     lines.append("")
     return lines
+
+
+def _named_models(rows) -> list[str]:
+    """A line naming each model known by name (what its weights are), then a blank."""
+    from attnarena.pretrained.encoder import PRETRAINED_MODELS
+
+    named = sorted({r["source"] for r in rows} & set(PRETRAINED_MODELS))
+    return [f"{name}: {PRETRAINED_MODELS[name][0]}.\n" for name in named]
 
 
 def plot_decoder_linearization(rows, path):
