@@ -234,25 +234,23 @@ def factored_window_linear_attention(q, k, v, fq, fk, *, window: int, window_fac
                            max(chunk_size, window))
 
 
-def factored_window_linear_step(q, keys, values, kept, fq, state, *, window_factor,
+def factored_window_linear_step(q, keys, values, real, fq, state, *, window_factor,
                                 scale: float | None = None):
     """One query of ``factored_window_linear_attention`` per head, for decoding: ``keys``,
-    ``values`` (B, H, W, D) the window (the newest last), ``kept`` (B, W) which of them are
-    real, ``fq`` (B, H, F) the query's features, ``state`` (B, H, F, Dv + 1) the running
-    sums of phi(k) [v, 1] over the keys before the window. q: (B, H, D) -> (B, H, Dv).
-    Head groups: q, fq may hold G queries per key head as (B, H, G, ...), with
-    ``window_factor`` then (H, G)."""
+    ``values`` (B, H, W, D) the window in any order (its newest key among them), ``real``
+    (B, W) which slots hold a key (the newest always does), ``fq`` (B, H, F) the query's
+    features, ``state`` (B, H, F, Dv + 1) the running sums of phi(k) [v, 1] over the keys
+    before the window. q: (B, H, D) -> (B, H, Dv). Head groups: q, fq may hold G queries per
+    key head as (B, H, G, ...), with ``window_factor`` then (H, G)."""
     grouped = q.dim() == 4
     q = q if grouped else q[:, :, None]
     fq = fq if grouped else fq[:, :, None]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = (q @ keys.transpose(-1, -2) * scale).masked_fill(~kept[:, None, None, :],
+    scores = (q @ keys.transpose(-1, -2) * scale).masked_fill(~real[:, None, None, :],
                                                               float("-inf"))
-    top = scores.amax(-1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     factor = window_factor.to(q.dtype)
     factor = factor.view(1, *factor.shape, 1) if grouped else factor.view(1, -1, 1, 1)
-    weights = factor * torch.exp(scores - top)
+    weights = factor * torch.exp(scores - scores.amax(-1, keepdim=True))
     far = fq @ state  # (B, H, G, Dv + 1)
-    o = _divide(weights @ values + far[..., :-1], weights.sum(-1) + far[..., -1])
+    o = (weights @ values + far[..., :-1]) / (weights.sum(-1) + far[..., -1])[..., None]
     return o if grouped else o[:, :, 0]

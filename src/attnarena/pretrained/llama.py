@@ -198,8 +198,8 @@ class LolcatsCore(HedgehogCore):
     """LoLCATs as released: the ``window`` most recent keys weighed by softmax scores
     shifted so that the largest is the head's learnable window factor g = sigmoid(w)
     (w = 0 at first), every earlier key by Hedgehog features, one normalizer over both
-    (``ops.factored_window_linear_attention``). Decoding keeps the last ``window - 1``
-    keys and values and the linear state of the keys before them.
+    (``ops.factored_window_linear_attention``). Decoding keeps a ring of the last
+    ``window`` keys and values and the linear state of the keys before them.
 
     Options: window (default 64, as in LoLCATs), feature_size."""
 
@@ -221,31 +221,33 @@ class LolcatsCore(HedgehogCore):
     def prefill(self, q, k, v, raw_k, keep, reserve=0):
         B, _, L, D = k.shape
         kept = torch.ones(B, L, dtype=torch.bool, device=k.device) if keep is None else keep
-        recent = self.window - 1
-        if L < recent:  # pad the window at the front with keys that are never seen
-            pad = recent - L
-            k, v = F.pad(k, (0, 0, pad, 0)), F.pad(v, (0, 0, pad, 0))
-            kept = F.pad(kept, (pad, 0), value=False)
+        W = self.window
+        if L < W:  # pad the window at the front with slots that hold no key yet
+            k, v = F.pad(k, (0, 0, W - L, 0)), F.pad(v, (0, 0, W - L, 0))
+            kept = F.pad(kept, (W - L, 0), value=False)
         fk = self.key_features(k, kept)
-        far = k.shape[2] - recent  # keys before the window
+        far = k.shape[2] - W  # keys before the window of the next token
+        # the window is a ring of the last W keys; "slot" holds the oldest, which leaves
+        # for the linear state at the next step
         state = {"S": fk[:, :, :far].transpose(-1, -2) @ _with_ones(v[:, :, :far]),
-                 "k": k[:, :, far:], "v": v[:, :, far:], "keep": kept[:, far:]}
+                 "k": k[:, :, far:].clone(), "v": v[:, :, far:].clone(),
+                 "real": kept[:, far:].clone(), "slot": 0}
         return self.forward(q, k[:, :, -L:], v[:, :, -L:], raw_k, keep), state
 
     def step(self, q, k, v, raw_k, state):
-        B = q.shape[0]
-        keys = torch.cat([state["k"], k], dim=2)  # (B, kv_heads, window, D)
-        values = torch.cat([state["v"], v], dim=2)
-        kept = torch.cat([state["keep"], state["keep"].new_ones(B, 1)], dim=1)
+        """One token; updates the state it is given in place (its ring of keys)."""
+        keys, values, real, slot = state["k"], state["v"], state["real"], state["slot"]
+        # the oldest key leaves the window for the linear state, the new one takes its slot
+        old = self.key_features(keys[:, :, slot:slot + 1], real[:, slot:slot + 1])
+        S = state["S"] + old.transpose(-1, -2) @ _with_ones(values[:, :, slot:slot + 1])
+        keys[:, :, slot:slot + 1], values[:, :, slot:slot + 1] = k, v
+        real[:, slot] = True
         fq = ops.hedgehog_features(q, self.query_map)
         factor = torch.sigmoid(self.window_factor).view(self.kv_heads, self.groups)
         o = ops.factored_window_linear_step(
-            _grouped(q, self.kv_heads)[:, :, :, 0], keys, values, kept,
-            _grouped(fq, self.kv_heads)[:, :, :, 0], state["S"], window_factor=factor)
-        # the oldest key leaves the window for the linear state
-        f_old = self.key_features(keys[:, :, :1], kept[:, :1])
-        S = state["S"] + f_old.transpose(-1, -2) @ _with_ones(values[:, :, :1])
-        new = {"S": S, "k": keys[:, :, 1:], "v": values[:, :, 1:], "keep": kept[:, 1:]}
+            _grouped(q, self.kv_heads)[:, :, :, 0], keys, values, real,
+            _grouped(fq, self.kv_heads)[:, :, :, 0], S, window_factor=factor)
+        new = {"S": S, "k": keys, "v": values, "real": real, "slot": (slot + 1) % self.window}
         return o.flatten(1, 2)[:, :, None], new
 
 
