@@ -302,6 +302,7 @@ class PretrainedDecoder(nn.Module):
         started = time.perf_counter()
         hidden, state = self.run(ids, keep, want_state=True, reserve=max_new_tokens)
         token = pick(hidden)
+        del hidden  # the prompt's final states: decoding holds only its state
         prefill = time.perf_counter() - started
         if after_prefill:
             after_prefill()
