@@ -150,10 +150,12 @@ def plot_decoder_linearization(rows, path):
         if original is not None and key in original:
             ax.axvline(original[key], color="black", linestyle="--", linewidth=1,
                        label=f"original: {original[key]:.2f}")
-        largest = max([r[key] for r in rows if key in r], default=1.0)
-        ax.set_xlim(0, largest * 1.15)
+        values = [r[key] for r in rows if key in r]
+        ax.set_xscale("log")  # a few points of perplexity and a thousand on one axis
+        ax.set_xlim(min(values) / 1.5, max(values) * 2)
+        label_log_axis(ax.xaxis, values)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
-        ax.set_xlabel(f"perplexity at context {context} (lower is better)")
+        ax.set_xlabel(f"perplexity at context {context} (log scale; lower is better)")
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3,
                   frameon=False)
         ax.set_title(f"held-out text, context {context}")
