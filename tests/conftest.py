@@ -118,3 +118,38 @@ def tiny_suite(tmp_path, steps=12, every=4):
     path = tmp_path / "tiny.toml"
     path.write_text(TINY % {"steps": steps, "every": every})
     return str(path)
+
+
+# -- stores: SQLite and a real PostgreSQL server ----------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for the whole test session (pgserver's binaries, installed by
+    `make test`, or the system's); skipped with the reason where none can be found."""
+    import shutil
+    import tempfile
+
+    from attnarena.arena.store.local_server import LocalPostgres, find_binaries
+
+    if find_binaries() is None:
+        pytest.skip("no PostgreSQL server binaries: pip install 'attnarena[postgres]'")
+    folder = tempfile.mkdtemp(prefix="attnarena-pg-")
+    server = LocalPostgres(folder, password="pw-for-tests", durable=False).start()
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_DATABASES = iter(range(10**6))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_at(request, tmp_path):
+    """Where a new, empty store lives: an SQLite file, or a fresh database of the test
+    session's PostgreSQL server (its URL)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "arena.sqlite")
+    server = request.getfixturevalue("postgres_server")
+    return server.create_database(f"t{os.getpid()}_{next(_DATABASES)}")

@@ -56,10 +56,10 @@ def _children(pid):
     return found
 
 
-def test_concurrent_processes_train_each_run_once(tmp_path):
+def test_concurrent_processes_train_each_run_once(tmp_path, store_at):
     suite = tmp_path / "it.toml"
     suite.write_text(SUITE)
-    store, out = tmp_path / "arena.sqlite", tmp_path / "out"
+    store, out = store_at, tmp_path / "out"
     args = [sys.executable, "-m", "attnarena", "run", "--suite", str(suite), "--store",
             str(store), "--out", str(out), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -78,10 +78,9 @@ def test_concurrent_processes_train_each_run_once(tmp_path):
         line = next(x for x in stdout.splitlines() if x.startswith("runs: "))
         trained.append(int(line.split()[1]))
     assert sum(trained) == 8  # every run trained by exactly one of the two processes
-    with sqlite3.connect(store) as db:
-        rows = db.execute("SELECT status, error, owner FROM runs").fetchall()
+    rows = Store(store, readonly=True).runs()
     assert len(rows) == 8
-    assert all(status == "done" and error is None for status, error, _ in rows)
+    assert all(r["status"] == "done" and r["error"] is None for r in rows)
 
 
 def test_suite_runs_once_then_reuses_and_reports(tmp_path, capsys):
@@ -175,12 +174,12 @@ def test_jobs_must_be_positive(tmp_path):
         main(["run", "--jobs", "0"])
 
 
-def test_killed_suite_resumes_with_same_results(tmp_path):
+def test_killed_suite_resumes_with_same_results(tmp_path, store_at):
     suite = tiny_suite(tmp_path, steps=400, every=10)
     reference = tmp_path / "reference.sqlite"
     run_suite(suite, store_path=reference, out_dir=tmp_path / "ref", progress=False)
 
-    store, out = tmp_path / "arena.sqlite", tmp_path / "out"
+    store, out = store_at, tmp_path / "out"
     args = ["run", "--suite", suite, "--store", str(store), "--out", str(out), "--quiet"]
     process = _run_cli(args)
     deadline = time.time() + 120
@@ -189,20 +188,21 @@ def test_killed_suite_resumes_with_same_results(tmp_path):
     time.sleep(0.3)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    with sqlite3.connect(store) as db:
-        statuses = [r[0] for r in db.execute("SELECT status FROM runs")]
+    statuses = [r["status"] for r in Store(store, readonly=True).runs()]
     assert "running" in statuses  # killed mid-run
     assert _run_cli(args).wait() == 0
-    with sqlite3.connect(store) as db, sqlite3.connect(reference) as ref:
-        got = {r[0]: (r[1], json.loads(r[2])) for r in
-               db.execute("SELECT id, status, metrics FROM runs")}
-        want = {r[0]: json.loads(r[1]) for r in ref.execute("SELECT id, metrics FROM runs")}
-        assert db.execute("SELECT COUNT(*) FROM speed").fetchone()[0] == 2
+    mine, ref = Store(store, readonly=True), Store(reference, readonly=True)
+    got = {r["id"]: r for r in mine.runs()}
+    want = {r["id"]: r["metrics"] for r in ref.runs()}
+    assert len(mine.speed_rows()) == 2
     assert set(got) == set(want)
-    for run_id, (status, metrics) in got.items():
-        assert status == "done"
-        assert metrics["test_accuracy"] == want[run_id]["test_accuracy"]
-        assert metrics["history"] == want[run_id]["history"]
+    for run_id, row in got.items():
+        assert row["status"] == "done"
+        assert row["metrics"]["test_accuracy"] == want[run_id]["test_accuracy"]
+        assert row["metrics"]["history"] == want[run_id]["history"]
+    # the run killed mid-way says how it was taken over (the checkpoint is on this host)
+    [taken] = [r for r in got.values() if "takeover" in r["environment"]]
+    assert taken["environment"]["takeover"]["how"].startswith("resumed from its checkpoint")
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads parent pids from /proc")

@@ -107,8 +107,8 @@ def test_a_full_disk_under_a_claim_names_the_real_cause(tmp_path):
     resolved = RunConfig(task="copy", mixer="gla").resolve()
     # a page budget the claim's write cannot fit in: SQLite reports the database full and
     # rolls the transaction back itself
-    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
-    store.db.execute(f"PRAGMA max_page_count = {pages}")
+    pages = store.database.db.execute("PRAGMA page_count").fetchone()[0]
+    store.database.db.execute(f"PRAGMA max_page_count = {pages}")
     big = {**resolved, "filler": "x" * 200_000}
     with pytest.raises(StoreError) as caught:
         store.claim_run("a", big, None, {}, "me:1:x")
@@ -130,8 +130,8 @@ def _resolved():
     return RunConfig(task="copy", mixer="gla").resolve()
 
 
-def test_leases_keep_live_owners_and_take_over_dead_ones(tmp_path):
-    store = Store(tmp_path / "s.sqlite")
+def test_leases_keep_live_owners_and_take_over_dead_ones(store_at):
+    store = Store(store_at)
     resolved = _resolved()
     host = socket.gethostname()
     alive = f"{host}:{os.getpid()}:aaaa"
@@ -175,8 +175,8 @@ def test_old_stores_are_migrated_and_empty_files_refused(tmp_path):
         Store(empty)
 
 
-def test_store_is_transactional_and_keeps_runs(tmp_path):
-    store = Store(tmp_path / "s.sqlite")
+def test_store_is_transactional_and_keeps_runs(store_at):
+    store = Store(store_at)
     resolved = RunConfig(task="copy", mixer="gla").resolve()
     store.claim_run("a", resolved, "x", {"torch": "t"}, "t")
     assert store.run("a")["status"] == "running"
@@ -185,8 +185,12 @@ def test_store_is_transactional_and_keeps_runs(tmp_path):
     store.fail_run("b", "boom", "t")
     assert sorted(r["status"] for r in store.runs()) == ["done", "failed"]
     store.close()
-    again = Store(tmp_path / "s.sqlite")
+    again = Store(store_at)
     assert again.run("a")["metrics"]["test_accuracy"] == 0.5
+    # a claim that fails half-way leaves nothing behind
+    with pytest.raises(TypeError):
+        again.claim_run("c", {**resolved, "task": object()}, "x", {}, "t")
+    assert again.run("c") is None and len(again.runs()) == 2
 
 
 def test_unwritable_store_is_one_clear_error(tmp_path, capsys):

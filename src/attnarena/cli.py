@@ -12,6 +12,8 @@ from attnarena import __version__
 from attnarena.registry import list_mixers, mixer_info
 
 
+STORE_HELP = ("the results store: an SQLite file (default results/arena.sqlite) or a "
+              "PostgreSQL database, postgresql://user:password@host:port/db")
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto (CUDA when present, else cpu; the default)"
 
 
@@ -186,21 +188,28 @@ def cmd_speed(args) -> int:
 
 def cmd_run(args) -> int:
     from attnarena.arena.run.runner import run_suite
+    from attnarena.arena.store import store_label
+    from attnarena.options import parse_options
 
     counts = run_suite(args.suite, store_path=args.store, out_dir=args.out,
                        mixers=_names(args.mixers), tasks=_names(args.tasks, "--tasks"),
                        device=args.device,
                        rerun=args.rerun, progress=not args.quiet, data_root=args.data,
-                       jobs=args.jobs, max_runs=args.max_runs)
+                       jobs=args.jobs, max_runs=args.max_runs, launcher=args.launcher,
+                       workers=args.workers, cluster=args.cluster,
+                       launcher_options=parse_options(args.launcher_option,
+                                                      where=" in --launcher-option"),
+                       train_only=args.train_only)
     others = f", {counts['by_others']} by other processes" if counts["by_others"] else ""
     print(f"runs: {counts['trained']} trained, {counts['reused']} already in the store"
           f"{others}, {counts['failed']} failed, {counts['diverged']} diverged; speed cases: "
           f"{counts['speed_measured']} measured, {counts['speed_reused']} reused")
     board = Path(args.out) / "leaderboard.md"
-    if board.exists():
+    if board.exists() and not args.train_only:
         print(board.read_text())
-    print("store: " + str(args.store))
-    print("wrote " + ", ".join(counts.get("reports", [])))
+    print("store: " + store_label(args.store))
+    if counts.get("reports"):
+        print("wrote " + ", ".join(counts["reports"]))
     return 1 if counts["failed"] else 0
 
 
@@ -303,12 +312,33 @@ def cmd_choose(args) -> int:
 
 
 def cmd_store(args) -> int:
-    from attnarena.arena.store import SCHEMA_VERSION, Store
+    from attnarena.arena.store import SCHEMA_VERSION, Store, store_label
+    from attnarena.arena.store.copy import copy_rows
+    from attnarena.arena.store.postgres import is_postgres_url
 
-    if not Path(args.store).exists():
+    if args.action == "copy":
+        if len(args.locations) != 2:
+            raise ValueError("store copy takes two stores, SRC and DST (an SQLite file or a "
+                             f"postgresql:// URL each); got {len(args.locations)}")
+        source, target = args.locations
+        if store_label(source) == store_label(target):
+            raise ValueError(f"store copy: SRC and DST are the same store ({store_label(source)})")
+        src, dst = Store(source, readonly=True), Store(target)
+        try:
+            counts = copy_rows(src, dst)
+        finally:
+            src.close()
+            dst.close()
+        for table, c in counts.items():
+            print(f"{table}: {c['added']} added, {c['replaced']} replaced, {c['kept']} kept")
+        print(f"copied {store_label(source)} -> {store_label(target)}")
+        return 0
+    if args.locations:
+        raise ValueError("store migrate takes the store by --store, not as an argument")
+    if not is_postgres_url(args.store) and not Path(args.store).exists():
         raise ValueError(f"no results store at {args.store}")
     Store(args.store).close()  # a writing open migrates, after backing the file up
-    print(f"{args.store}: schema {SCHEMA_VERSION}, up to date")
+    print(f"{store_label(args.store)}: schema {SCHEMA_VERSION}, up to date")
     return 0
 
 
@@ -518,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "joined with +, e.g. gla,3*gla+softmax)")
     p.add_argument("--tasks", default=None, help="only these tasks (comma-separated)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--store", default="results/arena.sqlite")
+    p.add_argument("--store", default="results/arena.sqlite", help=STORE_HELP)
     p.add_argument("--out", default="results",
                    help="reports, checkpoints and trained models (OUT/runs) go here")
     p.add_argument("--rerun", action="store_true", help="repeat runs already in the store")
@@ -531,6 +561,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "several together); the speed sweep runs after them, alone")
     p.add_argument("--max-runs", type=_positive, default=5000,
                    help="refuse a suite naming more runs than this (default 5000)")
+    p.add_argument("--launcher", choices=["local", "submitit"], default="local",
+                   help="local: train here (with --jobs processes); submitit: submit "
+                        "--workers jobs (a Slurm job array, or local processes) that train "
+                        "the runs through the store, wait for them, then report")
+    p.add_argument("--workers", type=_positive, default=1,
+                   help="--launcher submitit: how many jobs")
+    p.add_argument("--cluster", choices=["auto", "local", "slurm"], default="auto",
+                   help="--launcher submitit: where the jobs run (auto: Slurm when sbatch "
+                        "is here, else local processes)")
+    p.add_argument("--launcher-option", action="append", metavar="KEY=VALUE",
+                   help="--launcher submitit: an executor parameter (repeatable), e.g. "
+                        "slurm_partition=gpu, timeout_min=120, gpus_per_node=1")
+    p.add_argument("--train-only", action="store_true",
+                   help="stop once every run is trained (no speed sweep, compression or "
+                        "reports): each task of a cluster job array")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -626,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-sentences", type=int, default=None,
                    help="measure agreement on only the first N held-out sentences")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--store", default="results/arena.sqlite")
+    p.add_argument("--store", default="results/arena.sqlite", help=STORE_HELP)
     p.add_argument("--out", default="results")
     p.add_argument("--rerun", action="store_true", help="measure again rows already stored")
     p.add_argument("--remeasure-speed", action="store_true",
@@ -674,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration and distillation batch (default: the run's own)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per latency")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--store", default="results/arena.sqlite")
+    p.add_argument("--store", default="results/arena.sqlite", help=STORE_HELP)
     p.add_argument("--out", default="results",
                    help="where runs were trained; compressed models go to OUT/compressed")
     p.add_argument("--rerun", action="store_true", help="compress again recipes already stored")
@@ -682,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compress)
 
     p = command("report", help="leaderboard and plots from the store")
-    p.add_argument("--store", default="results/arena.sqlite")
+    p.add_argument("--store", default="results/arena.sqlite", help=STORE_HELP)
     p.add_argument("--out", default="results")
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
     p.add_argument("--output", default=None,
@@ -704,17 +749,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take quality from this task only (default: every accuracy task)")
     p.add_argument("--mixers", default=None,
                    help="compare only these (default: every mechanism with a finished run)")
-    p.add_argument("--store", default="results/arena.sqlite")
+    p.add_argument("--store", default="results/arena.sqlite", help=STORE_HELP)
     p.add_argument("--no-measure", dest="measure", action="store_false",
                    help="use stored timings only; never measure")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_choose)
 
-    p = command("store", help="maintain a results store")
-    p.add_argument("action", choices=["migrate"],
+    p = command("store", help="maintain a results store; copy rows between stores")
+    p.add_argument("action", choices=["migrate", "copy"],
                    help="migrate: bring a store written by an older attnarena up to date "
-                        "(every row and column kept; the file is backed up first)")
-    p.add_argument("--store", default="results/arena.sqlite")
+                        "(every row and column kept; the file is backed up first); "
+                        "copy SRC DST: every row of SRC into DST, idempotent (a row DST has "
+                        "is replaced only by one further along or newer)")
+    p.add_argument("locations", nargs="*", metavar="STORE",
+                   help="copy: SRC and DST, each an SQLite file or a postgresql:// URL")
+    p.add_argument("--store", default="results/arena.sqlite", help=STORE_HELP)
     p.set_defaults(func=cmd_store)
     return parser
 

@@ -133,7 +133,7 @@ def _finished_run(source, store, results_dir):
     run = store.run(source)
     if run is None or run["status"] != "done":
         state = "not in the store" if run is None else f"{run['status']}, not done"
-        raise ValueError(f"run {source!r} is {state} ({store.path}); compress a finished run "
+        raise ValueError(f"run {source!r} is {state} ({store.label}); compress a finished run "
                          "(ids are in the leaderboard) or a run folder")
     if not (run_folder(results_dir, source) / "config.json").is_file():
         raise ValueError(f"run {source!r} has no saved model under {results_dir}/runs (pass "

@@ -1,12 +1,15 @@
 """What a measurement ran on: hardware, threads, library versions."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from attnarena.arena.store import host_name
 
 
 @lru_cache(maxsize=None)
@@ -66,6 +69,19 @@ def git_commit() -> str | None:
         return None
 
 
+def scheduler_job() -> dict:
+    """The cluster job this process belongs to, when it is one: {"job": id, "array_index":
+    index} from ``ATTNARENA_JOB`` / ``ATTNARENA_ARRAY_INDEX`` (set by ``--launcher
+    submitit``) or Slurm's ``SLURM_ARRAY_JOB_ID`` (``SLURM_JOB_ID``) / ``SLURM_ARRAY_TASK_ID``."""
+    found = {}
+    for key, names in (("job", ("ATTNARENA_JOB", "SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID")),
+                       ("array_index", ("ATTNARENA_ARRAY_INDEX", "SLURM_ARRAY_TASK_ID"))):
+        value = next((os.environ[n] for n in names if os.environ.get(n)), None)
+        if value is not None:
+            found[key] = value
+    return found
+
+
 def environment(device: str = "cpu") -> dict:
     return {
         "hardware": device_name(device),
@@ -74,4 +90,6 @@ def environment(device: str = "cpu") -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "git_commit": git_commit(),
+        "host": host_name(),
+        **scheduler_job(),
     }

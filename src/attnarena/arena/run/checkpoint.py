@@ -41,6 +41,12 @@ def _complete(directory: Path) -> list[Path]:
                   if p.is_dir() and "." not in p.name)  # temporary folders have a suffix
 
 
+def newest_step(directory) -> int | None:
+    """The step of the newest complete checkpoint in ``directory``, or None."""
+    found = _complete(Path(directory)) if Path(directory).is_dir() else []
+    return int(found[-1].name.split("-")[1]) if found else None
+
+
 def save_checkpoint(directory, model, best_weights, state: dict) -> None:
     """Write one complete checkpoint for ``state['step']``, then drop older ones."""
     directory = Path(directory)

@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from attnarena.arena.run.artifacts import run_folder
+from attnarena.arena.run.checkpoint import newest_step
 from attnarena.arena.measure.environment import environment, resolve_device
 from attnarena.arena.report.style import plural
 from attnarena.arena.report.style import format_metric
@@ -39,7 +40,7 @@ def train_claimed(store, run, owner, checkpoints, progress=True, save_dir=None):
     run 'interrupted' (its checkpoint stays, so the next run resumes) and propagates.
     """
     run_id = run.id
-    with Lease(store.path, run_id, owner) as lease:
+    with Lease(store.location, run_id, owner) as lease:
         try:
             metrics = train(run, checkpoint_dir=checkpoints, progress=progress,
                             save_dir=save_dir)
@@ -57,6 +58,19 @@ def train_claimed(store, run, owner, checkpoints, progress=True, save_dir=None):
     if lease.lost or not store.finish_run(run_id, metrics, owner):
         return "lost", "another process took this run over; its result was kept instead"
     return "done", metrics
+
+
+def note_takeover(store, run_id, owner, previous, checkpoints) -> None:
+    """Say in the run's row how this process took over a run another left running or
+    interrupted: resumed from the checkpoint it finds, or restarted (none here: the other
+    process's checkpoints are not on storage this host sees)."""
+    if previous is None:
+        return
+    step = newest_step(checkpoints)
+    how = (f"resumed from its checkpoint at step {step}" if step is not None else
+           f"restarted: no checkpoint in {checkpoints} on this host")
+    store.note_run(run_id, owner, takeover={"from": previous.get("owner"),
+                                            "was": previous["status"], "how": how})
 
 
 class RunFailed(ValueError):
@@ -85,9 +99,10 @@ def train_run(config, *, out="results", store_path=None, progress=True) -> tuple
     if claim == "busy":
         raise ValueError(f"run {run.id} is being trained by {row['owner']} on this store; "
                          "wait for it, or stop that process")
+    note_takeover(store, run.id, owner, row, checkpoints)
     status, outcome = train_claimed(store, run, owner, checkpoints, progress, save_dir)
     if status != "done":
-        raise RunFailed(f"run {run.id} {status}: {outcome} (recorded in {store_path})")
+        raise RunFailed(f"run {run.id} {status}: {outcome} (recorded in {store.label})")
     return run, outcome
 
 
@@ -151,6 +166,7 @@ def _train_runs(suite, store, out, env, owner, began, rerun, progress, log) -> d
             checkpoints = out / "checkpoints" / run_id
             if rerun:
                 shutil.rmtree(checkpoints, ignore_errors=True)
+            note_takeover(store, run_id, owner, row, checkpoints)
             what = f"run {k} of {total}: {run.task} / {run.mixer} seed {run.seed}"
             log(what)
             status, result = train_claimed(store, run, owner, checkpoints, progress,
@@ -204,6 +220,35 @@ def _finish_jobs(workers, log, stop=False) -> dict:
     return outcome
 
 
+def _train_locally(suite, store, out, env, owner, began, rerun, progress, jobs, threads,
+                   spec, log) -> dict:
+    """This process trains, beside ``jobs - 1`` worker processes of this machine."""
+    import torch
+
+    workers = []
+    if jobs > 1:
+        out.mkdir(parents=True, exist_ok=True)
+        per_job = max(1, threads // jobs)
+        workers = _start_jobs(jobs, per_job, spec, log)
+        torch.set_num_threads(per_job)
+    try:
+        train_env = {**env, "threads": torch.get_num_threads()} | \
+            ({"jobs": jobs} if jobs > 1 else {})
+        mine = _train_runs(suite, store, out, train_env, owner, began, rerun,
+                           progress and jobs == 1,
+                           log if jobs == 1 else lambda line: log("[job 1] " + line))
+    except BaseException:
+        _finish_jobs(workers, log, stop=True)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    theirs = _finish_jobs(workers, log)
+    for run_id, how in theirs.items():  # what the workers did, instead of "others"
+        if how in ("trained", "failed", "diverged"):
+            mine[run_id] = how
+    return mine
+
+
 def _tally(outcome, counts):
     names = {"trained": "trained", "failed": "failed", "diverged": "diverged",
              "reused": "reused", "others": "by_others", "others_failed": "failed"}
@@ -227,48 +272,83 @@ def _stop_with_parent(parent: int, every: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def train_worker(spec: dict, log=print) -> dict:
+    """Train the runs of the suite ``spec`` names beside other workers of the same store
+    (no speed sweep, no reports) until every run is finished; returns {run_id: how}. The
+    body of ``--jobs`` workers, of ``--launcher submitit`` jobs and of Slurm array tasks."""
+    device = resolve_device(spec["device"])
+    suite = load_suite(spec["suite"], mixers=spec["mixers"], tasks=spec["tasks"],
+                       device=device, data_root=spec["data_root"], max_runs=spec["max_runs"])
+    store, out = Store(spec["store_path"]), Path(spec["out_dir"])
+    env = {**environment(device), "jobs": spec["jobs"]}
+    try:
+        return _train_runs(suite, store, out, env, new_owner(), spec["began"], spec["rerun"],
+                           False, log)
+    finally:
+        store.close()
+
+
 def _job_main(spec_text: str) -> int:
-    """A worker of ``run_suite(jobs=N)``: trains the suite's runs beside the leading
-    process (no speed sweep, no reports) and writes what it did to a JSON file."""
+    """A worker of ``run_suite(jobs=N)``: ``train_worker`` in a process of its own, which
+    writes what it did to a JSON file."""
     import torch
 
     spec = json.loads(spec_text)
     torch.set_num_threads(spec["threads"])
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops like Ctrl-C
     _stop_with_parent(spec["parent"])
-    device = resolve_device(spec["device"])
-    suite = load_suite(spec["suite"], mixers=spec["mixers"], tasks=spec["tasks"],
-                       device=device, data_root=spec["data_root"], max_runs=spec["max_runs"])
-    store, out = Store(spec["store_path"]), Path(spec["out_dir"])
-    env = {**environment(device), "jobs": spec["jobs"]}
     prefix = f"[job {spec['job']}] "
     outcome = {}
     try:
-        outcome = _train_runs(suite, store, out, env, new_owner(), spec["began"],
-                              spec["rerun"], False, lambda line: print(prefix + line,
-                                                                       flush=True))
+        outcome = train_worker(spec, lambda line: print(prefix + line, flush=True))
     except KeyboardInterrupt:
         return 130
     finally:
-        store.close()
         Path(spec["outcome_path"]).write_text(json.dumps(outcome))
     return 0
+
+
+def worker_spec(suite_name, *, store_path, out_dir, mixers=None, tasks=None, device="cpu",
+                rerun=False, data_root=None, max_runs=MAX_RUNS, began=None, jobs=1) -> dict:
+    """What a training worker needs to know, as plain JSON data."""
+    return {"suite": str(suite_name), "mixers": mixers, "tasks": tasks, "device": device,
+            "data_root": None if data_root is None else str(data_root),
+            "store_path": str(store_path), "out_dir": str(out_dir), "rerun": rerun,
+            "began": time.time() if began is None else began, "jobs": jobs,
+            "max_runs": max_runs}
 
 
 def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
               out_dir="results", mixers=None, tasks=None, device="auto", rerun=False,
               progress=True, report=True, data_root=None, jobs=1, max_runs=MAX_RUNS,
-              log=print) -> dict:
+              launcher="local", workers=1, cluster="auto", launcher_options=None,
+              train_only=False, log=print) -> dict:
     """Run a suite; returns counts of what ran, was reused and failed. ``data_root``
     holds a folder per task that reads data (``ROOT/text``, ``ROOT/retrieval``, ...);
     ``jobs`` > 1 trains that many runs at once, in worker processes that share this
     machine's threads (small models on a CPU use one core each better than several
     together); the speed sweep runs after them, alone, on every thread. A suite of more
     than ``max_runs`` runs is refused before anything runs. ``log`` receives one line per
-    run started and finished."""
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    run started and finished.
+
+    ``launcher="submitit"`` trains the runs in ``workers`` submitit jobs instead (a Slurm
+    job array, or local processes: ``cluster`` "auto", "slurm" or "local";
+    ``launcher_options`` go to the executor's ``update_parameters``) and waits for them.
+    ``train_only`` stops once every run is finished (no speed sweep, compression or
+    reports): what each task of a cluster job array does."""
+    for name, value in (("jobs", jobs), ("workers", workers)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if launcher not in ("local", "submitit"):
+        raise ValueError(f"unknown launcher {launcher!r}; choose local or submitit")
+    if launcher == "submitit" and jobs > 1:
+        raise ValueError("--jobs starts processes here; with --launcher submitit say how "
+                         "many jobs by --workers")
     device = resolve_device(device)
+    if launcher == "submitit":
+        from attnarena.arena.run.launch import check_launch
+
+        check_launch(store_path, cluster, workers)
     suite = load_suite(suite_name, mixers=mixers, tasks=tasks, device=device,
                        data_root=data_root, max_runs=max_runs)  # validates all
     for note in suite.notes:
@@ -285,35 +365,31 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
         import torch
 
         threads = torch.get_num_threads()
+        to_train = sum(_to_train(store, run, rerun) for run in suite.runs)
         # workers only for runs still to train (a finished suite starts none)
-        jobs = max(1, min(jobs, sum(_to_train(store, run, rerun) for run in suite.runs)))
-        workers = []
-        if jobs > 1:
-            out.mkdir(parents=True, exist_ok=True)
-            spec = {"suite": str(suite_name), "mixers": mixers, "tasks": tasks,
-                    "device": device, "data_root": None if data_root is None
-                    else str(data_root), "store_path": str(store_path),
-                    "out_dir": str(out), "rerun": rerun, "began": began, "jobs": jobs,
-                    "max_runs": max_runs}
-            per_job = max(1, threads // jobs)
-            workers = _start_jobs(jobs, per_job, spec, log)
-            torch.set_num_threads(per_job)
-        try:
-            train_env = {**env, "threads": torch.get_num_threads()} | \
-                ({"jobs": jobs} if jobs > 1 else {})
-            mine = _train_runs(suite, store, out, train_env, owner, began, rerun,
-                               progress and jobs == 1,
-                               log if jobs == 1 else lambda line: log("[job 1] " + line))
-        except BaseException:
-            _finish_jobs(workers, log, stop=True)
-            raise
-        finally:
-            torch.set_num_threads(threads)
-        theirs = _finish_jobs(workers, log)
-        for run_id, how in theirs.items():  # what the workers did, instead of "others"
-            if how in ("trained", "failed", "diverged"):
-                mine[run_id] = how
+        jobs = max(1, min(jobs, to_train))
+        spec = worker_spec(suite_name, store_path=store.location, out_dir=out, mixers=mixers,
+                           tasks=tasks, device=device, rerun=rerun, data_root=data_root,
+                           max_runs=max_runs, began=began, jobs=jobs)
+        if launcher == "submitit":
+            from attnarena.arena.run.launch import launch_submitit
+
+            mine = {}
+            if to_train:
+                out.mkdir(parents=True, exist_ok=True)
+                mine = launch_submitit({**spec, "jobs": workers}, workers, out / "submitit",
+                                       cluster, launcher_options or {}, log)
+            # anything the jobs left (a job that died before its lease went stale) is
+            # trained here, so the suite is whole when this returns
+            mine.update({k: v for k, v in _train_runs(
+                suite, store, out, env, owner, began, False, progress, log).items()
+                if k not in mine})
+        else:
+            mine = _train_locally(suite, store, out, env, owner, began, rerun, progress,
+                                  jobs, threads, spec, log)
         _tally(mine, counts)
+        if train_only:
+            return counts
         recorded = set()  # speed cases written by this call
         for cfg in suite.speed:
             def known(spec, length, cfg=cfg):
