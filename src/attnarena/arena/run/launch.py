@@ -71,7 +71,9 @@ def launch_submitit(spec: dict, workers: int, folder, cluster: str, options: dic
     outcome = {}
     for job in jobs:
         try:
-            outcome.update(job.result())
+            for run_id, how in job.result().items():  # what a job did beats "others"
+                if run_id not in outcome or how in ("trained", "failed", "diverged"):
+                    outcome[run_id] = how
         except Exception as error:  # the job's own failure, as submitit reports it
             first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
             log(f"job {job.job_id} ended without finishing ({type(error).__name__}: "
