@@ -68,7 +68,8 @@ def note_takeover(store, run_id, owner, previous, checkpoints) -> None:
         return
     step = newest_step(checkpoints)
     how = (f"resumed from its checkpoint at step {step}" if step is not None else
-           f"restarted: no checkpoint in {checkpoints} on this host")
+           f"restarted: no checkpoint in {checkpoints} (none written yet, or not on storage "
+           "this host sees)")
     store.note_run(run_id, owner, takeover={"from": previous.get("owner"),
                                             "was": previous["status"], "how": how})
 
