@@ -1,6 +1,6 @@
 """A suite spread over workers of "many hosts", sharing one PostgreSQL store, under failure.
 
-    python benchmarks/store_cluster.py [--workers 8] [--seeds 6] [--steps 150]
+    python benchmarks/store_cluster.py [--workers 8] [--seeds 6] [--steps 300]
 
 Starts a PostgreSQL server of its own (pgserver's binaries, or the system's), then:
 
@@ -8,7 +8,8 @@ Starts a PostgreSQL server of its own (pgserver's binaries, or the system's), th
    (each with its own host name, ``ATTNARENA_HOST=host-K``, one thread) work through a suite
    of 4 mechanisms x ``--seeds`` seeds on the copy task. Once a quarter of the runs are done
    two workers holding leases are killed with SIGKILL; once half are done the server is
-   restarted. The survivors finish the suite. Checked: every run ``done`` exactly once (the
+   restarted (one killed worker's run had a checkpoint, where one did). The survivors
+   finish the suite. Checked: every run ``done`` exactly once (the
    "run k of N ... test accuracy" lines of all workers), none lost, none failed, and each
    run's quality (test and best validation metric, its whole history) equal to the same
    suite trained by one process into an SQLite file.
@@ -32,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from attnarena.arena.run.checkpoint import newest_step
 from attnarena.arena.store import Store
 from attnarena.arena.store.local_server import LocalPostgres
 
@@ -47,6 +49,7 @@ model = { dim = 16, depth = 1, heads = 2 }
 CLAIMS = """
 import json, sys, time
 from attnarena.arena.run.config import RunConfig
+from attnarena.arena.run.checkpoint import newest_step
 from attnarena.arena.store import Store
 store, owner, count = Store(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 resolved = RunConfig(task="copy", mixer="gla").resolve()
@@ -97,10 +100,15 @@ def suite_under_failure(server, folder: Path, workers: int, seeds: int, steps: i
         done = _done(url)
         if "killed" not in events and done >= total // 4:
             store = Store(url, readonly=True)
-            holders = {int(r["owner"].split(":")[1]) for r in store.runs(status="running")}
+            # one holder whose run has a checkpoint (to be resumed) and one whose run has
+            # none yet (to be restarted), where there are such
+            holders = sorted(((newest_step(out / "checkpoints" / r["id"]) is None,
+                               int(r["owner"].split(":")[1]))
+                              for r in store.runs(status="running")))
             store.close()
+            chosen = [pid for _, pid in holders[:1] + holders[-1:]] if holders else []
             for p, _ in procs:
-                if p.pid in holders and len(killed) < 2:
+                if p.pid in chosen and len(killed) < 2:
                     p.send_signal(signal.SIGKILL)
                     killed.append(p.pid)
             events["killed"] = {"at_done": done, "seconds": time.time() - began,
@@ -177,7 +185,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="attnarena-cluster-"))

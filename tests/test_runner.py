@@ -83,16 +83,15 @@ def test_concurrent_processes_train_each_run_once(tmp_path, store_at):
     assert all(r["status"] == "done" and r["error"] is None for r in rows)
 
 
-def test_suite_runs_once_then_reuses_and_reports(tmp_path, capsys):
-    suite, store = tiny_suite(tmp_path), tmp_path / "arena.sqlite"
+def test_suite_runs_once_then_reuses_and_reports(tmp_path, capsys, store_at):
+    suite, store = tiny_suite(tmp_path), store_at
     first = run_suite(suite, store_path=store, out_dir=tmp_path, progress=False)
     assert first["trained"] == 2 and first["speed_measured"] == 2
     second = run_suite(suite, store_path=store, out_dir=tmp_path, progress=False)
     assert second["trained"] == 0 and second["reused"] == 2 and second["speed_reused"] == 2
     third = run_suite(suite, store_path=store, out_dir=tmp_path, progress=False, rerun=True)
     assert third["trained"] == 2
-    with sqlite3.connect(store) as db:
-        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+    assert len(Store(store, readonly=True).runs()) == 2
     for name in ("leaderboard.md", "quality_vs_speed.png", "training_curves.png",
                  "speed-fwd.png"):
         assert (tmp_path / name).exists()

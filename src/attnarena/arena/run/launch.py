@@ -29,31 +29,24 @@ def check_launch(store_path, cluster: str, workers: int) -> None:
                          "network file system)")
 
 
-def submitit_worker(spec: dict, index: int) -> dict:
-    """One submitted job: records its job id and array index in its runs' environment,
-    trains on its share of threads, returns {run_id: how}."""
-    import torch
-
+def job_environment(index: int) -> None:
+    """Inside a submitted job: its job id and array index, for the runs' environment."""
     import submitit
-    from attnarena.arena.run.runner import train_worker
 
     os.environ["ATTNARENA_ARRAY_INDEX"] = str(index)
     try:
         os.environ["ATTNARENA_JOB"] = str(submitit.JobEnvironment().job_id)
     except RuntimeError:  # not inside a submitit job (called directly)
         pass
-    threads = spec.get("threads") or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
-    if threads:
-        torch.set_num_threads(threads)
-    return train_worker(spec, lambda line: print(f"[worker {index}] {line}", flush=True))
 
 
-def launch_submitit(spec: dict, workers: int, folder, cluster: str, options: dict,
-                    log=print) -> dict:
-    """Submit ``workers`` jobs as one array, wait for them and return what they trained,
-    {run_id: how}. ``options`` go to the executor (``slurm_partition``, ``timeout_min``,
-    ``gpus_per_node``, ...). A job that fails is said and left: its runs' leases go stale
-    and the other jobs (or the caller) take them over."""
+def launch_submitit(job, spec: dict, workers: int, folder, cluster: str, options: dict,
+                    log=print) -> list[dict]:
+    """Submit ``job(spec, index)`` for index 0 .. ``workers`` - 1 as one array, wait for the
+    jobs and return what each returned. ``options`` go to the executor
+    (``slurm_partition``, ``timeout_min``, ``gpus_per_node``, ...). A job that fails is said
+    and left out: its runs' leases go stale and the other jobs (or the caller) take them
+    over."""
     submitit = require("submitit", "cluster launches (--launcher submitit)", "cluster")
     folder = Path(folder)
     executor = submitit.AutoExecutor(folder=folder / "%j",
@@ -65,17 +58,15 @@ def launch_submitit(spec: dict, workers: int, folder, cluster: str, options: dic
         executor.update_parameters(**parameters)
     except (TypeError, ValueError) as error:
         raise ValueError(f"--launcher-option: {error}") from None
-    jobs = executor.map_array(submitit_worker, [spec] * workers, list(range(workers)))
+    jobs = executor.map_array(job, [spec] * workers, list(range(workers)))
     log(f"submitted {len(jobs)} {executor.cluster} job(s): "
         f"{', '.join(str(j.job_id) for j in jobs)}; their logs are in {folder}")
-    outcome = {}
-    for job in jobs:
+    results = []
+    for submitted in jobs:
         try:
-            for run_id, how in job.result().items():  # what a job did beats "others"
-                if run_id not in outcome or how in ("trained", "failed", "diverged"):
-                    outcome[run_id] = how
+            results.append(submitted.result())
         except Exception as error:  # the job's own failure, as submitit reports it
             first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-            log(f"job {job.job_id} ended without finishing ({type(error).__name__}: "
+            log(f"job {submitted.job_id} ended without finishing ({type(error).__name__}: "
                 f"{first}); the runs it held are taken over when their leases go stale")
-    return outcome
+    return results

@@ -216,7 +216,7 @@ def _finish_jobs(workers, log, stop=False) -> dict:
             log(f"a training job ended with exit status {process.returncode}; the runs it "
                 "held are taken over by the others when their leases go stale")
         if path.exists():
-            outcome.update(json.loads(path.read_text()))
+            _merge(outcome, json.loads(path.read_text()))
             path.unlink()
     return outcome
 
@@ -243,11 +243,15 @@ def _train_locally(suite, store, out, env, owner, began, rerun, progress, jobs, 
         raise
     finally:
         torch.set_num_threads(threads)
-    theirs = _finish_jobs(workers, log)
-    for run_id, how in theirs.items():  # what the workers did, instead of "others"
-        if how in ("trained", "failed", "diverged"):
-            mine[run_id] = how
-    return mine
+    return _merge(mine, _finish_jobs(workers, log))
+
+
+def _merge(outcome: dict, theirs: dict) -> dict:
+    """What another worker did with a run ({run_id: how}) replaces "others" here."""
+    for run_id, how in theirs.items():
+        if run_id not in outcome or how in ("trained", "failed", "diverged"):
+            outcome[run_id] = how
+    return outcome
 
 
 def _tally(outcome, counts):
@@ -307,6 +311,20 @@ def _job_main(spec_text: str) -> int:
     finally:
         Path(spec["outcome_path"]).write_text(json.dumps(outcome))
     return 0
+
+
+def _submitit_job(spec: dict, index: int) -> dict:
+    """One job of ``--launcher submitit``: ``train_worker`` on its share of threads, its job
+    id and array index recorded in its runs' environment."""
+    import torch
+
+    from attnarena.arena.run.launch import job_environment
+
+    job_environment(index)
+    threads = spec.get("threads") or int(os.environ.get("SLURM_CPUS_PER_TASK", "0"))
+    if threads:
+        torch.set_num_threads(threads)
+    return train_worker(spec, lambda line: print(f"[worker {index}] {line}", flush=True))
 
 
 def worker_spec(suite_name, *, store_path, out_dir, mixers=None, tasks=None, device="cpu",
@@ -378,8 +396,10 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
             mine = {}
             if to_train:
                 out.mkdir(parents=True, exist_ok=True)
-                mine = launch_submitit({**spec, "jobs": workers}, workers, out / "submitit",
-                                       cluster, launcher_options or {}, log)
+                for theirs in launch_submitit(_submitit_job, {**spec, "jobs": workers},
+                                              workers, out / "submitit", cluster,
+                                              launcher_options or {}, log):
+                    _merge(mine, theirs)
             # anything the jobs left (a job that died before its lease went stale) is
             # trained here, so the suite is whole when this returns
             mine.update({k: v for k, v in _train_runs(
