@@ -112,6 +112,11 @@ class Store:
         self.location, self.label = self.database.location, self.database.label
 
     @property
+    def path(self):
+        """The SQLite file (a ``Path``); None for a PostgreSQL store."""
+        return getattr(self.database, "path", None)
+
+    @property
     def kind(self) -> str:
         """"sqlite" or "postgresql"."""
         return self.database.kind
