@@ -6,6 +6,8 @@ import io
 import json
 from collections import defaultdict
 
+from attnarena.arena.report.seeds import (SOLVED, call_difference, format_range,
+                                          format_spread, spread)
 from attnarena.arena.report.speed import speed_markdown
 from attnarena.arena.report.style import (fmt, format_metric, keep_ticks_within, label_log_axis,
                                           legend_outside, mixer_style, plural, pyplot)
@@ -187,6 +189,22 @@ def averages(rows) -> list[tuple]:
     return sorted(out, key=lambda t: -t[2])
 
 
+def average_spreads(rows) -> dict:
+    """{(mixer, preset): Spread of the average over tasks, seed by seed} for mechanisms
+    whose best settings ran the same seeds on every task (two or more); the average of
+    seed s is the mean over tasks of seed s's test accuracy."""
+    by_mixer = defaultdict(dict)
+    for (mixer, preset, problem), (_, runs) in best_runs(rows).items():
+        by_mixer[(mixer, preset)][problem] = {r["seed"]: r["test"] for r in runs}
+    out = {}
+    for key, per_task in by_mixer.items():
+        seeds = set.intersection(*(set(v) for v in per_task.values()))
+        if len(seeds) >= 2 and all(set(v) == seeds for v in per_task.values()):
+            out[key] = spread(sum(v[s] for v in per_task.values()) / len(per_task)
+                              for s in sorted(seeds))
+    return out
+
+
 def format_rows(rows, fmt: str) -> str:
     rows = [{k: r[k] for k in COLUMNS} for r in rows]
     if fmt == "json":
@@ -198,7 +216,78 @@ def format_rows(rows, fmt: str) -> str:
     return buffer.getvalue()
 
 
+def setting_groups(rows) -> list[dict]:
+    """The rows of one setting (everything but the seed) together, best mean first:
+    {"mixer", "settings", "runs", "test": Spread, "best_val": Spread, "metric",
+    "higher_is_better"}."""
+    by_setting = defaultdict(list)
+    for r in rows:
+        by_setting[(r["mixer"], r["setting"])].append(r)
+    groups = []
+    for (mixer, _), runs in by_setting.items():
+        runs = sorted(runs, key=lambda r: r["seed"])
+        groups.append({"mixer": mixer, "settings": runs[0]["settings"], "runs": runs,
+                       "test": spread(r["test"] for r in runs),
+                       "best_val": spread(r["best_val"] for r in runs),
+                       "metric": runs[0]["metric"],
+                       "higher_is_better": runs[0]["higher_is_better"]})
+    return sorted(groups, key=lambda g: -g["test"].mean if g["higher_is_better"]
+                  else g["test"].mean)
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _seeds_table(task, mine) -> list[str]:
+    """A task's table when some setting ran several seeds: one row per setting, with the
+    mean, spread and n of its seeds, the seeds that solved it, and whether its gap to the
+    best setting exceeds their spread."""
+    metric, higher = mine[0]["metric"], mine[0]["higher_is_better"]
+    swept = [k for k in swept_keys(mine) if k != "seed"]
+    groups = setting_groups(mine)
+    lines = [f"## {task}", ""]
+    common = common_line(mine, swept + ["seed"])
+    if common:
+        lines += [common, ""]
+    accuracy = metric == "accuracy"
+    lines += [f"Test {metric}: mean ± standard deviation over each setting's n seeds, and "
+              "their range" + (f"; solved: seeds at or above {SOLVED:g}" if accuracy else "")
+              + "; vs best: worse only where the gap to the best mean exceeds the two "
+              "standard deviations together, else within spread.", ""]
+    head = (["mixer"] + swept + ["n", f"test {metric}", "min – max"]
+            + (["solved"] if accuracy else []) + ["vs best", f"best val {metric}",
+                                                   "train tokens/s", "peak MiB", "params"])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    top = groups[0]
+    for g in groups:
+        runs = g["runs"]
+        vs = "best" if g is top else call_difference(g["test"], top["test"], higher)
+        cells = ([g["mixer"]] + [format_value(g["settings"].get(k)) for k in swept]
+                 + [str(g["test"].n), format_spread(g["test"], metric),
+                    format_range(g["test"], metric)]
+                 + ([f"{g['test'].reached(SOLVED)} of {g['test'].n}"] if accuracy else [])
+                 + [vs, format_spread(g["best_val"], metric),
+                    fmt(_mean(r["tokens_per_s"] for r in runs), ",.0f")
+                    + ("*" if any(r.get("resumptions") for r in runs) else ""),
+                    fmt(_mean(r["peak_mem_mb"] for r in runs), ",.0f"),
+                    fmt(runs[0]["params"], ",")])
+        lines.append("| " + " | ".join(cells) + " |")
+    conditions = training_conditions(mine)
+    if conditions:
+        lines += ["", f"Train tokens/s: the mean over seeds, as measured while each run "
+                  f"trained ({conditions})."]
+    if any(r.get("resumptions") for r in mine):
+        lines += ["", "\\* some seeds trained across interruptions (resumed from "
+                  "checkpoints): tokens/s over the steps after each restart's first."]
+    lines.append("")
+    return lines
+
+
 def _task_table(task, mine) -> list[str]:
+    if any(g["test"].n > 1 for g in setting_groups(mine)):
+        return _seeds_table(task, mine)
     metric = mine[0]["metric"]
     swept = swept_keys(mine)
     lines = [f"## {task}", ""]
@@ -269,12 +358,20 @@ def leaderboard_markdown(store) -> str:
                   "over its seeds; only mechanisms that ran every task"
                   + (f" (left out, having run only some: {', '.join(partial)})" if partial
                      else "") + "." + one, ""]
+        spreads = average_spreads(rows)
+
+        def value(m, p, a):
+            return format_metric(a, "accuracy") if (m, p) not in spreads else \
+                f"{format_spread(spreads[(m, p)], 'accuracy')} (n={spreads[(m, p)].n})"
+        if spreads:
+            lines += ["Where every task ran the same seeds: ± the standard deviation over "
+                      "seeds of the per-seed average.", ""]
         if one:
             lines += ["| mixer | mean test accuracy |", "|---|---|"]
-            lines += [f"| {m} | {format_metric(a, 'accuracy')} |" for m, _, a in avg]
+            lines += [f"| {m} | {value(m, p, a)} |" for m, p, a in avg]
         else:
             lines += ["| mixer | preset | mean test accuracy |", "|---|---|---|"]
-            lines += [f"| {m} | {p} | {format_metric(a, 'accuracy')} |" for m, p, a in avg]
+            lines += [f"| {m} | {p} | {value(m, p, a)} |" for m, p, a in avg]
         lines.append("")
     lines += speed_markdown(store.speed_rows())
     linearized = store.linearize_rows()
@@ -306,21 +403,27 @@ def plot_quality_vs_speed(rows, path):
     they are never averaged across tasks; the axis says how they were measured."""
     plt = pyplot()
     panels = defaultdict(list)
+    seeded = False
     for (mixer, _, problem), (value, runs) in best_runs(rows).items():
         speed = sum(r["tokens_per_s"] for r in runs) / len(runs)
-        panels[problem].append((speed, value, mixer))
+        sd = spread(r["test"] for r in runs).sd
+        seeded = seeded or len(runs) > 1
+        panels[problem].append((speed, value, mixer, sd))
     tasks = sorted(panels)
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks) + 2.3, 4.8),
                              squeeze=False)
     handles = {}
     for ax, task in zip(axes[0], tasks):
         points = sorted(panels[task])
-        for speed, acc, mixer in points:
+        for speed, acc, mixer, sd in points:
             style = mixer_style(mixer)
             handles[mixer] = ax.scatter(speed, acc, s=50, color=style["color"],
                                         marker=style["marker"], label=mixer, zorder=3)
+            if sd > 0:  # the spread over seeds
+                ax.errorbar(speed, acc, yerr=sd, color=style["color"], capsize=3,
+                            linewidth=1, zorder=2)
         front, best = [], -1.0
-        for speed, acc, _ in sorted(points, key=lambda p: -p[0]):
+        for speed, acc, _, _ in sorted(points, key=lambda p: -p[0]):
             if acc > best:
                 front.append((speed, acc))
                 best = acc
@@ -328,8 +431,8 @@ def plot_quality_vs_speed(rows, path):
         handles["Pareto front"] = ax.plot(
             *zip(*sorted(front)), linestyle="--", color="gray", marker="o", markersize=13,
             markerfacecolor="none", label="Pareto front", zorder=2)[0]
-        accs = [p[1] for p in points]
-        low, high = min(accs), max(accs)
+        low = min(p[1] - p[3] for p in points)
+        high = max(p[1] + p[3] for p in points)
         pad = max(0.0, MIN_ACCURACY_SPAN - (high - low)) / 2 + 0.02
         # past 1.0 too, so a marker at 1.0 is drawn whole; no tick is labelled past 1.0
         ax.set_ylim(low - pad, high + pad)
@@ -337,7 +440,8 @@ def plot_quality_vs_speed(rows, path):
         ax.set_xscale("log")
         label_log_axis(ax.xaxis, [p[0] for p in points])
         ax.set_xlabel("training throughput (tokens/s over each run's training)")
-        ax.set_ylabel("test accuracy (best setting, mean over seeds)")
+        ax.set_ylabel("test accuracy (best setting, mean over seeds"
+                      + (" ± sd)" if seeded else ")"))
         ax.set_title(task)
         ax.grid(True, which="both", alpha=0.3)
     order = sorted(m for m in handles if m != "Pareto front") + ["Pareto front"]

@@ -1,0 +1,104 @@
+"""Results over seeds: spreads and counts computed from a store of known per-seed results,
+and a difference inside the spread never called."""
+import statistics
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attnarena.arena.report.leaderboard import (average_spreads, leaderboard_markdown,
+                                                leaderboard_rows)
+from attnarena.arena.report.seeds import call_difference, format_spread, spread
+from attnarena.arena.run.config import RunConfig
+from attnarena.arena.store import Store
+
+
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=12))
+def test_a_spread_is_the_mean_deviation_and_range_of_its_values(values):
+    s = spread(values)
+    assert s.n == len(values)
+    assert abs(s.mean - statistics.fmean(values)) < 1e-12
+    assert abs(s.sd - (statistics.stdev(values) if len(values) > 1 else 0.0)) < 1e-9
+    assert (s.low, s.high) == (min(values), max(values))
+    assert s.reached(0.5) == sum(v >= 0.5 for v in values)
+    assert s.reached(0.5, higher_is_better=False) == sum(v <= 0.5 for v in values)
+
+
+def test_a_difference_is_called_only_beyond_the_spread():
+    bimodal = spread([0.25, 1.0, 0.27, 1.0, 0.3])       # mean 0.564, sd 0.40
+    stuck = spread([0.30, 0.28, 0.26, 0.27, 0.25])       # mean 0.272, sd 0.019
+    solved = spread([1.0, 1.0, 0.998, 0.999, 1.0])
+    assert call_difference(bimodal, stuck) == "within spread"  # means apart, seeds overlap
+    assert call_difference(solved, stuck) == "better"
+    assert call_difference(stuck, solved) == "worse"
+    assert call_difference(stuck, solved, higher_is_better=False) == "better"  # errors
+    assert call_difference(spread([1.0]), stuck) == "one seed"
+    assert format_spread(stuck, "accuracy") == "0.2720 ± 0.0192"
+    assert format_spread(spread([0.5]), "accuracy") == "0.5000"
+
+
+RESULTS = {  # test accuracy of seeds 0..4
+    "softmax": [1.0, 1.0, 1.0, 0.999, 1.0],
+    "3*linear+softmax": [0.227, 1.0, 0.997, 1.0, 0.3],
+    "linear": [0.249, 0.297, 0.25, 0.26, 0.27],
+}
+
+
+def _store(tmp_path, results=RESULTS, task_options=None):
+    """Runs of MQAR (depth 4) with the given test accuracy per seed."""
+    store = Store(tmp_path / "seeds.sqlite")
+    for mixer, accuracies in results.items():
+        for seed, accuracy in enumerate(accuracies):
+            run = RunConfig(task="mqar", mixer=mixer, seed=seed, model={"depth": 4},
+                            task_options=task_options or {}).resolve()
+            store.claim_run(run.id, run, None, {"threads": 1}, "t")
+            store.finish_run(run.id, {"metric": "accuracy", "test_accuracy": accuracy,
+                                      "best_val_accuracy": accuracy, "history": [],
+                                      "params": 100, "tokens_per_s": 1000.0 + seed,
+                                      "peak_mem_mb": 5.0, "steps": 10,
+                                      "train_seconds": 1.0}, "t")
+    return store
+
+
+def _row(board, mixer):
+    return next(line for line in board.splitlines() if line.startswith(f"| {mixer} |"))
+
+
+def test_the_leaderboard_shows_mean_spread_n_and_solved_seeds(tmp_path):
+    board = leaderboard_markdown(_store(tmp_path))
+    cells = [c.strip() for c in _row(board, "3*linear+softmax").split("|")[1:-1]]
+    hybrid = spread(RESULTS["3*linear+softmax"])
+    assert cells[:6] == ["3*linear+softmax", "5", format_spread(hybrid, "accuracy"),
+                         "0.2270 – 1.0000", "3 of 5", "within spread"]
+    assert _row(board, "softmax").split("|")[5:7] == [" 5 of 5 ", " best "]
+    linear = [c.strip() for c in _row(board, "linear").split("|")[1:-1]]
+    assert linear[4:6] == ["0 of 5", "worse"]  # beyond the spread: called
+    assert linear[7] == "1,002"  # tokens/s: the mean over seeds
+    # the best row first, the rest in order of their means
+    order = [line.split("|")[1].strip() for line in board.splitlines()
+             if line.startswith("| ") and "|---" not in line and "mixer" not in line]
+    assert order[:3] == ["softmax", "3*linear+softmax", "linear"]
+
+
+def test_one_seed_per_setting_keeps_the_table_of_runs(tmp_path):
+    board = leaderboard_markdown(_store(tmp_path, {"softmax": [1.0], "linear": [0.25]}))
+    assert "± " not in board and "within spread" not in board
+    assert "| softmax | 1.0000 |" in board
+
+
+def test_the_average_over_tasks_carries_the_spread_of_per_seed_averages(tmp_path):
+    store = _store(tmp_path, {"softmax": [1.0, 0.9], "linear": [0.2, 0.4]})
+    for mixer, accuracies in {"softmax": [0.8, 1.0], "linear": [0.6, 0.2]}.items():
+        for seed, accuracy in enumerate(accuracies):
+            run = RunConfig(task="copy", mixer=mixer, seed=seed, model={"depth": 4}).resolve()
+            store.claim_run(run.id, run, None, {}, "t")
+            store.finish_run(run.id, {"metric": "accuracy", "test_accuracy": accuracy,
+                                      "best_val_accuracy": accuracy, "history": [],
+                                      "params": 1, "tokens_per_s": 1.0, "peak_mem_mb": 1.0,
+                                      "steps": 1, "train_seconds": 1.0}, "t")
+    spreads = average_spreads(leaderboard_rows(store))
+    # softmax: seed 0 (1.0 + 0.8) / 2 = 0.9, seed 1 (0.9 + 1.0) / 2 = 0.95
+    assert spreads[("softmax", "cpu")].values == (0.9, 0.95)
+    assert spreads[("linear", "cpu")].values == (0.4, 0.30000000000000004)
+    board = leaderboard_markdown(store)
+    assert f"| softmax | {format_spread(spreads[('softmax', 'cpu')], 'accuracy')} (n=2) |" \
+        in board
