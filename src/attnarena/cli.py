@@ -213,27 +213,33 @@ def cmd_run(args) -> int:
     return 1 if counts["failed"] else 0
 
 
+def train_config(args):
+    """The ``RunConfig`` that ``attnarena train``'s arguments describe."""
+    from attnarena.arena.run.config import RunConfig
+    from attnarena.options import parse_options
+
+    train_overrides = {k: v for k, v in (("steps", args.steps), ("batch", args.batch),
+                                         ("lr", args.lr)) if v is not None}
+    task_options = parse_options(args.task_option)
+    if args.data:
+        task_options["data_dir"] = str(Path(args.data).resolve())
+    return RunConfig(task=args.task, mixer=args.mixer, preset=args.preset, seed=args.seed,
+                     mixer_options=parse_options(args.option), task_options=task_options,
+                     model=parse_options(args.model, where=" in --model"),
+                     train=train_overrides, device=args.device)
+
+
 def cmd_train(args) -> int:
     import json
 
-    from attnarena.arena.run.config import RunConfig
     from attnarena.arena.run.runner import train_run
-    from attnarena.options import parse_options
 
     if args.json and Path(args.json).is_dir():
         raise ValueError(f"--json names a file to write, but {args.json} is a directory")
     if args.json and not Path(args.json).parent.is_dir():
         raise ValueError(f"--json {args.json}: the folder {Path(args.json).parent} does not "
                          "exist")
-    train_overrides = {k: v for k, v in (("steps", args.steps), ("batch", args.batch),
-                                         ("lr", args.lr)) if v is not None}
-    task_options = parse_options(args.task_option)
-    if args.data:
-        task_options["data_dir"] = str(Path(args.data).resolve())
-    config = RunConfig(task=args.task, mixer=args.mixer, preset=args.preset, seed=args.seed,
-                       mixer_options=parse_options(args.option), task_options=task_options,
-                       model=parse_options(args.model, where=" in --model"),
-                       train=train_overrides, device=args.device)
+    config = train_config(args)
     store_path = None if args.no_store else (args.store or Path(args.out) / "arena.sqlite")
     run, metrics = train_run(config, out=args.out, store_path=store_path,
                              progress=not args.quiet)
@@ -290,6 +296,30 @@ def cmd_report(args) -> int:
     else:
         print(text)
     print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from attnarena.arena.report.serve import make_server
+    from attnarena.arena.store import store_label
+    from attnarena.extras import require
+
+    require("plotly", "the web page (attnarena serve)", "web")
+    if args.refresh <= 0:
+        raise ValueError(f"--refresh must be a positive number of seconds, got {args.refresh}")
+    server = make_server(args.store, args.out, args.host, args.port, args.refresh)
+    host, port = server.server_address[:2]
+    print(f"serving the leaderboard of {store_label(args.store)} at http://{host}:{port}/ "
+          f"(read-only; the page refreshes every {args.refresh:g} s); open that address in "
+          "a browser; Ctrl-C stops", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: bound to {host}, so other machines can read it too", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -726,7 +756,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compress)
 
-    p = command("report", help="leaderboard and plots from the store")
+    p = command("serve", help="the leaderboard page from the store, live while a suite runs")
+    p.add_argument("--store", default="results/arena.sqlite", help=STORE_HELP)
+    p.add_argument("--out", default="results",
+                   help="where the suite's checkpoints are (curves of runs in progress)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="default 8765; 0 takes a free one")
+    p.add_argument("--refresh", type=float, default=3.0,
+                   help="seconds between the page's refreshes (default 3)")
+    p.set_defaults(func=cmd_serve)
+
+    p = command("report", help="leaderboard, plots and leaderboard.html from the store")
     p.add_argument("--store", default="results/arena.sqlite", help=STORE_HELP)
     p.add_argument("--out", default="results")
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")

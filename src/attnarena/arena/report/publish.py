@@ -1,7 +1,9 @@
-"""The report's files: leaderboard.md, and the plots (quality against training throughput,
-training curves, time and memory against length, linearization and compression)."""
+"""The report's files: leaderboard.md, the plots (quality against training throughput,
+training curves, time and memory against length, linearization and compression), and
+leaderboard.html, the same store as an interactive page."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from attnarena.arena.report.choose import store_answer
@@ -48,4 +50,11 @@ def build_reports(store, out_dir) -> list[Path]:
         paths.append(plot_decoder_linearization(decoders, out / "linearization_decoder.png"))
     if by_source(store.compress_rows()):
         paths.append(plot_compression(store.compress_rows(), out / "compression.png"))
+    from attnarena.arena.report.web import write_page
+    from attnarena.extras import MissingExtraError
+
+    try:
+        paths.append(write_page(store, out))
+    except MissingExtraError as error:  # the page is optional; the files above are written
+        print(f"leaderboard.html not written: {error}", file=sys.stderr)
     return paths
