@@ -120,8 +120,17 @@ def _running(store, out_dir) -> list[dict]:
                       "heartbeat_age_s": None if run["heartbeat"] is None
                       else round(now - run["heartbeat"], 1),
                       "started": run["started"], "history": curve,
-                      "metric": (run.get("metrics") or {}).get("metric")})
+                      "metric": _metric(run["task"])})
     return found
+
+
+def _metric(task: str) -> str | None:
+    from attnarena.tasks.registry import task_class
+
+    try:
+        return task_class(task).metric
+    except ValueError:
+        return None
 
 
 def _checkpoint_history(folder: Path) -> list:

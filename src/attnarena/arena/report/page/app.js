@@ -166,10 +166,10 @@ function renderRunning() {
     const div = el("div", { class: "plot", id: "running-curves" });
     part.append(div);
     requestAnimationFrame(() => Plotly.react(div, withCurves.map((r) => {
-      const key = Object.keys(r.history[0]).find((k) => k.startsWith("val_")) || "train_loss";
+      const key = r.metric && ("val_" + r.metric) in r.history[0] ? "val_" + r.metric : "train_loss";
       return { x: r.history.map((h) => h.step), y: r.history.map((h) => h[key]), mode: "lines+markers",
         name: `${r.mixer} seed ${r.seed}`, line: { color: (DATA.styles[r.mixer] || {}).color } };
-    }), { title: { text: "running: validation so far" }, margin: { t: 40, r: 10 }, xaxis: { title: { text: "step" } } }, PLOT_CONFIG));
+    }), { title: { text: "running: validation so far (train loss before the first evaluation)" }, margin: { t: 40, r: 10 }, xaxis: { title: { text: "step" } } }, PLOT_CONFIG));
   }
   return part;
 }
@@ -228,18 +228,17 @@ function byMixer(runs) {
   return out;
 }
 
-function runHover(run) {
-  const settings = Object.entries(run.settings).filter(([k]) => k !== "seed")
-    .map(([k, v]) => `${k}=${fmtValue(v)}`).join(", ");
+function runHover(run, swept) {
+  const settings = swept.map((k) => `${k}=${fmtValue(run.settings[k])}`).join(", ");
   return `<b>${run.mixer}</b> seed ${run.seed}<br>test ${run.metric} ${fmtMetric(run.test, run.metric)}` +
-    `<br>${fmtNumber(run.tokens_per_s)} tokens/s<br>${settings}<br>run ${run.id}`;
+    `<br>${fmtNumber(run.tokens_per_s)} tokens/s` + (settings ? `<br>${settings}` : "") + `<br>run ${run.id}`;
 }
 
 function plotQuality(div, task, runs) {
   const traces = Object.entries(byMixer(runs)).map(([mixer, mine]) => ({
     type: "scatter", mode: "markers", name: mixer, x: mine.map((r) => r.tokens_per_s),
     y: mine.map((r) => r.test), customdata: mine.map((r) => r.id),
-    text: mine.map(runHover), hovertemplate: "%{text}<extra></extra>",
+    text: mine.map((r) => runHover(r, task.swept)), hovertemplate: "%{text}<extra></extra>",
     marker: { color: DATA.styles[mixer].color, symbol: DATA.styles[mixer].symbol, size: 10 } }));
   Plotly.react(div, traces, {
     title: { text: `${task.task}: test ${task.metric} against training throughput`, font: { size: 13 } },
