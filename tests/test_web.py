@@ -72,6 +72,10 @@ def arena(tmp_path_factory):
     suite.write_text(SUITE)
     run_suite(str(suite), store_path=folder / "a.sqlite", out_dir=folder / "out",
               progress=False, log=lambda line: None)
+    # a linearized MiniLM (two steps) for the linearization section and its Pareto plot
+    assert main(["linearize", "--model", "minilm", "--mixer", "hedgehog", "--steps", "2",
+                 "--batch", "4", "--lengths", "16,32", "--eval-sentences", "16", "--store",
+                 str(folder / "a.sqlite"), "--out", str(folder / "out"), "--quiet"]) == 0
     return folder
 
 
@@ -170,6 +174,13 @@ def test_the_page_is_the_store_sorted_filtered_and_hovered(browser, arena, capsy
     page.screenshot(path=str(SHOTS / "leaderboard-run.png"))
     assert page.locator("#compression table").count() >= 1
     assert page.locator("#speed table").count() == 1
+    names = page.evaluate(
+        "() => document.getElementById('linearization-pareto').data.map(t => t.name)")
+    assert names[-1] == "Pareto front" and "minilm: original (softmax)" in names
+    page.locator("#panel button.close").click()
+    assert not page.locator("#panel").is_visible()
+    page.locator("#linearization").scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "leaderboard-linearization.png"))
     assert seen["errors"] == []
     page.close()
 

@@ -16,7 +16,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from attnarena.arena.report.compression import by_source, compress_markdown, _base_ms, _ms
+from attnarena.arena.report.compression import _base_ms, _ms, by_source, compress_markdown
 from attnarena.arena.report.leaderboard import (COLUMNS, average_spreads, averages,
                                                 common_line, leaderboard_rows,
                                                 setting_groups, swept_keys, training_conditions)
@@ -233,11 +233,28 @@ def _compression(rows) -> dict:
 
 
 def _linearization(rows) -> dict:
+    """The linearization tables, and for linearized encoders the Pareto plot's points:
+    agreement with the original (mean cosine) against forward time at the longest length
+    timed, the original's beside them."""
     if not rows:
         return {}
-    from attnarena.arena.report.linearization import linearize_markdown
+    from attnarena.arena.report.compression import pareto
+    from attnarena.arena.report.linearization import _variant, linearize_markdown
 
-    return {"tables": markdown_tables(linearize_markdown(rows))}
+    points = []
+    for r in rows:
+        speed = r.get("speed") or {}
+        if r["stage"] not in ("original", "finetune") or "mean_cosine" not in r or not speed:
+            continue
+        longest = max(speed, key=int)
+        points.append({"label": "original (softmax)" if r["stage"] == "original"
+                       else _variant(r), "source": r["source"],
+                       "quality": r["mean_cosine"], "ms": speed[longest]["ms"],
+                       "length": int(longest), "style": _style(
+                           "softmax" if r["stage"] == "original" else r["mixer"])})
+    front = pareto([(p["ms"], p["quality"]) for p in points]) if points else []
+    return {"tables": markdown_tables(linearize_markdown(rows)), "points": points,
+            "front": front}
 
 
 def markdown_tables(text: str) -> list[dict]:

@@ -335,7 +335,9 @@ function renderBlocks(id, title, blocks) {
     if (block.kind === "heading") part.append(el("h3", { text: block.text }));
     else if (block.kind === "text") part.append(el("p", { class: "note", text: block.text.replace(/`/g, "") }));
     else {
-      const columns = block.head.map((label, index) => ({ label, text: index === 0,
+      const numeric = (cell) => Number.isFinite(Number(String(cell).replace(/[,%*x]|\s.*$/g, "")));
+      const columns = block.head.map((label, index) => ({ label,
+        text: index === 0 || block.rows.every((row) => !numeric(row[index]) || row[index] === "-"),
         value: (row) => { const n = Number(String(row[index]).replace(/[,%*]|\s.*$/g, "")); return Number.isFinite(n) && row[index] !== "" && row[index] !== "-" ? n : row[index]; },
         show: (row) => row[index].replace(/\*\*/g, "").replace(/`/g, "") }));
       part.append(table(`${id}-table-${count++}`, columns, block.rows));
@@ -366,7 +368,23 @@ function renderCompression() {
 function renderLinearization() {
   const data = DATA.linearization;
   if (!data || !data.tables) return null;
-  return renderBlocks("linearization", "Linearization", data.tables);
+  const part = renderBlocks("linearization", "Linearization", data.tables);
+  if (data.points && data.points.length) {
+    const div = el("div", { class: "plot", id: "linearization-pareto" });
+    part.append(div);
+    requestAnimationFrame(() => {
+      const front = data.front.map((i) => data.points[i]);
+      Plotly.react(div, data.points.map((p) => ({ type: "scatter", mode: "markers", name: `${p.source}: ${p.label}`,
+        x: [p.ms], y: [p.quality], marker: { color: p.style.color, symbol: p.style.symbol, size: 10 },
+        hovertemplate: `${p.label}<br>mean cosine %{y:.4f}<br>%{x:.2f} ms at length ${p.length}<extra></extra>` }))
+        .concat([{ type: "scatter", mode: "lines", name: "Pareto front", x: front.map((p) => p.ms), y: front.map((p) => p.quality),
+          line: { color: "#e6550d", dash: "dash" }, hoverinfo: "skip" }]),
+      { title: { text: "linearized encoders: agreement against forward time", font: { size: 13 } },
+        xaxis: { type: "log", title: { text: "forward ms at the longest length timed" } },
+        yaxis: { title: { text: "mean cosine with the original" } }, margin: { t: 40, r: 10 } }, PLOT_CONFIG);
+    });
+  }
+  return part;
 }
 
 // -- the run panel -------------------------------------------------------------------------
