@@ -51,8 +51,11 @@ def _store(tmp_path, results=RESULTS, task_options=None):
             run = RunConfig(task="mqar", mixer=mixer, seed=seed, model={"depth": 4},
                             task_options=task_options or {}).resolve()
             store.claim_run(run.id, run, None, {"threads": 1}, "t")
+            # validation reaches the test accuracy at step 100 * (seed + 1)
+            history = [{"step": 100 * k, "val_accuracy": accuracy if k > seed else 0.1}
+                       for k in range(1, 6)]
             store.finish_run(run.id, {"metric": "accuracy", "test_accuracy": accuracy,
-                                      "best_val_accuracy": accuracy, "history": [],
+                                      "best_val_accuracy": accuracy, "history": history,
                                       "params": 100, "tokens_per_s": 1000.0 + seed,
                                       "peak_mem_mb": 5.0, "steps": 10,
                                       "train_seconds": 1.0}, "t")
@@ -67,12 +70,14 @@ def test_the_leaderboard_shows_mean_spread_n_and_solved_seeds(tmp_path):
     board = leaderboard_markdown(_store(tmp_path))
     cells = [c.strip() for c in _row(board, "3*linear+softmax").split("|")[1:-1]]
     hybrid = spread(RESULTS["3*linear+softmax"])
-    assert cells[:6] == ["3*linear+softmax", "5", format_spread(hybrid, "accuracy"),
-                         "0.2270 – 1.0000", "3 of 5", "within spread"]
-    assert _row(board, "softmax").split("|")[5:7] == [" 5 of 5 ", " best "]
+    # seeds 1, 2 and 3 solved it, first reaching 0.99 in validation at their steps
+    assert cells[:7] == ["3*linear+softmax", "5", format_spread(hybrid, "accuracy"),
+                         "0.2270 – 1.0000", "3 of 5", "200, 300, 400", "within spread"]
+    assert _row(board, "softmax").split("|")[5:8] == [" 5 of 5 ", " 100, 200, 300, 400, 500 ",
+                                                      " best "]
     linear = [c.strip() for c in _row(board, "linear").split("|")[1:-1]]
-    assert linear[4:6] == ["0 of 5", "worse"]  # beyond the spread: called
-    assert linear[7] == "1,002"  # tokens/s: the mean over seeds
+    assert linear[4:7] == ["0 of 5", "-", "worse"]  # beyond the spread: called
+    assert linear[8] == "1,002"  # tokens/s: the mean over seeds
     # the best row first, the rest in order of their means
     order = [line.split("|")[1].strip() for line in board.splitlines()
              if line.startswith("| ") and "|---" not in line and "mixer" not in line]

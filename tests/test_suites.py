@@ -210,9 +210,10 @@ def test_suite_sweeps_expand_and_the_average_takes_the_best_setting(tmp_path):
     # the swept settings are columns; what every row shares is said once above the table
     assert "All rows: preset cpu, depth 2, heads 4, steps 600, batch 32, task copy(" in board
     # several seeds per setting: one row per setting, its mean, spread and n
-    assert "| mixer | dim | lr | n | test accuracy | min – max | solved | vs best |" in board
-    assert "| gla | 16 | 0.01 | 2 | 0.8500 ± 0.0707 | 0.8000 – 0.9000 | 0 of 2 | best |" \
+    assert ("| mixer | dim | lr | n | test accuracy | min – max | solved | solved at step | "
+            "vs best |") in board
+    assert "| gla | 16 | 0.01 | 2 | 0.8500 ± 0.0707 | 0.8000 – 0.9000 | 0 of 2 | - | best |" \
         in board
-    assert "| gla | 32 | 0.001 | 2 | 0.6000 ± 0.5657 | 0.2000 – 1.0000 | 1 of 2 | within " \
+    assert "| gla | 32 | 0.001 | 2 | 0.6000 ± 0.5657 | 0.2000 – 1.0000 | 1 of 2 | - | within " \
         "spread |" in board
     assert "## Average over 2 tasks\n" in board  # copy and mqar are not LRA tasks

@@ -43,8 +43,18 @@ def leaderboard_rows(store) -> list[dict]:
                      "train_seconds": m["train_seconds"], "baselines": m.get("baselines"),
                      "by_length": m.get("test_by_length"), "id": run["id"],
                      "threads": env.get("threads"), "jobs": env.get("jobs", 1),
-                     "resumptions": m.get("resumptions", 0)})
+                     "resumptions": m.get("resumptions", 0),
+                     "solved_at": _solved_at(m.get("history", []), metric)})
     return rows
+
+
+def _solved_at(history, metric):
+    """The first step whose validation accuracy reached ``SOLVED`` (None: never, or not an
+    accuracy)."""
+    if metric != "accuracy":
+        return None
+    return next((h["step"] for h in history
+                 if h.get(f"val_{metric}") is not None and h[f"val_{metric}"] >= SOLVED), None)
 
 
 def training_conditions(rows) -> str:
@@ -253,12 +263,14 @@ def _seeds_table(task, mine) -> list[str]:
         lines += [common, ""]
     accuracy = metric == "accuracy"
     lines += [f"Test {metric}: mean ± standard deviation over each setting's n seeds, and "
-              "their range" + (f"; solved: seeds at or above {SOLVED:g}" if accuracy else "")
+              "their range" + (f"; solved: seeds at or above {SOLVED:g}, and the step at "
+                               f"which each first reached {SOLVED:g} in validation"
+                               if accuracy else "")
               + "; vs best: worse only where the gap to the best mean exceeds the two "
               "standard deviations together, else within spread.", ""]
     head = (["mixer"] + swept + ["n", f"test {metric}", "min – max"]
-            + (["solved"] if accuracy else []) + ["vs best", f"best val {metric}",
-                                                   "train tokens/s", "peak MiB", "params"])
+            + (["solved", "solved at step"] if accuracy else [])
+            + ["vs best", f"best val {metric}", "train tokens/s", "peak MiB", "params"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     top = groups[0]
     for g in groups:
@@ -267,7 +279,9 @@ def _seeds_table(task, mine) -> list[str]:
         cells = ([g["mixer"]] + [format_value(g["settings"].get(k)) for k in swept]
                  + [str(g["test"].n), format_spread(g["test"], metric),
                     format_range(g["test"], metric)]
-                 + ([f"{g['test'].reached(SOLVED)} of {g['test'].n}"] if accuracy else [])
+                 + ([f"{g['test'].reached(SOLVED)} of {g['test'].n}",
+                     ", ".join(f"{r['solved_at']:,}" for r in runs
+                               if r["solved_at"] is not None) or "-"] if accuracy else [])
                  + [vs, format_spread(g["best_val"], metric),
                     fmt(_mean(r["tokens_per_s"] for r in runs), ",.0f")
                     + ("*" if any(r.get("resumptions") for r in runs) else ""),

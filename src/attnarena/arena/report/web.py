@@ -177,6 +177,8 @@ def page_data(store, out_dir=None) -> dict:
                         "n": g["test"].n, "mean": g["test"].mean, "sd": g["test"].sd,
                         "low": g["test"].low, "high": g["test"].high,
                         "solved": g["test"].reached(SOLVED, g["higher_is_better"]),
+                        "solved_at": [r["solved_at"] for r in g["runs"]
+                                      if r["solved_at"] is not None],
                         "vs_best": "best" if g is top else call_difference(
                             g["test"], top["test"], g["higher_is_better"]),
                         "family": _family(g["mixer"]), "pattern": _pattern(task),

@@ -204,7 +204,11 @@ function renderTask(task) {
     { label: "sd", value: (g) => g.sd, show: (g) => (g.n > 1 ? fmtMetric(g.sd, metric) : "-") },
     { label: "min", value: (g) => g.low, show: (g) => fmtMetric(g.low, metric) },
     { label: "max", value: (g) => g.high, show: (g) => fmtMetric(g.high, metric) });
-  if (metric === "accuracy") columns.push({ label: `solved (≥ ${task.solved_at})`, value: (g) => g.solved, show: (g) => `${g.solved} of ${g.n}` });
+  if (metric === "accuracy") {
+    columns.push({ label: `solved (≥ ${task.solved_at})`, value: (g) => g.solved, show: (g) => `${g.solved} of ${g.n}` },
+      { label: "solved at step", value: (g) => (g.solved_at.length ? Math.min(...g.solved_at) : null),
+        show: (g) => (g.solved_at.length ? g.solved_at.map((s) => fmtNumber(s)).join(", ") : "-") });
+  }
   columns.push({ label: "vs best", value: (g) => g.vs_best, text: true });
   const part = section("task-" + task.task, task.task,
     task.common ? el("p", { class: "note", text: task.common }) : null,
