@@ -32,6 +32,10 @@ def test_a_difference_is_called_only_beyond_the_spread():
     assert call_difference(stuck, solved) == "worse"
     assert call_difference(stuck, solved, higher_is_better=False) == "better"  # errors
     assert call_difference(spread([1.0]), stuck) == "one seed"
+    # no spread at all, yet a gap of 0.0003 in accuracy is not called
+    exact, near = spread([1.0, 1.0, 1.0]), spread([0.9997, 0.9997, 0.9997])
+    assert call_difference(near, exact) == "worse"
+    assert call_difference(near, exact, min_gap=0.005) == "within spread"
     assert format_spread(stuck, "accuracy") == "0.2720 ± 0.0192"
     assert format_spread(spread([0.5]), "accuracy") == "0.5000"
 

@@ -7,7 +7,7 @@ import json
 from collections import defaultdict
 
 from attnarena.arena.report.seeds import (SOLVED, call_difference, format_range,
-                                          format_spread, spread)
+                                          format_spread, min_gap, spread)
 from attnarena.arena.report.speed import speed_markdown
 from attnarena.arena.report.style import (fmt, format_metric, keep_ticks_within, label_log_axis,
                                           legend_outside, mixer_style, plural, pyplot)
@@ -267,7 +267,8 @@ def _seeds_table(task, mine) -> list[str]:
                                f"which each first reached {SOLVED:g} in validation"
                                if accuracy else "")
               + "; vs best: worse only where the gap to the best mean exceeds the two "
-              "standard deviations together, else within spread.", ""]
+              "standard deviations together" + (" and half a point" if accuracy else "")
+              + ", else within spread.", ""]
     head = (["mixer"] + swept + ["n", f"test {metric}", "min – max"]
             + (["solved", "solved at step"] if accuracy else [])
             + ["vs best", f"best val {metric}", "train tokens/s", "peak MiB", "params"])
@@ -275,13 +276,15 @@ def _seeds_table(task, mine) -> list[str]:
     top = groups[0]
     for g in groups:
         runs = g["runs"]
-        vs = "best" if g is top else call_difference(g["test"], top["test"], higher)
+        vs = "best" if g is top else call_difference(g["test"], top["test"], higher,
+                                                     min_gap(metric))
         cells = ([g["mixer"]] + [format_value(g["settings"].get(k)) for k in swept]
                  + [str(g["test"].n), format_spread(g["test"], metric),
                     format_range(g["test"], metric)]
                  + ([f"{g['test'].reached(SOLVED)} of {g['test'].n}",
                      ", ".join(f"{r['solved_at']:,}" for r in runs
-                               if r["solved_at"] is not None) or "-"] if accuracy else [])
+                               if r["solved_at"] is not None and r["test"] >= SOLVED) or "-"]
+                    if accuracy else [])
                  + [vs, format_spread(g["best_val"], metric),
                     fmt(_mean(r["tokens_per_s"] for r in runs), ",.0f")
                     + ("*" if any(r.get("resumptions") for r in runs) else ""),

@@ -3,7 +3,8 @@ by which a difference between two settings is called.
 
 The rule: two settings differ only when both ran at least two seeds and their means lie
 further apart than the sum of their standard deviations (the intervals mean +- sd do not
-overlap). Anything closer is "within spread": the seeds do not tell the two apart. Where
+overlap), and, for accuracies, more than half a point apart. Anything closer is "within
+spread": the seeds do not tell the two apart. Where
 outcomes are bimodal (a seed either finds MQAR's recall or does not), the mean hides what
 happened, so tables of accuracies also count the seeds that reached ``SOLVED``.
 """
@@ -15,6 +16,10 @@ from dataclasses import dataclass
 from attnarena.arena.report.style import format_metric
 
 SOLVED = 0.99  # a test accuracy at or above this counts as the task solved by that seed
+# accuracies closer than half a point are never called different, however small the
+# spread: at the evaluation sets' sizes (hundreds to thousands of examples) such a gap is a
+# handful of examples
+MIN_ACCURACY_GAP = 0.005
 
 
 @dataclass(frozen=True)
@@ -60,17 +65,23 @@ def spread(values) -> Spread:
     return Spread(values)
 
 
-def call_difference(a: Spread, b: Spread, higher_is_better: bool = True) -> str:
+def call_difference(a: Spread, b: Spread, higher_is_better: bool = True,
+                    min_gap: float = 0.0) -> str:
     """How ``a`` compares with ``b``: "better" or "worse" when the gap between the means
-    exceeds the sum of the standard deviations (both with at least two seeds), "within
-    spread" when it does not, "one seed" when either has a single seed (no spread to judge
-    by)."""
+    exceeds the sum of the standard deviations (both with at least two seeds) and
+    ``min_gap``, "within spread" when it does not, "one seed" when either has a single seed
+    (no spread to judge by)."""
     if a.n < 2 or b.n < 2:
         return "one seed"
     gap = a.mean - b.mean
-    if abs(gap) <= a.sd + b.sd:
+    if abs(gap) <= max(a.sd + b.sd, min_gap):
         return "within spread"
     return "better" if (gap > 0) == higher_is_better else "worse"
+
+
+def min_gap(metric: str) -> float:
+    """The smallest difference of ``metric`` that is ever called."""
+    return MIN_ACCURACY_GAP if metric == "accuracy" else 0.0
 
 
 def format_spread(s: Spread, metric: str) -> str:

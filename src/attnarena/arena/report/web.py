@@ -20,7 +20,7 @@ from attnarena.arena.report.compression import _base_ms, _ms, by_source, compres
 from attnarena.arena.report.leaderboard import (COLUMNS, average_spreads, averages,
                                                 common_line, leaderboard_rows,
                                                 setting_groups, swept_keys, training_conditions)
-from attnarena.arena.report.seeds import SOLVED, call_difference
+from attnarena.arena.report.seeds import SOLVED, call_difference, min_gap
 from attnarena.arena.report.speed import crossovers, errors_at_longest, memory_of, sweep_groups
 from attnarena.arena.report.style import mixer_style
 from attnarena.extras import require
@@ -178,9 +178,10 @@ def page_data(store, out_dir=None) -> dict:
                         "low": g["test"].low, "high": g["test"].high,
                         "solved": g["test"].reached(SOLVED, g["higher_is_better"]),
                         "solved_at": [r["solved_at"] for r in g["runs"]
-                                      if r["solved_at"] is not None],
+                                      if r["solved_at"] is not None and r["test"] >= SOLVED],
                         "vs_best": "best" if g is top else call_difference(
-                            g["test"], top["test"], g["higher_is_better"]),
+                            g["test"], top["test"], g["higher_is_better"],
+                            min_gap(g["metric"])),
                         "family": _family(g["mixer"]), "pattern": _pattern(task),
                         "ids": [r["id"] for r in g["runs"]]} for g in groups]})
     spreads = average_spreads(rows)
