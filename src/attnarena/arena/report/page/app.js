@@ -212,7 +212,7 @@ function renderTask(task) {
   columns.push({ label: "vs best", value: (g) => g.vs_best, text: true });
   const part = section("task-" + task.task, task.task,
     task.common ? el("p", { class: "note", text: task.common }) : null,
-    el("p", { class: "note", text: "One row per setting: its seeds' mean, standard deviation, range and count; 'vs best' calls a setting worse only where the gap to the best mean exceeds the two standard deviations together, else 'within spread'. Click a run in the plots or the table of runs for its details." }),
+    el("p", { class: "note", text: "One row per setting: its seeds' mean, standard deviation, range and count; 'vs best' calls a setting worse only where the gap to the best mean exceeds the two standard deviations together (and half a point, for accuracies), else 'within spread'. Click a run in the plots or the table of runs for its details." }),
     table("groups-" + task.task, columns, groups));
   const plots = el("div", { class: "plots" });
   const quality = el("div", { class: "plot", id: "quality-" + task.task });
