@@ -185,10 +185,11 @@ def page_data(store, out_dir=None) -> dict:
                         "family": _family(g["mixer"]), "pattern": _pattern(task),
                         "ids": [r["id"] for r in g["runs"]]} for g in groups]})
     spreads = average_spreads(rows)
+    several = len({r["problem"] for r in rows if r["metric"] == "accuracy"}) > 1
     average = [{"mixer": m, "preset": p, "mean": a,
                 "sd": spreads[(m, p)].sd if (m, p) in spreads else None,
                 "n": spreads[(m, p)].n if (m, p) in spreads else None}
-               for m, p, a in averages(rows)]
+               for m, p, a in averages(rows)] if several else []  # as the Markdown does
     counts = {s: len(store.runs(status=s)) for s in STATUSES}
     return {"generated": time.strftime("%Y-%m-%d %H:%M:%S"), "store": store.label,
             "status": counts, "running": _running(store, out_dir), "runs": runs,
