@@ -244,10 +244,18 @@ function plotQuality(div, task, runs) {
     y: mine.map((r) => r.test), customdata: mine.map((r) => r.id),
     text: mine.map((r) => runHover(r, task.swept)), hovertemplate: "%{text}<extra></extra>",
     marker: { color: DATA.styles[mixer].color, symbol: DATA.styles[mixer].symbol, size: 10 } }));
+  const values = runs.map((r) => r.test);
+  const yaxis = { title: { text: `test ${task.metric}` } };
+  if (task.metric === "accuracy" && values.length) {
+    // at least a tenth of the scale, within [0, 1] plus room for the markers: a spread of
+    // 0.001 drawn across the whole axis would look like a difference
+    const lo = Math.min(...values), hi = Math.max(...values), pad = Math.max(0, 0.1 - (hi - lo)) / 2 + 0.02;
+    yaxis.range = [Math.max(-0.02, lo - pad), Math.min(1.02, hi + pad)];
+  }
   Plotly.react(div, traces, {
     title: { text: `${task.task}: test ${task.metric} against training throughput`, font: { size: 13 } },
     xaxis: { type: "log", title: { text: "training tokens/s (as each run trained)" } },
-    yaxis: { title: { text: `test ${task.metric}` } }, margin: { t: 40, r: 10 }, hovermode: "closest",
+    yaxis, margin: { t: 40, r: 10 }, hovermode: "closest",
     legend: { title: { text: "mechanism (click hides)" } } }, PLOT_CONFIG);
   div.on("plotly_click", (event) => openRun(event.points[0].customdata));
 }
