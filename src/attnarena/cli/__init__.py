@@ -467,13 +467,6 @@ def _names(text, option="--mixers"):
 
 
 
-COMMANDS = {"list": cmd_list, "tasks": cmd_tasks, "speed": cmd_speed, "run": cmd_run,
-            "train": cmd_train, "data": cmd_data, "export": cmd_export,
-            "linearize": cmd_linearize, "generate": cmd_generate, "compress": cmd_compress,
-            "serve": cmd_serve, "report": cmd_report, "choose": cmd_choose,
-            "store": cmd_store}
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -484,7 +477,7 @@ def main(argv=None) -> int:
         print(f"attnarena {args.command}: error: standard output is closed", file=sys.stderr)
         return 2
     try:
-        code = COMMANDS[args.command](args)
+        code = globals()[f"cmd_{args.command}"](args)  # each command is cmd_NAME here
         sys.stdout.flush()  # a write error surfaces here, not silently at exit
         return code
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as cat does

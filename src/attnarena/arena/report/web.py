@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import time
+import uuid
 from importlib import resources
 from pathlib import Path
 
@@ -305,7 +307,8 @@ def write_page(store, out_dir) -> Path:
     """Write ``OUT/leaderboard.html`` from the store; returns its path."""
     path = Path(out_dir) / PAGE
     text = page_html(page_data(store, out_dir))
-    tmp = path.with_name(f".{path.name}.tmp")
+    # a name of this process's own: several processes may report into one folder at once
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
     return path
