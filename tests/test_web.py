@@ -223,7 +223,7 @@ name = "live"
 [[runs]]
 tasks = ["copy"]
 mixers = ["gla"]
-train = { steps = 400, eval_every = 20, eval_examples = 32, batch = 8 }
+train = { steps = 200, eval_every = 20, eval_examples = 32, batch = 8 }
 model = { dim = 16, depth = 1, heads = 2 }
 """
 
