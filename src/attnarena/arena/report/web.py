@@ -85,7 +85,8 @@ def reproduce_command(config: dict) -> str:
                           task_options=config.get("task_options", {}),
                           model=config.get("model", {}),
                           train={k: train[k] for k in ("steps", "batch", "lr") if k in train})
-        same = again.resolve().as_dict() == {**config, "device": again.resolve()["device"]}
+        resolved = again.resolve()
+        same = resolved.as_dict() == {**config, "device": resolved["device"]}
     except (ValueError, KeyError):
         same = False
     if same:
