@@ -255,10 +255,28 @@ def test_rglru_follows_the_griffin_equations():
         a = torch.sigmoid(mixer.Lambda) ** (8 * r)  # a_t = a^(c r_t), c = 8
         h, states = torch.zeros(2, 8, dtype=torch.float64), []
         for t in range(7):
-            h = a[:, t] * h + torch.sqrt(1 - a[:, t] ** 2) * (i[:, t] * u[:, t])
+            # the released model's reset at the first position: h_0 = i_0 * u_0
+            multiplier = 1.0 if t == 0 else torch.sqrt(1 - a[:, t] ** 2)
+            h = a[:, t] * h + multiplier * (i[:, t] * u[:, t])
             states.append(h)
         expected = mixer.o_proj(F.gelu(mixer.gate_proj(x)) * torch.stack(states, 1))
     torch.testing.assert_close(mixer(x), expected, rtol=1e-9, atol=1e-9)
+    # decoding from an empty state resets at its first token too, and a split sequence
+    # (prefill, then more) does not reset again
+    with torch.no_grad():
+        y, state = mixer.prefill(x[:, :3])
+        rest, _ = mixer.prefill(x[:, 3:], state)
+        torch.testing.assert_close(torch.cat([y, rest], 1), expected, rtol=1e-9, atol=1e-9)
+        state, steps = None, []
+        for t in range(7):
+            y_t, state = mixer.step(x[:, t], state)
+            steps.append(y_t)
+        torch.testing.assert_close(torch.stack(steps, 1), expected, rtol=1e-9, atol=1e-9)
+        # left padding: the first real token is the reset
+        padded = torch.cat([torch.randn(2, 2, 8, dtype=torch.float64), x], 1)
+        mask = torch.arange(9)[None].expand(2, -1) >= 2
+        torch.testing.assert_close(mixer(padded, mask=mask)[:, 2:], expected, rtol=1e-9,
+                                   atol=1e-9)
     # the paper's initialization: a^c in [0.9, 0.999]
     decay = torch.sigmoid(mixer.Lambda) ** 8
     assert bool((decay >= 0.9 - 1e-9).all() and (decay <= 0.999 + 1e-9).all())

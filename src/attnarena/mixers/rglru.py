@@ -43,9 +43,16 @@ class RGLRU(RecurrentMixer):
 
         r_t = sigmoid(W_a u_t + b_a),  i_t = sigmoid(W_x u_t + b_x)   (block-diagonal)
         a_t = a^(c r_t),  a = sigmoid(Lambda),  c = 8
-        h_t = a_t * h_{t-1} + sqrt(1 - a_t^2) * (i_t * u_t)
+        h_t = a_t * h_{t-1} + sqrt(1 - a_t^2) * (i_t * u_t),   h_0 = i_0 * u_0
 
-    with a initialized so that a^c lies in [0.9, 0.999] (the paper's range).
+    with a initialized so that a^c lies in [0.9, 0.999] (the paper's range). The first step
+    follows the released model (google-deepmind/recurrentgemma resets the recurrence at a
+    sequence's first position: decay 0 and input multiplier 1), not sqrt(1 - a_0^2): that
+    normalization keeps the state's scale steady over a long history, and with no history
+    it would only shrink the first token's input (by up to sqrt(1 - 0.9^2) = 0.44 at
+    initialization) for the rest of the sequence. RecurrentGemma's weights were trained
+    this way, so the arena follows it. The first position is each row's first real token
+    (padding before it is skipped); a decoding state remembers whether it has begun.
 
     Options: conv_size, c, form ("parallel": log-depth scan; "recurrent": loop).
     """
@@ -67,7 +74,9 @@ class RGLRU(RecurrentMixer):
         width = self.Lambda.shape[0]  # dim, or fewer channels once heads are pruned
         return {"h": torch.zeros(batch_size, width, device=device, dtype=dtype),
                 "conv": torch.zeros(batch_size, self.conv.kernel - 1, width, device=device,
-                                    dtype=dtype)}
+                                    dtype=dtype),
+                # 1 once the sequence has had a real token: its first step is a reset
+                "begun": torch.zeros(batch_size, 1, device=device, dtype=dtype)}
 
     def _sequence(self, x, state, mask, form):
         keep = keep_mask(mask, x)[..., None]
@@ -77,9 +86,15 @@ class RGLRU(RecurrentMixer):
         # log a_t = c r_t log sigmoid(Lambda); padding neither decays nor writes
         log_a = self.c * r * F.logsigmoid(self.Lambda) * keep
         scale = torch.sqrt((-torch.expm1(2 * log_a)).clamp_min(1e-12))
+        # the reset at the first real token: multiplier 1 (the decay acts on h = 0 there)
+        begun = x.new_zeros(x.shape[0], 1) if state is None else state["begun"].to(x.dtype)
+        first = (keep[..., 0].cumsum(1) == 1) & (keep[..., 0] > 0) & (begun == 0)
+        scale = torch.where(first[..., None], torch.ones_like(scale), scale)
         h, last = ops.diagonal_recurrence(scale * i * u * keep, log_a,
                                           form="recurrent" if form == "recurrent" else
                                           "parallel",
                                           initial_state=None if state is None else state["h"],
                                           return_state=True)
-        return self.o_proj(F.gelu(self.gate_proj(x)) * h), {"h": last, "conv": conv}
+        begun = torch.maximum(begun, keep[..., 0].amax(1, keepdim=True))
+        return self.o_proj(F.gelu(self.gate_proj(x)) * h), {"h": last, "conv": conv,
+                                                             "begun": begun}
