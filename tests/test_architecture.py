@@ -171,6 +171,7 @@ NOT_MIXING = {
     ("prefix_pool.py", "_sequence"): "each key scored by Aaren's learned query: a projection",
     ("prefix_pool.py", "_parts"): "Latte's p(l | t), a softmax over one token's latents",
     ("rglru.py", "forward"): "a block-diagonal linear map (RG-LRU's gates): a projection",
+    ("rglru.py", "_sequence"): "each row's first real token (the recurrence's reset there)",
     ("routing.py", "_update_centroids"): "centroid running averages, updated in training",
     ("vq.py", "_update_codebook"): "codebook running averages, updated in training",
 }

@@ -475,6 +475,41 @@ def test_soft_with_every_token_a_landmark_is_exact_gaussian_attention():
     torch.testing.assert_close(mixer(x), expected, rtol=1e-8, atol=1e-8)
 
 
+@given(length=st.integers(1, 40), landmarks=st.integers(1, 12))
+def test_soft_segments_are_adaptive_pooling_over_the_real_tokens(length, landmarks):
+    from attnarena.ops.segments import segment_means
+
+    g = torch.Generator().manual_seed(length * 13 + landmarks)
+    q = torch.randn(1, 2, length, 3, generator=g, dtype=torch.float64)
+    m = min(landmarks, length)
+    pooled = F.adaptive_avg_pool1d(q[0].transpose(1, 2), m).transpose(1, 2)
+    real = torch.ones(1, length, dtype=torch.bool)
+    marks, present = segment_means(q, real, landmarks)
+    torch.testing.assert_close(marks[0, :, :m], pooled)
+    assert present[0].tolist() == [True] * m + [False] * (landmarks - m)
+    # the same tokens among padding (anywhere in the row) give the same landmarks
+    spread = torch.randn(1, 2, length + 5, 3, generator=g, dtype=torch.float64)
+    where = torch.randperm(length + 5, generator=g)[:length].sort().values
+    spread[:, :, where] = q
+    mask = torch.zeros(1, length + 5, dtype=torch.bool)
+    mask[0, where] = True
+    marks_padded, _ = segment_means(spread, mask, landmarks)
+    torch.testing.assert_close(marks_padded[0, :, :m], pooled)
+
+
+def test_soft_padded_rows_equal_each_sequence_alone():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 2, 64, 8, generator=g, dtype=torch.float64) * 2.5
+    v = torch.randn(3, 2, 64, 8, generator=g, dtype=torch.float64)
+    lengths = [64, 56, 5]  # the last is shorter than the 8 landmarks
+    mask = torch.arange(64)[None] < torch.tensor(lengths)[:, None]
+    batched = ops.soft_attention(q, v, landmarks=8, iterations=60, mask=mask)
+    for row, n in enumerate(lengths):
+        alone = ops.soft_attention(q[row:row + 1, :, :n], v[row:row + 1, :, :n], landmarks=8,
+                                   iterations=60)
+        torch.testing.assert_close(batched[row:row + 1, :, :n], alone, rtol=1e-9, atol=1e-9)
+
+
 def test_soft_newton_inverse_is_the_pseudo_inverse():
     from attnarena.ops.soft import newton_inverse
 

@@ -31,6 +31,9 @@ class MixerInfo:
             ("recurrent", "KV cache").
         approximates_softmax: the mechanism is meant to approximate softmax attention
             (speed sweeps then measure its error against it).
+        padding_caveat: why a padded row's outputs cannot equal the same sequence run
+            alone (the published math mixes over the padded length); None when they do
+            (the contract every other mechanism is tested against).
         pretrained_options: (option, value) pairs under which the mixer's query, key,
             value and output projections can take over a pretrained model's attention
             weights (``attnarena.pretrained.swap_attention``); None when it has no such
@@ -46,6 +49,7 @@ class MixerInfo:
     form_notes: tuple = ()
     approximates_softmax: bool = False
     pretrained_options: tuple | None = None
+    padding_caveat: str | None = None
 
     @property
     def reuses_attention_weights(self) -> bool:
@@ -75,10 +79,11 @@ _MIXERS: dict[str, type] = {}
 
 
 def register_mixer(name, *, family, paper, complexity, patterns, forms, form_notes=None,
-                   approximates_softmax=False):
+                   approximates_softmax=False, padding_caveat=None):
     """Class decorator that adds a mixer class to the registry under ``name``.
 
-    ``form_notes`` optionally says how a form is computed, e.g. {"recurrent": "KV cache"}.
+    ``form_notes`` optionally says how a form is computed, e.g. {"recurrent": "KV cache"};
+    ``padding_caveat`` says why, if so, a padded batch cannot equal each sequence alone.
     """
     patterns = frozenset(patterns)
     forms = frozenset(forms)
@@ -103,9 +108,14 @@ def register_mixer(name, *, family, paper, complexity, patterns, forms, form_not
             raise ValueError(f"mixer {name!r}: form_notes name forms it does not declare: "
                              f"{sorted(set(notes) - forms)}")
         reuse = getattr(cls, "pretrained_options", None)
+        if padding_caveat is not None and not (isinstance(padding_caveat, str)
+                                               and padding_caveat.strip()):
+            raise ValueError(f"mixer {name!r}: padding_caveat must be None or a sentence, "
+                             f"got {padding_caveat!r}")
         info = MixerInfo(name, family, paper, complexity, patterns, forms,
                          tuple(sorted(notes.items())), bool(approximates_softmax),
-                         None if reuse is None else tuple(sorted(reuse.items())))
+                         None if reuse is None else tuple(sorted(reuse.items())),
+                         padding_caveat)
         takes = inspect.signature(cls.__init__).parameters
         if "chunk" in forms and "form" not in takes:
             raise TypeError(f"mixer {name!r} declares the chunk form, so {cls.__name__}'s "

@@ -38,6 +38,8 @@ def cmd_list(args) -> int:
             text = (f"{i.name}: {i.family}; {i.paper}. Complexity {i.complexity}; patterns "
                     f"{', '.join(sorted(i.patterns))}; forms {', '.join(sorted(i.forms))}; "
                     f"kernel {mixer_kernel(i.name)}")
+            if i.padding_caveat:
+                text += f"; padding changes its outputs: {i.padding_caveat}"
             print(textwrap.fill(text, 100, subsequent_indent="  "))
         return 0
     # one line each, within 100 columns

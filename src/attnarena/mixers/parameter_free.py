@@ -10,7 +10,9 @@ from attnarena.registry import register_mixer
 @register_mixer(
     "fnet", family="parameter-free mixing",
     paper="Lee-Thorp et al. 2022, FNet: Mixing Tokens with Fourier Transforms",
-    complexity="O(L log L D)", patterns=("self",), forms=("parallel",))
+    complexity="O(L log L D)", patterns=("self",), forms=("parallel",),
+    padding_caveat="the Fourier transform runs over the padded length (as FNet pads every "
+                   "input to one length), so its frequencies depend on the padding")
 class FNet(Mixer):
     """FNet (Lee-Thorp et al. 2022): y = Re(FFT_seq(FFT_hidden(x))), no parameters."""
 

@@ -14,7 +14,9 @@ from attnarena.registry import register_mixer
     "sinkhorn", family="sparse attention",
     paper="Tay et al. 2020, Sparse Sinkhorn Attention",
     complexity="O(L B D + (L/B)^2 D)", patterns=("self",), forms=("parallel",),
-    approximates_softmax=True)
+    approximates_softmax=True,
+    padding_caveat="the sorting network balances all blocks of the padded length (Sinkhorn "
+                   "normalization over every block, padded ones included)")
 class SinkhornAttention(QKVMixer):
     """Sparse Sinkhorn attention (Tay et al. 2020): the sequence is cut into blocks of
     ``block`` tokens; a sorting network scores block pairs from the blocks' summed

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
-import torch.nn.functional as F
+import torch
 
 from attnarena._validate import check_int
 from attnarena.ops._checks import check_qkv, check_key_mask
+from attnarena.ops.segments import segment_means
 from attnarena.ops.softmax import masked_softmax
 
 
@@ -17,7 +18,8 @@ def agent_attention(q, k, v, *, agents, mask=None):
 
     Args:
         q, k, v: (B, H, L, D) (self attention: one length).
-        agents: N; sequences shorter than N use L agents (segment means of the queries).
+        agents: N; sequences shorter than N use as many agents as real tokens (segment
+            means of the real queries, ``segment_means``).
         mask: optional (B, L) bool key mask, True = real token.
 
     Returns:
@@ -27,11 +29,13 @@ def agent_attention(q, k, v, *, agents, mask=None):
     check_int(agents, "agents")
     check_key_mask(mask, q, k)
     B, H, L, D = q.shape
-    n = min(agents, L)
-    pooled = F.adaptive_avg_pool1d(q.reshape(B * H, L, D).transpose(1, 2), n)
-    pooled = pooled.transpose(1, 2).reshape(B, H, n, D)
+    # agent i: the mean of segment i of each row's real queries (a row shorter than N has
+    # as many agents as tokens, the others absent)
+    real = torch.ones(B, L, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
+    pooled, present = segment_means(q, real, min(agents, L))
     scale = 1.0 / math.sqrt(D)
     gather = (pooled @ k.transpose(-1, -2)) * scale  # (B, H, n, L)
     allowed = None if mask is None else mask[:, None, None, :]
     agent_values = masked_softmax(gather, allowed) @ v  # (B, H, n, D)
-    return masked_softmax((q @ pooled.transpose(-1, -2)) * scale) @ agent_values
+    absent = None if bool(present.all()) else present[:, None, None, :]
+    return masked_softmax((q @ pooled.transpose(-1, -2)) * scale, absent) @ agent_values

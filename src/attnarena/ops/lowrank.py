@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from attnarena.ops._checks import check_key_mask, check_qkv
+from attnarena.ops.segments import segment_means
 from attnarena.ops.softmax import masked_softmax
 
 
@@ -66,14 +67,16 @@ def nystrom_attention(q, k, v, *, landmarks, pinv="iterative", mask=None):
     B, H, L, D = q.shape
     q = q / math.sqrt(math.sqrt(D))
     k = k / math.sqrt(math.sqrt(D))
-    m = min(landmarks, L)
-    # landmark i averages segment i of the sequence (segments of near-equal size)
-    ql = F.adaptive_avg_pool1d(q.reshape(B * H, L, D).transpose(1, 2), m)
-    kl = F.adaptive_avg_pool1d(k.reshape(B * H, L, D).transpose(1, 2), m)
-    ql = ql.transpose(1, 2).reshape(B, H, m, D)
-    kl = kl.transpose(1, 2).reshape(B, H, m, D)
-    left = torch.softmax(q @ kl.transpose(-1, -2), dim=-1)  # (B, H, L, m)
-    middle = torch.softmax(ql @ kl.transpose(-1, -2), dim=-1)  # (B, H, m, m)
+    # landmark i averages segment i of each row's real tokens (segments of near-equal size;
+    # a row shorter than M has as many landmarks as tokens, the others absent)
+    real = torch.ones(B, L, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
+    ql, present = segment_means(q, real, min(landmarks, L))
+    kl, _ = segment_means(k, real, min(landmarks, L))
+    absent = None if bool(present.all()) else present[:, None, None, :]
+    left = masked_softmax(q @ kl.transpose(-1, -2), absent)  # (B, H, L, m)
+    middle = masked_softmax(ql @ kl.transpose(-1, -2), absent)  # (B, H, m, m)
+    if absent is not None:  # an absent landmark's row is zero: pinv(blockdiag(M, 0)) keeps
+        middle = middle * present[:, None, :, None].to(middle.dtype)  # the zero block
     right = masked_softmax(ql @ k.transpose(-1, -2),
                            None if mask is None else mask[:, None, None, :])  # (B, H, m, L)
     inverse = torch.linalg.pinv(middle) if pinv == "exact" else iterative_pinv(middle)

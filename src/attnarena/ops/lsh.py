@@ -67,7 +67,10 @@ def _round(q, k, v, keep, buckets, chunk_size, causal):
     C = min(chunk_size, L)
     pad = (-L) % C
     positions = torch.arange(L, device=q.device).expand(B, H, L)
-    order = (buckets * L + positions).argsort(dim=-1)  # sort by bucket, then position
+    # sort by bucket, then position; padded tokens go after every real one, so a padded row
+    # is chunked as the same sequence alone
+    rank = torch.where(keep[:, None], buckets, buckets.amax() + 1)
+    order = (rank * L + positions).argsort(dim=-1)
     if pad:  # padding goes last, in its own bucket, and is never attended to
         order = torch.cat([order, torch.full((B, H, pad), L, device=q.device)], dim=-1)
         q, k, v = (F.pad(t, (0, 0, 0, 1)) for t in (q, k, v))
@@ -79,10 +82,22 @@ def _round(q, k, v, keep, buckets, chunk_size, causal):
     sb = buckets.gather(2, order).view(B, H, n, C)
     sp = order.view(B, H, n, C)
     sk_keep = keep[:, None].expand(B, H, -1).gather(2, order).view(B, H, n, C)
-    if n > 1:  # keys: own chunk and the previous one
+    if n > 1:  # keys: own chunk and the previous one, the first chunk's being the row's
+        # last chunk of real tokens (a row of one such chunk looks back at nothing)
+        chunks = (keep.sum(-1) + C - 1) // C  # (B,)
+        j = torch.arange(n, device=q.device)
+        previous = torch.where(j > 0, j - 1, (chunks - 1).clamp_min(0)[:, None])  # (B, n)
+        back_keep = (chunks > 1)[:, None, None, None]
+
         def look_back(t):
-            return torch.cat([t, t.roll(1, dims=2)], dim=3)
+            index = previous[:, None, :, None].expand(B, H, n, C)
+            if t.dim() == 5:
+                back = t.gather(2, index[..., None].expand(-1, -1, -1, -1, t.shape[-1]))
+            else:
+                back = t.gather(2, index)
+            return torch.cat([t, back], dim=3)
         kk, vv, kb, kp, kkeep = map(look_back, (sk, sv, sb, sp, sk_keep))
+        kkeep = torch.cat([sk_keep, kkeep[..., C:] & back_keep], dim=3)
     else:
         kk, vv, kb, kp, kkeep = sk, sv, sb, sp, sk_keep
     scores = (sq @ kk.transpose(-1, -2)) / math.sqrt(D)  # (B, H, n, C, C or 2C)

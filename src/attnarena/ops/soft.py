@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from attnarena._validate import check_int
 from attnarena.ops._checks import check_key_mask, check_qkv
+from attnarena.ops.segments import segment_means
 
 
 def gaussian_kernel(a, b, scale):
@@ -39,7 +39,8 @@ def soft_attention(q, v, *, landmarks, iterations=20, mask=None):
 
     Args:
         q: (B, H, L, D) shared queries and keys; v: (B, H, L, Dv).
-        landmarks: m, the segment means of the (real) queries; at most L are used.
+        landmarks: m, the means of m segments of each row's real queries (at most its
+            number of real tokens are used; ``segment_means``).
         iterations: Newton iterations for the inverse.
         mask: (B, L) bool, True = real token: padded tokens are neither keys nor part of a
             landmark.
@@ -53,17 +54,14 @@ def soft_attention(q, v, *, landmarks, iterations=20, mask=None):
     check_key_mask(mask, q, q)
     B, H, L, D = q.shape
     scale = 1.0 / (2.0 * math.sqrt(D))
-    m = min(landmarks, L)
-    keep = torch.ones(B, 1, L, 1, dtype=q.dtype, device=q.device) if mask is None \
-        else mask[:, None, :, None].to(q.dtype)
-    # landmark i: the mean of the real queries of segment i (segments of near-equal size)
-    def pooled(x):
-        return F.adaptive_avg_pool1d(x.reshape(B * x.shape[1], L, -1).transpose(1, 2), m)
-
-    sums = pooled(q * keep).transpose(1, 2).reshape(B, H, m, D)
-    counts = pooled(keep).transpose(1, 2).reshape(B, 1, m, 1)
-    marks = sums / counts.clamp_min(1e-6)
-    P = gaussian_kernel(q, marks, scale)  # (B, H, L, m)
-    A = gaussian_kernel(marks, marks, scale)  # (B, H, m, m)
+    real = torch.ones(B, L, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
+    marks, present = segment_means(q, real, min(landmarks, L))
+    present = present[:, None].to(q.dtype)  # (B, 1, M): rows shorter than m have fewer
+    keep = real[:, None, :, None].to(q.dtype)
+    # a landmark a row does not have is a zero column of P and a zero row and column of A:
+    # A^+ of blockdiag(A_row, 0) is blockdiag(A_row^+, 0), and Newton's iterations (from
+    # the same norm) keep that block zero, so the row's result is its own m's
+    P = gaussian_kernel(q, marks, scale) * present[..., None, :]  # (B, H, L, M)
+    A = gaussian_kernel(marks, marks, scale) * present[..., :, None] * present[..., None, :]
     right = (P * keep).transpose(-1, -2) @ (v * keep)  # padded keys add nothing
     return P @ (newton_inverse(A, iterations) @ right)
