@@ -239,7 +239,8 @@ def _zero_heads(mixer, heads):
             mixer.o_proj.weight[:, h * width:(h + 1) * width] = 0
 
 
-@pytest.mark.parametrize("name,options", [(n, {}) for n in sorted(HEAD_LAYOUTS)] + [
+@pytest.mark.parametrize("name,options", [(n, {"inner": "linear"} if n == "ttt_linear" else {})
+                                          for n in sorted(HEAD_LAYOUTS)] + [
     ("softmax", {"gated": True}), ("softmax", {"clip_gamma": -0.05}),
     ("deltaproduct", {"gated": False, "householder": 3})])
 def test_pruning_heads_equals_zeroing_their_outputs(name, options):
@@ -310,6 +311,12 @@ def test_head_pruning_needs_heads():
     _, model = tiny(mixer="mamba2")
     with pytest.raises(ValueError, match="does not know how mamba2 lays out its heads"):
         head_groups(model)
+    # an option decides it: TTT-Linear's released inner model normalizes all heads at once
+    _, model = tiny(mixer="ttt_linear")
+    with pytest.raises(ValueError, match="all heads together"):
+        head_groups(model)
+    _, model = tiny(mixer="ttt_linear(inner=linear)")
+    assert head_groups(model)
 
 
 # -- low rank -----------------------------------------------------------------------------

@@ -378,7 +378,8 @@ def test_ttt_linear_with_single_token_batches_is_the_delta_rule():
 
 def test_ttt_linear_mixer_starts_from_its_learned_weight():
     torch.manual_seed(0)
-    mixer = aa.create_mixer("ttt_linear", dim=8, heads=2, causal=True, mini_batch=3)
+    mixer = aa.create_mixer("ttt_linear", dim=8, heads=2, causal=True, mini_batch=3,
+                            inner="linear")
     with torch.no_grad():
         mixer.initial_weight.normal_()
     x = torch.randn(2, 7, 8)
@@ -386,6 +387,98 @@ def test_ttt_linear_mixer_starts_from_its_learned_weight():
     assert mixer.initial_weight.grad is not None and mixer.initial_weight.grad.abs().sum() > 0
     state = mixer.init_state(2)
     torch.testing.assert_close(state["ttt"][0][0], mixer.initial_weight.detach())
+
+
+def _layer_norm(z, weight, bias, eps=1e-6):
+    return torch.nn.functional.layer_norm(z, z.shape[-1:], eps=eps) * weight + bias
+
+
+def _ttt_layer_norm_loop(q, k, v, lr, token_eta, ln_weight, ln_bias, W0, b0):
+    """TTT-Linear as released, token by token from the paper's equations: the inner model
+    f(x) = x + LN(x W + b) takes, at each token, the gradient (by autograd) of
+    1/2 ||LN(k W + b) - (v - k)||^2 at its mini-batch's starting model; token t (place i)
+    reads the model after token_eta[i] times the lr-weighted sum of the gradients so far."""
+    B, H, L, D = q.shape
+    b = token_eta.shape[0]
+    out = torch.zeros_like(q)
+    for row in range(B):
+        for h in range(H):
+            W, bias = W0[h], b0[h]
+            grad_w, grad_b = torch.zeros_like(W), torch.zeros_like(bias)
+            for t in range(L):
+                i = t % b
+                with torch.enable_grad():
+                    W_req = W.detach().clone().requires_grad_()
+                    b_req = bias.detach().clone().requires_grad_()
+                    key = k[row, h, t].detach()
+                    loss = 0.5 * ((_layer_norm(key @ W_req + b_req, ln_weight[h], ln_bias[h])
+                                   - (v[row, h, t] - key)) ** 2).sum()
+                    dW, db = torch.autograd.grad(loss, (W_req, b_req))
+                grad_w, grad_b = grad_w + lr[row, h, t] * dW, grad_b + lr[row, h, t] * db
+                W_t, b_t = W - token_eta[i] * grad_w, bias - token_eta[i] * grad_b
+                query = q[row, h, t]
+                out[row, h, t] = query + _layer_norm(query @ W_t + b_t, ln_weight[h],
+                                                     ln_bias[h])
+                if i == b - 1:
+                    W, bias = W_t, b_t
+                    grad_w, grad_b = torch.zeros_like(W), torch.zeros_like(bias)
+    return out
+
+
+@given(L=st.integers(2, 9), b=st.integers(1, 4), split=st.integers(1, 8),
+       seed=st.integers(0, 3))
+def test_ttt_layer_norm_forms_equal_the_token_by_token_reference(L, b, split, seed):
+    g = torch.Generator().manual_seed(seed)
+    def draw(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    q, k, v = draw(1, 2, L, 4), draw(1, 2, L, 4), draw(1, 2, L, 4)
+    lr = torch.rand(1, 2, L, generator=g, dtype=torch.float64)
+    token_eta = 1 / torch.arange(1, b + 1, dtype=torch.float64) + draw(b, scale=0.1)
+    params = dict(ln_weight=1 + draw(2, 4, scale=0.1), ln_bias=draw(2, 4, scale=0.1),
+                  initial_weight=draw(2, 4, 4, scale=0.3), initial_bias=draw(2, 4, scale=0.1))
+    expected = _ttt_layer_norm_loop(q, k, v, lr, token_eta, params["ln_weight"],
+                                    params["ln_bias"], params["initial_weight"],
+                                    params["initial_bias"])
+    cut = min(split, L - 1)
+    for form in ("chunk", "recurrent"):
+        out = ops.ttt_layer_norm(q, k, v, lr=lr, token_eta=token_eta, form=form, **params)
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+        first, state = ops.ttt_layer_norm(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut],
+                                          lr=lr[:, :, :cut], token_eta=token_eta, form=form,
+                                          return_state=True, **params)
+        rest = ops.ttt_layer_norm(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:],
+                                  lr=lr[:, :, cut:], token_eta=token_eta, form=form,
+                                  initial_state=state, **params)
+        torch.testing.assert_close(torch.cat([first, rest], 2), expected, rtol=1e-10,
+                                   atol=1e-10)
+
+
+def test_ttt_linear_mixer_is_the_released_model():
+    torch.manual_seed(0)
+    mixer = aa.create_mixer("ttt_linear", dim=8, heads=2, causal=True, mini_batch=3).double()
+    with torch.no_grad():  # away from the initialization, so that every part shows
+        for p in mixer.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    with torch.no_grad():
+        q, k, v = (p(x).view(2, 7, 2, 4).transpose(1, 2)
+                   for p in (mixer.q_proj, mixer.k_proj, mixer.v_proj))
+        positions = torch.arange(7) % 3  # RoPE restarts with each mini-batch
+        q, k = ops.rotary(q, positions), ops.rotary(k, positions)
+        lr = (torch.sigmoid(mixer.lr_proj(x)) / 4).transpose(1, 2)  # base_lr 1, head_dim 4
+        token_eta = (1 / torch.arange(1, 4) + mixer.token_eta_offset).clamp_min(0)
+        o = _ttt_layer_norm_loop(q, k, v, lr, token_eta, mixer.ln_weight, mixer.ln_bias,
+                                 mixer.initial_weight, mixer.initial_bias)
+        expected = mixer.o_proj(mixer.post_norm(o.transpose(1, 2).reshape(2, 7, 8)))
+        torch.testing.assert_close(mixer(x), expected, rtol=1e-9, atol=1e-9)
+    mixer(x).sum().backward()  # every learned part is trained
+    for name in ("initial_weight", "initial_bias", "token_eta_offset", "ln_weight", "ln_bias"):
+        assert getattr(mixer, name).grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="inner must be one of"):
+        aa.create_mixer("ttt_linear", dim=8, heads=2, causal=True, inner="mlp")
+    with pytest.raises(ValueError, match="head_dim .* must be even"):
+        aa.create_mixer("ttt_linear", dim=6, heads=2, causal=True)
 
 
 @pytest.mark.parametrize("causal", [True, False])

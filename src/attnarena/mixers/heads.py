@@ -53,7 +53,7 @@ HEAD_LAYOUTS = {
             ("a_proj.weight", 0), ("g_proj.weight", 0), ("norm.weight", 0)) + _OUT,
     "ttt_linear": (("q_proj.weight", 0), ("k_proj.weight", 0), ("v_proj.weight", 0),
                    ("lr_proj.weight", 0), ("lr_proj.bias", 0), ("initial_weight", 0),
-                   ("norm.weight", 0)) + _OUT,
+                   ("norm.weight", 0)) + _OUT,  # inner="linear"
     "titans": (("q_proj.weight", 0), ("k_proj.weight", 0), ("v_proj.weight", 0),
                ("gate_proj.weight", 0, 3), ("gate_proj.bias", 0, 3), ("W1", 0), ("W2", 0),
                ("norm.weight", 0)) + _OUT,
@@ -82,10 +82,11 @@ HEAD_LAYOUTS["deltaproduct"] = HEAD_LAYOUTS["gated_deltanet"]
 
 
 def why_unprunable(mixer: Mixer) -> str:
-    """Why a mixer's heads cannot be pruned ("" when they can)."""
+    """Why a mixer's heads cannot be pruned ("" when they can). A mixer whose options
+    decide it says so itself (``unprunable_reason``)."""
     name = mixer.info.name
     if name in HEAD_LAYOUTS:
-        return ""
+        return getattr(mixer, "unprunable_reason", "")
     return UNPRUNABLE.get(name, "its head layout is not described (HEAD_LAYOUTS)")
 
 

@@ -32,7 +32,7 @@ from attnarena.ops.softmax import (alibi_slopes, clipped_softmax_attention, deco
 from attnarena.ops.soft import soft_attention
 from attnarena.ops.sparse import pattern_attention
 from attnarena.ops.ssm import selective_scan
-from attnarena.ops.ttt import ttt_linear
+from attnarena.ops.ttt import ttt_layer_norm, ttt_linear
 from attnarena.ops.vq import vq_attention
 from attnarena.ops.window_linear import (factored_window_linear_attention,
                                          factored_window_linear_step, window_linear_attention)
@@ -49,6 +49,6 @@ __all__ = ["FEATURE_MAPS", "agent_attention", "alibi_slopes", "attention_distill
            "nystrom_attention", "orthogonal_gaussian", "pattern_attention", "pool_mix",
            "prefix_attention", "retention", "rotary", "routing_attention", "s4d", "scalar_gated",
            "score_attention", "selective_scan", "sinkhorn", "sinkhorn_attention",
-           "soft_attention", "softmax_attention", "softmax_pool", "ttt_linear", "vq_attention",
-           "window_linear_attention", "factored_window_linear_attention",
+           "soft_attention", "softmax_attention", "softmax_pool", "ttt_layer_norm", "ttt_linear",
+           "vq_attention", "window_linear_attention", "factored_window_linear_attention",
            "factored_window_linear_step"]

@@ -106,3 +106,137 @@ def _dual(q, k, v, eta, start, grad, offset, b):
         if offset == b:
             start, grad, offset = start - grad, torch.zeros_like(grad), 0
     return torch.cat(outputs, dim=2), start, grad, offset
+
+
+# TTT-Linear as its authors released it (test-time-training/ttt-lm-pytorch): the inner model
+# is f(x) = x + LN(x W + b), a per-head layer norm with learned scale and shift around a
+# linear map with a bias, trained to reconstruct v - k. Within a mini-batch the token at
+# place i (from 0) reads the model after the summed gradients of the tokens so far scaled
+# by its token rate token_eta[i] (1 / (i + 1) plus a learned offset: the mean gradient),
+# and the next mini-batch starts from the model after its last token.
+
+def layer_norm_l2_grad(z, target, weight, bias, eps=1e-6):
+    """The gradient wrt z of 1/2 ||LN(z) - target||^2, LN(z) = weight * (z - mu) / sigma +
+    bias over the last axis: the layer norm's backward written out (the dual form needs
+    it in closed form)."""
+    width = z.shape[-1]
+    mean = z.mean(-1, keepdim=True)
+    centered = z - mean
+    std = torch.sqrt(centered.pow(2).mean(-1, keepdim=True) + eps)
+    normed = centered / std
+    grad_normed = (weight * normed + bias - target) * weight
+    return (width * grad_normed - grad_normed.sum(-1, keepdim=True)
+            - normed * (grad_normed * normed).sum(-1, keepdim=True)) / (width * std)
+
+
+def _layer_norm(z, weight, bias, eps=1e-6):
+    mean = z.mean(-1, keepdim=True)
+    centered = z - mean
+    return weight * centered / torch.sqrt(centered.pow(2).mean(-1, keepdim=True) + eps) + bias
+
+
+def ttt_layer_norm(q, k, v, *, lr, token_eta, ln_weight, ln_bias, initial_weight,
+                   initial_bias, form="chunk", initial_state=None, return_state=False):
+    """Mini-batch test-time training of the authors' TTT-Linear inner model,
+    f(x) = x + LN(x W + b), on the loss 1/2 ||LN(k W + b) - (v - k)||^2.
+
+    Args:
+        q, k, v: (B, H, L, D).
+        lr: (B, H, L) >= 0, each token's learning rate (0 skips the token: padding).
+        token_eta: (b,) >= 0, the scale of the summed gradients read at each place of a
+            mini-batch of b tokens (the authors': 1 / (i + 1) plus a learned offset).
+        ln_weight, ln_bias: (H, D), the inner layer norm's scale and shift.
+        initial_weight: (H, D, D) or (B, H, D, D); initial_bias: (H, D) or (B, H, D): the
+            model the sequence starts from (ignored when ``initial_state`` is given).
+        form: "chunk" (dual form) or "recurrent" (primal form).
+        initial_state: the 5-tuple ``return_state`` gives, (W', b', G_W, G_b, i): the
+            mini-batch's starting model, its gradients summed (scaled by each token's lr)
+            over its first i tokens.
+        return_state: also return that tuple after the last token.
+
+    Returns:
+        f(q_t) under the model token t reads: (B, H, L, D), or (o, state).
+    """
+    check_qkv(q, k, v, same_length=True)
+    if form not in TTT_FORMS:
+        raise ValueError(f"unknown form {form!r}; valid forms: {', '.join(TTT_FORMS)}")
+    B, H, L, D = q.shape
+    if v.shape[-1] != D:
+        raise ValueError(f"the layer-norm inner model maps width {D} to itself: v must have "
+                         f"{D} channels, got {v.shape[-1]}")
+    if not isinstance(lr, torch.Tensor) or tuple(lr.shape) != (B, H, L):
+        raise ValueError(f"lr must have shape {(B, H, L)}, got "
+                         f"{tuple(getattr(lr, 'shape', ())) or type(lr).__name__}")
+    if not isinstance(token_eta, torch.Tensor) or token_eta.dim() != 1:
+        raise ValueError("token_eta must be a 1-d tensor (one rate per place in a mini-batch)")
+    b = token_eta.shape[0]
+    if entering() and (torch.isnan(lr).any() or (lr < 0).any()):
+        raise ValueError("lr (the inner learning rate) must be >= 0")
+    dtype = compute_dtype(q.dtype)
+    if initial_state is None:
+        weight = initial_weight.to(dtype).expand(B, H, D, D)
+        bias = initial_bias.to(dtype).expand(B, H, D)
+        state = (weight, bias, torch.zeros_like(weight), torch.zeros_like(bias), 0)
+    else:
+        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 5:
+            raise ValueError("initial_state must be the tuple (W', b', G_W, G_b, i) that "
+                             "return_state gives")
+        *tensors, offset = initial_state
+        for name, tensor, shape in zip(("W'", "b'", "G_W", "G_b"), tensors,
+                                       ((B, H, D, D), (B, H, D)) * 2):
+            check_state(tensor, shape, f"initial_state {name}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < b:
+            raise ValueError(f"initial_state's i must be an int in [0, {b}), got {offset!r}")
+        state = (*(t.to(dtype) for t in tensors), offset)
+    out_dtype = q.dtype
+    q, k, v, lr, token_eta = (t.to(dtype) for t in (q, k, v, lr, token_eta))
+    norm = (ln_weight.to(dtype)[None, :, None], ln_bias.to(dtype)[None, :, None])
+    run = _ln_primal if form == "recurrent" else _ln_dual
+    z, state = run(q, k, v, lr, token_eta, norm, state)
+    o = (q + _layer_norm(z, *norm)).to(out_dtype)
+    return (o, state) if return_state else o
+
+
+def _ln_primal(q, k, v, lr, token_eta, norm, state):
+    weight, bias, grad_w, grad_b, offset = state
+    b, outputs = token_eta.shape[0], []
+    for t in range(q.shape[2]):
+        k_t = k[:, :, t]
+        z_t = (k_t[:, :, None] @ weight)[:, :, 0] + bias  # k_t W' + b'
+        g = layer_norm_l2_grad(z_t[:, :, None], (v[:, :, t] - k_t)[:, :, None],
+                               *norm)[:, :, 0]
+        scaled = lr[:, :, t, None] * g
+        grad_w = grad_w + k_t[..., :, None] * scaled[..., None, :]
+        grad_b = grad_b + scaled
+        rate = token_eta[offset]
+        outputs.append((q[:, :, t, None] @ (weight - rate * grad_w))[:, :, 0]
+                       + bias - rate * grad_b)
+        offset += 1
+        if offset == b:  # the mini-batch ends: its last token's model starts the next
+            weight, bias = weight - rate * grad_w, bias - rate * grad_b
+            grad_w, grad_b, offset = torch.zeros_like(grad_w), torch.zeros_like(grad_b), 0
+    return torch.stack(outputs, dim=2), (weight, bias, grad_w, grad_b, offset)
+
+
+def _ln_dual(q, k, v, lr, token_eta, norm, state):
+    weight, bias, grad_w, grad_b, offset = state
+    b, L, outputs, t = token_eta.shape[0], q.shape[2], [], 0
+    while t < L:
+        n = min(b - offset, L - t)  # the rest of the current mini-batch
+        qc, kc, vc, lc = (x[:, :, t:t + n] for x in (q, k, v, lr))
+        rates = token_eta[offset:offset + n, None]  # (n, 1)
+        g = layer_norm_l2_grad(kc @ weight + bias[:, :, None], vc - kc, *norm)  # (B,H,n,D)
+        scaled = lc[..., None] * g
+        # q_t W_t + b_t = q_t W' + b' - rate_t (q_t G_W + G_b + sum_{s<=t} (q_t.k_s + 1)
+        # lr_s g_s): the gradients so far in this mini-batch, then its own tokens'
+        reads = ((qc @ kc.transpose(-1, -2)) + 1).tril()  # (B, H, n, n)
+        earlier = qc @ grad_w + grad_b[:, :, None]
+        outputs.append(qc @ weight + bias[:, :, None] - rates * (earlier + reads @ scaled))
+        grad_w = grad_w + kc.transpose(-1, -2) @ scaled
+        grad_b = grad_b + scaled.sum(2)
+        offset, t = offset + n, t + n
+        if offset == b:
+            rate = token_eta[b - 1]
+            weight, bias = weight - rate * grad_w, bias - rate * grad_b
+            grad_w, grad_b, offset = torch.zeros_like(grad_w), torch.zeros_like(grad_b), 0
+    return torch.cat(outputs, dim=2), (weight, bias, grad_w, grad_b, offset)
