@@ -4,6 +4,7 @@ import torch
 
 import attnarena as aa
 from attnarena import ops
+from attnarena.mixers.base import _tensors as _state_tensors
 from conftest import make_mixer, pattern_cases, pattern_ids
 
 CASES = pattern_cases()
@@ -143,6 +144,39 @@ def test_forms_agree_with_reference(name, pattern, form, L):
         keep[0, L // 2:] = False
     torch.testing.assert_close(other(x, context=context, mask=keep),
                                reference(x, context=context, mask=keep), rtol=1e-5, atol=1e-5)
+
+
+STREAMERS = [n for n in DECODERS if make_mixer(n, causal=True).streams]
+
+
+@pytest.mark.parametrize("name", STREAMERS)
+def test_a_long_inference_forward_runs_in_pieces_with_the_same_outputs(name):
+    """Without gradients a streaming mixer runs past 2 * stream_tokens as prefills of
+    stream_tokens (carrying its fixed-size state), equal to the whole forward."""
+    mixer = make_mixer(name, causal=True, dtype=torch.float64)
+    x, _ = inputs("causal", L=19, dtype=torch.float64)
+    whole = mixer(x).detach()
+    mixer.stream_tokens = 4
+    calls = []
+    original = mixer._prefill
+    mixer._prefill = lambda piece, state: calls.append(piece.shape[1]) or original(piece, state)
+    with torch.no_grad():
+        streamed = mixer(x)
+    assert calls == [4, 4, 4, 4, 3]  # in pieces, indeed
+    torch.testing.assert_close(streamed, whole, rtol=1e-10, atol=1e-10)
+    # the state it carries does not grow with the length (no cache)
+    _, short = mixer.prefill(x[:, :5])
+    _, long = mixer.prefill(x)
+    assert [t.shape for t in _state_tensors(short)] == [t.shape for t in _state_tensors(long)]
+    with torch.no_grad():  # with a mask, or under gradients, the whole forward runs
+        calls.clear()
+        mixer(x, mask=torch.ones(x.shape[:2], dtype=torch.bool))
+    assert calls == []
+
+
+def test_a_growing_cache_does_not_stream():
+    assert not make_mixer("softmax", causal=True).streams
+    assert {"linear", "gla", "retention", "deltanet", "mamba2"} <= set(STREAMERS)
 
 
 @pytest.mark.parametrize("name", DECODERS)

@@ -34,6 +34,12 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     # True while the backward uses a surrogate where the forward has no useful derivative
     # (Transformer-VQ's straight-through keys); False gives the exact derivative.
     surrogate_gradients: bool = False
+    # A causal mixer whose decoding state has a fixed size (a recurrence, not a KV cache)
+    # runs a long forward without gradients (inference: no mask, no context) as prefills of
+    # ``stream_tokens`` tokens at a time, carrying its state: the same outputs, with the
+    # memory of one piece's intermediates instead of the whole sequence's.
+    streams: bool = False
+    stream_tokens: int = 512
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, *,
                  form: str | None = None, chunk_size: int | None = None):
@@ -91,7 +97,10 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         if x.shape[0] == 0:
             return x.new_zeros(x.shape)
         with inside():
-            y = self._forward(x, context, mask)
+            if self._streaming(x, context, mask):
+                y = self._stream(x)
+            else:
+                y = self._forward(x, context, mask)
         # a direct call's output is checked once; inside a model, the loss catches divergence
         if entry and not bool(torch.isfinite(y).all()):  # finite inputs: the dtype overflowed
             raise NonFiniteError(f"mixer {self.info.name!r} overflowed {y.dtype}: finite inputs "
@@ -116,6 +125,22 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         if mask is not None:
             self._check_mask(mask, x if context is None else context,
                              "context" if context is not None else "x")
+
+    def _streaming(self, x, context, mask) -> bool:
+        return (self.streams and self.causal and context is None and mask is None
+                and not torch.is_grad_enabled() and x.shape[1] > 2 * self.stream_tokens
+                and self.info.decodes)
+
+    def _stream(self, x):
+        """The causal forward as prefills of ``stream_tokens`` tokens, state carried."""
+        state = self._init_state(x.shape[0], x.device, x.dtype)
+        y = None
+        for start in range(0, x.shape[1], self.stream_tokens):
+            piece, state = self._prefill(x[:, start:start + self.stream_tokens], state)
+            if y is None:
+                y = piece.new_empty(*x.shape[:2], piece.shape[-1])
+            y[:, start:start + piece.shape[1]] = piece
+        return y
 
     def init_state(self, batch_size: int, device=None, dtype=None):
         """Empty decoding state for ``step`` (causal mixers with a recurrent form)."""

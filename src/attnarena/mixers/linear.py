@@ -31,6 +31,7 @@ class LinearAttentionBase(QKVMixer):
     """Feature-mapped q, k through ``ops.linear_attention`` in the chosen form."""
 
     normalize = True
+    streams = True  # a fixed-size state: long inference forwards run in pieces
 
     def __init__(self, dim, heads=1, causal=False, *, form="chunk", chunk_size=64, bias=True):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size, bias=bias)

@@ -26,6 +26,8 @@ PATTERNS = ("self", "causal")  # a causal recurrence, and its bidirectional use
 
 
 class RecurrentMixer(Mixer):
+    streams = True  # a fixed-size state: long inference forwards run in pieces
+
     def __init__(self, dim, heads=1, causal=False, *, form="chunk", chunk_size=64):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
 
