@@ -5,8 +5,9 @@ state, and the pairs run in parallel threads; the discretization (exp(delta A), 
 is computed inside the scan, step by step, never as a (b, d, L, n) tensor. In float32 the
 loops over the n state entries run in SIMD lanes, exp(delta A) included (``_fast_decay``).
 The backward pass recomputes the pair's states into a local (L, n) buffer (no (b, d, L, n)
-tensor is kept between the passes) and walks time in reverse. ``selective_scan`` uses this kernel when numba is installed (the ``fast`` extra);
-the PyTorch forms stay as the reference and the fallback.
+tensor is kept between the passes) and walks time in reverse. ``selective_scan`` uses this
+kernel when numba is installed (the ``fast`` extra); the PyTorch forms stay as the reference
+and the fallback.
 """
 from __future__ import annotations
 
