@@ -8,8 +8,8 @@ from attnarena.arena.store import Store
 from attnarena.cli import main
 
 
-def _finish(store, mixer, task, accuracy):
-    config = RunConfig(task=task, mixer=mixer)
+def _finish(store, mixer, task, accuracy, seed=0):
+    config = RunConfig(task=task, mixer=mixer, seed=seed)
     resolved = config.resolve()
     owner = "me:1:x"
     store.claim_run(config.resolve().id, resolved, None, {}, owner)
@@ -60,6 +60,35 @@ def test_the_pareto_set_is_the_one_computed_by_hand(store):
     assert "the Pareto set of quality, time and memory is" in result["conclusion"]
     assert "the fastest is linear (20.00 ms)" in result["conclusion"]
     assert "the lightest softmax (24 MiB)" in result["conclusion"]
+
+
+def test_quality_within_the_seeds_spread_is_not_a_difference(tmp_path):
+    """Over seeds, gla's mean is higher than linear's but inside their spread: linear,
+    faster and lighter, then dominates gla; with the gap beyond the spread, both stay."""
+    store = Store(tmp_path / "s.sqlite")
+    #            seed:  0     1     2     3
+    seeds = {"gla": [0.80, 0.60, 0.70, 0.90], "linear": [0.70, 0.65, 0.60, 0.80],
+             "softmax": [1.00, 1.00, 0.99, 1.00]}
+    for mixer, values in seeds.items():
+        for seed, value in enumerate(values):
+            _finish(store, mixer, "mqar", value, seed=seed)
+    _speed(store, "softmax", 4096, 100.0, 2.0, 24.0)
+    _speed(store, "gla", 4096, 30.0, 1.0, 64.0)
+    _speed(store, "linear", 4096, 20.0, 1.0, 57.0)
+    result = choose(store, Question(length=4096), measure=False)
+    by_name = {c.mixer: c for c in result["choices"]}
+    assert by_name["gla"].quality > by_name["linear"].quality  # by the means alone
+    assert by_name["gla"].spread.n == 4
+    assert sorted(result["pareto"]) == ["linear", "softmax"]
+    assert "75.0% ± 12.9 (n = 4)" in choice_markdown(result)
+    # one seed each (the same means): no spread to judge by, so the means decide
+    single = Store(tmp_path / "one.sqlite")
+    for mixer, values in seeds.items():
+        _finish(single, mixer, "mqar", sum(values) / 4)
+    for row in store.speed_rows():
+        single.add_speed(f"{row['mixer']}-4096-fwd", row, None, row["environment"])
+    result = choose(single, Question(length=4096), measure=False)
+    assert sorted(result["pareto"]) == ["gla", "linear", "softmax"]
 
 
 def test_a_memory_budget_leaves_out_what_does_not_fit(store):

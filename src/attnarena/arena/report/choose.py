@@ -2,7 +2,8 @@
 time and memory at the user's length, on this machine, and the Pareto set of the three.
 
 Quality comes from the store's finished runs (per task the best setting of a sweep, each
-averaged over its seeds); time and memory from the store's speed rows at that length,
+averaged over its seeds; with two or more seeds on every task, two mechanisms' quality
+differs only beyond their seeds' spread, the leaderboard's rule); time and memory from the store's speed rows at that length,
 measured now for what is missing. Nothing here is estimated: a mechanism without a figure
 shows none.
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from attnarena.arena.measure.conditions import compare, flags
-from attnarena.arena.report.leaderboard import best_settings, leaderboard_rows
+from attnarena.arena.report.leaderboard import (average_spreads, best_settings,
+                                                leaderboard_rows)
+from attnarena.arena.report.seeds import Spread, call_difference, min_gap
 from attnarena.arena.report.style import mib
 from attnarena.arena.report.speed import BASELINE, memory_of
 from attnarena.registry import list_mixers, mixer_info
@@ -56,6 +59,7 @@ class Choice:
     step: dict | None = None  # the decode row at the length (with decode)
     pareto: bool = False
     over_budget: bool = False
+    spread: Spread | None = None  # the quality's spread over seeds (two or more)
 
     @property
     def memory_mb(self):
@@ -70,6 +74,13 @@ class Choice:
 
 def quality_by_mixer(store, task=None) -> tuple[dict, list]:
     """({mixer: {problem: best mean test accuracy}}, the problems considered)."""
+    quality, problems, _ = _quality(store, task)
+    return quality, problems
+
+
+def _quality(store, task=None) -> tuple[dict, list, dict]:
+    """``quality_by_mixer``'s two, and {mixer: Spread of its average over the problems,
+    seed by seed} where its best settings ran the same two or more seeds everywhere."""
     rows = leaderboard_rows(store)
     if task is not None:
         rows = [r for r in rows if r["task"] == task]
@@ -77,7 +88,10 @@ def quality_by_mixer(store, task=None) -> tuple[dict, list]:
     for (mixer, _, problem), value in best_settings(rows).items():
         out.setdefault(mixer, {})[problem] = value
     problems = sorted({p for per in out.values() for p in per})
-    return out, problems
+    spreads = {}
+    for (mixer, _), value in average_spreads(rows).items():  # one preset: one spread
+        spreads[mixer] = None if mixer in spreads else value
+    return out, problems, {m: v for m, v in spreads.items() if v is not None}
 
 
 def _speed_rows(store, question) -> dict:
@@ -120,7 +134,7 @@ def choose(store, question: Question, *, measure=True, progress=True, log=print)
     Raises:
         ValueError: no mechanism to compare (no finished runs and no ``mixers``).
     """
-    quality, problems = quality_by_mixer(store, question.task)
+    quality, problems, spreads = _quality(store, question.task)
     names = list(question.mixers) or sorted(m for m in quality if m in list_mixers())
     if not names:
         raise ValueError("no finished runs in the store to take quality from; run `attnarena "
@@ -148,6 +162,7 @@ def choose(store, question: Question, *, measure=True, progress=True, log=print)
                         tasks=sorted(per_task))
         if per_task and set(per_task) == set(problems):
             choice.quality = sum(per_task.values()) / len(per_task)
+            choice.spread = spreads.get(name)
         choice.over_budget = question.memory is not None and choice.memory_mb is not None \
             and choice.memory_mb > question.memory
         choices.append(choice)
@@ -159,13 +174,23 @@ def choose(store, question: Question, *, measure=True, progress=True, log=print)
             "conditions": _conditions(choices)}
 
 
+def compare_quality(a: Choice, b: Choice) -> str:
+    """"better", "worse" or "same": beyond the seeds' spread when both ran two or more
+    seeds (the leaderboard's rule: the gap between the means exceeds the two standard
+    deviations together, and half a point); by the means when either ran one seed."""
+    if a.spread is not None and b.spread is not None:
+        called = call_difference(a.spread, b.spread, min_gap=min_gap("accuracy"))
+        return called if called in ("better", "worse") else "same"
+    return "better" if a.quality > b.quality else "worse" if a.quality < b.quality else "same"
+
+
 def _dominates(a: Choice, b: Choice) -> bool:
-    """``a`` is at least as good as ``b`` in quality, time (within the spread) and memory,
-    and better in one."""
-    time = compare(a.cost, b.cost)
-    if a.quality < b.quality or time == "slower" or a.memory_mb > b.memory_mb:
+    """``a`` is at least as good as ``b`` in quality (within the seeds' spread), time
+    (within the timing's spread) and memory, and better in one."""
+    time, quality = compare(a.cost, b.cost), compare_quality(a, b)
+    if quality == "worse" or time == "slower" or a.memory_mb > b.memory_mb:
         return False
-    return a.quality > b.quality or time == "faster" or a.memory_mb < b.memory_mb
+    return quality == "better" or time == "faster" or a.memory_mb < b.memory_mb
 
 
 def _mark_pareto(candidates: list) -> None:
@@ -203,7 +228,10 @@ def conclusion(question: Question, choices, problems) -> str:
     if lightest is not None:
         facts.append(f"the lightest {lightest.mixer} ({mib(lightest.memory_mb)} MiB)")
     if best is not None:
-        facts.append(f"the best quality {best.mixer} ({100 * best.quality:.1f}%)")
+        tied = [c.mixer for c in ranked if c is not best and compare_quality(best, c) == "same"
+                and best.spread is not None and c.spread is not None]
+        facts.append(f"the best quality {best.mixer} ({100 * best.quality:.1f}%"
+                     + (f"; {', '.join(tied)} within its seeds' spread" if tied else "") + ")")
     sentence = f"At L={question.length:,} (batch {question.batch}, {what}) "
     sentence += (f"the Pareto set of quality, time and memory is {', '.join(pareto)}; "
                  if pareto else "")
@@ -243,7 +271,7 @@ def choice_markdown(result: dict) -> str:
             notes.append("over the memory budget")
         if c.cost is None:
             notes.append("not timed at this length")
-        cells = [c.mixer, "-" if c.quality is None else f"{100 * c.quality:.1f}%",
+        cells = [c.mixer, _quality_text(c),
                  _time_text(c.time),
                  mib(None if c.time is None else c.time.get("peak_mem_mb"))]
         if question.decode:
@@ -262,6 +290,15 @@ def choice_markdown(result: dict) -> str:
         lines.append(f"Timed on a busy machine or with a wide spread: "
                      f"{', '.join(conditions['flagged'])}; measure again when it is idle.")
     return "\n".join(lines)
+
+
+def _quality_text(c: Choice) -> str:
+    """``97.3%``, or over seeds ``97.3% ± 1.2 (n = 5)``."""
+    if c.quality is None:
+        return "-"
+    if c.spread is None:
+        return f"{100 * c.quality:.1f}%"
+    return f"{100 * c.quality:.1f}% ± {100 * c.spread.sd:.1f} (n = {c.spread.n})"
 
 
 def store_answer(store) -> str | None:
