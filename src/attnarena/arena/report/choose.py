@@ -3,9 +3,9 @@ time and memory at the user's length, on this machine, and the Pareto set of the
 
 Quality comes from the store's finished runs (per task the best setting of a sweep, each
 averaged over its seeds; with two or more seeds on every task, two mechanisms' quality
-differs only beyond their seeds' spread, the leaderboard's rule); time and memory from the store's speed rows at that length,
-measured now for what is missing. Nothing here is estimated: a mechanism without a figure
-shows none.
+differs only beyond their seeds' spread, the leaderboard's rule); time and memory from the
+store's speed rows at that length, measured now for what is missing. Nothing here is
+estimated: a mechanism without a figure shows none.
 """
 from __future__ import annotations
 
