@@ -21,14 +21,19 @@ from attnarena.arena.measure.environment import environment
 from attnarena.arena.measure.speed import matmul_gflops
 
 
-def timed(fn, repeats):
+def timed_range(fn, repeats):
+    """Median, min and max (seconds) of ``repeats`` calls after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), min(times), max(times)
+
+
+def timed(fn, repeats):
+    return timed_range(fn, repeats)[0]
 
 
 def cases(B, H, L, D, N):

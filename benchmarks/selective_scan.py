@@ -22,17 +22,7 @@ import torch
 from attnarena import ops
 from attnarena.arena.measure.environment import environment
 
-
-def timed(fn, repeats):
-    """Median and range (seconds) of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2], times[0], times[-1]
+from recurrent_forms import timed_range as timed  # noqa: E402  (the script's own folder)
 
 
 def main():

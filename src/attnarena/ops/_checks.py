@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from attnarena._validate import check_int, check_mask
+from attnarena._validate import check_int, check_mask, entering
 from attnarena.registry import FORMS
 
 
@@ -33,6 +33,23 @@ def check_qkv(q, k, v, *, same_length: bool = False) -> None:
     if same_length and q.shape[2] != k.shape[2]:
         raise ValueError("this form needs q as long as k and v (causal use aligns positions), "
                          f"got lengths {q.shape[2]} and {k.shape[2]}")
+
+
+def check_inner_model(q, k, v, lr, form, forms, model: str) -> tuple:
+    """The checks of the ops that train an inner model while reading (TTT, Titans): q, k,
+    v of one length and width D (the model maps keys to values of their own width), a known
+    form, and per-token learning rates lr (B, H, L) >= 0. Returns (B, H, L, D)."""
+    check_qkv(q, k, v, same_length=True)
+    if form not in forms:
+        raise ValueError(f"unknown form {form!r}; valid forms: {', '.join(forms)}")
+    B, H, L, D = q.shape
+    if v.shape[-1] != D:
+        raise ValueError(f"{model} maps keys to values of the same width: v needs {D} "
+                         f"channels, got {v.shape[-1]}")
+    if not isinstance(lr, torch.Tensor) or tuple(lr.shape) != (B, H, L) \
+            or (entering() and (torch.isnan(lr).any() or (lr < 0).any())):
+        raise ValueError(f"lr must be a tensor (B, H, L) = {(B, H, L)} of values >= 0")
+    return B, H, L, D
 
 
 def check_form(form: str) -> None:

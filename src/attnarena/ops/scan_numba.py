@@ -39,12 +39,16 @@ def _fast_decay(dt, A_k, log2e):
     return p * np.float32(0.70710678) / np.float32(np.int64(1) << m)  # e^-0.3466 = 2^-0.5
 
 
+@numba.njit(inline="always")
+def _sizes(u, A, B):
+    """(b, d, L, n, groups, log2(e) in the inputs' dtype) of a scan's inputs."""
+    b, d, L = u.shape
+    return b, d, L, A.shape[1], B.shape[1], u.dtype.type(1.4426950408889634)
+
+
 def _forward_kernel(decay):
     def forward(u, delta, A, B, C, x0, y, last):
-        b, d, L = u.shape
-        n = A.shape[1]
-        G = B.shape[1]
-        log2e = u.dtype.type(1.4426950408889634)
+        b, d, L, n, G, log2e = _sizes(u, A, B)
         for pair in prange(b * d):
             i, c = pair // d, pair % d
             g = c * G // d
@@ -71,10 +75,7 @@ def _backward_kernel(decay):
         gradients shared by a group of channels are summed without races (gB, gC: (b,
         parts, L, n), summed by the caller); gA is (b, d, n), summed over the batch by the
         caller."""
-        b, d, L = u.shape
-        n = A.shape[1]
-        G = B.shape[1]
-        log2e = u.dtype.type(1.4426950408889634)
+        b, d, L, n, G, log2e = _sizes(u, A, B)
         for job in prange(b * parts):
             i, p = job // parts, job % parts
             xs = np.empty((L, n), dtype=u.dtype)

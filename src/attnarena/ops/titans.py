@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnarena._validate import check_int, entering
-from attnarena.ops._checks import check_qkv, check_state, compute_dtype
+from attnarena._validate import check_int
+from attnarena.ops._checks import check_inner_model, check_state, compute_dtype
 from attnarena.ops.gated import check_log_decay, segment_sums
 
 MEMORY_FORMS = ("chunk", "recurrent")
@@ -50,17 +50,8 @@ def neural_memory(q, k, v, *, lr, log_momentum, log_keep, weights, mini_batch=16
     Returns:
         y (B, H, L, D) in the dtype of q, or (y, state).
     """
-    check_qkv(q, k, v, same_length=True)
     check_int(mini_batch, "mini_batch")
-    if form not in MEMORY_FORMS:
-        raise ValueError(f"unknown form {form!r}; valid forms: {', '.join(MEMORY_FORMS)}")
-    B, H, L, D = q.shape
-    if v.shape[-1] != D:
-        raise ValueError(f"the memory maps keys to values of the same width: v needs {D} "
-                         f"channels, got {v.shape[-1]}")
-    if not isinstance(lr, torch.Tensor) or tuple(lr.shape) != (B, H, L) \
-            or (entering() and (torch.isnan(lr).any() or (lr < 0).any())):
-        raise ValueError(f"lr must be a tensor (B, H, L) = {(B, H, L)} of values >= 0")
+    B, H, L, D = check_inner_model(q, k, v, lr, form, MEMORY_FORMS, "the memory")
     check_log_decay(log_momentum, (B, H, L), "log_momentum")
     check_log_decay(log_keep, (B, H, L), "log_keep")
     W1, W2 = weights

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from attnarena._validate import check_int, entering
-from attnarena.ops._checks import check_qkv, check_state, compute_dtype
+from attnarena.ops._checks import check_inner_model, check_qkv, check_state, compute_dtype
 
 TTT_FORMS = ("chunk", "recurrent")
 
@@ -157,21 +157,10 @@ def ttt_layer_norm(q, k, v, *, lr, token_eta, ln_weight, ln_bias, initial_weight
     Returns:
         f(q_t) under the model token t reads: (B, H, L, D), or (o, state).
     """
-    check_qkv(q, k, v, same_length=True)
-    if form not in TTT_FORMS:
-        raise ValueError(f"unknown form {form!r}; valid forms: {', '.join(TTT_FORMS)}")
-    B, H, L, D = q.shape
-    if v.shape[-1] != D:
-        raise ValueError(f"the layer-norm inner model maps width {D} to itself: v must have "
-                         f"{D} channels, got {v.shape[-1]}")
-    if not isinstance(lr, torch.Tensor) or tuple(lr.shape) != (B, H, L):
-        raise ValueError(f"lr must have shape {(B, H, L)}, got "
-                         f"{tuple(getattr(lr, 'shape', ())) or type(lr).__name__}")
+    B, H, L, D = check_inner_model(q, k, v, lr, form, TTT_FORMS, "the layer-norm inner model")
     if not isinstance(token_eta, torch.Tensor) or token_eta.dim() != 1:
         raise ValueError("token_eta must be a 1-d tensor (one rate per place in a mini-batch)")
     b = token_eta.shape[0]
-    if entering() and (torch.isnan(lr).any() or (lr < 0).any()):
-        raise ValueError("lr (the inner learning rate) must be >= 0")
     dtype = compute_dtype(q.dtype)
     if initial_state is None:
         weight = initial_weight.to(dtype).expand(B, H, D, D)
