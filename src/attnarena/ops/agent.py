@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from attnarena._validate import check_int
 from attnarena.ops._checks import check_qkv, check_key_mask
 from attnarena.ops.segments import segment_means
@@ -31,8 +29,7 @@ def agent_attention(q, k, v, *, agents, mask=None):
     B, H, L, D = q.shape
     # agent i: the mean of segment i of each row's real queries (a row shorter than N has
     # as many agents as tokens, the others absent)
-    real = torch.ones(B, L, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
-    pooled, present = segment_means(q, real, min(agents, L))
+    pooled, present = segment_means(q, mask, min(agents, L))
     scale = 1.0 / math.sqrt(D)
     gather = (pooled @ k.transpose(-1, -2)) * scale  # (B, H, n, L)
     allowed = None if mask is None else mask[:, None, None, :]

@@ -69,9 +69,8 @@ def nystrom_attention(q, k, v, *, landmarks, pinv="iterative", mask=None):
     k = k / math.sqrt(math.sqrt(D))
     # landmark i averages segment i of each row's real tokens (segments of near-equal size;
     # a row shorter than M has as many landmarks as tokens, the others absent)
-    real = torch.ones(B, L, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
-    ql, present = segment_means(q, real, min(landmarks, L))
-    kl, _ = segment_means(k, real, min(landmarks, L))
+    marks, present = segment_means(torch.cat([q, k], dim=-1), mask, min(landmarks, L))
+    ql, kl = marks.split(D, dim=-1)  # one pass for the query and the key landmarks
     absent = None if bool(present.all()) else present[:, None, None, :]
     left = masked_softmax(q @ kl.transpose(-1, -2), absent)  # (B, H, L, m)
     middle = masked_softmax(ql @ kl.transpose(-1, -2), absent)  # (B, H, m, m)

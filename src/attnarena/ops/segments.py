@@ -5,14 +5,17 @@ from __future__ import annotations
 import torch
 
 
-def segment_means(q, real, landmarks):
+def segment_means(q, mask, landmarks):
     """The landmarks of each row: the means of ``landmarks`` segments of its real tokens
     in order, laid over the row's own length n as adaptive average pooling lays them over
     a whole sequence (segment i: ranks floor(i n / m) to ceil((i + 1) n / m), m = min(
     landmarks, n)), so a padded row has the landmarks of the same sequence alone.
 
-    q: (B, H, L, D); real: (B, L) bool -> (marks (B, H, landmarks, D), present (B,
-    landmarks) bool: False for the segments a row shorter than ``landmarks`` lacks)."""
+    q: (B, H, L, D); mask: (B, L) bool, True = real token (None: every token is) ->
+    (marks (B, H, landmarks, D), present (B, landmarks) bool: False for the segments a row
+    shorter than ``landmarks`` lacks)."""
+    B, _, L, _ = q.shape
+    real = torch.ones(B, L, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
     n = real.sum(1, keepdim=True)  # (B, 1)
     m = n.clamp(1, landmarks)
     rank = real.cumsum(1) - 1  # (B, L): a real token's place among its row's real tokens

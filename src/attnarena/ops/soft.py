@@ -54,10 +54,9 @@ def soft_attention(q, v, *, landmarks, iterations=20, mask=None):
     check_key_mask(mask, q, q)
     B, H, L, D = q.shape
     scale = 1.0 / (2.0 * math.sqrt(D))
-    real = torch.ones(B, L, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
-    marks, present = segment_means(q, real, min(landmarks, L))
+    marks, present = segment_means(q, mask, min(landmarks, L))
     present = present[:, None].to(q.dtype)  # (B, 1, M): rows shorter than m have fewer
-    keep = real[:, None, :, None].to(q.dtype)
+    keep = 1.0 if mask is None else mask[:, None, :, None].to(q.dtype)
     # a landmark a row does not have is a zero column of P and a zero row and column of A:
     # A^+ of blockdiag(A_row, 0) is blockdiag(A_row^+, 0), and Newton's iterations (from
     # the same norm) keep that block zero, so the row's result is its own m's
