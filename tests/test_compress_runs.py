@@ -1,6 +1,7 @@
 """``attnarena compress`` end to end: stored runs compressed, rows in the store, the report's
 table and plot, saved models that load back to the same outputs."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from conftest import run_tiny_suite
                           ("int8_weight", {})],
     [("distill", {"steps": 2, "mixer": "gla", "model": {"depth": 1}}),
      ("int_static", {"weight_bits": 4})],
+    [("bf16", {})], [("ort_int8", {})], [("prune_heads", {}), ("ort_int8_static", {})],
 ])
 def test_save_then_load_gives_the_same_outputs(tmp_path, recipe):
     task, model = tiny(heads=4)
@@ -40,7 +42,8 @@ def test_save_then_load_gives_the_same_outputs(tmp_path, recipe):
     loaded = load_compressed(tmp_path / "saved")
     assert torch.equal(outputs(loaded, data), outputs(compressed, data))
     assert stored_bytes(loaded) == stored_bytes(compressed)
-    assert (tmp_path / "saved" / "model.safetensors").stat().st_size == stored_bytes(compressed)
+    saved = "model.onnx" if recipe[-1][0].startswith("ort") else "model.safetensors"
+    assert (tmp_path / "saved" / saved).stat().st_size == stored_bytes(compressed)
 
 
 def test_a_model_with_top_level_parameters_saves_and_loads(tmp_path):
@@ -107,6 +110,24 @@ def test_cli_compress_end_to_end(tmp_path, capsys):
     assert not loaded.training and not hasattr(loaded, "compression")
     assert compressed_record(rows[3]["folder"])["recipe"][0]["method"] == "prune_heads"
 
+    # a recipe ending in ONNX Runtime: its row says so, and the graph loads back as a model
+    # the task's own evaluation runs on
+    assert main([*base, "--method", "prune_heads fraction=0.5", "--method", "ort_int8"]) == 0
+    table = capsys.readouterr().out
+    row = Store(store).compress_rows()[-1]
+    assert row["recipe"] == "prune_heads + ort_int8" and row["backend"] == "onnxruntime"
+    assert row["runtime"].startswith("onnxruntime ") and 0 <= row["test"] <= 1
+    assert set(row["speed"]["model"]) == {"1", "32"} and "blocks" not in row["speed"]
+    assert row["reports"][-1]["int8_nodes"] > 0
+    assert row["linear_bytes"] < float_row["linear_bytes"] / 3  # int8, half the heads
+    assert "| prune_heads + ort_int8 | ONNX Runtime |" in table
+    graph = aa.load_compressed(row["folder"])
+    assert type(graph).__name__ == "OrtModel" and (Path(row["folder"]) / "model.onnx").is_file()
+    from attnarena.arena.run.artifacts import load_run_subject
+
+    subject = load_run_subject(run, results_dir=str(tmp_path))
+    assert subject.with_model(graph).quality()["test"] == pytest.approx(row["test"])
+
 
 def test_cli_compress_refuses_bad_input_in_one_line(tmp_path, capsys):
     store, _ = run_tiny_suite(tmp_path, ["softmax", "mamba2"],
@@ -115,7 +136,9 @@ def test_cli_compress_refuses_bad_input_in_one_line(tmp_path, capsys):
     run = runs["softmax"]
     base = ["compress", "--store", str(store), "--out", str(tmp_path), "--quiet"]
     cases = [
-        ([run, "--method", "zip"], "unknown compression method 'zip'; valid: distill"),
+        ([run, "--method", "zip"], "unknown compression method 'zip'; valid: bf16, distill"),
+        ([run, "--method", "ort_int8", "--method", "int8_dynamic"],
+         "ort_int8 must be the last step of a recipe"),
         ([run, "--method", "int_static act_bits=1"], "act_bits must be in [2, 8], got 1"),
         ([run, "--method", "magnitude sparsity=1"], "sparsity must be in [0.0, 1.0), got 1"),
         ([run, "--method", "mixed budget=1"], "no assignment meets a budget of 1 bits"),

@@ -34,6 +34,9 @@ class MixerInfo:
         padding_caveat: why a padded row's outputs cannot equal the same sequence run
             alone (the published math mixes over the padded length); None when they do
             (the contract every other mechanism is tested against).
+        export_caveat: why a model with this mechanism cannot be exported to ONNX and run
+            in ONNX Runtime (``attnarena.compress.ort``); None when it can (every other
+            mechanism is exported and checked against torch by the tests).
         pretrained_options: (option, value) pairs under which the mixer's query, key,
             value and output projections can take over a pretrained model's attention
             weights (``attnarena.pretrained.swap_attention``); None when it has no such
@@ -50,6 +53,7 @@ class MixerInfo:
     approximates_softmax: bool = False
     pretrained_options: tuple | None = None
     padding_caveat: str | None = None
+    export_caveat: str | None = None
 
     @property
     def reuses_attention_weights(self) -> bool:
@@ -79,11 +83,12 @@ _MIXERS: dict[str, type] = {}
 
 
 def register_mixer(name, *, family, paper, complexity, patterns, forms, form_notes=None,
-                   approximates_softmax=False, padding_caveat=None):
+                   approximates_softmax=False, padding_caveat=None, export_caveat=None):
     """Class decorator that adds a mixer class to the registry under ``name``.
 
     ``form_notes`` optionally says how a form is computed, e.g. {"recurrent": "KV cache"};
-    ``padding_caveat`` says why, if so, a padded batch cannot equal each sequence alone.
+    ``padding_caveat`` says why, if so, a padded batch cannot equal each sequence alone;
+    ``export_caveat`` why, if so, it cannot be exported to ONNX.
     """
     patterns = frozenset(patterns)
     forms = frozenset(forms)
@@ -108,14 +113,15 @@ def register_mixer(name, *, family, paper, complexity, patterns, forms, form_not
             raise ValueError(f"mixer {name!r}: form_notes name forms it does not declare: "
                              f"{sorted(set(notes) - forms)}")
         reuse = getattr(cls, "pretrained_options", None)
-        if padding_caveat is not None and not (isinstance(padding_caveat, str)
-                                               and padding_caveat.strip()):
-            raise ValueError(f"mixer {name!r}: padding_caveat must be None or a sentence, "
-                             f"got {padding_caveat!r}")
+        for field, caveat in (("padding_caveat", padding_caveat),
+                              ("export_caveat", export_caveat)):
+            if caveat is not None and not (isinstance(caveat, str) and caveat.strip()):
+                raise ValueError(f"mixer {name!r}: {field} must be None or a sentence, "
+                                 f"got {caveat!r}")
         info = MixerInfo(name, family, paper, complexity, patterns, forms,
                          tuple(sorted(notes.items())), bool(approximates_softmax),
                          None if reuse is None else tuple(sorted(reuse.items())),
-                         padding_caveat)
+                         padding_caveat, export_caveat)
         takes = inspect.signature(cls.__init__).parameters
         if "chunk" in forms and "form" not in takes:
             raise TypeError(f"mixer {name!r} declares the chunk form, so {cls.__name__}'s "

@@ -40,19 +40,23 @@ def cmd_list(args) -> int:
                     f"kernel {mixer_kernel(i.name)}")
             if i.padding_caveat:
                 text += f"; padding changes its outputs: {i.padding_caveat}"
+            text += ("; ONNX export: " + (f"no, {i.export_caveat}" if i.export_caveat
+                                          else "yes"))
             print(textwrap.fill(text, 100, subsequent_indent="  "))
         return 0
     # one line each, within 100 columns
-    print(f"{'name':<15} {'family':<34} {'patterns':<9} {'forms':<14} {'kernel':<8} decodes")
+    print(f"{'name':<15} {'family':<34} {'patterns':<9} {'forms':<14} {'kernel':<8} onnx "
+          "decodes")
     for i in infos:
         patterns = " ".join(PATTERN_LETTERS[p] for p in PATTERN_LETTERS if p in i.patterns)
         forms = " ".join(FORM_WORDS[f] for f in FORM_WORDS if f in i.forms)
         kernel = "numba" if "numba" in mixer_kernel(i.name) else "PyTorch"
         print(f"{i.name:<15} {i.family:<34} {patterns:<9} {forms:<14} {kernel:<8} "
-              f"{'yes' if i.decodes else ''}")
+              f"{'no' if i.export_caveat else 'yes':<4} {'yes' if i.decodes else ''}")
     print(f"{len(infos)} mechanisms. patterns: s self, c causal, x cross, cx causal cross; "
-          "forms: par parallel,\nchunk, rec recurrent. --long adds each one's paper and "
-          "complexity; --form, --attention\nand --family filter.")
+          "forms: par parallel,\nchunk, rec recurrent. onnx: exports to ONNX Runtime. --long "
+          "adds each one's paper,\ncomplexity and why one does not export; --form, "
+          "--attention and --family filter.")
     return 0
 
 

@@ -203,3 +203,87 @@ def fp4(subject, config, data):
 def int_static(subject, config, data):
     return subject, fake_quantize(subject, data, fmt="int", bits=config.weight_bits,
                                 act_bits=config.act_bits, search=config.search)
+
+
+# -- bfloat16 in torch --------------------------------------------------------------------
+
+@dataclass
+class BF16Config:
+    """Every floating-point weight, and so the computation, in bfloat16; floating-point
+    inputs are cast to it and outputs back to float32."""
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags as Linux lists them (x86 "flags", ARM "Features"); None
+    where /proc/cpuinfo cannot be read."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        if line.split(":")[0].strip() in ("flags", "Features"):
+            flags |= set(line.split(":", 1)[1].split())
+    return flags
+
+
+def bf16_unsupported(device: torch.device | str = "cpu") -> str | None:
+    """Why ``device`` cannot compute in bfloat16 at speed (None when it can): a CPU needs
+    AVX512-BF16 or AMX (x86) or the BF16 extension (ARM), as its flags say."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bfloat16 support"
+    if device.type != "cpu":
+        return None
+    flags = cpu_flags()
+    if flags is None:
+        return "the CPU's flags cannot be read (no /proc/cpuinfo) to check for bfloat16"
+    if flags & {"avx512_bf16", "amx_bf16", "bf16"}:
+        return None
+    return ("this CPU has no bfloat16 instructions (its flags list none of avx512_bf16, "
+            "amx_bf16, bf16): bfloat16 would run emulated, slower than float32")
+
+
+def _check_bf16(subject, config):
+    parameter = next(iter(subject.model.parameters()), None)
+    why = bf16_unsupported(parameter.device if parameter is not None else "cpu")
+    if why:
+        raise ValueError(f"bf16: {why}")
+
+
+def _cast(value, dtype):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    if isinstance(value, tuple):
+        return tuple(_cast(v, dtype) for v in value)
+    return value
+
+
+def _to_bf16(subject):
+    model = subject.model.to(torch.bfloat16)
+    if not getattr(model, "_bf16_hooks", False):
+        model.register_forward_pre_hook(
+            lambda m, args, kwargs: (_cast(args, torch.bfloat16),
+                                     {k: _cast(v, torch.bfloat16) for k, v in kwargs.items()}),
+            with_kwargs=True)
+        model.register_forward_hook(lambda m, args, out: _cast_output(out))
+        model._bf16_hooks = True
+    return subject
+
+
+def _cast_output(out):
+    if hasattr(out, "keys") and hasattr(out, "to_tuple"):  # a transformers ModelOutput
+        for key in list(out.keys()):
+            if isinstance(out[key], torch.Tensor) and out[key].is_floating_point():
+                out[key] = out[key].float()
+        return out
+    return _cast(out, torch.float32)
+
+
+@register_method("bf16", BF16Config, family="bfloat16 (torch)",
+                 paper="Kalamkar et al. 2019, A Study of BFLOAT16 for Deep Learning Training",
+                 restore=lambda s, c, r: _to_bf16(s), check=_check_bf16)
+def bf16(subject, config, data=None):
+    converted = sum(p.numel() for p in subject.model.parameters() if p.is_floating_point())
+    return _to_bf16(subject), {"backend": "torch", "dtype": "bfloat16",
+                               "converted": int(converted)}

@@ -26,21 +26,24 @@ class Method:
     family: str
     paper: str
     check: Callable        # (subject, config) -> None; raises when the method cannot apply
+    final: bool = False    # it leaves a model no other method acts on (an ONNX Runtime graph)
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, config: type, *, family: str, paper: str,
-                    restore: Callable | None = None, check: Callable | None = None):
+                    restore: Callable | None = None, check: Callable | None = None,
+                    final: bool = False):
     """Register ``apply`` under ``name``; ``restore`` rebuilds the structure for loading
     (default: the structure is unchanged); ``check`` refuses a model the method cannot
-    take before any work is done."""
+    take before any work is done; ``final`` marks a method that must be a recipe's last
+    step (its result is no longer a torch model)."""
     def wrap(apply):
         if name in METHODS:
             raise ValueError(f"compression method {name!r} is already registered")
         METHODS[name] = Method(name, config, apply, restore or (lambda model, c, r: model),
-                               family, paper, check or (lambda model, c: None))
+                               family, paper, check or (lambda model, c: None), final)
         return apply
     return wrap
 
@@ -160,7 +163,10 @@ def recipe_from_methods(texts) -> list[Step]:
 def check_recipe(model, steps: list[Step]) -> None:
     """Each step's own check on the model (or subject), before anything is computed."""
     subject = subject_of(model)
-    for step in steps:
+    for index, step in enumerate(steps):
+        if method(step.method).final and index != len(steps) - 1:
+            raise ValueError(f"{step.method} must be the last step of a recipe (it leaves a "
+                             f"graph no later step can change); got {recipe_label(steps)}")
         method(step.method).check(subject, step.config)
 
 

@@ -89,6 +89,8 @@ class _DeltaBase(RecurrentMixer):
 
 @register_mixer(
     "deltanet", family="delta rule",
+    export_caveat=("the chunk form builds its triangular system with diag_embed and "
+                   "solve_triangular, which ONNX opset 17 lacks"),
     paper="Yang et al. 2024, Parallelizing Linear Transformers with the Delta Rule over "
           "Sequence Length",
     complexity="O(L C D + L D^2)", patterns=PATTERNS, forms=FORMS,
@@ -112,6 +114,8 @@ class DeltaNet(_DeltaBase):
 
 @register_mixer(
     "gated_deltanet", family="delta rule",
+    export_caveat=("the chunk form builds its triangular system with diag_embed and "
+                   "solve_triangular, which ONNX opset 17 lacks"),
     paper="Yang et al. 2025, Gated Delta Networks: Improving Mamba2 with Delta Rule",
     complexity="O(L C D + L D^2)", patterns=PATTERNS, forms=FORMS,
     form_notes={"chunk": "WY"})
@@ -142,6 +146,7 @@ class GatedDeltaNet(_DeltaBase):
 
 @register_mixer(
     "deltaproduct", family="delta rule",
+    export_caveat="its chunk size is taken from the traced length and checked as a Python int",
     paper="Siems et al. 2025, DeltaProduct: Improving State-Tracking in Linear RNNs via "
           "Householder Products",
     complexity="O(n_h (L C D + L D^2))", patterns=PATTERNS, forms=FORMS,

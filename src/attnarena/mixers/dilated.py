@@ -9,6 +9,8 @@ from attnarena.registry import register_mixer
 
 @register_mixer(
     "dilated", family="sparse attention",
+    export_caveat=("the traced graph does not reproduce the model even at the traced shape (its "
+                   "segments are gathered by index arithmetic fixed while tracing)"),
     paper="Ding et al. 2023, LongNet: Scaling Transformers to 1,000,000,000 Tokens",
     complexity="O(L sum(w / r^2) D)", patterns=("self", "causal"), forms=("parallel",),
     approximates_softmax=True)

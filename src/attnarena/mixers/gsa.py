@@ -16,6 +16,7 @@ from attnarena.registry import FORMS, register_mixer
 
 @register_mixer(
     "gsa", family="gated linear attention",
+    export_caveat="its chunk size is taken from the traced length and checked as a Python int",
     paper="Zhang et al. 2024, Gated Slot Attention for Efficient Linear-Time Sequence Modeling",
     complexity="O(L C m + L m D)", patterns=PATTERNS, forms=FORMS,
     form_notes={"chunk": "two passes"})

@@ -9,6 +9,7 @@ from attnarena.registry import register_mixer
 
 @register_mixer(
     "fnet", family="parameter-free mixing",
+    export_caveat="the 2-D Fourier transform (torch.fft.fft2) has no ONNX operator",
     paper="Lee-Thorp et al. 2022, FNet: Mixing Tokens with Fourier Transforms",
     complexity="O(L log L D)", patterns=("self",), forms=("parallel",),
     padding_caveat="the Fourier transform runs over the padded length (as FNet pads every "

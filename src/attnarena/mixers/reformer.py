@@ -11,6 +11,8 @@ from attnarena.registry import register_mixer
 
 @register_mixer(
     "reformer", family="sparse attention",
+    export_caveat=("its hashing draws from a seeded torch.Generator, which a traced graph cannot "
+                   "hold"),
     paper="Kitaev et al. 2020, Reformer: The Efficient Transformer",
     complexity="O(L C D)", patterns=("self", "causal"), forms=("parallel",),
     approximates_softmax=True)

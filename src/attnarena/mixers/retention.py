@@ -17,6 +17,7 @@ from attnarena.registry import FORMS, register_mixer
 
 @register_mixer(
     "retention", family="decayed linear attention",
+    export_caveat="its group norm reshapes by the traced shape: ONNX Runtime refuses the graph",
     paper="Sun et al. 2023, Retentive Network: A Successor to Transformer for Large Language "
           "Models",
     complexity="O(L D^2)", patterns=PATTERNS, forms=FORMS)

@@ -12,6 +12,8 @@ from attnarena.registry import register_mixer
 
 @register_mixer(
     "sinkhorn", family="sparse attention",
+    export_caveat=("its sorting network's blocks are fixed at the traced length: ONNX Runtime "
+                   "refuses the graph"),
     paper="Tay et al. 2020, Sparse Sinkhorn Attention",
     complexity="O(L B D + (L/B)^2 D)", patterns=("self",), forms=("parallel",),
     approximates_softmax=True,

@@ -42,6 +42,8 @@ class PatternAttention(DotProductAttention):
 
 @register_mixer(
     "sparse", family="sparse attention",
+    export_caveat=("its masked attention calls torch's CPU flash-attention kernel, which has no "
+                   "ONNX operator"),
     paper="Child et al. 2019, Generating Long Sequences with Sparse Transformers",
     complexity="O(L sqrt(L) D)", patterns=("self", "causal"), forms=("parallel",),
     approximates_softmax=True)
@@ -80,6 +82,8 @@ class SparseAttention(PatternAttention):
 
 @register_mixer(
     "longformer", family="sparse attention",
+    export_caveat=("its masked attention calls torch's CPU flash-attention kernel, which has no "
+                   "ONNX operator"),
     paper="Beltagy et al. 2020, Longformer: The Long-Document Transformer",
     complexity="O(L (W + G) D)", patterns=("self",), forms=("parallel",),
     approximates_softmax=True)
@@ -109,6 +113,8 @@ class Longformer(PatternAttention):
 
 @register_mixer(
     "bigbird", family="sparse attention",
+    export_caveat=("seeds its random blocks' generator from the input's shape, a tensor while "
+                   "tracing (torch.manual_seed takes an int)"),
     paper="Zaheer et al. 2020, Big Bird: Transformers for Longer Sequences",
     complexity="O(L (3 + G + R) B D)", patterns=("self",), forms=("parallel",),
     approximates_softmax=True)

@@ -18,6 +18,8 @@ from attnarena.registry import register_mixer
 
 @register_mixer(
     "titans", family="test-time training",
+    export_caveat=("its memory's mini-batches are cut at the traced length: ONNX Runtime refuses a"
+                   " longer input"),
     paper="Behrouz et al. 2025, Titans: Learning to Memorize at Test Time",
     complexity="O(L b D_h + L D D_h)", patterns=("causal",), forms=MEMORY_FORMS,
     form_notes={"chunk": "mini-batch parallel"})

@@ -18,6 +18,7 @@ INNER_MODELS = ("layer_norm", "linear")
 
 @register_mixer(
     "ttt_linear", family="test-time training",
+    export_caveat="its mini-batches are cut at the traced length: ONNX Runtime refuses the graph",
     paper="Sun et al. 2024, Learning to (Learn at Test Time): RNNs with Expressive Hidden "
           "States",
     complexity="O(L b D + L D^2)", patterns=("causal",), forms=TTT_FORMS,

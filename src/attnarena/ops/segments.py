@@ -18,7 +18,7 @@ def segment_means(q, mask, landmarks):
     real = torch.ones(B, L, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
     n = real.sum(1, keepdim=True)  # (B, 1)
     m = n.clamp(1, landmarks)
-    rank = real.cumsum(1) - 1  # (B, L): a real token's place among its row's real tokens
+    rank = real.long().cumsum(1) - 1  # (B, L): a real token's place among its row's real tokens
     i = torch.arange(landmarks, device=q.device)
     start = (i * n) // m  # (B, M)
     end = ((i + 1) * n + m - 1) // m

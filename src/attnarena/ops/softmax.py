@@ -63,9 +63,9 @@ def _structure_mask(L, S, causal, window, device) -> torch.Tensor | None:
     j = torch.arange(S, device=device)[None, :]
     allowed = torch.ones(L, S, dtype=torch.bool, device=device)
     if causal:
-        allowed &= j <= i
+        allowed = allowed & (j <= i)
     if window is not None:
-        allowed &= (i - j).abs() < window
+        allowed = allowed & ((i - j).abs() < window)
     return allowed
 
 
@@ -148,7 +148,7 @@ def _blocked_local(q, k, v, causal, window, key_mask, scale, alibi_slopes, dropo
         spans * w, device=q.device).view(1, 1, -1)
     allowed = ((qpos - kpos).abs() < w) & (kpos >= 0) & (kpos < L)
     if causal:
-        allowed &= kpos <= qpos
+        allowed = allowed & (kpos <= qpos)
     allowed = allowed.expand(B, 1, n, w, spans * w)
     if key_mask is not None:
         km = F.pad(key_mask, (w, pad + w), value=False)

@@ -143,7 +143,8 @@ class PretrainedEncoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            device = next(self.parameters()).device
+            weight = next(self.parameters(), None)  # none in an ONNX Runtime graph (CPU)
+            device = weight.device if weight is not None else torch.device("cpu")
             out = []
             for start in range(0, len(sentences), batch_size):
                 ids, keep = self.tokenize(sentences[start:start + batch_size], max_length)

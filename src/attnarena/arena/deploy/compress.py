@@ -4,10 +4,11 @@ One driver for every subject (``attnarena.subject``): a trained arena run, or a 
 encoder. For each recipe, one row in the store's ``compress`` table: the recipe, the
 subject's quality measure, the weight bytes as saved, the parameter count, the latency and
 peak memory of the whole model and of its blocks (batch 1 and 32), what the methods kept in
-float, and the source. The uncompressed model gets a row too, with the outlier measures of
-Bondarenko et al. 2023; it is timed again in every call, so that every ratio compares
-models timed side by side. Each compressed model is saved (safetensors + the recipe) and
-loads back with ``attnarena.arena.deploy.compressed.load_compressed``.
+float, the backend that runs it (torch, or ONNX Runtime for a recipe ending in ``ort``,
+``ort_int8`` or ``ort_int8_static``) and the source. The uncompressed model gets a row too,
+with the outlier measures of Bondarenko et al. 2023; it is timed again in every call, so
+that every ratio compares models timed side by side. Each compressed model is saved
+(safetensors, or the ONNX graph, + the recipe) and loads back with ``attnarena.arena.deploy.compressed.load_compressed``.
 
 One rule for all subjects: a stored row is reused unless ``rerun``; every recipe starts
 from the subject's seed; every model is timed ``repeats`` times round-robin.
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from attnarena.arena.deploy.compressed import (compressed_model, linear_bytes, report_summary,
-                                               save_compressed, stored_bytes, weight_count)
+from attnarena.arena.deploy.compressed import (backend, compressed_model, linear_bytes,
+                                               report_summary, save_compressed, stored_bytes,
+                                               weight_count)
 from attnarena.arena.measure.environment import environment, resolve_device
 from attnarena.arena.measure.timer import side_by_side
 from attnarena.arena.store import Store, row_key
@@ -63,7 +65,7 @@ def compress(subject, recipes, *, label: str, run_id: str | None = None,
     def measured(candidate) -> dict:
         return {**candidate.quality(subject, device), "bytes": stored_bytes(candidate.model),
                 "linear_bytes": linear_bytes(candidate.model),
-                "params": weight_count(candidate.model)}
+                "params": weight_count(candidate.model), **backend(candidate.model)}
 
     float_id = row_key(label, "float", *identity, env["hardware"])
     original = None if rerun else store.compress_row(float_id)

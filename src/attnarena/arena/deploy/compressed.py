@@ -38,8 +38,27 @@ def _flatten(model) -> tuple[dict, dict]:
     return flatten_tensor_state_dict({ROOT + k: v for k, v in state.items()})
 
 
+def _graph(model):
+    """The ``OrtModel`` when ``model`` is an ONNX Runtime graph, else None."""
+    from attnarena.compress.ort import OrtModel
+
+    return model if isinstance(model, OrtModel) else None
+
+
+def backend(model) -> dict:
+    """{"backend", "runtime"} of a model: torch and its version and dtype, or ONNX Runtime."""
+    if _graph(model):
+        return {"backend": "onnxruntime", "runtime": model.runtime}
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    dtype = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "mixed"
+    return {"backend": "torch", "runtime": f"torch {torch.__version__.split('+')[0]} {dtype}"}
+
+
 def stored_bytes(model) -> int:
-    """Size of the model's weights as ``save_compressed`` writes them."""
+    """Size of the model's weights as ``save_compressed`` writes them (of an ONNX graph,
+    the graph's file)."""
+    if _graph(model):
+        return model.graph_bytes()
     tensors, metadata = _flatten(model)
     return len(save(tensors, metadata=metadata or None))
 
@@ -49,6 +68,8 @@ def linear_bytes(model) -> int:
     compress (embeddings, norms and the like are the rest)."""
     from attnarena.compress.fakequant import QuantLinear
 
+    if _graph(model):  # the tensors the graph's matrix products read
+        return _graph_linear_bytes(model)
     names = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, QuantLinear))}
     tensors, metadata = _flatten(model)
     skip = len(ROOT) if metadata else 0
@@ -56,9 +77,25 @@ def linear_bytes(model) -> int:
                if k[skip:].rsplit(".", 1)[0] in names)
 
 
+def _graph_linear_bytes(model) -> int:
+    import onnx
+
+    weights = model.weights()
+    read = set()
+    for node in onnx.load_from_string(model.graph).graph.node:
+        if node.op_type in ("MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul",
+                            "QLinearMatMul", "DequantizeLinear"):
+            read.update(i for i in node.input if i in weights)
+    return sum(weights[n].nbytes for n in read)
+
+
 def weight_count(model) -> int:
     """Parameters and persistent buffers the model computes with (quantized weights
-    counted by their number of values, not their bytes)."""
+    counted by their number of values, not their bytes; of an ONNX graph, the values of its
+    stored tensors but scales and zero points)."""
+    if _graph(model):
+        return sum(int(w.size) for n, w in model.weights().items()
+                   if not n.endswith(("_scale", "_zero_point")))
     count = 0
     for module in model.modules():
         for name, tensor in list(module.named_parameters(recurse=False)) + [
@@ -82,8 +119,11 @@ def save_compressed(folder, model, resolved: dict, steps: list, reports: list,
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir()
     try:
-        tensors, metadata = _flatten(model)
-        save_file(tensors, str(tmp / "model.safetensors"), metadata=metadata or None)
+        if _graph(model):
+            model.save(tmp)
+        else:
+            tensors, metadata = _flatten(model)
+            save_file(tensors, str(tmp / "model.safetensors"), metadata=metadata or None)
         (tmp / "compressed.json").write_text(json.dumps(
             {"config": resolved, "recipe": [s.to_dict() for s in steps], "reports": reports,
              "row": row}, indent=2, default=str))
@@ -110,11 +150,25 @@ def compressed_record(folder) -> dict:
 def load_compressed(folder, device="cpu") -> torch.nn.Module:
     """A model saved by ``attnarena compress`` (its folder), in eval mode (a pretrained
     source gives back its ``PretrainedEncoder``); ``compressed_record`` says what was
-    done to it."""
+    done to it. A recipe that ended in ONNX Runtime gives an ``OrtModel``: the graph in an
+    ``InferenceSession``, called as the torch model was (CPU only)."""
     from attnarena.arena.run.artifacts import build_run_model
+    from attnarena.compress.ort import OrtModel, is_onnx_folder
     from attnarena.compress.recipe import recipe_from_dicts, restore_recipe
 
     saved = compressed_record(folder)
+    if is_onnx_folder(folder):
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"{folder} holds an ONNX Runtime graph, which runs on the CPU: "
+                             "load it with device='cpu'")
+        graph = OrtModel.load(folder)
+        if "pretrained" not in saved["config"]:
+            return graph
+        from attnarena.pretrained import load_pretrained
+
+        encoder = load_pretrained(saved["config"]["pretrained"])
+        graph.config = encoder.model.config
+        return encoder.with_model(graph).eval()
     if "pretrained" in saved["config"]:
         return _load_pretrained(saved, folder, device)
     steps = recipe_from_dicts(saved["recipe"])
@@ -199,5 +253,6 @@ def report_summary(report: dict) -> dict:
     """What a step's report says that a reader of the row needs (not its raw scores)."""
     keep = ("quantized", "kept_float", "not_pruned", "mean_bits", "heads_before", "heads_after",
             "neurons_before", "neurons_after", "ranks", "weights_before", "weights_after",
-            "sparsity", "folded", "not_folded", "first", "last", "student")
+            "sparsity", "folded", "not_folded", "first", "last", "student", "backend",
+            "runtime", "dtype", "int8_nodes", "graph_method")
     return {k: v for k, v in report.items() if k in keep}

@@ -79,6 +79,16 @@ def _value(row):
     return f"{100 * row['test']:.2f}%" if row["metric"] == "accuracy" else f"{row['test']:.4f}"
 
 
+def backend_label(row) -> str:
+    """What runs a row's model: "torch", "torch bfloat16" or "ONNX Runtime"."""
+    if row.get("backend") == "onnxruntime":
+        return "ONNX Runtime"
+    return "torch bfloat16" if "bfloat16" in str(row.get("runtime", "")) else "torch"
+
+
+BACKEND_MARKERS = {"torch": "o", "torch bfloat16": "s", "ONNX Runtime": "^"}
+
+
 def compress_markdown(rows) -> str:
     """Tables of the compress rows: per source, every recipe against the float model."""
     lines = ["## Compressed models", "",
@@ -92,7 +102,10 @@ def compress_markdown(rows) -> str:
              "both from one call of attnarena compress (a row stored before rows kept their "
              "call's baseline shows -: compress it again to time it); (tie) where the two "
              "times' interquartile ranges overlap. A pretrained encoder's metric is the mean "
-             "cosine with the original's sentence embeddings.", ""]
+             "cosine with the original's sentence embeddings. Backend: what runs the model "
+             "(torch, or ONNX Runtime for a recipe ending in ort, ort_int8 or "
+             "ort_int8_static; a graph's size is its .onnx file, its blocks are not timed "
+             "apart).", ""]
     groups = by_source(rows)
     for source, (base, compressed) in groups.items():
         options = base.get("mixer_options") or {}
@@ -104,13 +117,14 @@ def compress_markdown(rows) -> str:
                   f"{base['params']:,} parameters; outliers: max |block output| "
                   f"{out.get('max_inf_norm', float('nan')):.1f}, kurtosis "
                   f"{out.get('kurtosis', float('nan')):.1f}. {base.get('hardware', '')}.", "",
-                  "| recipe | test | change | KiB | smaller | linear KiB | smaller | params | "
-                  "speed-up b1 | speed-up b32 | blocks 4L b32 | MiB 4L b32 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| recipe | backend | test | change | KiB | smaller | linear KiB | smaller | "
+                  "params | speed-up b1 | speed-up b32 | blocks 4L b32 | MiB 4L b32 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in [base] + compressed:
             blocks = _ms(row, "blocks", "32", "4")
             lines.append(" | ".join([
-                f"| {row['recipe']}", _value(row), _points(row, base) if row is not base else "-",
+                f"| {row['recipe']}", backend_label(row), _value(row),
+                _points(row, base) if row is not base else "-",
                 f"{row['bytes'] / 1024:,.1f}", _ratio(base["bytes"], row["bytes"]),
                 _kib(row.get("linear_bytes")),
                 _ratio(base.get("linear_bytes"), row.get("linear_bytes")),
@@ -164,7 +178,8 @@ def pareto(points, higher_is_better=True):
 
 def plot_compression(rows, path):
     """One row of panels per source: quality against weight bytes and against whole-model
-    latency at batch 32 (relative to the float model), Pareto front drawn."""
+    latency at batch 32 (relative to the float model), Pareto front drawn, each point's
+    marker its backend (torch, torch bfloat16, ONNX Runtime)."""
     plt = pyplot()
     groups = by_source(rows)
     fig, axes = plt.subplots(len(groups), 2, figsize=(13, 4.2 * len(groups)), squeeze=False)
@@ -180,13 +195,17 @@ def plot_compression(rows, path):
                                                           and _base_ms(r, "model", "32"))]
             points = [(cost(r), r["test"]) for r in shown]
             for (x, y), row in zip(points, shown):
-                ax.scatter([x], [y], color="black" if row is base else "#3182bd", s=22,
-                           zorder=3)
+                ax.scatter([x], [y], color="black" if row is base else "#3182bd", s=26,
+                           marker=BACKEND_MARKERS[backend_label(row)], zorder=3)
                 ax.annotate(row["recipe"], (x, y), fontsize=7, xytext=(4, 3),
                             textcoords="offset points")
             front = pareto(points, better)
             ax.plot([points[i][0] for i in front], [points[i][1] for i in front],
                     color="#e6550d", lw=1.2, label="Pareto front", zorder=2)
+            if ax is time_ax:
+                for name in sorted({backend_label(r) for r in shown}):
+                    ax.scatter([], [], color="#3182bd", marker=BACKEND_MARKERS[name], s=26,
+                               label=name)
             ax.set_xscale("log", base=2)
             ax.set_xlabel(label)
             ax.set_ylabel(f"test {base['metric']}")

@@ -1,0 +1,122 @@
+"""ONNX export and ONNX Runtime: every mechanism's graph against the torch model (padding,
+another batch size and length than traced), the compression methods that end in ONNX
+Runtime, bfloat16, and their refusals in one line."""
+import copy
+import sys
+
+import pytest
+import torch
+from test_compress import data_for, outputs, relative_error, tiny
+
+from attnarena.compress.ort import OrtModel, export_onnx
+from attnarena.compress.recipe import apply_recipe, check_recipe, make_step
+from attnarena.models.encoder import EncoderClassifier
+from attnarena.models.lm import CausalLM
+from attnarena.registry import list_mixers, mixer_info
+
+
+def small_model(name):
+    """A one-block model of ``name`` and a maker of its inputs: an encoder classifier
+    over a right-padded batch when the mechanism has the self pattern, else a causal LM."""
+    torch.manual_seed(0)
+    if "self" in mixer_info(name).patterns:
+        model = EncoderClassifier(3, vocab_size=50, dim=32, depth=1, heads=2, mixer=name,
+                                  max_len=128)
+
+        def inputs(batch, length):
+            mask = torch.ones(batch, length, dtype=torch.bool)
+            mask[1, (2 * length) // 3:] = False
+            return (torch.randint(0, 50, (batch, length)),), {"mask": mask}
+    else:
+        model = CausalLM(50, dim=32, depth=1, heads=2, mixer=name, max_len=128)
+
+        def inputs(batch, length):
+            return (torch.randint(0, 50, (batch, length)),), {}
+    return model.eval(), inputs
+
+
+@pytest.mark.parametrize("name", list_mixers())
+def test_every_mechanism_exports_or_is_listed_with_the_reason(name):
+    model, inputs = small_model(name)
+    args, kwargs = inputs(2, 48)
+    caveat = mixer_info(name).export_caveat
+    if caveat:  # the reason `attnarena list` gives holds: the export is refused
+        with pytest.raises(ValueError, match=f"^{name} (cannot be exported|exports to ONNX, but)"):
+            export_onnx(model, lambda m: m(*args, **kwargs), name=name)
+        return
+    graph = export_onnx(model, lambda m: m(*args, **kwargs), name=name)
+    # longer than traced (export_onnx itself checked shorter), called as the model is
+    args, kwargs = inputs(3, 61)
+    with torch.no_grad():
+        expected = model(*args, **kwargs)
+    got = graph(*args, **kwargs)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
+
+
+def test_a_graph_refuses_a_call_unlike_the_traced_one():
+    model, inputs = small_model("softmax")
+    args, kwargs = inputs(2, 16)
+    graph = export_onnx(model, lambda m: m(*args, **kwargs))
+    with pytest.raises(ValueError, match="keywords \\['mask'\\]; got 1 and none"):
+        graph(*args)
+    with pytest.raises(ValueError, match="must be a tensor"):
+        graph(args[0], mask=[[True]])
+
+
+@pytest.mark.parametrize("mixer", ["softmax", "gla", "mamba2"])
+def test_onnx_runtime_methods_against_the_float_model(mixer):
+    task, model = tiny(mixer)
+    data = data_for(task, model)
+    reference = outputs(model, data)
+    errors = {}
+    for name in ("ort", "ort_int8", "ort_int8_static"):
+        compressed, reports = apply_recipe(copy.deepcopy(model), [make_step(name)], data,
+                                           log=lambda m: None)
+        assert isinstance(compressed, OrtModel) and reports[0]["backend"] == "onnxruntime"
+        errors[name] = relative_error(outputs(compressed, data), reference)
+        if name != "ort":  # every linear layer's product became an int8 one
+            assert reports[0]["int8_nodes"] > 0 and reports[0]["float_weight_products"] == 0
+    # float32 in another runtime: rounding only; int8: about 1% (8 bits, per-channel
+    # weights), static activation ranges a little more
+    assert errors["ort"] < 1e-5
+    assert 1e-4 < errors["ort_int8"] < 0.05
+    assert 1e-4 < errors["ort_int8_static"] < 0.1
+
+
+def test_bf16_against_the_float_model(monkeypatch):
+    from attnarena.compress import quantize
+
+    task, model = tiny("gla")
+    data = data_for(task, model)
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    compressed, reports = apply_recipe(copy.deepcopy(model), [make_step("bf16")], data,
+                                       log=lambda m: None)
+    assert {p.dtype for p in compressed.parameters()} == {torch.bfloat16}
+    got = outputs(compressed, data)
+    assert got.dtype == torch.float32  # outputs come back in float32
+    # bfloat16 keeps 8 significant bits: errors of a few parts in a thousand per operation
+    assert 1e-4 < relative_error(got, outputs(model, data)) < 0.03
+    assert reports[0]["dtype"] == "bfloat16"
+
+
+def test_refusals_in_one_line(monkeypatch):
+    from attnarena.compress import quantize
+    from attnarena.extras import MissingExtraError
+
+    _, model = tiny("softmax")
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(ValueError, match="^bf16: this CPU has no bfloat16 instructions") as error:
+        check_recipe(model, [make_step("bf16")])
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="ort must be the last step of a recipe"):
+        check_recipe(model, [make_step("ort"), make_step("prune_heads")])
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingExtraError, match="pip install 'attnarena\\[compress\\]'") as error:
+        check_recipe(model, [make_step("ort_int8")])
+    assert "\n" not in str(error.value)
+    fnet, inputs = small_model("fnet")
+    args, kwargs = inputs(2, 16)
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+    with pytest.raises(ValueError, match="^fnet cannot be exported to ONNX: .*fft"):
+        export_onnx(fnet, lambda m: m(*args, **kwargs), name="fnet")
