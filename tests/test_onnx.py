@@ -25,7 +25,7 @@ def small_model(name):
 
         def inputs(batch, length):
             mask = torch.ones(batch, length, dtype=torch.bool)
-            mask[1, (2 * length) // 3:] = False
+            mask[-1, (2 * length) // 3:] = False
             return (torch.randint(0, 50, (batch, length)),), {"mask": mask}
     else:
         model = CausalLM(50, dim=32, depth=1, heads=2, mixer=name, max_len=128)
@@ -45,13 +45,14 @@ def test_every_mechanism_exports_or_is_listed_with_the_reason(name):
             export_onnx(model, lambda m: m(*args, **kwargs), name=name)
         return
     graph = export_onnx(model, lambda m: m(*args, **kwargs), name=name)
-    # longer than traced (export_onnx itself checked shorter), called as the model is
-    args, kwargs = inputs(3, 61)
-    with torch.no_grad():
-        expected = model(*args, **kwargs)
-    got = graph(*args, **kwargs)
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
+    # at lengths export_onnx did not check, called as the model is
+    for batch, length in ((3, 53), (1, 17)):
+        args, kwargs = inputs(batch, length)
+        with torch.no_grad():
+            expected = model(*args, **kwargs)
+        got = graph(*args, **kwargs)
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
 
 
 def test_a_graph_refuses_a_call_unlike_the_traced_one():
@@ -120,3 +121,41 @@ def test_refusals_in_one_line(monkeypatch):
     monkeypatch.delitem(sys.modules, "onnxruntime")
     with pytest.raises(ValueError, match="^fnet cannot be exported to ONNX: .*fft"):
         export_onnx(fnet, lambda m: m(*args, **kwargs), name="fnet")
+
+
+def test_cli_exports_a_run_and_minilm_as_onnx(tmp_path, capsys):
+    from attnarena.arena.store import Store
+    from attnarena.cli import main
+    from conftest import run_tiny_suite
+
+    store, _ = run_tiny_suite(tmp_path, ["gla"], "steps = 2, batch = 8, eval_every = 2")
+    run = Store(store).runs()[0]["id"]
+    out = tmp_path / "onnx"
+    assert main(["export", run, "--format", "onnx", "--out", str(out),
+                 "--results", str(tmp_path)]) == 0
+    assert "model.onnx" in capsys.readouterr().out
+    from attnarena.arena.run.artifacts import load_run_subject
+
+    subject = load_run_subject(run, results_dir=str(tmp_path))
+    graph = OrtModel.load(out)
+    batch = subject.batch(5, 7, "cpu", "test")
+    with torch.no_grad():
+        expected = subject.model(batch["inputs"])
+    assert (graph(batch["inputs"]) - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+    assert main(["export", "--model", "minilm", "--out", str(tmp_path / "m")]) == 2
+    assert "add --format onnx" in capsys.readouterr().err
+    pytest.importorskip("transformers")
+    assert main(["export", "--model", "minilm", "--format", "onnx",
+                 "--out", str(tmp_path / "m")]) == 0
+    from attnarena.pretrained import load_pretrained
+
+    encoder = load_pretrained("minilm")
+    ids, mask = encoder.tokenize(["an exported encoder", "reads sentences of any length, "
+                                                         "padded on the right"])
+    graph = OrtModel.load(tmp_path / "m")
+    with torch.no_grad():
+        expected = encoder.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    got = graph(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    assert (tmp_path / "m" / "tokenizer.json").is_file()

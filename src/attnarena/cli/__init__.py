@@ -211,9 +211,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from attnarena.arena.deploy.export import export_pretrained_onnx, export_run_onnx
     from attnarena.arena.run.artifacts import export_run
 
-    for path in export_run(args.run, args.out, results_dir=args.results):
+    if (args.run is None) == (args.model is None):
+        raise ValueError("give a run id or folder, or --model NAME (not both)")
+    if args.model is not None:
+        if args.format != "onnx":
+            raise ValueError("--model exports a pretrained encoder as ONNX: add --format onnx")
+        paths = export_pretrained_onnx(args.model, args.out)
+    elif args.format == "onnx":
+        paths = export_run_onnx(args.run, args.out, results_dir=args.results)
+    else:
+        paths = export_run(args.run, args.out, results_dir=args.results)
+    for path in paths:
         print(f"wrote {path}")
     return 0
 

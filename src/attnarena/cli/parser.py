@@ -189,8 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=1000,
                    help="examples per split for tasks drawn fresh each batch")
 
-    p = command("export", help="a trained run's weights and config, to use elsewhere")
-    p.add_argument("run", help="a run id (see the leaderboard) or a run folder")
+    p = command("export", help="a trained run's weights and config, or an ONNX graph of it or "
+                               "of a pretrained encoder, to use elsewhere")
+    p.add_argument("run", nargs="?", default=None,
+                   help="a run id (see the leaderboard) or a run folder")
+    p.add_argument("--model", default=None,
+                   help="or a pretrained encoder (minilm, or a model directory): --format onnx")
+    p.add_argument("--format", choices=("weights", "onnx"), default="weights",
+                   help="weights (safetensors + config, the default) or onnx (an ONNX graph "
+                        "with dynamic batch and length, checked in ONNX Runtime)")
     p.add_argument("--out", required=True, help="folder to write into")
     p.add_argument("--results", default="results", help="where the run's results are")
 

@@ -215,11 +215,12 @@ def _dynamic_axes(signature: Signature, tensors, outputs) -> dict:
 
 def _other_shapes(tensors) -> list[list[torch.Tensor]]:
     """The traced inputs at other batch sizes and lengths: rows repeated or dropped,
-    positions cut to two thirds (right padding stays right padding), and positions
-    repeated to four thirds (the padding rows keep their padding at the end)."""
+    positions cut to two thirds and to an odd third (right padding stays right padding),
+    and positions repeated to four thirds (the padding rows keep their padding at the
+    end)."""
     lengths = {t.shape[1] for t in tensors if t.dim() in (2, 3)}
     out = []
-    for kind in ("shorter", "longer"):
+    for kind in ("shorter", "longer", "odd"):
         moved = []
         for tensor in tensors:
             if not tensor.dim():
@@ -231,6 +232,8 @@ def _other_shapes(tensors) -> list[list[torch.Tensor]]:
                 length = min(lengths)
                 if kind == "shorter":
                     picked = picked[:, :max(1, (2 * length) // 3)]
+                elif kind == "odd":  # a third, made odd: no power of two divides it
+                    picked = picked[:, :max(1, (length // 3) | 1)]
                 else:  # the first third again, in front: padding stays at the end
                     picked = torch.cat([picked[:, :max(1, length // 3)], picked], dim=1)
             moved.append(picked.contiguous())

@@ -27,6 +27,8 @@ def _prefix_state(shape, width, device, dtype):
 
 @register_mixer(
     "aaren", family="attention as an RNN",
+    export_caveat=("its scan's layout is fixed at the traced length: ONNX Runtime refuses "
+                   "other lengths"),
     paper="Feng et al. 2024, Attention as an RNN",
     complexity="O(L D log L) parallel scan, O(L D) recurrent", patterns=PATTERNS,
     forms=PREFIX_FORMS, form_notes={"parallel": "prefix scan"})

@@ -1,0 +1,77 @@
+"""``attnarena export --format onnx``: a trained run, or a pretrained encoder, as an ONNX
+graph (``attnarena.compress.ort.export_onnx``: batch and length dynamic, checked against
+the torch model in ONNX Runtime at three shapes) with what it takes to call it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def _out(out_dir) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; name a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _readme(graph, title: str, load: str) -> str:
+    from attnarena.compress.ort import OPSET
+
+    inputs = ", ".join(f"`{n}`" for n in graph.signature.inputs)
+    outputs = graph.session.get_outputs()
+    return (f"# {title}\n\n`model.onnx`: the model's forward as an ONNX graph (opset "
+            f"{OPSET}), batch and length dynamic, checked against the torch "
+            f"model in ONNX Runtime. Inputs {inputs}; outputs "
+            f"{', '.join(f'`{o.name}`' for o in outputs)}. `onnx_signature.json` maps the "
+            "model's own call onto them.\n\n```python\nimport onnxruntime as ort\n"
+            "session = ort.InferenceSession('model.onnx')\n```\n\nor, called as the torch "
+            f"model was:\n\n```python\n{load}\n```\n")
+
+
+def export_run_onnx(source, out_dir, *, results_dir="results") -> list[Path]:
+    """The trained model of ``source`` (a run id or folder) as ``model.onnx``, traced on a
+    batch of its task's test split."""
+    from attnarena.arena.run.artifacts import load_run_subject
+    from attnarena.compress.ort import export_onnx
+
+    subject = load_run_subject(source, results_dir=results_dir)
+    run = subject.run
+    batch = subject.batch(min(8, run["train"]["batch"]), 0, "cpu", "test")
+    graph = export_onnx(subject.model, lambda model: subject.loss(model, batch),
+                        name=f"a model of {run['mixer']}")
+    out = _out(out_dir)
+    graph.save(out)
+    (out / "config.json").write_text(json.dumps(run, indent=2))
+    (out / "README.md").write_text(_readme(
+        graph, f"{run['task']} / {run['mixer']} (seed {run['seed']}), ONNX",
+        "from attnarena.compress.ort import OrtModel\nmodel = OrtModel.load('.')"))
+    return [out / "model.onnx", out / "onnx_signature.json", out / "config.json",
+            out / "README.md"]
+
+
+def export_pretrained_onnx(name, out_dir) -> list[Path]:
+    """The pretrained encoder ``name`` (minilm, or a directory) as ``model.onnx`` (ids and
+    attention mask in, token states and pooled output out) with its tokenizer."""
+    from attnarena.compress.ort import export_onnx
+    from attnarena.pretrained import PretrainedDecoder, load_pretrained
+    from attnarena.pretrained.corpus import corpus_split
+
+    encoder = load_pretrained(name)
+    if isinstance(encoder, PretrainedDecoder):
+        raise ValueError(f"{name} is a causal language model; export --model takes a sentence "
+                         "encoder (e.g. minilm)")
+    ids, mask = encoder.tokenize(corpus_split("train")[:8])
+    with torch.no_grad():
+        graph = export_onnx(encoder.model, lambda m: m(input_ids=ids, attention_mask=mask),
+                            name=str(name))
+    out = _out(out_dir)
+    graph.save(out)
+    encoder.tokenizer.save_pretrained(str(out))
+    (out / "README.md").write_text(_readme(
+        graph, f"{name}, ONNX",
+        "from attnarena.compress.ort import OrtModel\nmodel = OrtModel.load('.')\n"
+        "states = model(input_ids=ids, attention_mask=mask).last_hidden_state"))
+    return [out / "model.onnx", out / "onnx_signature.json", out / "README.md"]
