@@ -8,7 +8,8 @@ float, the backend that runs it (torch, or ONNX Runtime for a recipe ending in `
 ``ort_int8`` or ``ort_int8_static``) and the source. The uncompressed model gets a row too,
 with the outlier measures of Bondarenko et al. 2023; it is timed again in every call, so
 that every ratio compares models timed side by side. Each compressed model is saved
-(safetensors, or the ONNX graph, + the recipe) and loads back with ``attnarena.arena.deploy.compressed.load_compressed``.
+(safetensors, or the ONNX graph, + the recipe) and loads back with
+``attnarena.arena.deploy.compressed.load_compressed``.
 
 One rule for all subjects: a stored row is reused unless ``rerun``; every recipe starts
 from the subject's seed; every model is timed ``repeats`` times round-robin.
