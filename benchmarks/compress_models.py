@@ -3,9 +3,12 @@ softmax and with gated attention) on MQAR and ListOps at the cpu preset, then co
 by every recipe of compress_recipes.toml (and compress_pruning.toml where the model has
 several heads and an MLP), all into one store; the leaderboard's compression tables and
 compression.png hold the results. ``--minilm`` also compresses the pretrained MiniLM by
-compress_minilm.toml (the pretrained and compress extras).
+compress_minilm.toml (the pretrained and compress extras). ``--ort`` compresses by the
+ONNX Runtime and bfloat16 recipes instead (compress_ort.toml, compress_ort_pruning.toml),
+``--sources`` keeps some of the models.
 
     python benchmarks/compress_models.py --out results/compress [--minilm]
+    python benchmarks/compress_models.py --out results/compress --ort --sources softmax,gla,mamba2
 """
 from __future__ import annotations
 
@@ -30,27 +33,39 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--minilm", action="store_true",
                         help="also the pretrained MiniLM (encoder timed at length 64 and 256)")
+    parser.add_argument("--ort", action="store_true",
+                        help="the ONNX Runtime and bfloat16 recipes instead of the torch ones")
+    parser.add_argument("--sources", default=None,
+                        help="comma-separated mechanisms to train and compress (default: all "
+                             "five models; the softmax variants count as softmax)")
     args = parser.parse_args()
+    sources = [(m, o) for m, o in SOURCES
+               if args.sources is None or (m in args.sources.split(",") and not o)]
     out = Path(args.out)
     store = str(out / "arena.sqlite")
     from attnarena.arena.store import Store
     from attnarena.options import parse_options
 
     for task in args.tasks.split(","):
-        for mixer, options in SOURCES:
+        for mixer, options in sources:
             settings = parse_options(options[1::2])
             if not any(r["status"] == "done" and r["task"] == task and r["mixer"] == mixer
                        and r["config"]["mixer_options"] == settings
                        for r in Store(store).runs()):
                 attnarena("train", "--task", task, "--mixer", mixer, *options, "--preset",
                           "cpu", "--store", store, "--out", str(out), "--quiet")
+    kept = {(m, tuple(o)) for m, o in sources}
+    prefix = "compress_ort" if args.ort else "compress"
     for run in Store(store).runs():
-        if run["status"] != "done":
+        options = [x for k, v in sorted(run["config"]["mixer_options"].items())
+                   for x in ("--option", f"{k}={str(v).lower()}")]
+        if run["status"] != "done" or run["task"] not in args.tasks.split(",") or \
+                (args.sources and (run["mixer"], tuple(options)) not in kept):
             continue
         model = run["config"]["model"]
-        recipes = [HERE / "compress_recipes.toml"]
+        recipes = [HERE / f"{prefix}_recipes.toml" if not args.ort else HERE / f"{prefix}.toml"]
         if model.get("heads", 1) > 1 and model.get("mlp_dim") and run["mixer"] != "mamba2":
-            recipes.append(HERE / "compress_pruning.toml")
+            recipes.append(HERE / f"{prefix}_pruning.toml")
         for recipe in recipes:
             attnarena("compress", run["id"], "--recipes", str(recipe), "--store", store,
                       "--out", str(out), "--repeats", str(args.repeats), "--quiet")

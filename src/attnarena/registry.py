@@ -37,6 +37,9 @@ class MixerInfo:
         export_caveat: why a model with this mechanism cannot be exported to ONNX and run
             in ONNX Runtime (``attnarena.compress.ort``); None when it can (every other
             mechanism is exported and checked against torch by the tests).
+        step_export_caveat: why a causal LM of this mechanism cannot export its decoding
+            step (``attnarena.compress.ort_decode``); None when it can (or it does not
+            decode).
         pretrained_options: (option, value) pairs under which the mixer's query, key,
             value and output projections can take over a pretrained model's attention
             weights (``attnarena.pretrained.swap_attention``); None when it has no such
@@ -54,6 +57,7 @@ class MixerInfo:
     pretrained_options: tuple | None = None
     padding_caveat: str | None = None
     export_caveat: str | None = None
+    step_export_caveat: str | None = None
 
     @property
     def reuses_attention_weights(self) -> bool:
@@ -83,12 +87,14 @@ _MIXERS: dict[str, type] = {}
 
 
 def register_mixer(name, *, family, paper, complexity, patterns, forms, form_notes=None,
-                   approximates_softmax=False, padding_caveat=None, export_caveat=None):
+                   approximates_softmax=False, padding_caveat=None, export_caveat=None,
+                   step_export_caveat=None):
     """Class decorator that adds a mixer class to the registry under ``name``.
 
     ``form_notes`` optionally says how a form is computed, e.g. {"recurrent": "KV cache"};
     ``padding_caveat`` says why, if so, a padded batch cannot equal each sequence alone;
-    ``export_caveat`` why, if so, it cannot be exported to ONNX.
+    ``export_caveat`` why, if so, it cannot be exported to ONNX, ``step_export_caveat`` why
+    its decoding step cannot.
     """
     patterns = frozenset(patterns)
     forms = frozenset(forms)
@@ -114,14 +120,15 @@ def register_mixer(name, *, family, paper, complexity, patterns, forms, form_not
                              f"{sorted(set(notes) - forms)}")
         reuse = getattr(cls, "pretrained_options", None)
         for field, caveat in (("padding_caveat", padding_caveat),
-                              ("export_caveat", export_caveat)):
+                              ("export_caveat", export_caveat),
+                              ("step_export_caveat", step_export_caveat)):
             if caveat is not None and not (isinstance(caveat, str) and caveat.strip()):
                 raise ValueError(f"mixer {name!r}: {field} must be None or a sentence, "
                                  f"got {caveat!r}")
         info = MixerInfo(name, family, paper, complexity, patterns, forms,
                          tuple(sorted(notes.items())), bool(approximates_softmax),
                          None if reuse is None else tuple(sorted(reuse.items())),
-                         padding_caveat, export_caveat)
+                         padding_caveat, export_caveat, step_export_caveat)
         takes = inspect.signature(cls.__init__).parameters
         if "chunk" in forms and "form" not in takes:
             raise TypeError(f"mixer {name!r} declares the chunk form, so {cls.__name__}'s "

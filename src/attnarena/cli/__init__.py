@@ -42,6 +42,9 @@ def cmd_list(args) -> int:
                 text += f"; padding changes its outputs: {i.padding_caveat}"
             text += ("; ONNX export: " + (f"no, {i.export_caveat}" if i.export_caveat
                                           else "yes"))
+            if i.decodes:
+                text += ("; ONNX decoding step: " + (f"no, {i.step_export_caveat}"
+                                                     if i.step_export_caveat else "yes"))
             print(textwrap.fill(text, 100, subsequent_indent="  "))
         return 0
     # one line each, within 100 columns

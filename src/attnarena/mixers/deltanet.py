@@ -146,6 +146,8 @@ class GatedDeltaNet(_DeltaBase):
 
 @register_mixer(
     "deltaproduct", family="delta rule",
+    step_export_caveat=("its chunk size is taken from the traced length and checked as a Python "
+                        "int"),
     export_caveat="its chunk size is taken from the traced length and checked as a Python int",
     paper="Siems et al. 2025, DeltaProduct: Improving State-Tracking in Linear RNNs via "
           "Householder Products",

@@ -14,6 +14,8 @@ from attnarena.registry import register_mixer
 
 @register_mixer(
     "gaam", family="gaussian attention",
+    step_export_caveat=("its step reads the token's position from a Python int in its state, "
+                        "which the trace fixes (the logits differ from the second token on)"),
     paper="Ioannides et al. 2024, Gaussian Adaptive Attention is All You Need: Robust "
           "Contextual Representations Across Multiple Modalities",
     complexity="O(L D)", patterns=("self", "causal"), forms=("parallel", "recurrent"),

@@ -152,6 +152,8 @@ class LinearAttention(LinearAttentionBase):
 
 @register_mixer(
     "cosine", family="linear attention",
+    step_export_caveat=("its step reads the token's position from a Python int in its state, "
+                        "which the trace fixes (the logits differ from the second token on)"),
     paper="Mongaras et al. 2024, Cottention: Linear Transformers With Cosine Attention",
     complexity="O(L D^2)", patterns=PATTERNS, forms=FORMS,
     approximates_softmax=True)

@@ -17,6 +17,8 @@ from attnarena.registry import FORMS, register_mixer
 
 @register_mixer(
     "retention", family="decayed linear attention",
+    step_export_caveat=("its group norm reshapes by the traced shape: ONNX Runtime refuses the "
+                        "graph"),
     export_caveat="its group norm reshapes by the traced shape: ONNX Runtime refuses the graph",
     paper="Sun et al. 2023, Retentive Network: A Successor to Transformer for Large Language "
           "Models",

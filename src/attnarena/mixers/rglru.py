@@ -33,6 +33,7 @@ class BlockDiagonal(nn.Module):
 
 @register_mixer(
     "rglru", family="gated recurrence",
+    step_export_caveat="expm1 (in its gates' decay) has no ONNX operator at opset 17",
     export_caveat="expm1 (in its gates' decay) has no ONNX operator at opset 17",
     paper="De et al. 2024, Griffin: Mixing Gated Linear Recurrences with Local Attention for "
           "Efficient Language Models",

@@ -16,6 +16,7 @@ from attnarena.registry import register_mixer
 
 @register_mixer(
     "s4d", family="state space model",
+    step_export_caveat="its state is complex, which ONNX lacks",
     export_caveat="its kernel is computed in complex numbers, which ONNX lacks",
     paper="Gu et al. 2022, On the Parameterization and Initialization of Diagonal State "
           "Space Models",

@@ -18,6 +18,8 @@ from attnarena.registry import register_mixer
 
 @register_mixer(
     "titans", family="test-time training",
+    step_export_caveat=("its step reads Python ints of its state (the place in the mini-batch), "
+                        "which the trace fixes"),
     export_caveat=("its memory's mini-batches are cut at the traced length: ONNX Runtime refuses a"
                    " longer input"),
     paper="Behrouz et al. 2025, Titans: Learning to Memorize at Test Time",

@@ -18,6 +18,8 @@ INNER_MODELS = ("layer_norm", "linear")
 
 @register_mixer(
     "ttt_linear", family="test-time training",
+    step_export_caveat=("its mini-batch bookkeeping is fixed at the traced position: ONNX Runtime"
+                        " refuses the graph"),
     export_caveat="its mini-batches are cut at the traced length: ONNX Runtime refuses the graph",
     paper="Sun et al. 2024, Learning to (Learn at Test Time): RNNs with Expressive Hidden "
           "States",

@@ -1,0 +1,152 @@
+"""ONNX Runtime against torch on this CPU, side by side in one process.
+
+``--minilm``: the pretrained all-MiniLM-L6-v2 (the pretrained and compress extras) at
+lengths 64 and 128, batch 1 and 32: torch float32 eager, torch bfloat16 (where the CPU has
+it), torch's deprecated ``torch.ao.quantization.quantize_dynamic`` (a reference, not
+offered), and the ``ort``, ``ort_int8`` and ``ort_int8_static`` methods; quality is the
+mean cosine with the original's embeddings on the held-out sentences.
+
+``--decode``: tokens per second of one decoding step of an arena causal LM in ONNX
+Runtime at contexts 512 and 4,096: softmax's KV-cache step graph against the fixed-size
+state of linear-time mechanisms (``attnarena.compress.ort_decode``), each from the state
+the torch prefill of a random context leaves.
+
+Every figure is a median over round-robin repeats with its interquartile range, threads
+as given (default 1).
+
+    python benchmarks/onnx_runtime.py --minilm --decode [--threads 1] [--repeats 15]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+
+def spread(samples):
+    ordered = sorted(samples)
+    n = len(ordered)
+    return ordered[n // 2], ordered[n // 4], ordered[(3 * n) // 4]
+
+
+def round_robin(calls: dict, repeats: int) -> dict:
+    """{name: (median, q1, q3) ms} of each call, timed in turn ``repeats`` times."""
+    for call in calls.values():
+        call()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: spread(t) for name, t in times.items()}
+
+
+def minilm(args):
+    from attnarena.compress.quantize import bf16_unsupported
+    from attnarena.compress.recipe import apply_recipe, make_step
+    from attnarena.pretrained import EncoderSubject, load_pretrained
+    from attnarena.pretrained.corpus import corpus_split
+
+    encoder = load_pretrained("minilm").eval()
+    subject = EncoderSubject.of(encoder, train=corpus_split("train"),
+                                test=corpus_split("test"), length=128)
+    data = subject.compress_data(4, 32, "cpu")
+    models = {"torch float32": subject}
+    methods = ["ort", "ort_int8", "ort_int8_static"]
+    if bf16_unsupported("cpu") is None:
+        methods.insert(0, "bf16")
+    for name in methods:
+        torch.manual_seed(0)
+        models[name], _ = apply_recipe(copy.deepcopy(subject), [make_step(name)], data,
+                                       log=lambda line: None)
+    reference = copy.deepcopy(subject)
+    reference.model = torch.ao.quantization.quantize_dynamic(
+        reference.model, {torch.nn.Linear}, dtype=torch.qint8)
+    reference.encoder = reference.encoder.with_model(reference.model)
+    models["torch.ao quantize_dynamic (reference)"] = reference
+    quality = {name: m.quality(subject)["mean_cosine"] for name, m in models.items()}
+    cells = {}
+    for length in (64, 128):
+        for batch in (1, 32):
+            ids = torch.randint(1, encoder.config.vocab_size, (batch, length),
+                                generator=torch.Generator().manual_seed(length + batch))
+            keep = torch.ones_like(ids)
+            for name, m in models.items():
+                cells[(name, length, batch)] = torch.no_grad()(
+                    lambda m=m, ids=ids, keep=keep: m.encoder(ids, keep))
+    timed = round_robin(cells, args.repeats)
+    print(f"\n## MiniLM (all-MiniLM-L6-v2), {torch.get_num_threads()} thread(s), ms median "
+          f"[q1, q3] of {args.repeats} round-robin repeats; speed-up over torch float32\n")
+    header = " | ".join(f"L{length} b{batch}" for length in (64, 128) for batch in (1, 32))
+    print(f"| model | mean cosine | {header} |")
+    print("|---|---|" + "---|" * 4)
+    for name in models:
+        parts = []
+        for length in (64, 128):
+            for batch in (1, 32):
+                median, q1, q3 = timed[(name, length, batch)]
+                base = timed[("torch float32", length, batch)][0]
+                parts.append(f"{median:.2f} [{q1:.2f}, {q3:.2f}] ({base / median:.2f}x)")
+        print(f"| {name} | {quality[name]:.4f} | " + " | ".join(parts) + " |")
+
+
+def decode(args):
+    from attnarena.compress.ort_decode import export_decoder, states_after
+    from attnarena.models.lm import CausalLM
+
+    contexts = (512, 4096)
+    decoders = {}
+    for mixer in args.mixers.split(","):
+        torch.manual_seed(0)
+        lm = CausalLM(args.vocab, dim=args.dim, depth=args.depth, heads=args.heads,
+                      mixer=mixer, max_len=max(contexts) + 64).eval()
+        decoders[mixer] = (lm, export_decoder(lm, name=mixer))
+    calls = {}
+    for context in contexts:
+        prompt = torch.randint(0, args.vocab, (1, context),
+                               generator=torch.Generator().manual_seed(context))
+        for mixer, (lm, decoder) in decoders.items():
+            logits, states = states_after(lm, prompt)
+            token = logits.argmax(-1).numpy()
+            calls[(mixer, context)] = (
+                lambda d=decoder, t=token, c=context, s=states: d.step(t, c, s))
+    timed = round_robin(calls, args.repeats)
+    print(f"\n## Decoding in ONNX Runtime: one step at a context, tokens/s (median [q1, q3] of "
+          f"{args.repeats}), {torch.get_num_threads()} thread(s); CausalLM dim {args.dim}, "
+          f"depth {args.depth}, {args.heads} heads, vocabulary {args.vocab}, batch 1\n")
+    print("| mechanism | " + " | ".join(f"context {c:,}" for c in contexts) + " |")
+    print("|---|" + "---|" * len(contexts))
+    for mixer in decoders:
+        parts = []
+        for context in contexts:
+            median, q1, q3 = timed[(mixer, context)]
+            parts.append(f"{1e3 / median:,.0f} [{1e3 / q3:,.0f}, {1e3 / q1:,.0f}]")
+        print(f"| {mixer} | " + " | ".join(parts) + " |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minilm", action="store_true")
+    parser.add_argument("--decode", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--mixers", default="softmax,gla,mamba2,linear")
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=8192)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if not (args.minilm or args.decode):
+        parser.error("choose --minilm, --decode or both")
+    if args.minilm:
+        minilm(args)
+    if args.decode:
+        decode(args)
+
+
+if __name__ == "__main__":
+    main()

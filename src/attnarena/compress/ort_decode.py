@@ -1,0 +1,272 @@
+"""Decoding in ONNX Runtime: a causal LM's one-token step as an ONNX graph whose state is
+an explicit input and output.
+
+``export_decoder(lm)`` traces one step of an arena ``CausalLM``: inputs ``token`` (B,)
+ids, ``position`` (1,) its place in the sequence, and every layer's state; outputs the
+next-token ``logits`` (B, vocab) and the states after the token. A softmax layer's state is
+its keys and values (B, H, T, D), T growing by one a step (a window keeps the newest
+``window``); any other decoding layer's state is the tensors of its ``step`` state (fixed
+size for a linear-time mechanism: constant memory however long the context). The graph is
+checked against the torch model's own ``step`` over several tokens, so a state field the
+trace fixed (a Python int) that the math uses is caught, never shipped.
+
+``OrtDecoder.generate`` decodes greedily in ONNX Runtime alone (the prompt fed through the
+step graph from the empty state); ``OrtDecoder.states_after`` gives the state after a
+prompt from the torch model's prefill, for timing decoding at a long context.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+
+import numpy as np
+import torch
+from torch import nn
+
+from attnarena.compress.ort import OPSET, TOLERANCE, _error, _first_line, _quiet_trace, session
+from attnarena.mixers.softmax import KVCache
+
+
+# -- a state's tensors --------------------------------------------------------------------
+
+def state_tensors(state) -> list[torch.Tensor]:
+    """The tensors of a decoding state (a tensor, dict, list, tuple or dataclass of them),
+    in a fixed order; other fields (ints, None) are not among them."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for key in sorted(state) for t in state_tensors(state[key])]
+    if isinstance(state, (list, tuple)):
+        return [t for item in state for t in state_tensors(item)]
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        return [t for f in dataclasses.fields(state) for t in state_tensors(getattr(state, f.name))]
+    return []
+
+
+def with_tensors(template, tensors: list):
+    """``template`` with its tensors replaced, in ``state_tensors`` order, by ``tensors``
+    (consumed from the front)."""
+    if isinstance(template, torch.Tensor):
+        return tensors.pop(0)
+    if isinstance(template, dict):
+        out = dict(template)
+        for key in sorted(template):
+            out[key] = with_tensors(template[key], tensors)
+        return out
+    if isinstance(template, (list, tuple)):
+        items = [with_tensors(item, tensors) for item in template]
+        return type(template)(items) if isinstance(template, list) else tuple(items)
+    if dataclasses.is_dataclass(template) and not isinstance(template, type):
+        out = copy.copy(template)
+        for f in dataclasses.fields(template):
+            setattr(out, f.name, with_tensors(getattr(template, f.name), tensors))
+        return out
+    return template
+
+
+# -- the step as a module -----------------------------------------------------------------
+
+class _Step(nn.Module):
+    """One token through the LM with every layer's state as flat tensors."""
+
+    def __init__(self, lm, templates):
+        super().__init__()
+        self.lm, self.templates = lm, templates
+        self.kv = [isinstance(t, KVCache) for t in templates]
+        self.counts = [2 if kv else len(state_tensors(t)) for kv, t in zip(self.kv, templates)]
+
+    def forward(self, token, position, *flat):
+        lm = self.lm
+        x = lm.embed(token.long())
+        if lm.positions is not None:
+            x = x + lm.positions.table.index_select(0, position).to(x.dtype)
+        x = lm.drop(x)
+        out, start = [], 0
+        for block, kv, count, template in zip(lm.blocks, self.kv, self.counts, self.templates):
+            parts = list(flat[start:start + count])
+            start += count
+            if kv:
+                x, parts = _kv_step(block, x, position, *parts)
+            else:
+                x, state = block.step(x, with_tensors(template, list(parts)))
+                parts = state_tensors(state)
+            out += parts
+        return (lm.head(lm.norm(x)), *out)
+
+
+def _kv_step(block, x, position, past_k, past_v):
+    """A softmax layer's step on a KV cache held as two growing tensors."""
+    from attnarena import ops
+
+    mixer = block.mixer
+    h = block.down(block.norm1(x))[:, None]  # (B, 1, dim)
+    q, k, v = mixer.project(h)
+    if mixer.rope:
+        q, k = ops.rotary(q, position, mixer.rope_base), ops.rotary(k, position, mixer.rope_base)
+    keys, values = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+    if mixer.window:
+        keys, values = keys[:, :, -mixer.window:], values[:, :, -mixer.window:]
+    y = mixer._output(mixer._decode(q, keys, values), h)[:, 0]
+    return block._finish(x, block.up(y)), [keys, values]
+
+
+def _graph_state(template) -> list[torch.Tensor]:
+    """A layer's state as the graph takes it: a KV cache's keys and values (what it holds,
+    not its buffers), else the state's tensors."""
+    if isinstance(template, KVCache):
+        return [template.keys(), template.values()]
+    return state_tensors(template)
+
+
+class OrtDecoder:
+    """A causal LM's step graph in ONNX Runtime (see the module's docstring)."""
+
+    def __init__(self, graph: bytes, templates, names: list[str], threads: int | None = None):
+        self.graph, self.templates, self.names = graph, templates, names
+        self.session = session(graph, threads)
+        # a state tensor the step never reads (a counter) is not among the graph's inputs
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def empty_states(self, batch: int) -> list[np.ndarray]:
+        """The states before the first token, for a batch of ``batch``."""
+        out = []
+        for template in self.templates:
+            for tensor in _graph_state(template):
+                shape = list(tensor.shape)
+                shape[0] = batch
+                if isinstance(template, KVCache):
+                    shape[2] = 0
+                    out.append(np.zeros(shape, np.float32))
+                else:
+                    out.append(np.zeros(shape, tensor.numpy().dtype))
+        return out
+
+    def step(self, token, position: int, states: list) -> tuple[np.ndarray, list]:
+        """(logits (B, vocab), states after) of one token (B,) at ``position``."""
+        feeds = {"token": np.asarray(token, np.int64),
+                 "position": np.array([position], np.int64)}
+        feeds.update((n, s) for n, s in zip(self.names, states) if n in self.inputs)
+        logits, *after = self.session.run(None, feeds)
+        return logits, after
+
+    def generate(self, prompt, max_new_tokens: int) -> torch.Tensor:
+        """Greedy continuation of ``prompt`` (B, P) in ONNX Runtime alone."""
+        prompt = torch.as_tensor(prompt)
+        states = self.empty_states(prompt.shape[0])
+        tokens = prompt.numpy().astype(np.int64)
+        for position in range(prompt.shape[1]):
+            logits, states = self.step(tokens[:, position], position, states)
+        out = [tokens]
+        for i in range(max_new_tokens):
+            token = logits.argmax(-1)
+            out.append(token[:, None])
+            if i < max_new_tokens - 1:
+                logits, states = self.step(token, prompt.shape[1] + i, states)
+        return torch.from_numpy(np.concatenate(out, 1))
+
+
+@torch.no_grad()
+def states_after(lm, prompt) -> tuple[torch.Tensor, list]:
+    """(the next-token logits, every layer's state as the step graph takes it) after the
+    torch model's prefill of ``prompt`` (B, P)."""
+    x = lm._embed(prompt)
+    states = []
+    for block in lm.blocks:
+        x, state = block.prefill(x)
+        states.append(state)
+    logits = lm.head(lm.norm(x[:, -1]))
+    return logits, [t.numpy() for s in states for t in _graph_state(s)]
+
+
+@torch.no_grad()
+def export_decoder(lm, *, batch: int = 2, prompt_length: int = 5, check_steps: int = 4,
+                   name: str = "the model") -> OrtDecoder:
+    """The step graph of the ``CausalLM`` ``lm``; a ValueError naming ``name`` and the
+    reason when a layer cannot decode, the export fails, or the graph's logits and states
+    differ from the torch model's ``step`` over ``check_steps`` tokens after a prompt."""
+    from attnarena.stack import stack_decodes
+
+    if not stack_decodes(lm.mixer):
+        raise ValueError(f"{name} has a layer without a recurrent form: it has no step to export")
+    lm = lm.eval()
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, lm.vocab_size, (batch, prompt_length), generator=generator)
+    x = lm._embed(prompt)
+    templates = []
+    for block in lm.blocks:
+        x, state = block.prefill(x)
+        templates.append(state)
+    step = _Step(lm, templates)
+    flat = [t.clone() for s in templates for t in _graph_state(s)]
+    names = [f"state_{i}" for i in range(len(flat))]
+    token = torch.randint(0, lm.vocab_size, (batch,), generator=generator)
+    position = torch.tensor([prompt_length])
+    # the torch model's own steps, from copies of the prompt's states
+    expected, states = [], copy.deepcopy(templates)
+    tokens = [token] + [torch.randint(0, lm.vocab_size, (batch,), generator=generator)
+                        for _ in range(check_steps - 1)]
+    for i, t in enumerate(tokens):
+        h = lm._embed(t[:, None], offset=prompt_length + i)[:, 0]
+        for j, block in enumerate(lm.blocks):
+            h, states[j] = block.step(h, states[j])
+        expected.append(lm.head(lm.norm(h)))
+    buffer = io.BytesIO()
+    axes = {"token": {0: "batch"}}
+    for i, (n, t) in enumerate(zip(names, flat)):
+        axes[n] = {0: "batch"}
+        axes[f"next_{n}"] = {0: "batch"}
+        kv_layer = _kv_layer_of(i, step)
+        if kv_layer:
+            axes[n][2] = "past"
+            axes[f"next_{n}"][2] = "past_and_one"
+    axes["logits"] = {0: "batch"}
+    try:
+        with _quiet_trace():
+            torch.onnx.export(step, (token, position, *flat), buffer,
+                              input_names=["token", "position", *names],
+                              output_names=["logits", *[f"next_{n}" for n in names]],
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    except Exception as error:  # torch's exporter raises many kinds
+        raise ValueError(f"{name}'s decoding step cannot be exported to ONNX: "
+                         f"{_first_line(error)}") from None
+    try:
+        decoder = OrtDecoder(buffer.getvalue(), templates, names)
+    except Exception as error:  # onnxruntime's own exception types
+        raise ValueError(f"{name}'s decoding step exports to ONNX, but ONNX Runtime refuses "
+                         f"the graph: {_first_line(error)}") from None
+    # and from the empty state: the first tokens of a sequence
+    fresh = [block.mixer.init_state(batch) for block in lm.blocks]
+    expected_fresh = []
+    for i, t in enumerate(tokens[:2]):
+        h = lm._embed(t[:, None], offset=i)[:, 0]
+        for j, block in enumerate(lm.blocks):
+            h, fresh[j] = block.step(h, fresh[j])
+        expected_fresh.append(lm.head(lm.norm(h)))
+    runs = [(prompt_length, [t.numpy() for s in templates for t in _graph_state(s)],
+             expected, "after the prompt"),
+            (0, decoder.empty_states(batch), expected_fresh, "of a sequence")]
+    for start, states, references, where in runs:
+        for i, (t, reference) in enumerate(zip(tokens, references)):
+            try:
+                logits, states = decoder.step(t.numpy(), start + i, states)
+            except Exception as error:  # onnxruntime's own exception types
+                raise ValueError(f"{name}'s decoding step exports to ONNX, but ONNX Runtime "
+                                 f"cannot run it: {_first_line(error)}") from None
+            worst = _error([reference], [logits])
+            if not worst <= TOLERANCE:
+                raise ValueError(
+                    f"{name}'s decoding step exports to ONNX, but its logits differ from the "
+                    f"model's step at token {i + 1} {where} (largest error {worst:.2g} of "
+                    f"their scale, over {TOLERANCE:g}): the trace fixed part of the state")
+    return decoder
+
+
+def _kv_layer_of(index: int, step: _Step) -> bool:
+    """Whether flat state ``index`` belongs to a KV cache (its axis 2 grows)."""
+    start = 0
+    for kv, count in zip(step.kv, step.counts):
+        if start <= index < start + count:
+            return kv
+        start += count
+    return False
