@@ -4,7 +4,8 @@
 lengths 64 and 128, batch 1 and 32: torch float32 eager, torch bfloat16 (where the CPU has
 it), torch's deprecated ``torch.ao.quantization.quantize_dynamic`` (a reference, not
 offered), and the ``ort``, ``ort_int8`` and ``ort_int8_static`` methods; quality is the
-mean cosine with the original's embeddings on the held-out sentences.
+mean cosine with the original's embeddings on the held-out sentences. ``--linearized
+DIR`` adds a linearized MiniLM, in torch and through ``ort_int8``.
 
 ``--decode``: tokens per second of one decoding step of an arena causal LM in ONNX
 Runtime at contexts 512 and 4,096: softmax's KV-cache step graph against the fixed-size
@@ -15,6 +16,7 @@ Every figure is a median over round-robin repeats with its interquartile range, 
 as given (default 1).
 
     python benchmarks/onnx_runtime.py --minilm --decode [--threads 1] [--repeats 15]
+        [--linearized results/linearize/<id>/model]
 """
 from __future__ import annotations
 
@@ -62,6 +64,15 @@ def minilm(args):
         torch.manual_seed(0)
         models[name], _ = apply_recipe(copy.deepcopy(subject), [make_step(name)], data,
                                        log=lambda line: None)
+    if args.linearized:  # a linearized MiniLM (attnarena linearize --model minilm)
+        swapped = load_pretrained(args.linearized).eval()
+        linear = EncoderSubject.of(swapped, train=corpus_split("train"),
+                                   test=corpus_split("test"), length=128)
+        models["linearized, torch float32"] = linear
+        torch.manual_seed(0)
+        models["linearized, ort_int8"], _ = apply_recipe(
+            copy.deepcopy(linear), [make_step("ort_int8")],
+            linear.compress_data(4, 32, "cpu"), log=lambda line: None)
     reference = copy.deepcopy(subject)
     reference.model = torch.ao.quantization.quantize_dynamic(
         reference.model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -93,6 +104,27 @@ def minilm(args):
         print(f"| {name} | {quality[name]:.4f} | " + " | ".join(parts) + " |")
 
 
+def torch_step(lm, prompt, logits):
+    """One torch decoding step after the prefill of ``prompt`` (a KV cache grows by a
+    token a call: a few tokens over the repeats)."""
+    with torch.no_grad():
+        x = lm._embed(prompt)
+        states = []
+        for block in lm.blocks:
+            x, state = block.prefill(x)
+            states.append(state)
+    token = logits.argmax(-1)
+    position = prompt.shape[1]
+
+    @torch.no_grad()
+    def call():
+        h = lm._embed(token[:, None], offset=position)[:, 0]
+        for j, block in enumerate(lm.blocks):
+            h, states[j] = block.step(h, states[j])
+        return lm.head(lm.norm(h))
+    return call
+
+
 def decode(args):
     from attnarena.compress.ort_decode import export_decoder, states_after
     from attnarena.models.lm import CausalLM
@@ -113,13 +145,14 @@ def decode(args):
             token = logits.argmax(-1).numpy()
             calls[(mixer, context)] = (
                 lambda d=decoder, t=token, c=context, s=states: d.step(t, c, s))
+            calls[(f"{mixer} (torch step)", context)] = torch_step(lm, prompt, logits)
     timed = round_robin(calls, args.repeats)
     print(f"\n## Decoding in ONNX Runtime: one step at a context, tokens/s (median [q1, q3] of "
           f"{args.repeats}), {torch.get_num_threads()} thread(s); CausalLM dim {args.dim}, "
           f"depth {args.depth}, {args.heads} heads, vocabulary {args.vocab}, batch 1\n")
     print("| mechanism | " + " | ".join(f"context {c:,}" for c in contexts) + " |")
     print("|---|" + "---|" * len(contexts))
-    for mixer in decoders:
+    for mixer in [m for name in decoders for m in (name, f"{name} (torch step)")]:
         parts = []
         for context in contexts:
             median, q1, q3 = timed[(mixer, context)]
@@ -134,6 +167,9 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--mixers", default="softmax,gla,mamba2,linear")
+    parser.add_argument("--linearized", default=None,
+                        help="with --minilm: a linearized MiniLM's folder (attnarena "
+                             "linearize --model minilm writes results/linearize/<id>/model)")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)

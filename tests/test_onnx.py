@@ -21,14 +21,14 @@ def small_model(name):
     torch.manual_seed(0)
     if "self" in mixer_info(name).patterns:
         model = EncoderClassifier(3, vocab_size=50, dim=32, depth=1, heads=2, mixer=name,
-                                  max_len=128)
+                                  max_len=256)
 
         def inputs(batch, length):
             mask = torch.ones(batch, length, dtype=torch.bool)
             mask[-1, (2 * length) // 3:] = False
             return (torch.randint(0, 50, (batch, length)),), {"mask": mask}
     else:
-        model = CausalLM(50, dim=32, depth=1, heads=2, mixer=name, max_len=128)
+        model = CausalLM(50, dim=32, depth=1, heads=2, mixer=name, max_len=256)
 
         def inputs(batch, length):
             return (torch.randint(0, 50, (batch, length)),), {}
@@ -45,8 +45,9 @@ def test_every_mechanism_exports_or_is_listed_with_the_reason(name):
             export_onnx(model, lambda m: m(*args, **kwargs), name=name)
         return
     graph = export_onnx(model, lambda m: m(*args, **kwargs), name=name)
-    # at lengths export_onnx did not check, called as the model is
-    for batch, length in ((3, 53), (1, 17)):
+    # at lengths export_onnx did not check, called as the model is; 150 spans several
+    # chunks of a chunk form (64 tokens by default)
+    for batch, length in ((3, 53), (1, 17), (2, 150)):
         args, kwargs = inputs(batch, length)
         with torch.no_grad():
             expected = model(*args, **kwargs)
@@ -63,6 +64,13 @@ def test_a_graph_refuses_a_call_unlike_the_traced_one():
         graph(*args)
     with pytest.raises(ValueError, match="must be a tensor"):
         graph(args[0], mask=[[True]])
+    with pytest.raises(ValueError, match="^ONNX Runtime cannot run this graph on input_0 "
+                                         "\\(2, 16, 1\\), mask \\(2, 16\\): "):
+        graph(args[0][..., None], **kwargs)
+    # int32 ids where int64 were traced: converted, the same outputs
+    assert torch.equal(graph(args[0].int(), **kwargs), graph(*args, **kwargs))
+    with pytest.raises(ValueError, match="holds torch.bfloat16 weights; export a float32"):
+        export_onnx(copy.deepcopy(model).to(torch.bfloat16), lambda m: m(*args, **kwargs))
 
 
 @pytest.mark.parametrize("mixer", ["softmax", "gla", "mamba2"])
@@ -142,6 +150,13 @@ def test_cli_exports_a_run_and_minilm_as_onnx(tmp_path, capsys):
     with torch.no_grad():
         expected = subject.model(batch["inputs"])
     assert (graph(batch["inputs"]) - expected).abs().max() <= 1e-4 * expected.abs().max()
+    # a causal LM's decoding step comes with it, and decodes as the model does
+    from attnarena.compress.ort_decode import OrtDecoder
+
+    prompt = batch["inputs"][:, :6]
+    assert torch.equal(OrtDecoder.load(out).generate(prompt, 5),
+                       subject.model.generate(prompt, 5))
+    assert "`step.onnx` decodes one token" in (out / "README.md").read_text()
 
     assert main(["export", "--model", "minilm", "--out", str(tmp_path / "m")]) == 2
     assert "add --format onnx" in capsys.readouterr().err

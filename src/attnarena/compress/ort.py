@@ -2,7 +2,8 @@
 behind the model's own call signature, and the compression methods that end in it.
 
 ``export_onnx(model, call)`` traces one call of the model (``call(model)`` calls it, as a
-task's loss does) into a graph whose batch and length axes are dynamic, then checks the
+task's loss does; every mechanism with a parallel form in that form, which has no loop
+over chunks) into a graph whose batch and length axes are dynamic, then checks the
 graph in ONNX Runtime against the torch model twice: on the traced inputs and on inputs of
 another batch size and length. A mechanism whose graph does not reproduce the model at
 another length (a loop unrolled at the traced length, an operator ONNX lacks) is refused
@@ -64,10 +65,11 @@ _CONSTANTS = (type(None), bool, int, float, str)
 class Signature:
     """How a model's call maps onto a graph's inputs and back.
 
-    ``args``/``kwargs``: per argument either ``{"input": name}`` (a tensor, a graph input)
-    or ``{"value": v}`` (a constant fixed when the graph was traced: None, a bool, a
-    number); ``output``: ``{"kind": "tensor"}``, ``{"kind": "tuple", "size": n}`` or
-    ``{"kind": "model_output", "class": "module:name", "keys": [...]}``."""
+    ``args``/``kwargs``: per argument either ``{"input": name, "dtype": d}`` (a tensor, a
+    graph input, and the dtype it was traced with) or ``{"value": v}`` (a constant fixed
+    when the graph was traced: None, a bool, a number); ``output``: ``{"kind": "tensor"}``,
+    ``{"kind": "tuple", "size": n}`` or ``{"kind": "model_output", "class": "module:name",
+    "keys": [...]}``."""
     args: list
     kwargs: dict
     output: dict
@@ -103,7 +105,11 @@ class Signature:
                 if not isinstance(value, torch.Tensor):
                     raise ValueError(f"{where} must be a tensor (the graph's input "
                                      f"{entry['input']!r}), got {type(value).__name__}")
-                feeds[entry["input"]] = value.detach().cpu().numpy()
+                array = value.detach().cpu()
+                array = (array.float() if array.dtype == torch.bfloat16 else array).numpy()
+                want = entry.get("dtype")  # ids given as int32 where int64 was traced
+                feeds[entry["input"]] = array if want is None else array.astype(want,
+                                                                                 copy=False)
             elif not _same(value, entry["value"]):
                 raise ValueError(f"{where} was {entry['value']!r} when this ONNX model was "
                                  f"exported and is fixed in its graph; got {value!r}")
@@ -169,7 +175,7 @@ def _signature(args, kwargs, output) -> tuple[Signature, list[torch.Tensor]]:
         if isinstance(value, torch.Tensor):
             tensors.append(value)
             count[0] += 1
-            return {"input": where}
+            return {"input": where, "dtype": str(value.dtype).removeprefix("torch.")}
         if isinstance(value, _CONSTANTS):
             return {"value": value}
         raise ValueError(f"ONNX export takes tensors and constants (None, bools, numbers, "
@@ -216,11 +222,10 @@ def _dynamic_axes(signature: Signature, tensors, outputs) -> dict:
 def _other_shapes(tensors) -> list[list[torch.Tensor]]:
     """The traced inputs at other batch sizes and lengths: rows repeated or dropped,
     positions cut to two thirds and to an odd third (right padding stays right padding),
-    and positions repeated to four thirds (the padding rows keep their padding at the
-    end)."""
+    and positions repeated in front to four thirds and to three times the length."""
     lengths = {t.shape[1] for t in tensors if t.dim() in (2, 3)}
     out = []
-    for kind in ("shorter", "longer", "odd"):
+    for kind in ("shorter", "longer", "odd", "three times"):
         moved = []
         for tensor in tensors:
             if not tensor.dim():
@@ -234,8 +239,11 @@ def _other_shapes(tensors) -> list[list[torch.Tensor]]:
                     picked = picked[:, :max(1, (2 * length) // 3)]
                 elif kind == "odd":  # a third, made odd: no power of two divides it
                     picked = picked[:, :max(1, (length // 3) | 1)]
-                else:  # the first third again, in front: padding stays at the end
+                elif kind == "longer":  # the first third again, in front
                     picked = torch.cat([picked[:, :max(1, length // 3)], picked], dim=1)
+                else:  # the whole sequence twice more, in front (several chunks of a
+                    # chunk form; torch refuses it where it passes the positions)
+                    picked = torch.cat([picked[:, :length], picked[:, :length], picked], dim=1)
             moved.append(picked.contiguous())
         out.append(moved)
     return out
@@ -292,22 +300,45 @@ def _quiet_trace():
             os.close(fd)
 
 
+@contextlib.contextmanager
+def parallel_forms(model: nn.Module):
+    """Every arena mixer that has a parallel form runs in it for the duration: a chunk
+    form's loop over chunks would be unrolled at the traced length; the parallel form has
+    none (the same outputs, quadratic in the length)."""
+    changed = []
+    for module in model.modules():
+        info = getattr(module, "info", None)
+        if getattr(module, "form", None) not in (None, "parallel") and info is not None \
+                and "parallel" in getattr(info, "forms", ()):
+            changed.append((module, module.form))
+            module.form = "parallel"
+    try:
+        yield changed
+    finally:
+        for module, form in changed:
+            module.form = form
+
+
 def export_onnx(model: nn.Module, call, *, name: str = "the model") -> "OrtModel":
     """The forward of ``model`` as an ONNX graph (traced from the call ``call(model)``
-    makes), checked in ONNX Runtime against the torch model at the traced shape and at
-    another batch size and length (largest error relative to the output's scale at most
+    makes), checked in ONNX Runtime against the torch model at the traced shape and at four
+    other batch sizes and lengths (largest error relative to the output's scale at most
     ``TOLERANCE``); a ValueError naming ``name`` and the reason when the export fails or
-    the graph does not match."""
+    the graph does not match. Mixers with a parallel form are traced in it first (no loop
+    over chunks to unroll); when that graph fails, in the forms the model has."""
     onnxruntime()
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("ONNX Runtime methods run on the CPU: compress with --device cpu")
+    low = {p.dtype for p in model.parameters()} & {torch.bfloat16, torch.float16}
+    if low:
+        raise ValueError(f"{name} holds {', '.join(sorted(str(d) for d in low))} weights; "
+                         "export a float32 model (ONNX Runtime's int8 methods start from one)")
     was_training = model.training
     model.eval()
     try:
         args, kwargs, output = capture_call(model, call)
         signature, tensors = _signature(args, kwargs, output)
         flat = _Flat(model, signature)
-        buffer = io.BytesIO()
         shapes, references = [], []
         with torch.no_grad():
             # the references first: some models (transformers' BERT) compute differently in
@@ -321,38 +352,53 @@ def export_onnx(model: nn.Module, call, *, name: str = "the model") -> "OrtModel
                         raise
                     continue
                 shapes.append(inputs)
-            outputs = references[0]
-            try:
-                with _quiet_trace():
-                    torch.onnx.export(
-                        flat, tuple(tensors), buffer, input_names=signature.inputs,
-                        output_names=[f"output_{i}" for i in range(len(outputs))],
-                        dynamic_axes=_dynamic_axes(signature, tensors, outputs),
-                        opset_version=OPSET, dynamo=False, do_constant_folding=True)
-            except Exception as error:  # torch's exporter raises many kinds
-                raise ValueError(f"{name} cannot be exported to ONNX: "
-                                 f"{_first_line(error)}") from None
-            exported = OrtModel(buffer.getvalue(), signature,
-                                config=getattr(model, "config", None))
-            for inputs, reference in zip(shapes, references):
+            parallel = _has_parallel_forms(model)
+            for attempt in ((True, False) if parallel else (False,)):
                 try:
-                    produced = exported.session.run(
-                        None, {n: t.numpy() for n, t in zip(signature.inputs, inputs)})
-                except Exception as error:  # onnxruntime's own exception types
-                    raise ValueError(f"{name} exports to ONNX, but ONNX Runtime cannot run the "
-                                     f"graph at shape {_shapes(inputs)}: "
-                                     f"{_first_line(error)}") from None
-                worst = _error(reference, produced)
-                if not worst <= TOLERANCE:
-                    where = (f"at the traced shape {_shapes(tensors)}" if inputs is tensors
-                             else f"at shape {_shapes(inputs)}, traced at {_shapes(tensors)}: "
-                                  "the graph fixes something of the traced shape")
-                    raise ValueError(
-                        f"{name} exports to ONNX, but the graph does not reproduce the model "
-                        f"(largest error {worst:.2g} of the output's scale, over "
-                        f"{TOLERANCE:g}) {where}")
+                    return _export_checked(model, flat, signature, tensors, shapes,
+                                           references, name, attempt)
+                except ValueError:
+                    if attempt and parallel:
+                        continue  # the parallel forms' graph failed: the model's own forms
+                    raise
     finally:
         model.train(was_training)
+
+
+def _has_parallel_forms(model) -> bool:
+    with parallel_forms(model) as changed:
+        return bool(changed)
+
+
+def _export_checked(model, flat, signature, tensors, shapes, references, name,
+                    parallel: bool) -> "OrtModel":
+    """One trace and its check at every shape of ``shapes``."""
+    buffer = io.BytesIO()
+    outputs = references[0]
+    try:
+        with _quiet_trace(), (parallel_forms(model) if parallel else contextlib.nullcontext()):
+            torch.onnx.export(
+                flat, tuple(tensors), buffer, input_names=signature.inputs,
+                output_names=[f"output_{i}" for i in range(len(outputs))],
+                dynamic_axes=_dynamic_axes(signature, tensors, outputs),
+                opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    except Exception as error:  # torch's exporter raises many kinds
+        raise ValueError(f"{name} cannot be exported to ONNX: {_first_line(error)}") from None
+    exported = OrtModel(buffer.getvalue(), signature, config=getattr(model, "config", None))
+    for inputs, reference in zip(shapes, references):
+        try:
+            produced = exported.session.run(
+                None, {n: t.numpy() for n, t in zip(signature.inputs, inputs)})
+        except Exception as error:  # onnxruntime's own exception types
+            raise ValueError(f"{name} exports to ONNX, but ONNX Runtime cannot run the graph "
+                             f"at shape {_shapes(inputs)}: {_first_line(error)}") from None
+        worst = _error(reference, produced)
+        if not worst <= TOLERANCE:
+            where = (f"at the traced shape {_shapes(tensors)}" if inputs is tensors
+                     else f"at shape {_shapes(inputs)}, traced at {_shapes(tensors)}")
+            raise ValueError(
+                f"{name} exports to ONNX, but the graph does not reproduce the model (largest "
+                f"error {worst:.2g} of the output's scale, over {TOLERANCE:g}) {where}")
     return exported
 
 
@@ -392,7 +438,13 @@ class OrtModel(nn.Module):
         return f"onnxruntime {onnxruntime().__version__}"
 
     def forward(self, *args, **kwargs):
-        outputs = self.session.run(None, self.signature.feeds(args, kwargs))
+        feeds = self.signature.feeds(args, kwargs)
+        try:
+            outputs = self.session.run(None, feeds)
+        except Exception as error:  # onnxruntime's own exception types
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+            raise ValueError(f"ONNX Runtime cannot run this graph on {shapes}: "
+                             f"{_first_line(error)}") from None
         return self.signature.rebuild(outputs)
 
     def __deepcopy__(self, memo):

@@ -120,10 +120,13 @@ def _graph_state(template) -> list[torch.Tensor]:
 
 
 class OrtDecoder:
-    """A causal LM's step graph in ONNX Runtime (see the module's docstring)."""
+    """A causal LM's step graph in ONNX Runtime (see the module's docstring). ``layout``
+    says, per state tensor, its shape (axis 0 the batch), dtype and whether its axis 2
+    grows a token a step (a KV cache's)."""
 
-    def __init__(self, graph: bytes, templates, names: list[str], threads: int | None = None):
-        self.graph, self.templates, self.names = graph, templates, names
+    def __init__(self, graph: bytes, layout: list[dict], threads: int | None = None):
+        self.graph, self.layout = graph, layout
+        self.names = [f"state_{i}" for i in range(len(layout))]
         self.session = session(graph, threads)
         # a state tensor the step never reads (a counter) is not among the graph's inputs
         self.inputs = {i.name for i in self.session.get_inputs()}
@@ -131,15 +134,11 @@ class OrtDecoder:
     def empty_states(self, batch: int) -> list[np.ndarray]:
         """The states before the first token, for a batch of ``batch``."""
         out = []
-        for template in self.templates:
-            for tensor in _graph_state(template):
-                shape = list(tensor.shape)
-                shape[0] = batch
-                if isinstance(template, KVCache):
-                    shape[2] = 0
-                    out.append(np.zeros(shape, np.float32))
-                else:
-                    out.append(np.zeros(shape, tensor.numpy().dtype))
+        for entry in self.layout:
+            shape = [batch, *entry["shape"][1:]]
+            if entry["grows"]:
+                shape[2] = 0
+            out.append(np.zeros(shape, entry["dtype"]))
         return out
 
     def step(self, token, position: int, states: list) -> tuple[np.ndarray, list]:
@@ -164,6 +163,29 @@ class OrtDecoder:
             if i < max_new_tokens - 1:
                 logits, states = self.step(token, prompt.shape[1] + i, states)
         return torch.from_numpy(np.concatenate(out, 1))
+
+    def save(self, folder) -> None:
+        """``step.onnx`` and ``step.json`` (the state layout) in ``folder``."""
+        import json
+        from pathlib import Path
+
+        (Path(folder) / STEP_FILE).write_bytes(self.graph)
+        (Path(folder) / LAYOUT_FILE).write_text(json.dumps({"states": self.layout}, indent=2))
+
+    @classmethod
+    def load(cls, folder, threads: int | None = None) -> "OrtDecoder":
+        import json
+        from pathlib import Path
+
+        try:
+            graph = (Path(folder) / STEP_FILE).read_bytes()
+            layout = json.loads((Path(folder) / LAYOUT_FILE).read_text())["states"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"no decoding step graph in {folder}: {error}") from None
+        return cls(graph, layout, threads)
+
+
+STEP_FILE, LAYOUT_FILE = "step.onnx", "step.json"
 
 
 @torch.no_grad()
@@ -230,8 +252,10 @@ def export_decoder(lm, *, batch: int = 2, prompt_length: int = 5, check_steps: i
     except Exception as error:  # torch's exporter raises many kinds
         raise ValueError(f"{name}'s decoding step cannot be exported to ONNX: "
                          f"{_first_line(error)}") from None
+    layout = [{"shape": list(t.shape), "dtype": str(t.numpy().dtype),
+               "grows": _kv_layer_of(i, step)} for i, t in enumerate(flat)]
     try:
-        decoder = OrtDecoder(buffer.getvalue(), templates, names)
+        decoder = OrtDecoder(buffer.getvalue(), layout)
     except Exception as error:  # onnxruntime's own exception types
         raise ValueError(f"{name}'s decoding step exports to ONNX, but ONNX Runtime refuses "
                          f"the graph: {_first_line(error)}") from None

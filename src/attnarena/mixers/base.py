@@ -127,9 +127,10 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
                              "context" if context is not None else "x")
 
     def _streaming(self, x, context, mask) -> bool:
+        # not while traced into a graph: the pieces' loop would fix the traced length
         return (self.streams and self.causal and context is None and mask is None
                 and not torch.is_grad_enabled() and x.shape[1] > 2 * self.stream_tokens
-                and self.info.decodes)
+                and self.info.decodes and not torch.jit.is_tracing())
 
     def _stream(self, x):
         """The causal forward as prefills of ``stream_tokens`` tokens, state carried."""

@@ -258,8 +258,6 @@ class Hedgehog(LinearAttentionBase):
 
 @register_mixer(
     "lolcats", family="linear attention",
-    export_caveat=("torch's ONNX tracer fails inside its sliding window (an internal error on "
-                   "full_like)"),
     paper="Zhang et al. 2025, LoLCATs: On Low-Rank Linearizing of Large Language Models",
     complexity="O(L W D + L D^2)", patterns=("self", "causal"), forms=("parallel", "chunk"),
     approximates_softmax=True)

@@ -15,6 +15,8 @@ from attnarena.registry import register_mixer
 
 @register_mixer(
     "log_linear", family="linear attention",
+    export_caveat=("the graph traced at one length is wrong at three times it (largest error 61% "
+                   "of the output's scale): its levels are fixed by the traced length"),
     paper="Guo et al. 2025, Log-Linear Attention",
     complexity="O(L log L D^2)", patterns=("causal",), forms=("parallel", "chunk"),
     form_notes={"chunk": "Fenwick levels, O(L log L)"})

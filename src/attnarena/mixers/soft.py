@@ -12,6 +12,8 @@ from attnarena.registry import register_mixer
 
 @register_mixer(
     "soft", family="kernel attention",
+    export_caveat=("a graph traced at one length does not reproduce the model at three times it "
+                   "(largest error 3% of the output's scale)"),
     paper="Lu et al. 2021, SOFT: Softmax-free Transformer with Linear Complexity",
     complexity="O(L m D + m^3)", patterns=("self",), forms=("parallel",),
     form_notes={"parallel": "Nystrom, Newton inverse"})

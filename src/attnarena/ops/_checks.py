@@ -52,6 +52,13 @@ def check_inner_model(q, k, v, lr, form, forms, model: str) -> tuple:
     return B, H, L, D
 
 
+def tracing() -> bool:
+    """True while torch traces a graph (ONNX export): a shortcut taken on what the inputs
+    hold (no strongly decaying chunk, no padding) then takes the general path, so the
+    graph holds for every input, not only for those it was traced on."""
+    return torch.jit.is_tracing()
+
+
 def check_form(form: str) -> None:
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}; valid forms: {', '.join(FORMS)}")

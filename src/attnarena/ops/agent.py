@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from attnarena._validate import check_int
-from attnarena.ops._checks import check_qkv, check_key_mask
+from attnarena.ops._checks import check_key_mask, check_qkv, tracing
 from attnarena.ops.segments import segment_means
 from attnarena.ops.softmax import masked_softmax
 
@@ -34,5 +34,5 @@ def agent_attention(q, k, v, *, agents, mask=None):
     gather = (pooled @ k.transpose(-1, -2)) * scale  # (B, H, n, L)
     allowed = None if mask is None else mask[:, None, None, :]
     agent_values = masked_softmax(gather, allowed) @ v  # (B, H, n, D)
-    absent = None if bool(present.all()) else present[:, None, None, :]
+    absent = None if not tracing() and bool(present.all()) else present[:, None, None, :]
     return masked_softmax((q @ pooled.transpose(-1, -2)) * scale, absent) @ agent_values

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from attnarena._validate import entering
 from attnarena.ops._checks import (check_chunk_size, check_form, check_qkv, check_state,
-                                   compute_dtype)
+                                   compute_dtype, tracing)
 
 # Largest total log decay inside one chunk for which per-channel gates are factored:
 # exp(30) ~ 1e13 keeps every factor and product well inside float32's range.
@@ -172,6 +172,12 @@ def _chunked(q, k, v, log_a, state, C, per_channel):
     if not per_channel:
         decay = segment_sums(g[..., 0], dim=-1).exp()  # (B, H, n, C, C)
         scores = (qc @ kc.transpose(-1, -2)) * decay
+        k_to_end = kc * suffix_sums(g, dim=3).exp()
+    elif tracing():
+        # in a graph, every chunk the exact way (no branch on what the inputs decay):
+        # each channel's decay between every pair of positions, summed directly
+        span = segment_sums(g.movedim(3, -1), dim=-1)  # (B, H, n, Dk, C, C), -inf above
+        scores = torch.einsum("bhnid,bhnjd,bhndij->bhnij", qc, kc, span.exp())
         k_to_end = kc * suffix_sums(g, dim=3).exp()
     else:
         # exp(P_i - P_j) = exp(P_i) exp(-P_j): one matmul, safe in chunks that decay by no

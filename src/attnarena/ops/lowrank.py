@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from attnarena.ops._checks import check_key_mask, check_qkv
+from attnarena.ops._checks import check_key_mask, check_qkv, tracing
 from attnarena.ops.segments import segment_means
 from attnarena.ops.softmax import masked_softmax
 
@@ -71,7 +71,7 @@ def nystrom_attention(q, k, v, *, landmarks, pinv="iterative", mask=None):
     # a row shorter than M has as many landmarks as tokens, the others absent)
     marks, present = segment_means(torch.cat([q, k], dim=-1), mask, min(landmarks, L))
     ql, kl = marks.split(D, dim=-1)  # one pass for the query and the key landmarks
-    absent = None if bool(present.all()) else present[:, None, None, :]
+    absent = None if not tracing() and bool(present.all()) else present[:, None, None, :]
     left = masked_softmax(q @ kl.transpose(-1, -2), absent)  # (B, H, L, m)
     middle = masked_softmax(ql @ kl.transpose(-1, -2), absent)  # (B, H, m, m)
     if absent is not None:  # an absent landmark's row is zero: pinv(blockdiag(M, 0)) keeps

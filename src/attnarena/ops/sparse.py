@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from attnarena._validate import check_int
-from attnarena.ops._checks import check_key_mask, check_qkv
+from attnarena.ops._checks import check_key_mask, check_qkv, tracing
 from attnarena.ops.softmax import merge_partial_attention, softmax_attention
 
 
@@ -168,7 +168,7 @@ class _Sparse:
         lse = lse.reshape(*lead, Q)
         if allowed is not None:  # the kernel gives empty rows lse 0; they have none
             empty = ~allowed.any(-1)
-            lse = lse.masked_fill(empty, float("-inf")) if bool(empty.any()) else lse
+            lse = lse.masked_fill(empty, float("-inf")) if tracing() or bool(empty.any()) else lse
         return o.reshape(*lead, Q, o.shape[-1]), lse
 
     def exact(self, qs, ks, vs, qpos, kpos, allowed):
@@ -398,7 +398,7 @@ def bigbird_attention(q, k, v, block, global_blocks, random_blocks, seed, *, mas
         valid = picked.gather(1, cols)
         o[:, :, rows] = s.gathered_blocks(block, rows, cols, valid)[0]
     o = o.reshape(s.B, s.H, n * block, s.D)[:, :, :s.L]
-    if bool(dense.any()):
+    if tracing() or bool(dense.any()):
         positions = torch.arange(s.L, device=q.device)
         global_rows = positions[dense[positions // block]]
         o[:, :, global_rows] = s.dense_rows(global_rows)[0]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from attnarena._validate import entering
-from attnarena.ops._checks import check_chunk_size, check_state, compute_dtype
+from attnarena.ops._checks import check_chunk_size, check_state, compute_dtype, tracing
 
 FACTOR_LIMIT = 60.0
 GROUP_TOKENS = 256  # tokens processed together in the chunk form (cache-sized)
@@ -198,7 +198,7 @@ def _scan_group(u, delta, A, Bc, Cc, x, C):
     acc = apply(apply(apply(apply(acc, "mul", dt), "mul", Bm), "mul", um), "cumsum", 3)
     last = decay[:, :, :, -1] * acc[:, :, :, -1]  # state at each chunk end, from zero
     strong = (end < -FACTOR_LIMIT).any(dim=-1)  # chunks that decay past exp(-60): stepped
-    if bool(strong.any()):
+    if tracing() or bool(strong.any()):
         idx = strong.nonzero(as_tuple=True)
         b_idx = (idx[0], idx[1] if Bm.shape[1] > 1 else torch.zeros_like(idx[1]), idx[2])
         stepped = _steps_from_zero(dt[idx] * A[idx[1]][:, None, :], dt[idx] * Bm[b_idx] * um[idx])
@@ -210,7 +210,7 @@ def _scan_group(u, delta, A, Bc, Cc, x, C):
         x = end_decay[:, :, i] * x + last[:, :, i]
     starts = torch.stack(starts, dim=2)[:, :, :, None]  # (b, d, m, 1, n)
     states = apply(apply(acc, "add", starts), "mul", decay)
-    if bool(strong.any()):
+    if tracing() or bool(strong.any()):
         states = states.index_put(idx, stepped + decay[idx] * starts[idx])
     y = (states * Cc.reshape(*Cc.shape[:2], m, C, n)).sum(-1)
     return y.reshape(b, d, m * C)[:, :, :L], x

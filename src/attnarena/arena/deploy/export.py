@@ -44,12 +44,36 @@ def export_run_onnx(source, out_dir, *, results_dir="results") -> list[Path]:
                         name=f"a model of {run['mixer']}")
     out = _out(out_dir)
     graph.save(out)
+    written = [out / "model.onnx", out / "onnx_signature.json"]
+    readme = _readme(graph, f"{run['task']} / {run['mixer']} (seed {run['seed']}), ONNX",
+                     "from attnarena.compress.ort import OrtModel\nmodel = OrtModel.load('.')")
+    readme += _step_graph(subject.model, run["mixer"], out, written)
     (out / "config.json").write_text(json.dumps(run, indent=2))
-    (out / "README.md").write_text(_readme(
-        graph, f"{run['task']} / {run['mixer']} (seed {run['seed']}), ONNX",
-        "from attnarena.compress.ort import OrtModel\nmodel = OrtModel.load('.')"))
-    return [out / "model.onnx", out / "onnx_signature.json", out / "config.json",
-            out / "README.md"]
+    (out / "README.md").write_text(readme)
+    return [*written, out / "config.json", out / "README.md"]
+
+
+def _step_graph(model, mixer: str, out: Path, written: list) -> str:
+    """A causal LM's decoding step as ``step.onnx`` when it has one; the README's words
+    on it."""
+    from attnarena.compress.ort_decode import export_decoder
+    from attnarena.models.lm import CausalLM
+
+    if not isinstance(model, CausalLM):
+        return ""
+    try:
+        decoder = export_decoder(model, name=f"a model of {mixer}")
+    except ValueError as error:
+        return f"\nNo decoding step graph: {error}.\n"
+    decoder.save(out)
+    written += [out / "step.onnx", out / "step.json"]
+    return ("\n`step.onnx` decodes one token: inputs `token` (batch,) ids, `position` (1,) "
+            "and `state_0`, ... (`step.json` gives their shapes; a KV cache's axis 2 grows a "
+            "token a step), outputs `logits` and `next_state_0`, ...:\n\n```python\n"
+            "from attnarena.compress.ort_decode import OrtDecoder\n"
+            "decoder = OrtDecoder.load('.')\n"
+            "tokens = decoder.generate(prompt, max_new_tokens=20)   # greedy, in ONNX "
+            "Runtime\n```\n")
 
 
 def export_pretrained_onnx(name, out_dir) -> list[Path]:
