@@ -104,25 +104,14 @@ def minilm(args):
         print(f"| {name} | {quality[name]:.4f} | " + " | ".join(parts) + " |")
 
 
-def torch_step(lm, prompt, logits):
+def torch_call(lm, prompt):
     """One torch decoding step after the prefill of ``prompt`` (a KV cache grows by a
     token a call: a few tokens over the repeats)."""
-    with torch.no_grad():
-        x = lm._embed(prompt)
-        states = []
-        for block in lm.blocks:
-            x, state = block.prefill(x)
-            states.append(state)
-    token = logits.argmax(-1)
-    position = prompt.shape[1]
+    from attnarena.compress.ort_decode import prefill, torch_step
 
-    @torch.no_grad()
-    def call():
-        h = lm._embed(token[:, None], offset=position)[:, 0]
-        for j, block in enumerate(lm.blocks):
-            h, states[j] = block.step(h, states[j])
-        return lm.head(lm.norm(h))
-    return call
+    logits, states = prefill(lm, prompt)
+    token, position = logits.argmax(-1), prompt.shape[1]
+    return lambda: torch_step(lm, token, position, states)
 
 
 def decode(args):
@@ -145,7 +134,7 @@ def decode(args):
             token = logits.argmax(-1).numpy()
             calls[(mixer, context)] = (
                 lambda d=decoder, t=token, c=context, s=states: d.step(t, c, s))
-            calls[(f"{mixer} (torch step)", context)] = torch_step(lm, prompt, logits)
+            calls[(f"{mixer} (torch step)", context)] = torch_call(lm, prompt)
     timed = round_robin(calls, args.repeats)
     print(f"\n## Decoding in ONNX Runtime: one step at a context, tokens/s (median [q1, q3] of "
           f"{args.repeats}), {torch.get_num_threads()} thread(s); CausalLM dim {args.dim}, "

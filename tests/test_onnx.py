@@ -181,7 +181,8 @@ DECODERS = [n for n in list_mixers() if mixer_info(n).decodes]
 
 @pytest.mark.parametrize("name", DECODERS)
 def test_the_step_graph_decodes_like_the_model_or_is_listed_with_the_reason(name):
-    from attnarena.compress.ort_decode import export_decoder, states_after
+    from attnarena.compress.ort_decode import (export_decoder, graph_states, prefill,
+                                               torch_step)
 
     torch.manual_seed(0)
     lm = CausalLM(40, dim=32, depth=1, heads=2, mixer=name, max_len=64).eval()
@@ -195,22 +196,14 @@ def test_the_step_graph_decodes_like_the_model_or_is_listed_with_the_reason(name
     # greedy decoding in ONNX Runtime alone equals the torch model's
     assert torch.equal(decoder.generate(prompt, 6), lm.generate(prompt, 6))
     # a sequence continued from the torch prefill's state, step by step, as `step` does
-    logits, states = states_after(lm, prompt)
+    logits, torch_states = prefill(lm, prompt)
+    states = graph_states(torch_states)
     token = logits.argmax(-1)
-    with torch.no_grad():
-        x = lm._embed(prompt)
-        torch_states = []
-        for block in lm.blocks:
-            x, state = block.prefill(x)
-            torch_states.append(state)
-        for position in range(7, 10):
-            got, states = decoder.step(token.numpy(), position, states)
-            h = lm._embed(token[:, None], offset=position)[:, 0]
-            for j, block in enumerate(lm.blocks):
-                h, torch_states[j] = block.step(h, torch_states[j])
-            expected = lm.head(lm.norm(h))
-            assert (torch.from_numpy(got) - expected).abs().max() <= 1e-3 * expected.abs().max()
-            token = expected.argmax(-1)
+    for position in range(7, 10):
+        got, states = decoder.step(token.numpy(), position, states)
+        expected = torch_step(lm, token, position, torch_states)
+        assert (torch.from_numpy(got) - expected).abs().max() <= 1e-3 * expected.abs().max()
+        token = expected.argmax(-1)
 
 
 def test_a_stack_without_a_step_has_no_step_graph():

@@ -189,16 +189,37 @@ STEP_FILE, LAYOUT_FILE = "step.onnx", "step.json"
 
 
 @torch.no_grad()
-def states_after(lm, prompt) -> tuple[torch.Tensor, list]:
-    """(the next-token logits, every layer's state as the step graph takes it) after the
-    torch model's prefill of ``prompt`` (B, P)."""
+def prefill(lm, prompt) -> tuple[torch.Tensor, list]:
+    """(the next-token logits, every layer's torch state) after the prefill of ``prompt``
+    (B, P) by the torch model."""
     x = lm._embed(prompt)
     states = []
     for block in lm.blocks:
         x, state = block.prefill(x)
         states.append(state)
-    logits = lm.head(lm.norm(x[:, -1]))
-    return logits, [t.numpy() for s in states for t in _graph_state(s)]
+    return lm.head(lm.norm(x[:, -1])), states
+
+
+@torch.no_grad()
+def torch_step(lm, token, position: int, states: list) -> torch.Tensor:
+    """The torch model's own step of ``token`` (B,) at ``position``: the logits; ``states``
+    (one per layer) are advanced in place."""
+    h = lm._embed(token[:, None], offset=position)[:, 0]
+    for j, block in enumerate(lm.blocks):
+        h, states[j] = block.step(h, states[j])
+    return lm.head(lm.norm(h))
+
+
+def graph_states(states: list) -> list[np.ndarray]:
+    """Torch decoding states, one per layer, as the step graph takes them."""
+    return [t.numpy() for s in states for t in _graph_state(s)]
+
+
+def states_after(lm, prompt) -> tuple[torch.Tensor, list]:
+    """(the next-token logits, every layer's state as the step graph takes it) after the
+    torch model's prefill of ``prompt`` (B, P)."""
+    logits, states = prefill(lm, prompt)
+    return logits, graph_states(states)
 
 
 @torch.no_grad()
@@ -214,11 +235,7 @@ def export_decoder(lm, *, batch: int = 2, prompt_length: int = 5, check_steps: i
     lm = lm.eval()
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, lm.vocab_size, (batch, prompt_length), generator=generator)
-    x = lm._embed(prompt)
-    templates = []
-    for block in lm.blocks:
-        x, state = block.prefill(x)
-        templates.append(state)
+    _, templates = prefill(lm, prompt)
     step = _Step(lm, templates)
     flat = [t.clone() for s in templates for t in _graph_state(s)]
     names = [f"state_{i}" for i in range(len(flat))]
@@ -229,10 +246,7 @@ def export_decoder(lm, *, batch: int = 2, prompt_length: int = 5, check_steps: i
     tokens = [token] + [torch.randint(0, lm.vocab_size, (batch,), generator=generator)
                         for _ in range(check_steps - 1)]
     for i, t in enumerate(tokens):
-        h = lm._embed(t[:, None], offset=prompt_length + i)[:, 0]
-        for j, block in enumerate(lm.blocks):
-            h, states[j] = block.step(h, states[j])
-        expected.append(lm.head(lm.norm(h)))
+        expected.append(torch_step(lm, t, prompt_length + i, states))
     buffer = io.BytesIO()
     axes = {"token": {0: "batch"}}
     for i, (n, t) in enumerate(zip(names, flat)):
@@ -261,14 +275,8 @@ def export_decoder(lm, *, batch: int = 2, prompt_length: int = 5, check_steps: i
                          f"the graph: {_first_line(error)}") from None
     # and from the empty state: the first tokens of a sequence
     fresh = [block.mixer.init_state(batch) for block in lm.blocks]
-    expected_fresh = []
-    for i, t in enumerate(tokens[:2]):
-        h = lm._embed(t[:, None], offset=i)[:, 0]
-        for j, block in enumerate(lm.blocks):
-            h, fresh[j] = block.step(h, fresh[j])
-        expected_fresh.append(lm.head(lm.norm(h)))
-    runs = [(prompt_length, [t.numpy() for s in templates for t in _graph_state(s)],
-             expected, "after the prompt"),
+    expected_fresh = [torch_step(lm, t, i, fresh) for i, t in enumerate(tokens[:2])]
+    runs = [(prompt_length, graph_states(templates), expected, "after the prompt"),
             (0, decoder.empty_states(batch), expected_fresh, "of a sequence")]
     for start, states, references, where in runs:
         for i, (t, reference) in enumerate(zip(tokens, references)):
