@@ -56,6 +56,15 @@ def test_every_mechanism_exports_or_is_listed_with_the_reason(name):
         assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
 
 
+def test_a_saved_signature_names_only_a_model_output_class(tmp_path):
+    from attnarena.compress.ort import Signature
+
+    for path in ("os:system", "subprocess:run", "transformers.utils:logging"):
+        signature = Signature([], {}, {"kind": "model_output", "class": path, "keys": ["a"]})
+        with pytest.raises(ValueError, match="must be a transformers ModelOutput"):
+            signature.rebuild([torch.zeros(1).numpy()])
+
+
 def test_a_graph_refuses_a_call_unlike_the_traced_one():
     model, inputs = small_model("softmax")
     args, kwargs = inputs(2, 16)

@@ -2,12 +2,11 @@
 behind the model's own call signature, and the compression methods that end in it.
 
 ``export_onnx(model, call)`` traces one call of the model (``call(model)`` calls it, as a
-task's loss does; every mechanism with a parallel form in that form, which has no loop
-over chunks) into a graph whose batch and length axes are dynamic, then checks the
-graph in ONNX Runtime against the torch model twice: on the traced inputs and on inputs of
-another batch size and length. A mechanism whose graph does not reproduce the model at
-another length (a loop unrolled at the traced length, an operator ONNX lacks) is refused
-with the reason, never saved.
+task's loss does; every mechanism with a parallel form in that form first, which has no
+loop over chunks) into a graph whose batch and length axes are dynamic, then checks the
+graph in ONNX Runtime against the torch model at the traced shape and at four other batch
+sizes and lengths. A graph that does not reproduce the model (a loop unrolled at the
+traced length, an operator ONNX lacks) is refused with the reason, never saved.
 
 ``OrtModel`` wraps the graph in an ``InferenceSession`` and is called like the model it was
 exported from (the same positional and keyword arguments, the same kind of output: a
@@ -123,9 +122,24 @@ class Signature:
             return tensors[0]
         if kind == "tuple":
             return tuple(tensors)
-        module, _, name = self.output["class"].partition(":")
-        return getattr(importlib.import_module(module), name)(
+        return _model_output_class(self.output["class"])(
             **dict(zip(self.output["keys"], tensors)))
+
+
+def _model_output_class(path: str):
+    """The transformers ``ModelOutput`` class a signature names ("module:name"); nothing
+    else is imported or called from a saved signature."""
+    module, _, name = path.partition(":")
+    if not module.startswith("transformers.") or not name.isidentifier():
+        raise ValueError(f"an ONNX signature's output class must be a transformers "
+                         f"ModelOutput, got {path!r}")
+    from transformers.utils import ModelOutput
+
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ModelOutput)):
+        raise ValueError(f"an ONNX signature's output class must be a transformers "
+                         f"ModelOutput, got {path!r}")
+    return cls
 
 
 def _same(value, fixed) -> bool:
