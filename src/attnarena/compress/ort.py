@@ -183,12 +183,11 @@ def capture_call(model: nn.Module, call) -> tuple[tuple, dict, object]:
 
 
 def _signature(args, kwargs, output) -> tuple[Signature, list[torch.Tensor]]:
-    tensors, count = [], [0]
+    tensors = []
 
     def entry(value, where):
         if isinstance(value, torch.Tensor):
             tensors.append(value)
-            count[0] += 1
             return {"input": where, "dtype": str(value.dtype).removeprefix("torch.")}
         if isinstance(value, _CONSTANTS):
             return {"value": value}
