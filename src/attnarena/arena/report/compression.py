@@ -24,6 +24,9 @@ def _base_ms(row, where: str, batch: str, factor: str = "1"):
 
 
 def _peak(row, factor="4", batch="32"):
+    if row.get("backend") == "onnxruntime":
+        # its own allocator keeps what a first call took: one more call's rise is not its peak
+        return None
     return ((row.get("speed") or {}).get("blocks", {}).get(factor, {}).get(batch) or {}).get(
         "peak_mb")
 
@@ -105,7 +108,8 @@ def compress_markdown(rows) -> str:
              "cosine with the original's sentence embeddings. Backend: what runs the model "
              "(torch, or ONNX Runtime for a recipe ending in ort, ort_int8 or "
              "ort_int8_static; a graph's size is its .onnx file, its blocks are not timed "
-             "apart).", ""]
+             "apart and its peak memory is not shown: ONNX Runtime's allocator keeps what "
+             "its first call took).", ""]
     groups = by_source(rows)
     for source, (base, compressed) in groups.items():
         options = base.get("mixer_options") or {}
