@@ -22,28 +22,19 @@ SOURCES = [("softmax", []), ("gla", []), ("mamba2", []),
            ("softmax", ["--option", "clip_gamma=-0.03"]), ("softmax", ["--option", "gated=true"])]
 
 
-def split(recipes: Path, out: Path) -> list[Path]:
-    """One file per [[recipe]] of ``recipes``: a recipe one model cannot take (a graph that
-    does not reproduce it) leaves the others measured."""
+def one_by_one(recipes: Path) -> list[list[str]]:
+    """Each [[recipe]] of ``recipes`` as its command-line steps (``--method 'NAME k=v'``
+    ...): a recipe one model cannot take (a graph that does not reproduce it) leaves the
+    others measured."""
     import tomllib
 
-    parts = []
-    for index, table in enumerate(tomllib.loads(recipes.read_text())["recipe"]):
-        lines = ["[[recipe]]"] + [f"{k} = {_toml(v)}" for k, v in table.items()]
-        part = out / f"{recipes.stem}.{index}.toml"
-        part.write_text("\n".join(lines) + "\n")
-        parts.append(part)
-    return parts
-
-
-def _toml(value) -> str:
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if not isinstance(value, str) else f'"{value}"'
+    out = []
+    for table in tomllib.loads(recipes.read_text())["recipe"]:
+        steps = table.get("steps", [table])
+        out.append([arg for step in steps for arg in (
+            "--method", " ".join([step["method"], *(f"{k}={v}" for k, v in step.items()
+                                                     if k != "method")]))])
+    return out
 
 
 def attnarena(*args):
@@ -91,14 +82,14 @@ def main():
         if model.get("heads", 1) > 1 and model.get("mlp_dim") and run["mixer"] != "mamba2":
             recipes.append(HERE / f"{prefix}_pruning.toml")
         for recipe in recipes:
-            for part in (split(recipe, out) if args.ort else [recipe]):
+            for steps in (one_by_one(recipe) if args.ort else [["--recipes", str(recipe)]]):
                 try:
-                    attnarena("compress", run["id"], "--recipes", str(part), "--store", store,
+                    attnarena("compress", run["id"], *steps, "--store", store,
                               "--out", str(out), "--repeats", str(args.repeats), "--quiet")
                 except subprocess.CalledProcessError:
                     if not args.ort:
                         raise
-                    print(f"{run['id']}: {part.name} left out (the error above)")
+                    print(f"{run['id']}: {' '.join(steps[1::2])} left out (the error above)")
     if args.minilm:
         attnarena("compress", "--model", "minilm", "--recipes",
                   str(HERE / "compress_minilm.toml"), "--length", "64", "--repeats", "3",

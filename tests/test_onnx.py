@@ -221,3 +221,22 @@ def test_a_stack_without_a_step_has_no_step_graph():
     lm = CausalLM(40, dim=32, depth=2, heads=2, mixer="softmax+log_linear", max_len=64)
     with pytest.raises(ValueError, match="has a layer without a recurrent form"):
         export_decoder(lm, name="softmax+log_linear")
+
+
+@pytest.mark.parametrize("name,options", [("softmax", {"rope": True}),
+                                          ("softmax", {"alibi": True}),
+                                          ("local", {"window": 8})])
+def test_a_step_on_plain_tensors_equals_the_cache_step(name, options):
+    from attnarena.registry import create_mixer
+
+    torch.manual_seed(0)
+    mixer = create_mixer(name, 32, heads=2, causal=True, **options).eval()
+    x = torch.randn(2, 20, 32)
+    state = mixer.init_state(2)
+    keys = values = torch.zeros(2, 2, 0, 16)
+    with torch.no_grad():
+        for t in range(20):
+            expected, state = mixer.step(x[:, t], state)
+            got, keys, values = mixer.step_on_tensors(x[:, t], keys, values, torch.tensor([t]))
+            torch.testing.assert_close(got, expected)
+            torch.testing.assert_close(keys, state.keys())

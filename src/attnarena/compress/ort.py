@@ -313,20 +313,23 @@ def _quiet_trace():
             os.close(fd)
 
 
+def _parallel_capable(model: nn.Module) -> list:
+    """The arena mixers in ``model`` that run a form other than parallel and have one."""
+    return [m for m in model.modules()
+            if getattr(m, "form", None) not in (None, "parallel")
+            and "parallel" in getattr(getattr(m, "info", None), "forms", ())]
+
+
 @contextlib.contextmanager
 def parallel_forms(model: nn.Module):
     """Every arena mixer that has a parallel form runs in it for the duration: a chunk
     form's loop over chunks would be unrolled at the traced length; the parallel form has
     none (the same outputs, quadratic in the length)."""
-    changed = []
-    for module in model.modules():
-        info = getattr(module, "info", None)
-        if getattr(module, "form", None) not in (None, "parallel") and info is not None \
-                and "parallel" in getattr(info, "forms", ()):
-            changed.append((module, module.form))
-            module.form = "parallel"
+    changed = [(m, m.form) for m in _parallel_capable(model)]
+    for module, _ in changed:
+        module.form = "parallel"
     try:
-        yield changed
+        yield
     finally:
         for module, form in changed:
             module.form = form
@@ -365,7 +368,7 @@ def export_onnx(model: nn.Module, call, *, name: str = "the model") -> "OrtModel
                         raise
                     continue
                 shapes.append(inputs)
-            parallel = _has_parallel_forms(model)
+            parallel = bool(_parallel_capable(model))
             for attempt in ((True, False) if parallel else (False,)):
                 try:
                     return _export_checked(model, flat, signature, tensors, shapes,
@@ -376,11 +379,6 @@ def export_onnx(model: nn.Module, call, *, name: str = "the model") -> "OrtModel
                     raise
     finally:
         model.train(was_training)
-
-
-def _has_parallel_forms(model) -> bool:
-    with parallel_forms(model) as changed:
-        return bool(changed)
 
 
 def _export_checked(model, flat, signature, tensors, shapes, references, name,

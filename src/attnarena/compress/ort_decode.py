@@ -11,8 +11,8 @@ checked against the torch model's own ``step`` over several tokens, so a state f
 trace fixed (a Python int) that the math uses is caught, never shipped.
 
 ``OrtDecoder.generate`` decodes greedily in ONNX Runtime alone (the prompt fed through the
-step graph from the empty state); ``OrtDecoder.states_after`` gives the state after a
-prompt from the torch model's prefill, for timing decoding at a long context.
+step graph from the empty state); ``states_after`` gives the state after a prompt from the
+torch model's prefill, for timing decoding at a long context.
 """
 from __future__ import annotations
 
@@ -75,6 +75,8 @@ class _Step(nn.Module):
         self.lm, self.templates = lm, templates
         self.kv = [isinstance(t, KVCache) for t in templates]
         self.counts = [2 if kv else len(state_tensors(t)) for kv, t in zip(self.kv, templates)]
+        # per flat state tensor: whether its axis 2 grows a token a step (a KV cache's)
+        self.grows = [kv for kv, count in zip(self.kv, self.counts) for _ in range(count)]
 
     def forward(self, token, position, *flat):
         lm = self.lm
@@ -96,18 +98,10 @@ class _Step(nn.Module):
 
 
 def _kv_step(block, x, position, past_k, past_v):
-    """A softmax layer's step on a KV cache held as two growing tensors."""
-    from attnarena import ops
-
-    mixer = block.mixer
-    h = block.down(block.norm1(x))[:, None]  # (B, 1, dim)
-    q, k, v = mixer.project(h)
-    if mixer.rope:
-        q, k = ops.rotary(q, position, mixer.rope_base), ops.rotary(k, position, mixer.rope_base)
-    keys, values = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
-    if mixer.window:
-        keys, values = keys[:, :, -mixer.window:], values[:, :, -mixer.window:]
-    y = mixer._output(mixer._decode(q, keys, values), h)[:, 0]
+    """A softmax layer's step on a KV cache held as two growing tensors (the block's norm,
+    projections and MLP around its mixer's ``step_on_tensors``)."""
+    y, keys, values = block.mixer.step_on_tensors(block.down(block.norm1(x)), past_k, past_v,
+                                                  position)
     return block._finish(x, block.up(y)), [keys, values]
 
 
@@ -249,13 +243,9 @@ def export_decoder(lm, *, batch: int = 2, prompt_length: int = 5, check_steps: i
         expected.append(torch_step(lm, t, prompt_length + i, states))
     buffer = io.BytesIO()
     axes = {"token": {0: "batch"}}
-    for i, (n, t) in enumerate(zip(names, flat)):
-        axes[n] = {0: "batch"}
-        axes[f"next_{n}"] = {0: "batch"}
-        kv_layer = _kv_layer_of(i, step)
-        if kv_layer:
-            axes[n][2] = "past"
-            axes[f"next_{n}"][2] = "past_and_one"
+    for n, grows in zip(names, step.grows):
+        axes[n] = {0: "batch", 2: "past"} if grows else {0: "batch"}
+        axes[f"next_{n}"] = {0: "batch", 2: "past_and_one"} if grows else {0: "batch"}
     axes["logits"] = {0: "batch"}
     try:
         with _quiet_trace():
@@ -266,8 +256,8 @@ def export_decoder(lm, *, batch: int = 2, prompt_length: int = 5, check_steps: i
     except Exception as error:  # torch's exporter raises many kinds
         raise ValueError(f"{name}'s decoding step cannot be exported to ONNX: "
                          f"{_first_line(error)}") from None
-    layout = [{"shape": list(t.shape), "dtype": str(t.numpy().dtype),
-               "grows": _kv_layer_of(i, step)} for i, t in enumerate(flat)]
+    layout = [{"shape": list(t.shape), "dtype": str(t.numpy().dtype), "grows": grows}
+              for t, grows in zip(flat, step.grows)]
     try:
         decoder = OrtDecoder(buffer.getvalue(), layout)
     except Exception as error:  # onnxruntime's own exception types
@@ -293,12 +283,3 @@ def export_decoder(lm, *, batch: int = 2, prompt_length: int = 5, check_steps: i
                     f"their scale, over {TOLERANCE:g}): the trace fixed part of the state")
     return decoder
 
-
-def _kv_layer_of(index: int, step: _Step) -> bool:
-    """Whether flat state ``index`` belongs to a KV cache (its axis 2 grows)."""
-    start = 0
-    for kv, count in zip(step.kv, step.counts):
-        if start <= index < start + count:
-            return kv
-        start += count
-    return False

@@ -16,6 +16,7 @@ from torch import nn
 
 from attnarena._validate import (NonFiniteError, check_finite, check_int, check_mask,
                                  debug_checks_on, entering, inside)
+from attnarena.ops._checks import tracing
 from attnarena.registry import MixerInfo
 
 
@@ -130,7 +131,7 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         # not while traced into a graph: the pieces' loop would fix the traced length
         return (self.streams and self.causal and context is None and mask is None
                 and not torch.is_grad_enabled() and x.shape[1] > 2 * self.stream_tokens
-                and self.info.decodes and not torch.jit.is_tracing())
+                and self.info.decodes and not tracing())
 
     def _stream(self, x):
         """The causal forward as prefills of ``stream_tokens`` tokens, state carried."""

@@ -138,6 +138,21 @@ class DotProductAttention(QKVMixer):
         o = self._decode(q, state.keys(), state.values())
         return self._output(o, x_t[:, None])[:, 0], state
 
+    def step_on_tensors(self, x_t, keys, values, position):
+        """``step`` with the cache as two plain tensors (B, H, T, D) and the token's
+        ``position`` a (1,) tensor, what a traced decoding graph (ONNX) holds: returns (y_t
+        (B, dim), keys, values), the token's key and value appended (a window keeps the
+        newest ``window``). The same math as ``step``, whose cache grows in place."""
+        q, k, v = self.project(x_t[:, None])
+        if self.rope:
+            q = ops.rotary(q, position, self.rope_base)
+            k = ops.rotary(k, position, self.rope_base)
+        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+        if self.window:
+            keys, values = keys[:, :, -self.window:], values[:, :, -self.window:]
+        o = self._decode(q, keys, values)
+        return self._output(o, x_t[:, None])[:, 0], keys, values
+
 
 @register_mixer(
     "softmax", family="softmax attention",
