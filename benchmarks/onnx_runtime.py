@@ -22,28 +22,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 
 
-def spread(samples):
-    ordered = sorted(samples)
-    n = len(ordered)
-    return ordered[n // 2], ordered[n // 4], ordered[(3 * n) // 4]
-
-
 def round_robin(calls: dict, repeats: int) -> dict:
-    """{name: (median, q1, q3) ms} of each call, timed in turn ``repeats`` times."""
-    for call in calls.values():
-        call()
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: spread(t) for name, t in times.items()}
+    """{name: (median, q1, q3) ms} of each call, timed in turn ``repeats`` times after one
+    warm-up call (the arena's own timer)."""
+    from attnarena.arena.measure.timer import time_calls
+
+    timed = time_calls(calls, "cpu", repeats)
+    return {name: (t["median_ms"], t["q1_ms"], t["q3_ms"]) for name, t in timed.items()}
 
 
 def minilm(args):

@@ -1,12 +1,11 @@
 """``attnarena export --format onnx``: a trained run, or a pretrained encoder, as an ONNX
 graph (``attnarena.compress.ort.export_onnx``: batch and length dynamic, checked against
-the torch model in ONNX Runtime at three shapes) with what it takes to call it."""
+the torch model in ONNX Runtime at five shapes) with what it takes to call it; a causal
+LM's decoding step too (``attnarena.compress.ort_decode``)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import torch
 
 
 def _out(out_dir) -> Path:
@@ -47,33 +46,32 @@ def export_run_onnx(source, out_dir, *, results_dir="results") -> list[Path]:
     written = [out / "model.onnx", out / "onnx_signature.json"]
     readme = _readme(graph, f"{run['task']} / {run['mixer']} (seed {run['seed']}), ONNX",
                      "from attnarena.compress.ort import OrtModel\nmodel = OrtModel.load('.')")
-    readme += _step_graph(subject.model, run["mixer"], out, written)
+    words, step_files = _step_graph(subject.model, run["mixer"], out)
     (out / "config.json").write_text(json.dumps(run, indent=2))
-    (out / "README.md").write_text(readme)
-    return [*written, out / "config.json", out / "README.md"]
+    (out / "README.md").write_text(readme + words)
+    return [*written, *step_files, out / "config.json", out / "README.md"]
 
 
-def _step_graph(model, mixer: str, out: Path, written: list) -> str:
-    """A causal LM's decoding step as ``step.onnx`` when it has one; the README's words
-    on it."""
+def _step_graph(model, mixer: str, out: Path) -> tuple[str, list[Path]]:
+    """A causal LM's decoding step as ``step.onnx`` when it has one: (the README's words
+    on it, the files written)."""
     from attnarena.compress.ort_decode import export_decoder
     from attnarena.models.lm import CausalLM
 
     if not isinstance(model, CausalLM):
-        return ""
+        return "", []
     try:
         decoder = export_decoder(model, name=f"a model of {mixer}")
     except ValueError as error:
-        return f"\nNo decoding step graph: {error}.\n"
+        return f"\nNo decoding step graph: {error}.\n", []
     decoder.save(out)
-    written += [out / "step.onnx", out / "step.json"]
     return ("\n`step.onnx` decodes one token: inputs `token` (batch,) ids, `position` (1,) "
             "and `state_0`, ... (`step.json` gives their shapes; a KV cache's axis 2 grows a "
             "token a step), outputs `logits` and `next_state_0`, ...:\n\n```python\n"
             "from attnarena.compress.ort_decode import OrtDecoder\n"
             "decoder = OrtDecoder.load('.')\n"
             "tokens = decoder.generate(prompt, max_new_tokens=20)   # greedy, in ONNX "
-            "Runtime\n```\n")
+            "Runtime\n```\n", [out / "step.onnx", out / "step.json"])
 
 
 def export_pretrained_onnx(name, out_dir) -> list[Path]:
@@ -88,9 +86,8 @@ def export_pretrained_onnx(name, out_dir) -> list[Path]:
         raise ValueError(f"{name} is a causal language model; export --model takes a sentence "
                          "encoder (e.g. minilm)")
     ids, mask = encoder.tokenize(corpus_split("train")[:8])
-    with torch.no_grad():
-        graph = export_onnx(encoder.model, lambda m: m(input_ids=ids, attention_mask=mask),
-                            name=str(name))
+    graph = export_onnx(encoder.model, lambda m: m(input_ids=ids, attention_mask=mask),
+                        name=str(name))
     out = _out(out_dir)
     graph.save(out)
     encoder.tokenizer.save_pretrained(str(out))
