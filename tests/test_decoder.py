@@ -388,3 +388,109 @@ def test_perplexity_of_text_equals_that_of_its_token_stream(tiny_folder):
     ids = token_stream(decoder.tokenizer, documents)
     assert decoder.perplexity(documents, context=32, tokens=256) == \
         decoder.perplexity(ids, context=32, tokens=256)
+
+
+# -- ONNX: the decoding step and the forward of a pretrained decoder ----------------------
+
+@pytest.mark.parametrize("mechanism", ["softmax", *MECHANISMS])
+def test_a_cores_step_on_tensors_equals_its_step(mechanism):
+    """Twelve tokens after a prompt of 3 (LoLCATs' window of 5 wraps round its ring), each
+    through ``step`` and through ``tensor_step`` from ``tensor_state``."""
+    decoder = swapped(mechanism)
+    ids = torch.randint(0, 97, (2, 15), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, state = decoder.run(ids[:, :3], want_state=True)
+        tensors = [core.tensor_state(s) for core, s in
+                   zip([a.core for a in decoder.attentions()], state["layers"])]
+        for t in range(3, 15):
+            attention = decoder.attentions()[0]
+            x = decoder.model.model.embed_tokens(ids[:, t:t + 1])
+            rope = decoder.model.model.rotary_emb(x, torch.tensor([[t]]))
+            q, k, v, raw_k = attention.project(x, *rope)
+            expected, state0 = attention.core.step(q, k, v, raw_k, state["layers"][0])
+            got, tensors[0] = attention.core.tensor_step(q, k, v, raw_k, *tensors[0])
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+            state["layers"][0] = state0
+    for got, expected in zip(tensors[0], attention.core.tensor_state(state0)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mechanism", ["softmax", *MECHANISMS])
+def test_a_pretrained_decoders_step_graph_decodes_like_the_model(mechanism):
+    pytest.importorskip("onnxruntime")
+    from attnarena.compress.ort_decode import export_decoder, graph_states
+
+    decoder = swapped(mechanism, dtype=torch.float32)
+    graph = export_decoder(decoder, name=mechanism)  # itself checked against the model's step
+    ids = torch.randint(0, 97, (3, 7), generator=torch.Generator().manual_seed(2))
+    expected = decoder.generate(None, 9, ids=ids, stop_at_eos=False)["tokens"]
+    assert torch.equal(graph.generate(ids, 9)[:, 7:], expected)
+    # continued from the torch model's state after the prompt and four steps of its own
+    # (the ring of LoLCATs' window turned), then step by step beside the torch model
+    with torch.no_grad():
+        hidden, state = decoder.run(ids, want_state=True)
+        token = decoder.model.lm_head(hidden[:, -1]).argmax(-1)
+        for _ in range(4):
+            hidden, state = decoder.run(token[:, None], state=state)
+            token = decoder.model.lm_head(hidden[:, -1]).argmax(-1)
+        states = graph_states(decoder, state["layers"])
+        for position in range(11, 15):
+            got, states = graph.step(token.numpy(), position, states)
+            hidden, state = decoder.run(token[:, None], state=state)
+            logits = decoder.model.lm_head(hidden[:, -1])
+            assert (torch.from_numpy(got) - logits).abs().max() <= 1e-4 * logits.abs().max()
+            token = logits.argmax(-1)
+
+
+@pytest.mark.parametrize("mechanism", ["softmax", *MECHANISMS])
+def test_a_pretrained_decoders_forward_graph_takes_left_padding(mechanism):
+    """The forward graph equals the model on a left-padded batch at the traced shape and
+    at others (``export_onnx`` checks five shapes); the gated delta rule's triangular solve
+    has no ONNX operator and is refused with the reason."""
+    pytest.importorskip("onnxruntime")
+    from attnarena.compress.ort import export_onnx
+
+    decoder = swapped(mechanism, dtype=torch.float32)
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[0, :4] = 0
+    if mechanism == "gated_deltanet":
+        with pytest.raises(ValueError, match="^gated_deltanet cannot be exported to ONNX: .*"
+                                             "diag_embed"):
+            export_onnx(decoder, lambda m: m(ids, mask), name=mechanism)
+        return
+    graph = export_onnx(decoder, lambda m: m(ids, mask), name=mechanism)
+    other = torch.randint(0, 97, (3, 21))
+    keep = torch.ones(3, 21, dtype=torch.long)
+    keep[1, :9] = 0
+    with torch.no_grad():
+        expected = decoder(other, keep)
+    real = keep.bool()
+    got = graph(other, keep)
+    assert (got - expected)[real].abs().max() <= 1e-4 * expected[real].abs().max()
+
+
+def test_export_a_linearized_decoder_from_the_command_line(tiny_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from attnarena.compress.ort import OrtModel
+    from attnarena.compress.ort_decode import OrtDecoder
+
+    decoder = load_pretrained(tiny_folder)
+    swap_decoder_attention(decoder.model, "lolcats", layers=[1], window=8)
+    decoder.save(tmp_path / "linearized")
+    out = tmp_path / "onnx"
+    done = subprocess.run([sys.executable, "-m", "attnarena", "export", "--model",
+                           str(tmp_path / "linearized"), "--format", "onnx", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    for name in ("model.onnx", "step.onnx", "step.json", "README.md"):
+        assert (out / name).is_file() and f"wrote {out / name}" in done.stdout
+    assert (out / "tokenizer.json").is_file()
+    assert "Not exported" not in (out / "README.md").read_text()
+    ids = torch.randint(0, 1000, (2, 10))
+    with torch.no_grad():
+        expected = decoder(ids)
+        tokens = decoder.generate(None, 6, ids=ids, stop_at_eos=False)["tokens"]
+    got = OrtModel.load(out)(ids, torch.ones_like(ids))
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    assert torch.equal(OrtDecoder.load(out).generate(ids, 6)[:, 10:], tokens)

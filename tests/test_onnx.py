@@ -206,7 +206,7 @@ def test_the_step_graph_decodes_like_the_model_or_is_listed_with_the_reason(name
     assert torch.equal(decoder.generate(prompt, 6), lm.generate(prompt, 6))
     # a sequence continued from the torch prefill's state, step by step, as `step` does
     logits, torch_states = prefill(lm, prompt)
-    states = graph_states(torch_states)
+    states = graph_states(lm, torch_states)
     token = logits.argmax(-1)
     for position in range(7, 10):
         got, states = decoder.step(token.numpy(), position, states)

@@ -221,7 +221,7 @@ def cmd_export(args) -> int:
         raise ValueError("give a run id or folder, or --model NAME (not both)")
     if args.model is not None:
         if args.format != "onnx":
-            raise ValueError("--model exports a pretrained encoder as ONNX: add --format onnx")
+            raise ValueError("--model exports a pretrained model as ONNX: add --format onnx")
         paths = export_pretrained_onnx(args.model, args.out)
     elif args.format == "onnx":
         paths = export_run_onnx(args.run, args.out, results_dir=args.results)

@@ -190,11 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="examples per split for tasks drawn fresh each batch")
 
     p = command("export", help="a trained run's weights and config, or an ONNX graph of it or "
-                               "of a pretrained encoder, to use elsewhere")
+                               "of a pretrained model, to use elsewhere")
     p.add_argument("run", nargs="?", default=None,
                    help="a run id (see the leaderboard) or a run folder")
     p.add_argument("--model", default=None,
-                   help="or a pretrained encoder (minilm, or a model directory): --format onnx")
+                   help="or a pretrained model (minilm, smollm2, or a model directory, such "
+                        "as a linearized one): --format onnx; a causal LM's decoding step too")
     p.add_argument("--format", choices=("weights", "onnx"), default="weights",
                    help="weights (safetensors + config, the default) or onnx (an ONNX graph "
                         "with dynamic batch and length, checked in ONNX Runtime)")

@@ -314,10 +314,12 @@ def _quiet_trace():
 
 
 def _parallel_capable(model: nn.Module) -> list:
-    """The arena mixers in ``model`` that run a form other than parallel and have one."""
+    """The arena mixers (and a pretrained decoder's cores) in ``model`` that run a form
+    other than parallel and have one."""
     return [m for m in model.modules()
             if getattr(m, "form", None) not in (None, "parallel")
-            and "parallel" in getattr(getattr(m, "info", None), "forms", ())]
+            and "parallel" in (getattr(m, "forms", None)
+                               or getattr(getattr(m, "info", None), "forms", ()))]
 
 
 @contextlib.contextmanager

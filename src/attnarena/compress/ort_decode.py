@@ -10,6 +10,12 @@ size for a linear-time mechanism: constant memory however long the context). The
 checked against the torch model's own ``step`` over several tokens, so a state field the
 trace fixed (a Python int) that the math uses is caught, never shipped.
 
+A pretrained decoder (``PretrainedDecoder``: SmolLM2 or a linearized copy) exports the
+same way: ``position`` is the token's RoPE position, a softmax layer's state its keys and
+values at ``kv_heads`` heads, a linearized layer's the tensors its core names
+(``Core.tensor_state``: LoLCATs' window is kept oldest first, so no slot number is carried).
+Prompts are unpadded.
+
 ``OrtDecoder.generate`` decodes greedily in ONNX Runtime alone (the prompt fed through the
 step graph from the empty state); ``states_after`` gives the state after a prompt from the
 torch model's prefill, for timing decoding at a long context.
@@ -113,6 +119,111 @@ def _graph_state(template) -> list[torch.Tensor]:
     return state_tensors(template)
 
 
+class _PretrainedStep(nn.Module):
+    """One token through a ``PretrainedDecoder`` with every layer's state as flat tensors
+    (each layer's core steps on its own tensors: ``Core.tensor_step``)."""
+
+    def __init__(self, decoder, counts):
+        super().__init__()
+        self.model, self.counts = decoder.model, counts
+
+    def forward(self, token, position, *flat):
+        from attnarena.pretrained.llama import decoder_layers
+
+        inner = self.model.model
+        x = inner.embed_tokens(token.long()[:, None])
+        rope = inner.rotary_emb(x, position[None])
+        out, start = [], 0
+        for layer, count in zip(decoder_layers(self.model), self.counts):
+            parts = flat[start:start + count]
+            start += count
+            attention = layer.self_attn
+            q, k, v, raw_k = attention.project(layer.input_layernorm(x), *rope)
+            o, parts = attention.core.tensor_step(q, k, v, raw_k, *parts)
+            x = x + attention.o_proj(o.transpose(1, 2).flatten(2).to(x.dtype))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            out += parts
+        return (self.model.lm_head(inner.norm(x))[:, 0], *out)
+
+
+class _ArenaLM:
+    """What exporting a step needs of an arena ``CausalLM``."""
+
+    def __init__(self, lm):
+        self.lm, self.vocab = lm, lm.vocab_size
+
+    def refusal(self):
+        from attnarena.stack import stack_decodes
+
+        return None if stack_decodes(self.lm.mixer) else \
+            "has a layer without a recurrent form: it has no step to export"
+
+    def prefill(self, prompt):
+        return prefill(self.lm, prompt)
+
+    def step(self, token, position, states):
+        return torch_step(self.lm, token, position, states)
+
+    def fresh(self, tokens):
+        """The logits of ``tokens`` decoded from the empty state, one a position."""
+        states = [block.mixer.init_state(tokens[0].shape[0]) for block in self.lm.blocks]
+        return [torch_step(self.lm, t, i, states) for i, t in enumerate(tokens)]
+
+    def tensors(self, states):
+        return [t for s in states for t in _graph_state(s)]
+
+    def module(self, templates):
+        step = _Step(self.lm, templates)
+        return step, step.grows
+
+
+class _PretrainedLM:
+    """What exporting a step needs of a ``PretrainedDecoder`` (its cores' tensor states)."""
+
+    def __init__(self, decoder):
+        self.decoder, self.vocab = decoder, decoder.config.vocab_size
+        self.cores = [a.core for a in decoder.attentions()]
+
+    def refusal(self):
+        return None
+
+    def prefill(self, prompt):
+        hidden, state = self.decoder.run(prompt, want_state=True, reserve=8)
+        return self.decoder.model.lm_head(hidden[:, -1]), state["layers"]
+
+    @torch.no_grad()
+    def step(self, token, position, states):
+        """The logits of one token; ``states`` (one per layer) advanced in place."""
+        where = torch.full((token.shape[0],), position, dtype=torch.long)
+        hidden, state = self.decoder.run(token[:, None], state={"layers": states,
+                                                                "position": where})
+        states[:] = state["layers"]
+        return self.decoder.model.lm_head(hidden[:, -1])
+
+    def fresh(self, tokens):
+        logits, states = self.prefill(tokens[0][:, None])
+        return [logits] + [self.step(t, i + 1, states) for i, t in enumerate(tokens[1:])]
+
+    def tensors(self, states):
+        return [t for core, s in zip(self.cores, states) for t in core.tensor_state(s)]
+
+    def module(self, templates):
+        counts = [len(core.tensor_state(s)) for core, s in zip(self.cores, templates)]
+        return (_PretrainedStep(self.decoder, counts),
+                [g for core in self.cores for g in core.tensor_grows()])
+
+
+def _adapter(model):
+    from attnarena.models.lm import CausalLM
+
+    if isinstance(model, CausalLM):
+        return _ArenaLM(model)
+    if hasattr(model, "attentions") and hasattr(model, "run"):  # a PretrainedDecoder
+        return _PretrainedLM(model)
+    raise ValueError(f"a decoding step graph is exported from an arena CausalLM or a "
+                     f"pretrained decoder, not a {type(model).__name__}")
+
+
 class OrtDecoder:
     """A causal LM's step graph in ONNX Runtime (see the module's docstring). ``layout``
     says, per state tensor, its shape (axis 0 the batch), dtype and whether its axis 2
@@ -204,70 +315,71 @@ def torch_step(lm, token, position: int, states: list) -> torch.Tensor:
     return lm.head(lm.norm(h))
 
 
-def graph_states(states: list) -> list[np.ndarray]:
-    """Torch decoding states, one per layer, as the step graph takes them."""
-    return [t.numpy() for s in states for t in _graph_state(s)]
+def graph_states(model, states: list) -> list[np.ndarray]:
+    """The torch decoding states of ``model`` (a CausalLM's, one per layer, or a pretrained
+    decoder's layer states) as its step graph takes them."""
+    return [t.numpy() for t in _adapter(model).tensors(states)]
 
 
-def states_after(lm, prompt) -> tuple[torch.Tensor, list]:
+@torch.no_grad()
+def states_after(model, prompt) -> tuple[torch.Tensor, list]:
     """(the next-token logits, every layer's state as the step graph takes it) after the
-    torch model's prefill of ``prompt`` (B, P)."""
-    logits, states = prefill(lm, prompt)
-    return logits, graph_states(states)
+    torch prefill of ``prompt`` (B, P) by ``model`` (a CausalLM or a pretrained decoder)."""
+    logits, states = _adapter(model).prefill(prompt)
+    return logits, graph_states(model, states)
 
 
 @torch.no_grad()
 def export_decoder(lm, *, batch: int = 2, prompt_length: int = 5, check_steps: int = 4,
                    name: str = "the model") -> OrtDecoder:
-    """The step graph of the ``CausalLM`` ``lm``; a ValueError naming ``name`` and the
-    reason when a layer cannot decode, the export fails, or the graph's logits and states
-    differ from the torch model's ``step`` over ``check_steps`` tokens after a prompt."""
-    from attnarena.stack import stack_decodes
-
-    if not stack_decodes(lm.mixer):
-        raise ValueError(f"{name} has a layer without a recurrent form: it has no step to export")
-    lm = lm.eval()
+    """The step graph of ``lm`` (an arena ``CausalLM`` or a ``PretrainedDecoder``); a
+    ValueError naming ``name`` and the reason when a layer cannot decode, the export fails,
+    or the graph's logits differ from the torch model's own step over ``check_steps`` tokens
+    after a prompt and over the first tokens of a sequence."""
+    adapter = _adapter(lm)
+    refusal = adapter.refusal()
+    if refusal:
+        raise ValueError(f"{name} {refusal}")
+    lm.eval()
     generator = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, lm.vocab_size, (batch, prompt_length), generator=generator)
-    _, templates = prefill(lm, prompt)
-    step = _Step(lm, templates)
-    flat = [t.clone() for s in templates for t in _graph_state(s)]
+    prompt = torch.randint(0, adapter.vocab, (batch, prompt_length), generator=generator)
+    _, templates = adapter.prefill(prompt)
+    step, grows = adapter.module(templates)
+    flat = [t.clone() for t in adapter.tensors(templates)]
     names = [f"state_{i}" for i in range(len(flat))]
-    token = torch.randint(0, lm.vocab_size, (batch,), generator=generator)
+    tokens = [torch.randint(0, adapter.vocab, (batch,), generator=generator)
+              for _ in range(check_steps)]
     position = torch.tensor([prompt_length])
     # the torch model's own steps, from copies of the prompt's states
     expected, states = [], copy.deepcopy(templates)
-    tokens = [token] + [torch.randint(0, lm.vocab_size, (batch,), generator=generator)
-                        for _ in range(check_steps - 1)]
     for i, t in enumerate(tokens):
-        expected.append(torch_step(lm, t, prompt_length + i, states))
+        expected.append(adapter.step(t, prompt_length + i, states))
     buffer = io.BytesIO()
     axes = {"token": {0: "batch"}}
-    for n, grows in zip(names, step.grows):
-        axes[n] = {0: "batch", 2: "past"} if grows else {0: "batch"}
-        axes[f"next_{n}"] = {0: "batch", 2: "past_and_one"} if grows else {0: "batch"}
+    for n, grown in zip(names, grows):
+        axes[n] = {0: "batch", 2: "past"} if grown else {0: "batch"}
+        axes[f"next_{n}"] = {0: "batch", 2: "past_and_one"} if grown else {0: "batch"}
     axes["logits"] = {0: "batch"}
     try:
         with _quiet_trace():
-            torch.onnx.export(step, (token, position, *flat), buffer,
+            torch.onnx.export(step, (tokens[0], position, *flat), buffer,
                               input_names=["token", "position", *names],
                               output_names=["logits", *[f"next_{n}" for n in names]],
                               dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     except Exception as error:  # torch's exporter raises many kinds
         raise ValueError(f"{name}'s decoding step cannot be exported to ONNX: "
                          f"{_first_line(error)}") from None
-    layout = [{"shape": list(t.shape), "dtype": str(t.numpy().dtype), "grows": grows}
-              for t, grows in zip(flat, step.grows)]
+    layout = [{"shape": list(t.shape), "dtype": str(t.numpy().dtype), "grows": grown}
+              for t, grown in zip(flat, grows)]
     try:
         decoder = OrtDecoder(buffer.getvalue(), layout)
     except Exception as error:  # onnxruntime's own exception types
         raise ValueError(f"{name}'s decoding step exports to ONNX, but ONNX Runtime refuses "
                          f"the graph: {_first_line(error)}") from None
     # and from the empty state: the first tokens of a sequence
-    fresh = [block.mixer.init_state(batch) for block in lm.blocks]
-    expected_fresh = [torch_step(lm, t, i, fresh) for i, t in enumerate(tokens[:2])]
-    runs = [(prompt_length, graph_states(templates), expected, "after the prompt"),
-            (0, decoder.empty_states(batch), expected_fresh, "of a sequence")]
+    runs = [(prompt_length, [t.numpy() for t in adapter.tensors(templates)], expected,
+             "after the prompt"),
+            (0, decoder.empty_states(batch), adapter.fresh(tokens[:2]), "of a sequence")]
     for start, states, references, where in runs:
         for i, (t, reference) in enumerate(zip(tokens, references)):
             try:
@@ -282,4 +394,3 @@ def export_decoder(lm, *, batch: int = 2, prompt_length: int = 5, check_steps: i
                     f"model's step at token {i + 1} {where} (largest error {worst:.2g} of "
                     f"their scale, over {TOLERANCE:g}): the trace fixed part of the state")
     return decoder
-

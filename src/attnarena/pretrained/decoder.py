@@ -197,8 +197,12 @@ class PretrainedDecoder(nn.Module):
 
     def forward(self, input_ids, attention_mask=None):
         """(B, L) ids -> (B, L, vocabulary) logits."""
-        keep = None if attention_mask is None or bool(attention_mask.all()) \
-            else attention_mask.bool()
+        if attention_mask is None:
+            keep = None
+        elif torch.jit.is_tracing():  # a traced graph takes the mask it is given
+            keep = attention_mask.bool()
+        else:
+            keep = None if bool(attention_mask.all()) else attention_mask.bool()
         return self.model.lm_head(self.run(input_ids, keep)[0])
 
     # -- measures -------------------------------------------------------------------------

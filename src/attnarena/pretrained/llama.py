@@ -85,6 +85,8 @@ class Core(nn.Module, metaclass=abc.ABCMeta):
 
     mechanism = ""
     grows = False  # whether the decoding state grows with the context
+    forms = ("parallel", "chunk")  # the sequence forms of its op, all equal
+    form = "chunk"
 
     def __init__(self, heads: int, kv_heads: int, head_dim: int):
         super().__init__()
@@ -103,6 +105,22 @@ class Core(nn.Module, metaclass=abc.ABCMeta):
     def step(self, q, k, v, raw_k, state):
         """One token (L = 1) from ``state`` -> (outputs, the new state)."""
 
+    # -- the state as plain tensors (a decoding step exported as a graph) --------------------
+
+    def tensor_state(self, state) -> list[torch.Tensor]:
+        """``state`` as the tensors a step graph takes (default: the one state ``S``)."""
+        return [state["S"]]
+
+    def tensor_grows(self) -> list[bool]:
+        """Per tensor of ``tensor_state``: whether its axis 2 grows a token a step."""
+        return [False]
+
+    def tensor_step(self, q, k, v, raw_k, *tensors):
+        """``step`` on the state as tensors -> (outputs, the tensors after the token); no
+        Python number of the state takes part, so a traced graph holds at every step."""
+        o, state = self.step(q, k, v, raw_k, {"S": tensors[0]})
+        return o, [state["S"]]
+
 
 class SoftmaxCore(Core):
     """Exact causal softmax attention (SDPA, key/value heads shared without copies); its
@@ -110,16 +128,21 @@ class SoftmaxCore(Core):
 
     mechanism = "softmax"
     grows = True
+    forms = ("parallel",)
+    form = "parallel"
 
     def forward(self, q, k, v, raw_k, keep):
+        gqa = self.groups != 1
+        if gqa and torch.jit.is_tracing():  # ONNX has no grouped SDPA: heads shared by copies
+            k, v, gqa = _shared(k, self.groups), _shared(v, self.groups), False
         if keep is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         L = q.shape[2]
         allowed = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
         allowed = allowed[None, None] & keep[:, None, None, :]
         # a padded query that sees no key attends to itself (its output is never used)
-        allowed = allowed | torch.eye(L, dtype=torch.bool, device=q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
+        allowed = allowed | (torch.eye(L, device=q.device) > 0)  # ONNX: no bool EyeLike
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=gqa)
 
     def prefill(self, q, k, v, raw_k, keep, reserve=0):
         B, _, L, D = k.shape
@@ -146,6 +169,25 @@ class SoftmaxCore(Core):
         o = F.scaled_dot_product_attention(q, cache_k[:, :, :n + 1], cache_v[:, :, :n + 1],
                                            attn_mask=allowed, enable_gqa=True)
         return o, {**state, "k": cache_k, "v": cache_v, "keep": mask, "length": n + 1}
+
+    def tensor_state(self, state):
+        if state["padded"]:
+            raise ValueError("a step graph takes the keys and values of unpadded prompts; "
+                             "this cache holds left padding")
+        n = state["length"]
+        return [state["k"][:, :, :n], state["v"][:, :, :n]]
+
+    def tensor_grows(self):
+        return [True, True]
+
+    def tensor_step(self, q, k, v, raw_k, keys, values):
+        """The new key and value appended to the cache; the query heads of each group read
+        their key/value head's cache (no copies)."""
+        keys, values = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+        scores = _grouped(q, self.kv_heads)[:, :, :, 0] @ keys.transpose(-1, -2)
+        weights = torch.softmax(scores * self.head_dim ** -0.5, dim=-1)
+        o = (weights @ values).flatten(1, 2)[:, :, None]  # (B, H, 1, D)
+        return o, [keys, values]
 
 
 class HedgehogCore(Core):
@@ -175,7 +217,7 @@ class HedgehogCore(Core):
     def forward(self, q, k, v, raw_k, keep):
         fq, fk = self.features(q, k, keep)
         return ops.linear_attention(fq, _shared(fk, self.groups), _shared(v, self.groups),
-                                    causal=True, form="chunk")
+                                    causal=True, form=self.form)
 
     def _read(self, fq, S):
         """Outputs (B, H, 1, D) of one token's query features (B, H, 1, F) from the
@@ -185,7 +227,7 @@ class HedgehogCore(Core):
     def prefill(self, q, k, v, raw_k, keep, reserve=0):
         fq, fk = self.features(q, k, keep)
         o = ops.linear_attention(fq, _shared(fk, self.groups), _shared(v, self.groups),
-                                 causal=True, form="chunk")
+                                 causal=True, form=self.form)
         return o, {"S": fk.transpose(-1, -2) @ _with_ones(v)}
 
     def step(self, q, k, v, raw_k, state):
@@ -216,7 +258,7 @@ class LolcatsCore(HedgehogCore):
         g = self.groups
         return ops.factored_window_linear_attention(
             q, _shared(k, g), _shared(v, g), fq, _shared(fk, g), window=self.window,
-            window_factor=torch.sigmoid(self.window_factor), mask=keep, form="chunk")
+            window_factor=torch.sigmoid(self.window_factor), mask=keep, form=self.form)
 
     def prefill(self, q, k, v, raw_k, keep, reserve=0):
         B, _, L, D = k.shape
@@ -250,6 +292,30 @@ class LolcatsCore(HedgehogCore):
         new = {"S": S, "k": keys, "v": values, "real": real, "slot": (slot + 1) % self.window}
         return o.flatten(1, 2)[:, :, None], new
 
+    def tensor_state(self, state):
+        """The ring turned so that its oldest key comes first."""
+        slot = state["slot"]
+        return [state["S"], state["k"].roll(-slot, 2), state["v"].roll(-slot, 2),
+                state["real"].roll(-slot, 1)]
+
+    def tensor_grows(self):
+        return [False] * 4
+
+    def tensor_step(self, q, k, v, raw_k, S, keys, values, real):
+        """As ``step``, the window kept oldest first: the first key leaves for the linear
+        state and the new one is appended (the window's order does not matter to its
+        softmax), so no slot number is carried."""
+        old = self.key_features(keys[:, :, :1], real[:, :1])
+        S = S + old.transpose(-1, -2) @ _with_ones(values[:, :, :1])
+        keys, values = torch.cat([keys[:, :, 1:], k], dim=2), torch.cat([values[:, :, 1:], v], 2)
+        real = torch.cat([real[:, 1:], torch.ones_like(real[:, :1])], dim=1)
+        fq = ops.hedgehog_features(q, self.query_map)
+        factor = torch.sigmoid(self.window_factor).view(self.kv_heads, self.groups)
+        o = ops.factored_window_linear_step(
+            _grouped(q, self.kv_heads)[:, :, :, 0], keys, values, real,
+            _grouped(fq, self.kv_heads)[:, :, :, 0], S, window_factor=factor)
+        return o.flatten(1, 2)[:, :, None], [S, keys, values, real]
+
 
 def _gates(raw_k, keep):
     """Liger's gates from the pretrained key projection: logsigmoid(k) / 16, 0 on padding."""
@@ -274,7 +340,7 @@ class GLACore(Core):
         fq, fk, log_g = self._inputs(q, k, raw_k, keep)
         g = self.groups
         o, S = ops.gla(fq, _shared(fk, g), _shared(_with_ones(v), g), log_g=_shared(log_g, g),
-                       form="chunk", return_state=True)
+                       form=self.form, return_state=True)
         return _normalized(o), {"S": S[:, ::g]}  # the query heads of a group share a state
 
     def forward(self, q, k, v, raw_k, keep):
@@ -310,7 +376,7 @@ class GatedDeltaCore(Core):
         g = self.groups
         o, S = ops.gated_delta_rule(q, _shared(k, g), _shared(v, g),
                                     log_alpha=_shared(log_alpha, g), beta=_shared(beta, g),
-                                    form="chunk", return_state=True)
+                                    form=self.form, return_state=True)
         return o, {"S": S[:, ::g]}
 
     def forward(self, q, k, v, raw_k, keep):

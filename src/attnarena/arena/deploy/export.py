@@ -65,34 +65,79 @@ def _step_graph(model, mixer: str, out: Path) -> tuple[str, list[Path]]:
     except ValueError as error:
         return f"\nNo decoding step graph: {error}.\n", []
     decoder.save(out)
-    return ("\n`step.onnx` decodes one token: inputs `token` (batch,) ids, `position` (1,) "
-            "and `state_0`, ... (`step.json` gives their shapes; a KV cache's axis 2 grows a "
-            "token a step), outputs `logits` and `next_state_0`, ...:\n\n```python\n"
-            "from attnarena.compress.ort_decode import OrtDecoder\n"
-            "decoder = OrtDecoder.load('.')\n"
-            "tokens = decoder.generate(prompt, max_new_tokens=20)   # greedy, in ONNX "
-            "Runtime\n```\n", [out / "step.onnx", out / "step.json"])
+    return _STEP_WORDS, [out / "step.onnx", out / "step.json"]
+
+
+_STEP_WORDS = ("\n`step.onnx` decodes one token: inputs `token` (batch,) ids, `position` (1,) "
+               "and `state_0`, ... (`step.json` gives their shapes; a KV cache's axis 2 grows "
+               "a token a step), outputs `logits` and `next_state_0`, ...:\n\n```python\n"
+               "from attnarena.compress.ort_decode import OrtDecoder\n"
+               "decoder = OrtDecoder.load('.')\n"
+               "# greedy, in ONNX Runtime alone; ids: (batch, length) token ids, unpadded\n"
+               "tokens = decoder.generate(ids, max_new_tokens=20)\n```\n")
 
 
 def export_pretrained_onnx(name, out_dir) -> list[Path]:
-    """The pretrained encoder ``name`` (minilm, or a directory) as ``model.onnx`` (ids and
-    attention mask in, token states and pooled output out) with its tokenizer."""
+    """The pretrained model ``name`` (minilm, smollm2, or a directory) as ``model.onnx``
+    with its tokenizer: an encoder's ids and attention mask in, token states and pooled
+    output out; a causal LM's ids and mask in, logits out, and its decoding step as
+    ``step.onnx``."""
     from attnarena.compress.ort import export_onnx
     from attnarena.pretrained import PretrainedDecoder, load_pretrained
     from attnarena.pretrained.corpus import corpus_split
 
-    encoder = load_pretrained(name)
-    if isinstance(encoder, PretrainedDecoder):
-        raise ValueError(f"{name} is a causal language model; export --model takes a sentence "
-                         "encoder (e.g. minilm)")
-    ids, mask = encoder.tokenize(corpus_split("train")[:8])
-    graph = export_onnx(encoder.model, lambda m: m(input_ids=ids, attention_mask=mask),
+    model = load_pretrained(name)
+    if isinstance(model, PretrainedDecoder):
+        return _export_decoder_onnx(model, name, _out(out_dir))
+    ids, mask = model.tokenize(corpus_split("train")[:8])
+    graph = export_onnx(model.model, lambda m: m(input_ids=ids, attention_mask=mask),
                         name=str(name))
     out = _out(out_dir)
     graph.save(out)
-    encoder.tokenizer.save_pretrained(str(out))
+    model.tokenizer.save_pretrained(str(out))
     (out / "README.md").write_text(_readme(
         graph, f"{name}, ONNX",
         "from attnarena.compress.ort import OrtModel\nmodel = OrtModel.load('.')\n"
         "states = model(input_ids=ids, attention_mask=mask).last_hidden_state"))
     return [out / "model.onnx", out / "onnx_signature.json", out / "README.md"]
+
+
+def _export_decoder_onnx(decoder, name, out: Path) -> list[Path]:
+    """A pretrained causal LM: its forward (left-padded ids and mask -> logits) where its
+    mechanisms export, and its decoding step; a ValueError when neither does."""
+    from attnarena.compress.ort import export_onnx
+    from attnarena.compress.ort_decode import export_decoder
+    from attnarena.pretrained.corpus import corpus_split
+
+    mechanisms = sorted({a.mechanism for a in decoder.attentions()})
+    title = f"{name} ({', '.join(mechanisms)}), ONNX"
+    decoder.tokenizer.padding_side = "left"
+    batch = decoder.tokenizer(corpus_split("train")[:4], padding=True, truncation=True,
+                              max_length=48, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    written, parts, refusals = [], [], []
+    try:
+        graph = export_onnx(decoder, lambda m: m(ids, mask), name=str(name))
+    except ValueError as error:
+        refusals.append(str(error))
+    else:
+        graph.save(out)
+        written += [out / "model.onnx", out / "onnx_signature.json"]
+        parts.append(_readme(graph, title, "from attnarena.compress.ort import OrtModel\n"
+                             "model = OrtModel.load('.')\nlogits = model(ids, mask)"))
+    try:
+        step = export_decoder(decoder, name=str(name))
+    except ValueError as error:
+        refusals.append(str(error))
+    else:
+        step.save(out)
+        written += [out / "step.onnx", out / "step.json"]
+        if not parts:
+            parts.append(f"# {title}\n")
+        parts.append(_STEP_WORDS)
+    if not written:
+        raise ValueError("; ".join(refusals))
+    decoder.tokenizer.save_pretrained(str(out))
+    parts += [f"\nNot exported: {reason}.\n" for reason in refusals]
+    (out / "README.md").write_text("".join(parts))
+    return [*written, out / "README.md"]
