@@ -12,17 +12,27 @@ Runtime at contexts 512 and 4,096: softmax's KV-cache step graph against the fix
 state of linear-time mechanisms (``attnarena.compress.ort_decode``), each from the state
 the torch prefill of a random context leaves.
 
+``--smollm2``: the same for SmolLM2-135M (the pretrained extra): the original's KV-cache
+step graph against linearized copies' (``--smollm2-mixers``, built from the original's
+weights: speed does not depend on the trained values; or ``--linearized-decoder DIR``, a
+model saved by ``attnarena linearize --model smollm2``), each in float32 and with its weight
+products in int8 (``OrtDecoder.int8``), beside the torch model's own step, at contexts of
+held-out text. The int8 step's agreement is the share of 32 greedy tokens after the
+512-token prompt whose top-1 equals the float step's (fed the float step's tokens).
+
 Every figure is a median over round-robin repeats with its interquartile range, threads
 as given (default 1).
 
     python benchmarks/onnx_runtime.py --minilm --decode [--threads 1] [--repeats 15]
         [--linearized results/linearize/<id>/model]
+    python benchmarks/onnx_runtime.py --smollm2 [--smollm2-mixers lolcats,gla]
 """
 from __future__ import annotations
 
 import argparse
 import copy
 
+import numpy as np
 import torch
 
 
@@ -138,6 +148,90 @@ def decode(args):
         print(f"| {mixer} | " + " | ".join(parts) + " |")
 
 
+def smollm2(args):
+    from attnarena.compress.ort_decode import export_decoder, states_after
+    from attnarena.pretrained import load_pretrained
+    from attnarena.pretrained.corpus import document_split
+    from attnarena.pretrained.decoder_subject import token_stream
+    from attnarena.pretrained.llama import swap_decoder_attention
+
+    contexts = (512, 4096)
+    original = load_pretrained("smollm2")
+    models = {"softmax (original)": original}
+    if args.linearized_decoder:
+        linear = load_pretrained(args.linearized_decoder)
+        models[", ".join(sorted({a.mechanism for a in linear.attentions()}))] = linear
+    else:
+        for mixer in args.smollm2_mixers.split(","):
+            linear = copy.deepcopy(original)
+            swap_decoder_attention(linear.model, mixer)
+            models[mixer] = linear
+    graphs = {}
+    for name, model in models.items():
+        graphs[name] = export_decoder(model, name=name)
+        graphs[f"{name} int8"] = graphs[name].int8()
+    stream = token_stream(original.tokenizer, document_split("test"))
+    stream = stream.repeat(-(-max(contexts) // stream.numel()))
+    calls, state_mib, agreement = {}, {}, {}
+    for context in contexts:
+        prompt = stream[:context][None]
+        for name, model in models.items():
+            logits, states = states_after(model, prompt)
+            state_mib[(name, context)] = sum(s.nbytes for s in states) / 2**20
+            token = logits.argmax(-1).numpy()
+            for graph in (name, f"{name} int8"):
+                calls[(graph, context)] = (
+                    lambda d=graphs[graph], t=token, c=context, s=states: d.step(t, c, s))
+            calls[(f"{name} (torch step)", context)] = pretrained_torch_step(model, prompt)
+            if context == contexts[0]:
+                agreement[name] = int8_agreement(graphs[name], graphs[f"{name} int8"], token,
+                                                 context, states)
+    timed = round_robin(calls, args.repeats)
+    print(f"\n## SmolLM2-135M decoding in ONNX Runtime: one step at a context of held-out "
+          f"text, tokens/s (median [q1, q3] of {args.repeats}), {torch.get_num_threads()} "
+          f"thread(s), batch 1\n")
+    print("| model | step | " + " | ".join(f"context {c:,}" for c in contexts)
+          + " | state at " + " / ".join(f"{c:,}" for c in contexts) + " | int8 top-1 "
+          "agreement |")
+    print("|---|---|" + "---|" * (len(contexts) + 2))
+    for name in models:
+        for graph, kind in ((name, "ONNX Runtime float32"), (f"{name} int8", "ONNX Runtime "
+                            "int8"), (f"{name} (torch step)", "torch float32")):
+            parts = []
+            for context in contexts:
+                median, q1, q3 = timed[(graph, context)]
+                parts.append(f"{1e3 / median:,.1f} [{1e3 / q3:,.1f}, {1e3 / q1:,.1f}]")
+            mib = " / ".join(f"{state_mib[(name, c)]:,.1f} MiB" for c in contexts)
+            share = f"{agreement[name]:.3f}" if kind.endswith("int8") else ""
+            print(f"| {name} | {kind} | " + " | ".join(parts) + f" | {mib} | {share} |")
+
+
+def pretrained_torch_step(model, prompt):
+    """One torch step of a pretrained decoder after the prefill of ``prompt`` (each call
+    from the same state: the context stays at the prompt's length)."""
+    with torch.no_grad():
+        hidden, state = model.run(prompt, want_state=True, reserve=1)
+        token = model.model.lm_head(hidden[:, -1]).argmax(-1)
+
+    def call():
+        with torch.no_grad():
+            return model.run(token[:, None], state=state)
+
+    return call
+
+
+def int8_agreement(graph, int8, token, context, states, tokens=32):
+    """Share of ``tokens`` greedy steps where the int8 step's top-1 equals the float
+    step's, both fed the float step's tokens from the same state."""
+    same, a, b = 0, list(states), list(states)
+    for i in range(tokens):
+        logits, a = graph.step(token, context + i, a)
+        quantized, b = int8.step(token, context + i, b)
+        same += int(np.array_equal(logits.argmax(-1), quantized.argmax(-1)))
+        token = logits.argmax(-1)
+    return same / tokens
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minilm", action="store_true")
@@ -148,18 +242,25 @@ def main():
     parser.add_argument("--linearized", default=None,
                         help="with --minilm: a linearized MiniLM's folder (attnarena "
                              "linearize --model minilm writes results/linearize/<id>/model)")
+    parser.add_argument("--smollm2", action="store_true")
+    parser.add_argument("--smollm2-mixers", default="lolcats,gla")
+    parser.add_argument("--linearized-decoder", default=None,
+                        help="with --smollm2: a linearized SmolLM2's folder (attnarena "
+                             "linearize --model smollm2)")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=8192)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if not (args.minilm or args.decode):
-        parser.error("choose --minilm, --decode or both")
+    if not (args.minilm or args.decode or args.smollm2):
+        parser.error("choose --minilm, --decode, --smollm2 or several")
     if args.minilm:
         minilm(args)
     if args.decode:
         decode(args)
+    if args.smollm2:
+        smollm2(args)
 
 
 if __name__ == "__main__":

@@ -215,6 +215,28 @@ def test_the_step_graph_decodes_like_the_model_or_is_listed_with_the_reason(name
         token = expected.argmax(-1)
 
 
+@pytest.mark.parametrize("mixer", ["softmax", "gla"])
+def test_an_int8_step_graph_within_int8s_tolerance(mixer):
+    from attnarena.compress.ort import weight_products
+    from attnarena.compress.ort_decode import export_decoder, states_after
+
+    torch.manual_seed(0)
+    lm = CausalLM(300, dim=64, depth=2, heads=2, mixer=mixer, max_len=64).eval()
+    decoder = export_decoder(lm, name=mixer)
+    quantized = decoder.int8()
+    # every product by a weight now in int8, none left in float32
+    assert len(weight_products(decoder.graph)) > 6 * 2 and not weight_products(quantized.graph)
+    assert len(quantized.graph) < len(decoder.graph)
+    logits, states = states_after(lm, torch.randint(0, 300, (2, 9)))
+    token = logits.argmax(-1).numpy()
+    a, b = list(states), list(states)
+    for position in range(9, 13):
+        exact, a = decoder.step(token, position, a)
+        close, b = quantized.step(token, position, b)
+        assert abs(close - exact).max() <= 0.05 * abs(exact).max()
+        token = exact.argmax(-1)
+
+
 def test_a_stack_without_a_step_has_no_step_graph():
     from attnarena.compress.ort_decode import export_decoder
 

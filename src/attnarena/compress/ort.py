@@ -587,11 +587,18 @@ def weight_products(graph: bytes) -> list[str]:
             if n.op_type in ("MatMul", "Gemm") and any(i in stored for i in n.input[1:2])]
 
 
-def _quantized(exported: OrtModel, quantize) -> OrtModel:
+def _to_quantize(graph: bytes) -> list[str]:
+    """``weight_products`` as ONNX Runtime's quantizers name them: they turn a Gemm into a
+    MatMul named ``<gemm>_MatMul`` (and an Add) before choosing nodes."""
+    names = weight_products(graph)
+    return names + [f"{name}_MatMul" for name in names]
+
+
+def quantized_graph(graph: bytes, quantize) -> bytes:
     """``quantize(input path, output path)`` run on the graph in a scratch folder."""
     with tempfile.TemporaryDirectory() as scratch:
         source, target = Path(scratch) / "float.onnx", Path(scratch) / "int8.onnx"
-        source.write_bytes(exported.graph)
+        source.write_bytes(graph)
         # its advice to pre-process the graph first goes to the root logger
         logging.disable(logging.WARNING)
         try:
@@ -599,8 +606,22 @@ def _quantized(exported: OrtModel, quantize) -> OrtModel:
                 quantize(str(source), str(target))
         finally:
             logging.disable(logging.NOTSET)
-        return OrtModel(target.read_bytes(), exported.signature, exported.threads,
-                        exported.config)
+        return target.read_bytes()
+
+
+def int8_dynamic(graph: bytes, per_channel: bool = True) -> bytes:
+    """The graph with its weight products in int8 (``quantize_dynamic``: QInt8 weights,
+    per output channel by default; activations quantized on the fly)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    return quantized_graph(graph, lambda a, b: quantize_dynamic(
+        a, b, per_channel=per_channel, weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=_to_quantize(graph)))
+
+
+def _quantized(exported: OrtModel, quantize) -> OrtModel:
+    return OrtModel(quantized_graph(exported.graph, quantize), exported.signature,
+                    exported.threads, exported.config)
 
 
 def _finish(subject, model: OrtModel, method: str):
@@ -619,13 +640,9 @@ def ort_float(subject, config, data):
                        "Training of Neural Networks for Efficient Integer-Arithmetic-Only "
                        "Inference", check=lambda s, c: onnxruntime(), final=True)
 def ort_int8(subject, config, data):
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     exported = _export_subject(subject, data)
-    model = _quantized(exported, lambda a, b: quantize_dynamic(
-        a, b, per_channel=config.per_channel, weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_quantize=weight_products(exported.graph)))
+    model = OrtModel(int8_dynamic(exported.graph, config.per_channel), exported.signature,
+                     exported.threads, exported.config)
     return _finish(subject, model, "int8 dynamic")
 
 
@@ -653,5 +670,5 @@ def ort_int8_static(subject, config, data):
         a, b, Reader(), quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_quantize=weight_products(exported.graph)))
+        nodes_to_quantize=_to_quantize(exported.graph)))
     return _finish(subject, model, "int8 static")

@@ -230,7 +230,7 @@ class OrtDecoder:
     grows a token a step (a KV cache's)."""
 
     def __init__(self, graph: bytes, layout: list[dict], threads: int | None = None):
-        self.graph, self.layout = graph, layout
+        self.graph, self.layout, self.threads = graph, layout, threads
         self.names = [f"state_{i}" for i in range(len(layout))]
         self.session = session(graph, threads)
         # a state tensor the step never reads (a counter) is not among the graph's inputs
@@ -268,6 +268,12 @@ class OrtDecoder:
             if i < max_new_tokens - 1:
                 logits, states = self.step(token, prompt.shape[1] + i, states)
         return torch.from_numpy(np.concatenate(out, 1))
+
+    def int8(self) -> "OrtDecoder":
+        """The same step with its weight products in int8 (``ort_int8``'s quantization)."""
+        from attnarena.compress.ort import int8_dynamic
+
+        return OrtDecoder(int8_dynamic(self.graph), self.layout, self.threads)
 
     def save(self, folder) -> None:
         """``step.onnx`` and ``step.json`` (the state layout) in ``folder``."""
