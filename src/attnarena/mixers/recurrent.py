@@ -69,6 +69,8 @@ class ShortConv(nn.Module):
         K, L = self.kernel, x.shape[1]
         w = self.conv.weight[:, 0].to(x.dtype)  # (C, K)
         bias = self.conv.bias
+        if torch.jit.is_tracing():
+            return self._concatenated(x, state, w, bias)
         y = x * w[:, K - 1] if bias is None else torch.addcmul(bias.to(x.dtype), x, w[:, K - 1])
         for j in range(K - 1):
             shift = K - 1 - j  # tap j reads the input `shift` steps back
@@ -84,6 +86,17 @@ class ShortConv(nn.Module):
                        else state.to(x.dtype))
             new_state = torch.cat([history[:, L:], x], dim=1)
         return y, new_state
+
+    def _concatenated(self, x, state, w, bias):
+        """The same convolution over the history and x joined, without writing into slices
+        of the output (a traced graph loses those writes) or branching on the length."""
+        K = self.kernel
+        history = (x.new_zeros(x.shape[0], K - 1, x.shape[2]) if state is None
+                   else state.to(x.dtype))
+        joined = torch.cat([history, x], dim=1)  # (B, K - 1 + L, C)
+        end = joined.shape[1]
+        y = sum(joined[:, j:end - (K - 1 - j)] * w[:, j] for j in range(K))
+        return (y if bias is None else y + bias.to(x.dtype)), joined[:, end - (K - 1):]
 
 
 class HeadNorm(nn.Module):

@@ -33,8 +33,8 @@ class BlockDiagonal(nn.Module):
 
 @register_mixer(
     "rglru", family="gated recurrence",
-    step_export_caveat="expm1 (in its gates' decay) has no ONNX operator at opset 17",
-    export_caveat="expm1 (in its gates' decay) has no ONNX operator at opset 17",
+    export_caveat=("its log-depth scan's layout is fixed at the traced length: ONNX Runtime "
+                   "refuses the graph at another"),
     paper="De et al. 2024, Griffin: Mixing Gated Linear Recurrences with Local Attention for "
           "Efficient Language Models",
     complexity="O(L D log L) parallel scan, O(L D) recurrent", patterns=PATTERNS,
