@@ -18,7 +18,8 @@ weights: speed does not depend on the trained values; or ``--linearized-decoder 
 model saved by ``attnarena linearize --model smollm2``), each in float32 and with its weight
 products in int8 (``OrtDecoder.int8``), beside the torch model's own step, at contexts of
 held-out text. The int8 step's agreement is the share of 32 greedy tokens after the
-512-token prompt whose top-1 equals the float step's (fed the float step's tokens).
+512-token prompt whose top-1 equals the float step's (fed the float step's tokens); it is
+not given for a copy whose new parameters were never trained.
 
 Every figure is a median over round-robin repeats with its interquartile range, threads
 as given (default 1).
@@ -173,6 +174,7 @@ def smollm2(args):
     stream = token_stream(original.tokenizer, document_split("test"))
     stream = stream.repeat(-(-max(contexts) // stream.numel()))
     calls, state_mib, agreement = {}, {}, {}
+    trained = {"softmax (original)"} | ({*models} if args.linearized_decoder else set())
     for context in contexts:
         prompt = stream[:context][None]
         for name, model in models.items():
@@ -183,7 +185,7 @@ def smollm2(args):
                 calls[(graph, context)] = (
                     lambda d=graphs[graph], t=token, c=context, s=states: d.step(t, c, s))
             calls[(f"{name} (torch step)", context)] = pretrained_torch_step(model, prompt)
-            if context == contexts[0]:
+            if context == contexts[0] and name in trained:
                 agreement[name] = int8_agreement(graphs[name], graphs[f"{name} int8"], token,
                                                  context, states)
     timed = round_robin(calls, args.repeats)
@@ -202,7 +204,8 @@ def smollm2(args):
                 median, q1, q3 = timed[(graph, context)]
                 parts.append(f"{1e3 / median:,.1f} [{1e3 / q3:,.1f}, {1e3 / q1:,.1f}]")
             mib = " / ".join(f"{state_mib[(name, c)]:,.1f} MiB" for c in contexts)
-            share = f"{agreement[name]:.3f}" if kind.endswith("int8") else ""
+            share = "" if not kind.endswith("int8") else \
+                f"{agreement[name]:.3f}" if name in agreement else "- (copy not trained)"
             print(f"| {name} | {kind} | " + " | ".join(parts) + f" | {mib} | {share} |")
 
 

@@ -486,11 +486,26 @@ def test_export_a_linearized_decoder_from_the_command_line(tiny_folder, tmp_path
     for name in ("model.onnx", "step.onnx", "step.json", "README.md"):
         assert (out / name).is_file() and f"wrote {out / name}" in done.stdout
     assert (out / "tokenizer.json").is_file()
-    assert "Not exported" not in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "Not exported" not in readme and "`input_ids`, `attention_mask`" in readme
     ids = torch.randint(0, 1000, (2, 10))
     with torch.no_grad():
         expected = decoder(ids)
         tokens = decoder.generate(None, 6, ids=ids, stop_at_eos=False)["tokens"]
-    got = OrtModel.load(out)(ids, torch.ones_like(ids))
+    got = OrtModel.load(out)(input_ids=ids, attention_mask=torch.ones_like(ids))
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
     assert torch.equal(OrtDecoder.load(out).generate(ids, 6)[:, 10:], tokens)
+
+
+def test_export_writes_what_exports_and_names_what_does_not(tiny_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from attnarena.arena.deploy.export import export_pretrained_onnx
+
+    decoder = load_pretrained(tiny_folder)
+    swap_decoder_attention(decoder.model, "gated_deltanet")
+    decoder.save(tmp_path / "linearized")
+    written = export_pretrained_onnx(tmp_path / "linearized", tmp_path / "onnx")
+    assert [p.name for p in written] == ["step.onnx", "step.json", "README.md"]
+    assert not (tmp_path / "onnx" / "model.onnx").exists()
+    readme = (tmp_path / "onnx" / "README.md").read_text()
+    assert "Not exported: " in readme and "diag_embed" in readme and "step.onnx" in readme

@@ -117,14 +117,16 @@ def _export_decoder_onnx(decoder, name, out: Path) -> list[Path]:
     ids, mask = batch["input_ids"], batch["attention_mask"]
     written, parts, refusals = [], [], []
     try:
-        graph = export_onnx(decoder, lambda m: m(ids, mask), name=str(name))
+        graph = export_onnx(decoder, lambda m: m(input_ids=ids, attention_mask=mask),
+                            name=str(name))
     except ValueError as error:
         refusals.append(str(error))
     else:
         graph.save(out)
         written += [out / "model.onnx", out / "onnx_signature.json"]
         parts.append(_readme(graph, title, "from attnarena.compress.ort import OrtModel\n"
-                             "model = OrtModel.load('.')\nlogits = model(ids, mask)"))
+                             "model = OrtModel.load('.')\n"
+                             "logits = model(input_ids=ids, attention_mask=mask)"))
     try:
         step = export_decoder(decoder, name=str(name))
     except ValueError as error:
