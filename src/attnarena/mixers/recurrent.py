@@ -20,7 +20,7 @@ from torch import nn
 
 from attnarena.mixers.base import Mixer
 from attnarena.mixers.qkv import merge_heads, split_heads  # noqa: F401  (re-exported)
-from attnarena.ops._checks import compute_dtype
+from attnarena.ops._checks import compute_dtype, tracing
 
 PATTERNS = ("self", "causal")  # a causal recurrence, and its bidirectional use
 
@@ -69,7 +69,7 @@ class ShortConv(nn.Module):
         K, L = self.kernel, x.shape[1]
         w = self.conv.weight[:, 0].to(x.dtype)  # (C, K)
         bias = self.conv.bias
-        if torch.jit.is_tracing():
+        if tracing():
             return self._concatenated(x, state, w, bias)
         y = x * w[:, K - 1] if bias is None else torch.addcmul(bias.to(x.dtype), x, w[:, K - 1])
         for j in range(K - 1):

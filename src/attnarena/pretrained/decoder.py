@@ -27,6 +27,7 @@ from torch import nn
 
 from attnarena._validate import check_int, check_real
 from attnarena.extras import MissingExtraError, quiet_imports, require
+from attnarena.ops._checks import tracing
 from attnarena.pretrained.llama import (
     DecoderAttention,
     decoder_layers,
@@ -199,7 +200,7 @@ class PretrainedDecoder(nn.Module):
         """(B, L) ids -> (B, L, vocabulary) logits."""
         if attention_mask is None:
             keep = None
-        elif torch.jit.is_tracing():  # a traced graph takes the mask it is given
+        elif tracing():  # a traced graph takes the mask it is given
             keep = attention_mask.bool()
         else:
             keep = None if bool(attention_mask.all()) else attention_mask.bool()

@@ -46,6 +46,7 @@ from torch import nn
 
 from attnarena import ops
 from attnarena._validate import check_int, look_up
+from attnarena.ops._checks import tracing
 
 GATE_TEMPERATURE = 16.0  # GLA's gate normalizer, as Liger uses it
 EPS = 1e-6  # added to linear attention's normalizer, as ops.linear_attention does
@@ -133,7 +134,7 @@ class SoftmaxCore(Core):
 
     def forward(self, q, k, v, raw_k, keep):
         gqa = self.groups != 1
-        if gqa and torch.jit.is_tracing():  # ONNX has no grouped SDPA: heads shared by copies
+        if gqa and tracing():  # ONNX has no grouped SDPA: heads shared by copies
             k, v, gqa = _shared(k, self.groups), _shared(v, self.groups), False
         if keep is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
