@@ -397,21 +397,20 @@ def test_a_cores_step_on_tensors_equals_its_step(mechanism):
     """Twelve tokens after a prompt of 3 (LoLCATs' window of 5 wraps round its ring), each
     through ``step`` and through ``tensor_step`` from ``tensor_state``."""
     decoder = swapped(mechanism)
+    attention = decoder.attentions()[0]
     ids = torch.randint(0, 97, (2, 15), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         _, state = decoder.run(ids[:, :3], want_state=True)
-        tensors = [core.tensor_state(s) for core, s in
-                   zip([a.core for a in decoder.attentions()], state["layers"])]
+        layer = state["layers"][0]
+        tensors = attention.core.tensor_state(layer)
         for t in range(3, 15):
-            attention = decoder.attentions()[0]
             x = decoder.model.model.embed_tokens(ids[:, t:t + 1])
             rope = decoder.model.model.rotary_emb(x, torch.tensor([[t]]))
             q, k, v, raw_k = attention.project(x, *rope)
-            expected, state0 = attention.core.step(q, k, v, raw_k, state["layers"][0])
-            got, tensors[0] = attention.core.tensor_step(q, k, v, raw_k, *tensors[0])
+            expected, layer = attention.core.step(q, k, v, raw_k, layer)
+            got, tensors = attention.core.tensor_step(q, k, v, raw_k, *tensors)
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
-            state["layers"][0] = state0
-    for got, expected in zip(tensors[0], attention.core.tensor_state(state0)):
+    for got, expected in zip(tensors, attention.core.tensor_state(layer)):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
