@@ -486,7 +486,7 @@ def test_export_a_linearized_decoder_from_the_command_line(tiny_folder, tmp_path
         assert (out / name).is_file() and f"wrote {out / name}" in done.stdout
     assert (out / "tokenizer.json").is_file()
     readme = (out / "README.md").read_text()
-    assert "Not exported" not in readme and "`input_ids`, `attention_mask`" in readme
+    assert "No forward graph" not in readme and "`input_ids`, `attention_mask`" in readme
     ids = torch.randint(0, 1000, (2, 10))
     with torch.no_grad():
         expected = decoder(ids)
@@ -507,4 +507,4 @@ def test_export_writes_what_exports_and_names_what_does_not(tiny_folder, tmp_pat
     assert [p.name for p in written] == ["step.onnx", "step.json", "README.md"]
     assert not (tmp_path / "onnx" / "model.onnx").exists()
     readme = (tmp_path / "onnx" / "README.md").read_text()
-    assert "Not exported: " in readme and "diag_embed" in readme and "step.onnx" in readme
+    assert "No forward graph: " in readme and "diag_embed" in readme and "step.onnx" in readme

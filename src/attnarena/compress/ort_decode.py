@@ -140,7 +140,7 @@ class _PretrainedStep(nn.Module):
             attention = layer.self_attn
             q, k, v, raw_k = attention.project(layer.input_layernorm(x), *rope)
             o, parts = attention.core.tensor_step(q, k, v, raw_k, *parts)
-            x = x + attention.o_proj(o.transpose(1, 2).flatten(2).to(x.dtype))
+            x = x + attention.output(o, x.dtype)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
             out += parts
         return (self.model.lm_head(inner.norm(x))[:, 0], *out)
@@ -188,7 +188,7 @@ class _PretrainedLM:
         return None
 
     def prefill(self, prompt):
-        hidden, state = self.decoder.run(prompt, want_state=True, reserve=8)
+        hidden, state = self.decoder.run(prompt, want_state=True)
         return self.decoder.model.lm_head(hidden[:, -1]), state["layers"]
 
     @torch.no_grad()

@@ -285,13 +285,18 @@ class LolcatsCore(HedgehogCore):
         S = state["S"] + old.transpose(-1, -2) @ _with_ones(values[:, :, slot:slot + 1])
         keys[:, :, slot:slot + 1], values[:, :, slot:slot + 1] = k, v
         real[:, slot] = True
+        new = {"S": S, "k": keys, "v": values, "real": real, "slot": (slot + 1) % self.window}
+        return self._read_window(q, keys, values, real, S), new
+
+    def _read_window(self, q, keys, values, real, S):
+        """Outputs (B, H, 1, D) of one token's queries over the window (its keys in any
+        order, the newest among them) and the linear state ``S`` of the keys before it."""
         fq = ops.hedgehog_features(q, self.query_map)
         factor = torch.sigmoid(self.window_factor).view(self.kv_heads, self.groups)
         o = ops.factored_window_linear_step(
             _grouped(q, self.kv_heads)[:, :, :, 0], keys, values, real,
             _grouped(fq, self.kv_heads)[:, :, :, 0], S, window_factor=factor)
-        new = {"S": S, "k": keys, "v": values, "real": real, "slot": (slot + 1) % self.window}
-        return o.flatten(1, 2)[:, :, None], new
+        return o.flatten(1, 2)[:, :, None]
 
     def tensor_state(self, state):
         """The ring turned so that its oldest key comes first."""
@@ -310,12 +315,7 @@ class LolcatsCore(HedgehogCore):
         S = S + old.transpose(-1, -2) @ _with_ones(values[:, :, :1])
         keys, values = torch.cat([keys[:, :, 1:], k], dim=2), torch.cat([values[:, :, 1:], v], 2)
         real = torch.cat([real[:, 1:], torch.ones_like(real[:, :1])], dim=1)
-        fq = ops.hedgehog_features(q, self.query_map)
-        factor = torch.sigmoid(self.window_factor).view(self.kv_heads, self.groups)
-        o = ops.factored_window_linear_step(
-            _grouped(q, self.kv_heads)[:, :, :, 0], keys, values, real,
-            _grouped(fq, self.kv_heads)[:, :, :, 0], S, window_factor=factor)
-        return o.flatten(1, 2)[:, :, None], [S, keys, values, real]
+        return self._read_window(q, keys, values, real, S), [S, keys, values, real]
 
 
 def _gates(raw_k, keep):
@@ -481,8 +481,11 @@ class DecoderAttention(nn.Module):
             o, state = self.core.prefill(q, k, v, raw_k, keep, reserve)
         else:
             o = self.core(q, k, v, raw_k, keep)
-        B, _, L, _ = o.shape
-        return self.o_proj(o.transpose(1, 2).reshape(B, L, -1).to(hidden.dtype)), state
+        return self.output(o, hidden.dtype), state
+
+    def output(self, o, dtype):
+        """The heads' outputs (B, H, L, D) mapped back to the width: (B, L, width)."""
+        return self.o_proj(o.transpose(1, 2).flatten(2).to(dtype))
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         """As transformers calls a Llama attention, without its key/value cache (the arena's

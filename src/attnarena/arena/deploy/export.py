@@ -46,22 +46,23 @@ def export_run_onnx(source, out_dir, *, results_dir="results") -> list[Path]:
     written = [out / "model.onnx", out / "onnx_signature.json"]
     readme = _readme(graph, f"{run['task']} / {run['mixer']} (seed {run['seed']}), ONNX",
                      "from attnarena.compress.ort import OrtModel\nmodel = OrtModel.load('.')")
-    words, step_files = _step_graph(subject.model, run["mixer"], out)
+    words, step_files = _step_graph(subject.model, f"a model of {run['mixer']}", out)
     (out / "config.json").write_text(json.dumps(run, indent=2))
     (out / "README.md").write_text(readme + words)
     return [*written, *step_files, out / "config.json", out / "README.md"]
 
 
-def _step_graph(model, mixer: str, out: Path) -> tuple[str, list[Path]]:
-    """A causal LM's decoding step as ``step.onnx`` when it has one: (the README's words
-    on it, the files written)."""
+def _step_graph(model, name: str, out: Path) -> tuple[str, list[Path]]:
+    """A causal LM's decoding step (an arena ``CausalLM``'s or a pretrained decoder's) as
+    ``step.onnx`` when it has one: (the README's words on it, the files written)."""
     from attnarena.compress.ort_decode import export_decoder
     from attnarena.models.lm import CausalLM
+    from attnarena.pretrained import PretrainedDecoder
 
-    if not isinstance(model, CausalLM):
+    if not isinstance(model, (CausalLM, PretrainedDecoder)):
         return "", []
     try:
-        decoder = export_decoder(model, name=f"a model of {mixer}")
+        decoder = export_decoder(model, name=name)
     except ValueError as error:
         return f"\nNo decoding step graph: {error}.\n", []
     decoder.save(out)
@@ -106,7 +107,6 @@ def _export_decoder_onnx(decoder, name, out: Path) -> list[Path]:
     """A pretrained causal LM: its forward (left-padded ids and mask -> logits) where its
     mechanisms export, and its decoding step; a ValueError when neither does."""
     from attnarena.compress.ort import export_onnx
-    from attnarena.compress.ort_decode import export_decoder
     from attnarena.pretrained.corpus import corpus_split
 
     mechanisms = sorted({a.mechanism for a in decoder.attentions()})
@@ -115,31 +115,21 @@ def _export_decoder_onnx(decoder, name, out: Path) -> list[Path]:
     batch = decoder.tokenizer(corpus_split("train")[:4], padding=True, truncation=True,
                               max_length=48, return_tensors="pt")
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    written, parts, refusals = [], [], []
     try:
         graph = export_onnx(decoder, lambda m: m(input_ids=ids, attention_mask=mask),
                             name=str(name))
     except ValueError as error:
-        refusals.append(str(error))
+        graph, refusal = None, f"No forward graph: {error}."
+        readme = f"# {title}\n\n{refusal}\n"
     else:
         graph.save(out)
-        written += [out / "model.onnx", out / "onnx_signature.json"]
-        parts.append(_readme(graph, title, "from attnarena.compress.ort import OrtModel\n"
-                             "model = OrtModel.load('.')\n"
-                             "logits = model(input_ids=ids, attention_mask=mask)"))
-    try:
-        step = export_decoder(decoder, name=str(name))
-    except ValueError as error:
-        refusals.append(str(error))
-    else:
-        step.save(out)
-        written += [out / "step.onnx", out / "step.json"]
-        if not parts:
-            parts.append(f"# {title}\n")
-        parts.append(_STEP_WORDS)
-    if not written:
-        raise ValueError("; ".join(refusals))
+        readme = _readme(graph, title, "from attnarena.compress.ort import OrtModel\n"
+                         "model = OrtModel.load('.')\n"
+                         "logits = model(input_ids=ids, attention_mask=mask)")
+    words, step_files = _step_graph(decoder, str(name), out)
+    if graph is None and not step_files:
+        raise ValueError(f"{refusal} {words.strip()}")
     decoder.tokenizer.save_pretrained(str(out))
-    parts += [f"\nNot exported: {reason}.\n" for reason in refusals]
-    (out / "README.md").write_text("".join(parts))
-    return [*written, out / "README.md"]
+    (out / "README.md").write_text(readme + words)
+    forward = [] if graph is None else [out / "model.onnx", out / "onnx_signature.json"]
+    return [*forward, *step_files, out / "README.md"]
