@@ -1,12 +1,16 @@
-"""Time and peak memory of an inference forward (no gradients) with the fixed-state
-mechanisms run whole and run in pieces of ``stream_tokens`` (``Mixer.streams``), softmax
-(SDPA) beside them, in one run:
+"""Time and peak memory of the fixed-state mechanisms run whole and run in pieces
+(``Mixer.streams``), softmax (SDPA) beside them, in one run: an inference forward (no
+gradients; pieces of ``stream_tokens``) or a training forward + backward (pieces of
+``train_rows`` rows, batch x tokens, recomputed in the backward pass):
 
     python benchmarks/streamed_forward.py [--lengths 1024,4096,16384] [--mixers linear,gla]
+    python benchmarks/streamed_forward.py --pass fwdbwd --batch 8 --threads 2 \\
+        --lengths 512,2048,8192
 
-Batch 1, 4 heads of 64, float32, causal, one thread; each case through the speed sweep's
-own measurement (``attnarena speed``: a warm-up call, then bursts of calls, median and
-quartiles), so its figures read like the sweep's.
+4 heads of 64, float32, causal; batch 1 and one thread unless given. Each case goes
+through the speed sweep's own measurement (``attnarena speed``: a warm-up call, then bursts
+of calls, median and quartiles), so its figures read like the sweep's; a mechanism's two
+cases run one after the other.
 """
 from __future__ import annotations
 
@@ -18,21 +22,29 @@ from attnarena.arena.measure.speed import SpeedConfig, measure_case
 from attnarena.mixers.base import Mixer
 from attnarena.options import MixerSpec
 
-PIECES = Mixer.stream_tokens
 WHOLE = 1 << 40  # longer than any sequence: never in pieces
 MIXERS = ["linear", "gla", "retention", "deltanet", "gated_deltanet", "mamba2", "mamba"]
+SIZE = {"fwd": "stream_tokens", "fwdbwd": "train_rows"}  # what sets each pass's pieces
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default="1024,4096,16384")
     p.add_argument("--mixers", default=",".join(MIXERS))
+    p.add_argument("--pass", dest="pass_", choices=sorted(SIZE), default="fwd")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     lengths = [int(n) for n in args.lengths.split(",")]
-    cfg = SpeedConfig(mixers=["softmax"], lengths=lengths, pass_="fwd", repeats=args.repeats)
-    print(f"| mechanism | L | whole: ms (q1-q3) | whole: MiB | in pieces of {PIECES}: "
+    cfg = SpeedConfig(mixers=["softmax"], lengths=lengths, pass_=args.pass_,
+                      batch=args.batch, repeats=args.repeats)
+    attribute = SIZE[args.pass_]
+    pieces = getattr(Mixer, attribute)
+    tokens = pieces if args.pass_ == "fwd" else -(-pieces // args.batch)
+    print(f"{args.pass_}, batch {args.batch}, {args.threads} thread(s)\n")
+    print(f"| mechanism | L | whole: ms (q1-q3) | whole: MiB | in pieces of {tokens}: "
           "ms (q1-q3) | in pieces: MiB |")
     print("|---|---|---|---|---|---|")
 
@@ -42,16 +54,19 @@ def main(argv=None) -> None:
         return (f"{row['median_ms']:.1f} ({row['q1_ms']:.1f}-{row['q3_ms']:.1f})",
                 f"{row['peak_mem_mb']:.1f}")
 
-    for n in lengths:
-        soft = cell(measure_case(MixerSpec.parse("softmax"), n, cfg))
-        print(f"| softmax (SDPA) | {n} | {soft[0]} | {soft[1]} | | |")
-        for name in args.mixers.split(","):
-            spec = MixerSpec.parse(name)
-            cells = []
-            for pieces in (WHOLE, PIECES):  # streaming starts past 2 * stream_tokens
-                Mixer.stream_tokens = pieces
-                cells += cell(measure_case(spec, n, cfg))
-            print(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    try:
+        for n in lengths:
+            soft = cell(measure_case(MixerSpec.parse("softmax"), n, cfg))
+            print(f"| softmax (SDPA) | {n} | {soft[0]} | {soft[1]} | | |", flush=True)
+            for name in args.mixers.split(","):
+                spec = MixerSpec.parse(name)
+                cells = []
+                for size in (WHOLE, pieces):  # pieces start past 2 x the piece length
+                    setattr(Mixer, attribute, size)
+                    cells += cell(measure_case(spec, n, cfg))
+                print(f"| {name} | {n} | " + " | ".join(cells) + " |", flush=True)
+    finally:
+        setattr(Mixer, attribute, pieces)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,63 @@ def test_a_long_inference_forward_runs_in_pieces_with_the_same_outputs(name):
     assert calls == []
 
 
+def _gradients(mixer, x, weight):
+    """Output, and gradients of <output, weight> w.r.t. x and every parameter."""
+    x = x.detach().requires_grad_(True)
+    mixer.zero_grad(set_to_none=True)
+    y = mixer(x)
+    (y * weight).sum().backward()
+    return y.detach(), x.grad, {n: p.grad for n, p in mixer.named_parameters()
+                                if p.requires_grad}
+
+
+@pytest.mark.parametrize("name", STREAMERS)
+def test_a_long_training_forward_runs_in_recomputed_pieces_with_the_same_gradients(name):
+    """Under gradients a streaming mixer runs past twice its piece length (train_rows over
+    the batch) as pieces recomputed in the backward pass: the whole forward's outputs and gradients
+    (of the input and of every parameter), float64."""
+    mixer = make_mixer(name, causal=True, dtype=torch.float64)
+    x, _ = inputs("causal", L=19, dtype=torch.float64)
+    weight = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    mixer.streams = False
+    whole = _gradients(mixer, x, weight)
+    del mixer.streams
+    mixer.train_rows = 8  # batch 2: pieces of 4 tokens
+    calls = []
+    original = mixer._prefill
+    mixer._prefill = lambda piece, state: calls.append(
+        (piece.shape[1], torch.is_grad_enabled())) or original(piece, state)
+    pieced = _gradients(mixer, x, weight)
+    forward, backward = calls[:5], calls[5:]
+    assert forward == [(4, False)] * 4 + [(3, False)]  # without a graph, in pieces
+    assert backward == [(3, True)] + [(4, True)] * 4  # recomputed last to first
+    torch.testing.assert_close(pieced[0], whole[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(pieced[1], whole[1], rtol=1e-10, atol=1e-10)
+    assert pieced[2].keys() == whole[2].keys()
+    for key, grad in whole[2].items():
+        if grad is None:
+            assert pieced[2][key] is None or not pieced[2][key].any(), key
+        else:
+            torch.testing.assert_close(pieced[2][key], grad, rtol=1e-10, atol=1e-10,
+                                       msg=lambda m, key=key: f"{key}: {m}")
+
+
+def test_training_in_pieces_needs_a_gradient_and_no_mask():
+    mixer = make_mixer("gla", causal=True)
+    mixer.train_rows = 8
+    calls = []
+    original = mixer._prefill
+    mixer._prefill = lambda piece, state: calls.append(piece.shape[1]) or original(piece, state)
+    x, _ = inputs("causal", L=19)
+    mixer(x, mask=torch.ones(x.shape[:2], dtype=torch.bool)).sum().backward()
+    for p in mixer.parameters():
+        p.requires_grad_(False)
+    mixer(x)  # nothing to differentiate: the whole forward
+    assert calls == []
+    mixer(x.requires_grad_(True)).sum().backward()
+    assert calls == [4, 4, 4, 4, 3, 3, 4, 4, 4, 4]
+
+
 def test_a_growing_cache_does_not_stream():
     assert not make_mixer("softmax", causal=True).streams
     assert {"linear", "gla", "retention", "deltanet", "mamba2"} <= set(STREAMERS)

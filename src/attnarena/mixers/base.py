@@ -16,6 +16,7 @@ from torch import nn
 
 from attnarena._validate import (NonFiniteError, check_finite, check_int, check_mask,
                                  debug_checks_on, entering, inside)
+from attnarena.mixers.pieces import train_in_pieces
 from attnarena.ops._checks import tracing
 from attnarena.registry import MixerInfo
 
@@ -38,9 +39,13 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     # A causal mixer whose decoding state has a fixed size (a recurrence, not a KV cache)
     # runs a long forward without gradients (inference: no mask, no context) as prefills of
     # ``stream_tokens`` tokens at a time, carrying its state: the same outputs, with the
-    # memory of one piece's intermediates instead of the whole sequence's.
+    # memory of one piece's intermediates instead of the whole sequence's. Under gradients
+    # (training, no mask, no context) it runs as pieces of about ``train_rows`` rows (batch
+    # x tokens) whose intermediates the backward pass recomputes (mixers/pieces.py): the
+    # same gradients. Set ``streams = False`` on an instance to run every forward whole.
     streams: bool = False
     stream_tokens: int = 512
+    train_rows: int = 2048
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, *,
                  form: str | None = None, chunk_size: int | None = None):
@@ -100,6 +105,8 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         with inside():
             if self._streaming(x, context, mask):
                 y = self._stream(x)
+            elif self._training_in_pieces(x, context, mask):
+                y = train_in_pieces(self, x, self._train_tokens(x.shape[0]))
             else:
                 y = self._forward(x, context, mask)
         # a direct call's output is checked once; inside a model, the loss catches divergence
@@ -132,6 +139,22 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         return (self.streams and self.causal and context is None and mask is None
                 and not torch.is_grad_enabled() and x.shape[1] > 2 * self.stream_tokens
                 and self.info.decodes and not tracing())
+
+    def _train_tokens(self, batch_size: int) -> int:
+        """Tokens per piece under gradients: about ``train_rows`` rows of the batch."""
+        return -(-self.train_rows // max(batch_size, 1))
+
+    def _training_in_pieces(self, x, context, mask) -> bool:
+        return (self.streams and self.causal and context is None and mask is None
+                and torch.is_grad_enabled()
+                and x.shape[1] > 2 * self._train_tokens(x.shape[0])
+                and self.info.decodes and not tracing()
+                and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
+
+    def _training_start(self, batch_size, device, dtype):
+        """The state training in pieces starts from: the one a whole forward starts from, so
+        that a learned initial state's parameters receive their gradients."""
+        return self._init_state(batch_size, device, dtype)
 
     def _stream(self, x):
         """The causal forward as prefills of ``stream_tokens`` tokens, state carried."""

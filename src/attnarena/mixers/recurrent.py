@@ -46,6 +46,9 @@ class RecurrentMixer(Mixer):
     def _prefill(self, x, state):
         return self._sequence(x, state, None, self.form)
 
+    def _training_start(self, batch_size, device, dtype):
+        return None  # where _forward's pass starts (the empty state)
+
     def _step(self, x_t, state):
         y, state = self._sequence(x_t[:, None], state, None, "recurrent")
         return y[:, 0], state
