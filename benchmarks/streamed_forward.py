@@ -35,13 +35,16 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--train-rows", type=int, default=2048,
+                   help="rows (batch x tokens) of a training piece (the option train_rows)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     lengths = [int(n) for n in args.lengths.split(",")]
     cfg = SpeedConfig(mixers=["softmax"], lengths=lengths, pass_=args.pass_,
                       batch=args.batch, repeats=args.repeats)
     attribute = SIZE[args.pass_]
-    pieces = getattr(Mixer, attribute)
+    pieces = Mixer.stream_tokens if args.pass_ == "fwd" else args.train_rows
+    kept = getattr(Mixer, attribute)
     tokens = pieces if args.pass_ == "fwd" else -(-pieces // args.batch)
     print(f"{args.pass_}, batch {args.batch}, {args.threads} thread(s)\n")
     print(f"| mechanism | L | whole: ms (q1-q3) | whole: MiB | in pieces of {tokens}: "
@@ -66,7 +69,7 @@ def main(argv=None) -> None:
                     cells += cell(measure_case(spec, n, cfg))
                 print(f"| {name} | {n} | " + " | ".join(cells) + " |", flush=True)
     finally:
-        setattr(Mixer, attribute, pieces)
+        setattr(Mixer, attribute, kept)
 
 
 if __name__ == "__main__":

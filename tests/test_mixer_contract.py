@@ -231,6 +231,63 @@ def test_training_in_pieces_needs_a_gradient_and_no_mask():
     assert calls == [4, 4, 4, 4, 3, 3, 4, 4, 4, 4]
 
 
+def test_training_in_pieces_leaves_hooked_mixers_whole_and_refuses_outside_tensors():
+    """A hook inside the mixer (pruning's gates) sees one forward and gets its gradient; a
+    forward that reads a tensor requiring gradients from elsewhere is refused, not given
+    a lost gradient."""
+    mixer = make_mixer("gla", causal=True, dtype=torch.float64)
+    mixer.train_rows = 8
+    x, _ = inputs("causal", L=19, dtype=torch.float64)
+    gate = torch.ones(mixer.dim, dtype=torch.float64, requires_grad=True)
+    seen = []
+    handle = mixer.o_proj.register_forward_pre_hook(
+        lambda module, args: seen.append(1) or (args[0] * gate,))
+    mixer(x).square().sum().backward()
+    handle.remove()
+    assert len(seen) == 1 and gate.grad is not None and gate.grad.abs().sum() > 0
+    whole = gate.grad.clone()
+    gate.grad = None
+    mixer.streams = False
+    handle = mixer.o_proj.register_forward_pre_hook(lambda module, args: (args[0] * gate,))
+    mixer(x).square().sum().backward()
+    handle.remove()
+    torch.testing.assert_close(gate.grad, whole, rtol=1e-12, atol=1e-12)
+    del mixer.streams
+    outside = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    original = mixer._prefill
+
+    def scaled(piece, state):
+        y, state = original(piece, state)
+        return y * outside, state
+
+    mixer._prefill = scaled
+    y = mixer(x)
+    with pytest.raises(RuntimeError, match="requiring gradients from outside.*streams = False"):
+        y.sum().backward()
+
+
+def test_training_in_pieces_is_an_option_of_the_streaming_mixers():
+    assert aa.mixer_options("gla")["train_rows"] is None
+    assert "train_rows" not in aa.mixer_options("softmax")
+    mixer = aa.create_mixer("gla", 16, heads=2, causal=True, train_rows=8)
+    assert mixer.train_rows == 8 and mixer._train_tokens(2) == 4
+    calls = []
+    original = mixer._prefill
+    mixer._prefill = lambda piece, state: calls.append(piece.shape[1]) or original(piece, state)
+    x, _ = inputs("causal", L=19)
+    mixer(x.requires_grad_(True)).sum().backward()
+    assert calls[:5] == [4, 4, 4, 4, 3]
+    calls.clear()
+    plain = aa.create_mixer("gla", 16, heads=2, causal=True)
+    plain._prefill = mixer._prefill
+    plain(x).sum().backward()  # without the option, training runs whole
+    assert calls == []
+    with pytest.raises(ValueError, match="train_rows"):
+        aa.create_mixer("softmax", 16, heads=2, causal=True, train_rows=8)
+    with pytest.raises(ValueError, match="train_rows"):
+        aa.create_mixer("gla", 16, heads=2, causal=True, train_rows=0)
+
+
 def test_a_growing_cache_does_not_stream():
     assert not make_mixer("softmax", causal=True).streams
     assert {"linear", "gla", "retention", "deltanet", "mamba2"} <= set(STREAMERS)

@@ -9,7 +9,7 @@ import fnmatch
 import inspect
 from dataclasses import dataclass
 
-from attnarena._validate import check_options, look_up
+from attnarena._validate import check_int, check_options, look_up
 
 PATTERNS = ("self", "causal", "cross", "causal_cross")
 FORMS = ("parallel", "chunk", "recurrent")
@@ -175,10 +175,13 @@ def mixer_options(name: str) -> dict[str, object]:
     cls = _mixer_class(name)
     params = inspect.signature(cls.__init__).parameters
     # form and chunk_size defaulting to None are the base class's "not taken"
-    return {p.name: p.default for p in params.values()
-            if p.name not in ("self", "dim", "heads", "causal")
-            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-            and not (p.name in ("form", "chunk_size") and p.default is None)}
+    options = {p.name: p.default for p in params.values()
+               if p.name not in ("self", "dim", "heads", "causal")
+               and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+               and not (p.name in ("form", "chunk_size") and p.default is None)}
+    if cls.streams:  # a fixed-size state: training in pieces (mixers/pieces.py)
+        options["train_rows"] = cls.train_rows
+    return options
 
 
 def create_mixer(name: str, dim: int, heads: int = 1, causal: bool = False, **options):
@@ -195,7 +198,13 @@ def create_mixer(name: str, dim: int, heads: int = 1, causal: bool = False, **op
         The mixer, an ``nn.Module`` subclass of ``attnarena.mixers.Mixer``.
     """
     check_mixer_options(name, options)
-    return _mixer_class(name)(dim=dim, heads=heads, causal=causal, **options)
+    options = dict(options)
+    train_rows = options.pop("train_rows", None)
+    mixer = _mixer_class(name)(dim=dim, heads=heads, causal=causal, **options)
+    if train_rows is not None:
+        check_int(train_rows, "train_rows")
+        mixer.train_rows = train_rows
+    return mixer
 
 
 def check_mixer_options(name: str, options, where: str = "") -> None:

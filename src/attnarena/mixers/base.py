@@ -16,7 +16,7 @@ from torch import nn
 
 from attnarena._validate import (NonFiniteError, check_finite, check_int, check_mask,
                                  debug_checks_on, entering, inside)
-from attnarena.mixers.pieces import train_in_pieces
+from attnarena.mixers.pieces import has_hooks, train_in_pieces
 from attnarena.ops._checks import tracing
 from attnarena.registry import MixerInfo
 
@@ -39,13 +39,14 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
     # A causal mixer whose decoding state has a fixed size (a recurrence, not a KV cache)
     # runs a long forward without gradients (inference: no mask, no context) as prefills of
     # ``stream_tokens`` tokens at a time, carrying its state: the same outputs, with the
-    # memory of one piece's intermediates instead of the whole sequence's. Under gradients
-    # (training, no mask, no context) it runs as pieces of about ``train_rows`` rows (batch
-    # x tokens) whose intermediates the backward pass recomputes (mixers/pieces.py): the
-    # same gradients. Set ``streams = False`` on an instance to run every forward whole.
+    # memory of one piece's intermediates instead of the whole sequence's. With the option
+    # ``train_rows`` set, a forward under gradients (training, no mask, no context) also
+    # runs as pieces of about that many rows (batch x tokens) whose intermediates the
+    # backward pass recomputes (mixers/pieces.py): the same gradients, a fraction of the
+    # memory, one more forward's time. ``streams = False`` on an instance runs all whole.
     streams: bool = False
     stream_tokens: int = 512
-    train_rows: int = 2048
+    train_rows: int | None = None
 
     def __init__(self, dim: int, heads: int = 1, causal: bool = False, *,
                  form: str | None = None, chunk_size: int | None = None):
@@ -103,11 +104,12 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         if x.shape[0] == 0:
             return x.new_zeros(x.shape)
         with inside():
+            y = None
             if self._streaming(x, context, mask):
                 y = self._stream(x)
             elif self._training_in_pieces(x, context, mask):
                 y = train_in_pieces(self, x, self._train_tokens(x.shape[0]))
-            else:
+            if y is None:
                 y = self._forward(x, context, mask)
         # a direct call's output is checked once; inside a model, the loss catches divergence
         if entry and not bool(torch.isfinite(y).all()):  # finite inputs: the dtype overflowed
@@ -145,11 +147,12 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         return -(-self.train_rows // max(batch_size, 1))
 
     def _training_in_pieces(self, x, context, mask) -> bool:
-        return (self.streams and self.causal and context is None and mask is None
-                and torch.is_grad_enabled()
+        return (self.streams and self.train_rows is not None and self.causal
+                and context is None and mask is None and torch.is_grad_enabled()
                 and x.shape[1] > 2 * self._train_tokens(x.shape[0])
                 and self.info.decodes and not tracing()
-                and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
+                and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+                and not has_hooks(self))
 
     def _training_start(self, batch_size, device, dtype):
         """The state training in pieces starts from: the one a whole forward starts from, so
