@@ -184,12 +184,7 @@ def _gradients(mixer, x, weight):
                                 if p.requires_grad}
 
 
-@pytest.mark.parametrize("name", STREAMERS)
-def test_a_long_training_forward_runs_in_recomputed_pieces_with_the_same_gradients(name):
-    """Under gradients a streaming mixer runs past twice its piece length (train_rows over
-    the batch) as pieces recomputed in the backward pass: the whole forward's outputs and gradients
-    (of the input and of every parameter), float64."""
-    mixer = make_mixer(name, causal=True, dtype=torch.float64)
+def _pieces_match_whole(mixer):
     x, _ = inputs("causal", L=19, dtype=torch.float64)
     weight = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     mixer.streams = False
@@ -213,6 +208,27 @@ def test_a_long_training_forward_runs_in_recomputed_pieces_with_the_same_gradien
         else:
             torch.testing.assert_close(pieced[2][key], grad, rtol=1e-10, atol=1e-10,
                                        msg=lambda m, key=key: f"{key}: {m}")
+
+
+@pytest.mark.parametrize("name", STREAMERS)
+def test_a_long_training_forward_runs_in_recomputed_pieces_with_the_same_gradients(name):
+    """With ``train_rows`` set, a streaming mixer under gradients runs past twice its piece
+    length (train_rows over the batch) as pieces recomputed in the backward pass: the whole
+    forward's outputs and gradients (of the input and of every parameter), float64."""
+    _pieces_match_whole(make_mixer(name, causal=True, dtype=torch.float64))
+
+
+FORM_CASES = [(n, f) for n in STREAMERS if "form" in aa.mixer_options(n)
+              for f in sorted(aa.mixer_info(n).forms) if f != aa.mixer_options(n)["form"]]
+
+
+@pytest.mark.parametrize("name,form", FORM_CASES, ids=[f"{n}-{f}" for n, f in FORM_CASES])
+def test_training_in_pieces_in_every_form(name, form):
+    """Pieces run the mixer's own form; each form's gradients in pieces are its whole
+    forward's (and the chunk form's at other chunk sizes)."""
+    _pieces_match_whole(make_mixer(name, causal=True, dtype=torch.float64, form=form))
+    if "chunk_size" in aa.mixer_options(name) and form == "recurrent":
+        _pieces_match_whole(make_mixer(name, causal=True, dtype=torch.float64, chunk_size=3))
 
 
 def test_training_in_pieces_needs_a_gradient_and_no_mask():
