@@ -167,7 +167,9 @@ def _chunked(q, k, v, beta, log_alpha, S, C):
         beta = F.pad(beta, (0, pad))
         log_alpha = None if log_alpha is None else F.pad(log_alpha, (0, pad))
     n = (L + pad) // C
-    qc, kc, vc = (t.reshape(B, H, n, C, -1) for t in (q, k, v))
+    # contiguous once: heads split from (B, L, H, D) are strided views, which every batched
+    # product below would otherwise copy again
+    qc, kc, vc = (t.contiguous().reshape(B, H, n, C, -1) for t in (q, k, v))
     bc = beta.reshape(B, H, n, C, 1)
     if log_alpha is None:  # DeltaNet: no decay, so every ratio below is 1 and no factor
         ratio = torch.ones(C, C, dtype=q.dtype, device=q.device).tril()
@@ -182,23 +184,26 @@ def _chunked(q, k, v, beta, log_alpha, S, C):
         end_decay = prefix[:, :, :, -1:].exp()  # (B, H, n, 1, 1)
 
     # T = (I + strictly_lower(diag(beta) Gamma K K^T))^-1 diag(beta), batched over chunks.
-    kk = kc @ kc.transpose(-1, -2)
-    system = (bc * ratio * kk).tril(-1) + torch.eye(C, dtype=q.dtype, device=q.device)
+    # The solve reads only the strict lower triangle (unit diagonal, upper part ignored, and
+    # its gradient kept to that triangle), so the matrix is passed without masking it.
+    system = bc * ratio * (kc @ kc.transpose(-1, -2))
     T = torch.linalg.solve_triangular(system, torch.diag_embed(bc[..., 0]), upper=False,
                                       unitriangular=True)
     W = T @ k_at_start  # (B, H, n, C, Dk)
     U = T @ vc  # (B, H, n, C, Dv)
-    del kk, system, T  # not read below (autograd keeps its own references)
+    del system, T  # not read below (autograd keeps its own references)
     attend = (qc @ kc.transpose(-1, -2)) * ratio  # (B, H, n, C, C), lower incl. diagonal
 
     # Within chunk i, pseudo_i = U_i - W_i S_i, so o_i = (q_i - A_i W_i) S_i + A_i U_i and
     # S_(i+1) = (end_i I - K_i^T W_i) S_i + K_i^T U_i with K_i the keys decayed to the
     # chunk's end: everything but one (Dk, Dk) @ (Dk, Dv) product per chunk is batched over
     # chunks, and the sequential loop carries only that product.
-    reads = q_from_start - attend @ W  # (B, H, n, C, Dk)
+    flat = B * H * n  # the products below are fused with their sums as 3-D baddbmm
+    reads = torch.baddbmm(q_from_start.reshape(flat, C, Dk), attend.reshape(flat, C, C),
+                          W.reshape(flat, C, Dk), alpha=-1).reshape(B, H, n, C, Dk)
     within = attend @ U  # (B, H, n, C, Dv)
     k_end_t = k_to_end.transpose(-1, -2)
-    transition = -(k_end_t @ W)  # (B, H, n, Dk, Dk)
+    transition = (k_end_t @ W).neg_()  # (B, H, n, Dk, Dk); in place: nothing reads the product
     transition.diagonal(dim1=-2, dim2=-1).add_(1 if end_decay is None else end_decay[..., 0])
     writes = k_end_t @ U  # (B, H, n, Dk, Dv)
     del attend, W, U
@@ -208,5 +213,6 @@ def _chunked(q, k, v, beta, log_alpha, S, C):
         S = torch.baddbmm(writes[:, :, i].reshape(B * H, Dk, Dv),
                           transition[:, :, i].reshape(B * H, Dk, Dk),
                           S.reshape(B * H, Dk, Dv)).reshape(B, H, Dk, Dv)
-    o = (within + reads @ torch.stack(before, dim=2)).reshape(B, H, n * C, Dv)
+    o = torch.baddbmm(within.reshape(flat, C, Dv), reads.reshape(flat, C, Dk),
+                      torch.stack(before, dim=2).reshape(flat, Dk, Dv)).reshape(B, H, n * C, Dv)
     return o[:, :, :L], S
