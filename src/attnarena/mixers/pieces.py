@@ -13,7 +13,7 @@ it both its output's gradient and the gradient of the state it handed on. What s
 allocated is the input, the output, their gradients and one piece's intermediates; the
 price is the forward run twice (the trade of activation checkpointing, Chen et al. 2016,
 "Training Deep Nets with Sublinear Memory Cost"), and the gradients are the whole
-forward's.
+forward's (first derivatives only).
 
 The whole loop is one autograd node that writes each piece's output and input gradient
 into one buffer: no graph is kept between pieces and nothing small outlives a piece, so
