@@ -278,7 +278,7 @@ def test_training_in_pieces_leaves_hooked_mixers_whole_and_refuses_outside_tenso
 
     mixer._prefill = scaled
     y = mixer(x)
-    with pytest.raises(RuntimeError, match="requiring gradients from outside.*streams = False"):
+    with pytest.raises(RuntimeError, match="requiring gradients from outside.*train_rows = None"):
         y.sum().backward()
 
 

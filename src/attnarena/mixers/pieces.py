@@ -161,8 +161,8 @@ def _check_leaves(outputs, known) -> None:
             raise RuntimeError(
                 f"training in pieces recomputed a forward that uses a tensor of shape "
                 f"{tuple(leaf.shape)} requiring gradients from outside the mixer's input, "
-                "state and parameters; its gradient would be lost. Set the mixer's "
-                "streams = False to train it whole")
+                "state and parameters; its gradient would be lost. Leave the option "
+                "train_rows unset (mixer.train_rows = None) to train it whole")
         stack.extend(next_node for next_node, _ in node.next_functions)
 
 
