@@ -47,8 +47,9 @@ RESULTS = {  # test accuracy of seeds 0..4
 }
 
 
-def _store(tmp_path, results=RESULTS, task_options=None):
-    """Runs of MQAR (depth 4) with the given test accuracy per seed."""
+def _store(tmp_path, results=RESULTS, task_options=None, by_length=None):
+    """Runs of MQAR (depth 4) with the given test accuracy per seed (and, with
+    ``by_length``, {length: factor}, accuracy x factor at each test length)."""
     store = Store(tmp_path / "seeds.sqlite")
     for mixer, accuracies in results.items():
         for seed, accuracy in enumerate(accuracies):
@@ -61,6 +62,9 @@ def _store(tmp_path, results=RESULTS, task_options=None):
             store.finish_run(run.id, {"metric": "accuracy", "test_accuracy": accuracy,
                                       "best_val_accuracy": accuracy, "history": history,
                                       "params": 100, "tokens_per_s": 1000.0 + seed,
+                                      **({"test_by_length": {
+                                          str(n): accuracy * f for n, f in by_length.items()}}
+                                         if by_length else {}),
                                       "peak_mem_mb": 5.0, "steps": 10,
                                       "train_seconds": 1.0}, "t")
     return store
@@ -86,6 +90,17 @@ def test_the_leaderboard_shows_mean_spread_n_and_solved_seeds(tmp_path):
     order = [line.split("|")[1].strip() for line in board.splitlines()
              if line.startswith("| ") and "|---" not in line and "mixer" not in line]
     assert order[:3] == ["softmax", "3*linear+softmax", "linear"]
+
+
+def test_the_seeds_table_shows_each_test_length_with_its_spread(tmp_path):
+    board = leaderboard_markdown(_store(tmp_path, by_length={16: 1.0, 64: 0.5}))
+    head = next(line for line in board.splitlines() if line.startswith("| mixer |"))
+    assert [c.strip() for c in head.split("|")[4:7]] == ["min – max", "L=16", "L=64"]
+    cells = [c.strip() for c in _row(board, "3*linear+softmax").split("|")[1:-1]]
+    hybrid = RESULTS["3*linear+softmax"]
+    assert cells[4:6] == [format_spread(spread(hybrid), "accuracy"),
+                          format_spread(spread([a * 0.5 for a in hybrid]), "accuracy")]
+    assert "Length generalization" in board
 
 
 def test_one_seed_per_setting_keeps_the_table_of_runs(tmp_path):

@@ -250,6 +250,12 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
+def _length_spread(runs, length: int, metric: str) -> str:
+    values = [r["by_length"][str(length)] for r in runs
+              if str(length) in (r.get("by_length") or {})]
+    return format_spread(spread(values), metric) if values else "-"
+
+
 def _seeds_table(task, mine) -> list[str]:
     """A task's table when some setting ran several seeds: one row per setting, with the
     mean, spread and n of its seeds, the seeds that solved it, and whether its gap to the
@@ -269,7 +275,12 @@ def _seeds_table(task, mine) -> list[str]:
               + "; vs best: worse only where the gap to the best mean exceeds the two "
               "standard deviations together" + (" and half a point" if accuracy else "")
               + ", else within spread.", ""]
+    lengths = sorted({int(n) for r in mine for n in (r.get("by_length") or {})})
+    if lengths:
+        lines += [f"Length generalization: test {metric} at each length (L=...), mean ± "
+                  "standard deviation over the seeds, the model trained at the first.", ""]
     head = (["mixer"] + swept + ["n", f"test {metric}", "min – max"]
+            + [f"L={n}" for n in lengths]
             + (["solved", "solved at step"] if accuracy else [])
             + ["vs best", f"best val {metric}", "train tokens/s", "peak MiB", "params"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -281,6 +292,7 @@ def _seeds_table(task, mine) -> list[str]:
         cells = ([g["mixer"]] + [format_value(g["settings"].get(k)) for k in swept]
                  + [str(g["test"].n), format_spread(g["test"], metric),
                     format_range(g["test"], metric)]
+                 + [_length_spread(runs, n, metric) for n in lengths]
                  + ([f"{g['test'].reached(SOLVED)} of {g['test'].n}",
                      ", ".join(f"{r['solved_at']:,}" for r in runs
                                if r["solved_at"] is not None and r["test"] >= SOLVED) or "-"]
