@@ -661,3 +661,23 @@ def test_gla_step_continues_the_sequence_one_token_at_a_time(length, seed):
     half, wide = ops.gla_step(q[:, :, 0].half(), k[:, :, 0].half(), v[:, :, 0].half(),
                               log_g=log_g[:, :, 0].half(), state=state.float())
     assert half.dtype == torch.float16 and wide.dtype == torch.float32
+
+
+def test_the_compiled_scan_runs_on_torchs_thread_count():
+    """A job told to use one thread (torch.set_num_threads) runs the compiled scan on one:
+    numba's own default is every core."""
+    numba = pytest.importorskip("numba")
+    g = torch.Generator().manual_seed(2)
+    u, delta = torch.randn(1, 4, 6, generator=g), torch.rand(1, 4, 6, generator=g)
+    A, B, C = -torch.rand(4, 3, generator=g), torch.randn(1, 3, 6, generator=g), \
+        torch.randn(1, 3, 6, generator=g)
+    before = torch.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            torch.set_num_threads(threads)
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+            x = u.clone().requires_grad_(True)
+            ops.selective_scan(x, delta, A, B, C, backend="compiled").sum().backward()
+            assert numba.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)

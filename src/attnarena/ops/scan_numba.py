@@ -139,6 +139,12 @@ def _array(t):
     return t.detach().contiguous().numpy()
 
 
+def _follow_torch_threads() -> None:
+    """Run the kernels on as many threads as torch is told to use (a job of the arena runs
+    with one); numba's own default is every core, whatever torch was set to."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
 class CompiledScan(torch.autograd.Function):
     """(u, delta (b, d, L), A (d, n), B, C (b, 1 or d, L, n), x0 (b, d, n)) ->
     (y (b, d, L), last state (b, d, n)), on CPU float32 or float64 tensors."""
@@ -149,6 +155,7 @@ class CompiledScan(torch.autograd.Function):
         y = torch.empty(b, d, L, dtype=u.dtype)
         last = torch.empty(b, d, A.shape[1], dtype=u.dtype)
         forward, _ = _kernels(u, delta)
+        _follow_torch_threads()
         forward(_array(u), _array(delta), _array(A), _array(B), _array(C), _array(x0),
                 y.numpy(), last.numpy())
         ctx.save_for_backward(u, delta, A, B, C, x0)
@@ -161,6 +168,7 @@ class CompiledScan(torch.autograd.Function):
         n, G = A.shape[1], B.shape[1]
         gy = torch.zeros_like(u) if gy is None else gy
         glast = torch.zeros_like(x0) if glast is None else glast
+        _follow_torch_threads()
         parts = max(1, min(d, numba.get_num_threads()))
         slots = d if G == d else parts
         gu, gdelta = torch.empty_like(u), torch.empty_like(u)
