@@ -664,8 +664,9 @@ def test_gla_step_continues_the_sequence_one_token_at_a_time(length, seed):
 
 
 def test_the_compiled_scan_runs_on_torchs_thread_count():
-    """A job told to use one thread (torch.set_num_threads) runs the compiled scan on one:
-    numba's own default is every core."""
+    """A job told to use one thread (torch.set_num_threads) runs the compiled scan on one
+    (numba's own default is every core), and torch still uses one after it (numba's OpenMP
+    pool had set the runtime torch shares to every core)."""
     numba = pytest.importorskip("numba")
     g = torch.Generator().manual_seed(2)
     u, delta = torch.randn(1, 4, 6, generator=g), torch.rand(1, 4, 6, generator=g)
@@ -679,5 +680,6 @@ def test_the_compiled_scan_runs_on_torchs_thread_count():
             x = u.clone().requires_grad_(True)
             ops.selective_scan(x, delta, A, B, C, backend="compiled").sum().backward()
             assert numba.get_num_threads() == threads
+            assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)

@@ -11,6 +11,8 @@ and the fallback.
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 import numba
@@ -139,10 +141,19 @@ def _array(t):
     return t.detach().contiguous().numpy()
 
 
-def _follow_torch_threads() -> None:
-    """Run the kernels on as many threads as torch is told to use (a job of the arena runs
-    with one); numba's own default is every core, whatever torch was set to."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+@contextlib.contextmanager
+def _torch_threads():
+    """Run a kernel on as many threads as torch is told to use (a job of the arena runs
+    with one; numba's own default is every core), and leave torch's count as it was:
+    numba's OpenMP pool, started on first use, sets the OpenMP runtime torch shares to
+    every core, after which every torch operation ran on all of them."""
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 class CompiledScan(torch.autograd.Function):
@@ -155,9 +166,9 @@ class CompiledScan(torch.autograd.Function):
         y = torch.empty(b, d, L, dtype=u.dtype)
         last = torch.empty(b, d, A.shape[1], dtype=u.dtype)
         forward, _ = _kernels(u, delta)
-        _follow_torch_threads()
-        forward(_array(u), _array(delta), _array(A), _array(B), _array(C), _array(x0),
-                y.numpy(), last.numpy())
+        with _torch_threads():
+            forward(_array(u), _array(delta), _array(A), _array(B), _array(C), _array(x0),
+                    y.numpy(), last.numpy())
         ctx.save_for_backward(u, delta, A, B, C, x0)
         return y, last
 
@@ -168,18 +179,18 @@ class CompiledScan(torch.autograd.Function):
         n, G = A.shape[1], B.shape[1]
         gy = torch.zeros_like(u) if gy is None else gy
         glast = torch.zeros_like(x0) if glast is None else glast
-        _follow_torch_threads()
-        parts = max(1, min(d, numba.get_num_threads()))
-        slots = d if G == d else parts
-        gu, gdelta = torch.empty_like(u), torch.empty_like(u)
-        gA = torch.zeros(b, d, n, dtype=u.dtype)
-        gB = torch.zeros(b, slots, L, n, dtype=u.dtype)
-        gC = torch.zeros(b, slots, L, n, dtype=u.dtype)
-        gx0 = torch.empty_like(x0)
-        _, backward = _kernels(u, delta)
-        backward(_array(u), _array(delta), _array(A), _array(B), _array(C), _array(x0),
-                 _array(gy.to(u.dtype)), _array(glast.to(u.dtype)), parts, gu.numpy(),
-                 gdelta.numpy(), gA.numpy(), gB.numpy(), gC.numpy(), gx0.numpy())
+        with _torch_threads():
+            parts = max(1, min(d, numba.get_num_threads()))
+            slots = d if G == d else parts
+            gu, gdelta = torch.empty_like(u), torch.empty_like(u)
+            gA = torch.zeros(b, d, n, dtype=u.dtype)
+            gB = torch.zeros(b, slots, L, n, dtype=u.dtype)
+            gC = torch.zeros(b, slots, L, n, dtype=u.dtype)
+            gx0 = torch.empty_like(x0)
+            _, backward = _kernels(u, delta)
+            backward(_array(u), _array(delta), _array(A), _array(B), _array(C), _array(x0),
+                     _array(gy.to(u.dtype)), _array(glast.to(u.dtype)), parts, gu.numpy(),
+                     gdelta.numpy(), gA.numpy(), gB.numpy(), gC.numpy(), gx0.numpy())
         if G != d:
             gB, gC = gB.sum(1, keepdim=True), gC.sum(1, keepdim=True)
         return gu, gdelta, gA.sum(0), gB, gC, gx0
