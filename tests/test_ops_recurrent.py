@@ -675,8 +675,8 @@ def test_the_compiled_scan_runs_on_torchs_thread_count():
     before = torch.get_num_threads()
     try:
         for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-            torch.set_num_threads(threads)
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)  # may start numba's pool,
+            torch.set_num_threads(threads)  # which can reset torch's count: set it after
             x = u.clone().requires_grad_(True)
             ops.selective_scan(x, delta, A, B, C, backend="compiled").sum().backward()
             assert numba.get_num_threads() == threads
