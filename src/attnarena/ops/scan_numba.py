@@ -12,7 +12,6 @@ and the fallback.
 from __future__ import annotations
 
 import contextlib
-
 import math
 
 import numba

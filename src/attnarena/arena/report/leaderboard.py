@@ -250,6 +250,11 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
+def _test_lengths(rows) -> list[int]:
+    """Every length the rows were tested at (length-generalization tasks), in order."""
+    return sorted({int(n) for r in rows for n in (r.get("by_length") or {})})
+
+
 def _length_spread(runs, length: int, metric: str) -> str:
     values = [r["by_length"][str(length)] for r in runs
               if str(length) in (r.get("by_length") or {})]
@@ -275,7 +280,7 @@ def _seeds_table(task, mine) -> list[str]:
               + "; vs best: worse only where the gap to the best mean exceeds the two "
               "standard deviations together" + (" and half a point" if accuracy else "")
               + ", else within spread.", ""]
-    lengths = sorted({int(n) for r in mine for n in (r.get("by_length") or {})})
+    lengths = _test_lengths(mine)
     if lengths:
         lines += [f"Length generalization: test {metric} at each length (L=...), mean ± "
                   "standard deviation over the seeds, the model trained at the first.", ""]
@@ -323,7 +328,7 @@ def _task_table(task, mine) -> list[str]:
     common = common_line(mine, swept)
     if common:
         lines += [common, ""]
-    lengths = sorted({int(n) for r in mine for n in (r.get("by_length") or {})})
+    lengths = _test_lengths(mine)
     if lengths:
         lines += [f"Length generalization: test {metric} at each length (L=...), the model "
                   "trained at the first; the test column is at the training length.", ""]
