@@ -153,3 +153,15 @@ def store_at(request, tmp_path):
         return str(tmp_path / "arena.sqlite")
     server = request.getfixturevalue("postgres_server")
     return server.create_database(f"t{os.getpid()}_{next(_DATABASES)}")
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ imported as a module (``name`` without .py)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,24 +1,18 @@
 """benchmarks/gpu_check.py: its CPU side (arguments, the reference side of the parity
 check, the report) runs here; the GPU side needs a CUDA machine."""
 import copy
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 import attnarena as aa
-
-SCRIPT = Path(__file__).parent.parent / "benchmarks" / "gpu_check.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def test_arguments(gpu_check, capsys):

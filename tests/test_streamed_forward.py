@@ -1,21 +1,14 @@
 """benchmarks/streamed_forward.py: both passes on tiny shapes, one table row per mechanism,
 the class-wide piece settings restored after."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from attnarena.mixers.base import Mixer
-
-SCRIPT = Path(__file__).parent.parent / "benchmarks" / "streamed_forward.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("streamed_forward", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("streamed_forward")
 
 
 @pytest.mark.parametrize("pass_,extra,tokens", [("fwdbwd", ["--train-rows", "8"], 4),
