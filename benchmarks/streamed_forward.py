@@ -20,6 +20,7 @@ import torch
 
 from attnarena.arena.measure.speed import SpeedConfig, measure_case
 from attnarena.mixers.base import Mixer
+from attnarena.mixers.pieces import tokens_per_piece
 from attnarena.options import MixerSpec
 
 WHOLE = 1 << 40  # longer than any sequence: never in pieces
@@ -45,7 +46,7 @@ def main(argv=None) -> None:
     attribute = SIZE[args.pass_]
     pieces = Mixer.stream_tokens if args.pass_ == "fwd" else args.train_rows
     kept = getattr(Mixer, attribute)
-    tokens = pieces if args.pass_ == "fwd" else -(-pieces // args.batch)
+    tokens = pieces if args.pass_ == "fwd" else tokens_per_piece(pieces, args.batch)
     print(f"{args.pass_}, batch {args.batch}, {args.threads} thread(s)\n")
     print(f"| mechanism | L | whole: ms (q1-q3) | whole: MiB | in pieces of {tokens}: "
           "ms (q1-q3) | in pieces: MiB |")

@@ -16,7 +16,7 @@ from torch import nn
 
 from attnarena._validate import (NonFiniteError, check_finite, check_int, check_mask,
                                  debug_checks_on, entering, inside)
-from attnarena.mixers.pieces import has_hooks, train_in_pieces
+from attnarena.mixers.pieces import has_hooks, tokens_per_piece, train_in_pieces
 from attnarena.ops._checks import tracing
 from attnarena.registry import MixerInfo
 
@@ -144,7 +144,7 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
 
     def _train_tokens(self, batch_size: int) -> int:
         """Tokens per piece under gradients: about ``train_rows`` rows of the batch."""
-        return -(-self.train_rows // max(batch_size, 1))
+        return tokens_per_piece(self.train_rows, batch_size)
 
     def _training_in_pieces(self, x, context, mask) -> bool:
         return (self.streams and self.train_rows is not None and self.causal
@@ -161,10 +161,17 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
 
     def _stream(self, x):
         """The causal forward as prefills of ``stream_tokens`` tokens, state carried."""
-        state = self._init_state(x.shape[0], x.device, x.dtype)
+        return self._prefill_pieces(x, self.stream_tokens,
+                                    self._init_state(x.shape[0], x.device, x.dtype))
+
+    def _prefill_pieces(self, x, tokens: int, state, before=None):
+        """Prefills of ``tokens`` tokens from ``state``, the state carried, their outputs
+        written into one tensor; ``before(state)`` is called as each piece starts."""
         y = None
-        for start in range(0, x.shape[1], self.stream_tokens):
-            piece, state = self._prefill(x[:, start:start + self.stream_tokens], state)
+        for start in range(0, x.shape[1], tokens):
+            if before is not None:
+                before(state)
+            piece, state = self._prefill(x[:, start:start + tokens], state)
             if y is None:
                 y = piece.new_empty(*x.shape[:2], piece.shape[-1])
             y[:, start:start + piece.shape[1]] = piece

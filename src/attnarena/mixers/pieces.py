@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch.nn.modules import module as torch_module
 
 
 def _split(state):
@@ -67,17 +68,13 @@ class _Pieces(torch.autograd.Function):
         ctx.autocast = (device, torch.is_autocast_enabled(device),
                         torch.get_autocast_dtype(device))
         ctx.starts, ctx.rngs = [], []
-        y = None
-        state = start
+
+        def remember(state):
+            ctx.starts.append(state)
+            ctx.rngs.append(_rng_state(x.device))
+
         with torch.no_grad():
-            for begin in range(0, x.shape[1], tokens):
-                ctx.starts.append(state)
-                ctx.rngs.append(_rng_state(x.device))
-                piece, state = mixer._prefill(x[:, begin:begin + tokens], state)
-                if y is None:
-                    y = piece.new_empty(*x.shape[:2], piece.shape[-1])
-                y[:, begin:begin + piece.shape[1]] = piece
-                del piece
+            y = mixer._prefill_pieces(x, tokens, start, before=remember)
         ctx.save_for_backward(x, *parameters)
         return y
 
@@ -166,12 +163,15 @@ def _check_leaves(outputs, known) -> None:
         stack.extend(next_node for next_node, _ in node.next_functions)
 
 
+def tokens_per_piece(rows: int, batch_size: int) -> int:
+    """Tokens of a training piece holding about ``rows`` rows (batch x tokens)."""
+    return -(-rows // max(batch_size, 1))
+
+
 def has_hooks(module) -> bool:
     """Whether a forward or backward hook may see (or bring in) tensors inside ``module``
     (its own hooks see its forward once either way); training in pieces then runs whole, so
     hooks see each forward once as they expect."""
-    from torch.nn.modules import module as torch_module
-
     if (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
             or torch_module._global_backward_hooks
             or torch_module._global_backward_pre_hooks):
