@@ -1,6 +1,7 @@
 """Linearization by attention transfer: LoRA, the two stages, the agreement measures, and
 `attnarena linearize` end to end on a pretrained encoder and on an arena run."""
 import copy
+import re
 
 import pytest
 import torch
@@ -174,6 +175,10 @@ def test_cli_linearize_pretrained_errors(minilm, tmp_path, capsys):
     assert "layer index 6 is out of range: the model has 6" in capsys.readouterr().err
     assert main([*base, "--model", "bert-base", "--mixer", "hedgehog"]) == 2
     assert "unknown pretrained model 'bert-base'" in capsys.readouterr().err
+    assert main([*base, "--model", "minilm", "--mixer", "hedgehog", "--keep-softmax",
+                 "auto:6"]) == 2
+    assert "cannot choose 6 layers to keep softmax" in capsys.readouterr().err
+    assert Store(store).linearize_rows() == []  # refused before the original was measured
 
 
 # -- arena runs ----------------------------------------------------------------------------------
@@ -218,6 +223,58 @@ def test_cli_linearize_an_arena_run_against_scratch(tmp_path, capsys):
     assert [r["steps"] for r in Store(store).linearize_rows()[4:]] == [0, 3, 6]
     assert main([*base, "--run", runs["gla"], "--mixer", "linear"]) == 2
     assert "trained 'gla'; linearization starts from a softmax run" in capsys.readouterr().err
+
+
+def test_a_suite_linearizes_its_softmax_runs_at_each_teachers_seed(tmp_path):
+    from attnarena.arena.run.runner import run_suite
+
+    suite = tmp_path / "s.toml"
+    suite.write_text('[[runs]]\ntasks = ["copy"]\nmixers = ["softmax", "linear"]\n'
+                     'seeds = [0, 1]\n'
+                     'train = { steps = 2, batch = 8, eval_every = 2 }\n'
+                     'model = { dim = 16, depth = 1, heads = 2 }\n'
+                     '[[linearize]]\nmixers = ["hedgehog"]\ntransfer_steps = 1\n'
+                     'finetune_steps = 2\n')
+    lines = []
+    counts = run_suite(str(suite), store_path=tmp_path / "a.sqlite", out_dir=tmp_path,
+                       progress=False, log=lines.append)
+    assert counts["linearized"] == 2  # the two softmax teachers; linear's runs are not
+    rows = Store(tmp_path / "a.sqlite").linearize_rows()
+    teachers = {r["id"]: r["seed"] for r in Store(tmp_path / "a.sqlite").runs()
+                if r["mixer"] == "softmax"}
+    assert sorted((r["teacher_seed"], r["stage"]) for r in rows) == sorted(
+        (seed, stage) for seed in (0, 1)
+        for stage in ("original", "transfer", "finetune", "scratch"))
+    for r in rows:
+        assert teachers[r["source"]] == r["teacher_seed"]
+        if r["stage"] != "original":
+            assert r["recipe"]["seed"] == r["teacher_seed"]  # each at its teacher's seed
+    assert [r["steps"] for r in rows if r["stage"] == "scratch"] == [3, 3]
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "| copy | hedgehog | finetune | 3 | 2 | 0,1 |" in board
+    # a second call reuses every stored row
+    again = run_suite(str(suite), store_path=tmp_path / "a.sqlite", out_dir=tmp_path,
+                      progress=False, log=lines.append)
+    assert again["linearized"] == 2 and len(Store(tmp_path / "a.sqlite").linearize_rows()) == 8
+
+
+@pytest.mark.parametrize("table, message", [
+    ("tasks = [\"copy\"]", "a [[linearize]] table needs mixers"),
+    ("mixers = [\"3*gla+softmax\"]", "is a stack; linearization swaps one mechanism"),
+    ("mixers = [\"hedgehgo\"]", "hedgehog"),
+    ("mixers = [\"gla(rank=2)\"]", "rank"),
+    ("mixers = [\"gla\"]\nsteps = -1", "transfer_steps"),
+    ("mixers = [\"gla\"]\nloss = \"kl\"", "loss must be one of"),
+    ("mixers = [\"gla\"]\nlr = 1", "unknown linearize key(s) 'lr'"),
+])
+def test_a_suite_with_a_bad_linearize_table_is_refused_before_training(tmp_path, table,
+                                                                        message):
+    from attnarena.arena.run.suite import SuiteError, load_suite
+
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'[[runs]]\ntasks = ["copy"]\nmixers = ["softmax"]\n[[linearize]]\n{table}\n')
+    with pytest.raises(SuiteError, match=re.escape(message)):
+        load_suite(str(suite))
 
 
 def test_an_interrupted_linearization_resumes_after_attention_transfer(minilm, tmp_path,

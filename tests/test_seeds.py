@@ -126,3 +126,45 @@ def test_the_average_over_tasks_carries_the_spread_of_per_seed_averages(tmp_path
     board = leaderboard_markdown(store)
     assert f"| softmax | {format_spread(spreads[('softmax', 'cpu')], 'accuracy')} (n=2) |" \
         in board
+
+
+def _linearized(seed, mixer, stage, steps, test, setting="cpu"):
+    row = {"task": "mqar", "metric": "accuracy", "higher_is_better": True,
+           "source": f"{setting}{seed}", "teacher_seed": seed,
+           "teacher_setting": {"task": "mqar", "preset": setting}, "stage": stage,
+           "steps": steps, "test": test, "params_added": 0 if stage != "scratch" else None}
+    if stage == "original":
+        return {**row, "mixer": "softmax (original)", "options": {}, "recipe": {}}
+    return {**row, "mixer": mixer, "options": {},
+            "recipe": {"mixer": mixer, "transfer_steps": 150, "seed": seed}}
+
+
+def test_linearized_runs_are_summarized_over_teacher_seeds():
+    from attnarena.arena.report.linearization import linearize_markdown
+
+    tables = {  # stage -> steps, five seeds' test accuracies
+        "original": (300, [1.0, 1.0, 1.0, 1.0, 1.0]),
+        "transfer": (150, [0.30, 0.50, 0.40, 0.20, 0.60]),
+        "finetune": (300, [1.0, 1.0, 0.998, 1.0, 0.999]),
+        "scratch": (300, [0.25, 0.55, 0.45, 0.30, 0.50])}
+    rows = [_linearized(seed, "hedgehog", stage, steps, values[seed])
+            for stage, (steps, values) in tables.items() for seed in range(5)]
+    lines = linearize_markdown(rows).splitlines()
+    cells = {line.split(" | ")[2]: line.split(" | ") for line in lines
+             if line.startswith("| mqar |")}
+    assert set(cells) == {"original", "transfer", "finetune", "scratch"}
+    finetune = cells["finetune"]
+    assert finetune[4:8] == ["5", "0,1,2,3,4", format_spread(spread(tables["finetune"][1]),
+                                                               "accuracy"),
+                             "0.9980 – 1.0000"]
+    assert finetune[8] == "5 of 5" and finetune[9] == "better"
+    assert cells["transfer"][9] == "within spread"  # 0.40 ± 0.16 against 0.41 ± 0.13
+    assert cells["scratch"][9] == "-" and cells["original"][9] == "-"
+    # another teacher setting is its own group, named by its first teacher
+    other = [_linearized(seed, "hedgehog", "finetune", 300, 0.5, setting="paper")
+             for seed in range(2)]
+    lines = linearize_markdown(rows + other).splitlines()
+    assert sum("| mqar (teacher cpu0) |" in line for line in lines) == 4
+    assert sum("| mqar (teacher paper0) |" in line for line in lines) == 1
+    assert any(line.endswith("| 2 | 0,1 | 0.5000 ± 0.0000 | 0.5000 – 0.5000 | 0 of 2 | - | 0 |")
+               for line in lines)

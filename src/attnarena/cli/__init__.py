@@ -162,7 +162,8 @@ def cmd_run(args) -> int:
     others = f", {counts['by_others']} by other processes" if counts["by_others"] else ""
     print(f"runs: {counts['trained']} trained, {counts['reused']} already in the store"
           f"{others}, {counts['failed']} failed, {counts['diverged']} diverged; speed cases: "
-          f"{counts['speed_measured']} measured, {counts['speed_reused']} reused")
+          f"{counts['speed_measured']} measured, {counts['speed_reused']} reused"
+          + "".join(f"; {counts[k]} {k}" for k in ("compressed", "linearized") if counts.get(k)))
     board = Path(args.out) / "leaderboard.md"
     if board.exists() and not args.train_only:
         print(board.read_text())

@@ -146,6 +146,18 @@ def finetune(teacher, student, batches, *, rank=8, lr=1e-3, log=None) -> dict:
     return {"steps": len(batches), "trained_parameters": sum(p.numel() for p in params)}
 
 
+def check_recipe(subject, config: LinearizeConfig) -> None:
+    """ValueError, before any work, where ``config`` does not fit ``subject``: a mechanism
+    that cannot take over its attention, a layer to keep softmax that it does not have,
+    more layers to choose than it can keep."""
+    subject.check_takes_over(config.mixer)
+    layers = len(subject.blocks())
+    resolve_layers(layers, None, config.keep_softmax)
+    if config.keep_softmax_auto >= layers:
+        raise ValueError(f"cannot choose {config.keep_softmax_auto} layers to keep softmax: the "
+                         f"model has {layers} attention layers and at least one must be swapped")
+
+
 def linearize_subject(teacher, config: LinearizeConfig, *, device="cpu", log=None,
                       after_transfer=None, start_from=None):
     """Run both stages of ``config`` on a copy of the subject ``teacher`` (left unchanged).
@@ -157,10 +169,7 @@ def linearize_subject(teacher, config: LinearizeConfig, *, device="cpu", log=Non
     Returns:
         (student, info) with steps, trained parameter counts and seconds per stage.
     """
-    layers = len(teacher.blocks())
-    if config.keep_softmax_auto >= layers:
-        raise ValueError(f"cannot choose {config.keep_softmax_auto} layers to keep softmax: the "
-                         f"model has {layers} attention layers and at least one must be swapped")
+    check_recipe(teacher, config)
     torch.manual_seed(config.seed)
     teacher.model.eval()
     for p in teacher.model.parameters():

@@ -143,6 +143,14 @@ class ArenaSubject(Subject):
         self._needs_task()
         return self.run["seed"]
 
+    def linearize_fields(self) -> dict:
+        """The teacher run's seed, and what it computed apart from its seed: rows of teachers
+        that differ only by seed are one setting over seeds in the tables."""
+        self._needs_task()
+        return {"teacher_seed": self.seed,
+                "teacher_setting": {k: v for k, v in self.run.items()
+                                    if k not in ("seed", "device")}}
+
     @property
     def default_batch(self) -> int:
         self._needs_task()

@@ -33,13 +33,13 @@ def linearize(teacher, config, *, label: str, store_path="results/arena.sqlite",
     row per stage: the original, after attention transfer, after fine-tuning (returned in
     that order). ``lengths``: time every stage beside the original at these lengths, on
     ``batch`` random sequences."""
-    from attnarena.linearize.stages import (added_parameters, linearize_subject, swap,
-                                            swapped_layers)
+    from attnarena.linearize.stages import (added_parameters, check_recipe, linearize_subject,
+                                            swap, swapped_layers)
     from attnarena.registry import check_mixer_options
 
     env = environment(device)
     store = Store(store_path)
-    teacher.check_takes_over(config.mixer)
+    check_recipe(teacher, config)  # before the original is measured
     check_mixer_options(config.mixer, dict(config.options))
     lengths = sorted(set(lengths)) if lengths else None
     recipe = config.to_dict()

@@ -3,7 +3,11 @@ with the original and speed beside it; arena runs: the task metric against the s
 mechanism trained from scratch) and the plot of the encoders."""
 from __future__ import annotations
 
-from attnarena.arena.report.style import (fmt, format_metric, keep_ticks_within, label_log_axis,
+import json
+
+from attnarena.arena.report.seeds import (SOLVED, call_difference, format_range, format_spread,
+                                          min_gap, spread)
+from attnarena.arena.report.style import (fmt, keep_ticks_within, label_log_axis,
                                           legend_outside, mixer_style, pyplot)
 
 def _speed_cells(row, lengths):
@@ -58,20 +62,94 @@ def linearize_markdown(rows) -> str:
         lines += decoder_markdown(decoders)
     runs = [r for r in rows if "mean_cosine" not in r and r.get("metric") != "perplexity"]
     if runs:
-        lines += ["## Linearized arena models", "",
-                  "A trained softmax run linearized (transfer: attention transfer only; "
-                  "finetune: transfer, then LoRA fine-tuning on the task) against the same "
-                  "mechanism trained from scratch for as many steps.", "",
-                  "| run | task | mixer | stage | steps | test | params added |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in runs:
-            added = r.get("params_added")
-            lines.append(f"| {r['source']} | {r['task']} | {r['mixer']}"
-                         f"{_options_text(r.get('options'))} | {r['stage']} | {r['steps']} | "
-                         f"{format_metric(r['test'], r['metric'])} | "
-                         f"{'-' if added is None else f'{added:,}'} |")
-        lines.append("")
+        lines += arena_runs_markdown(runs)
     return "\n".join(lines)
+
+
+STAGES = ("original", "transfer", "finetune", "scratch")
+
+
+def _teacher(row) -> str:
+    """What the row's teacher computed apart from its seed (its run id for rows stored
+    before teachers' settings were recorded)."""
+    setting = row.get("teacher_setting")
+    return row["source"] if setting is None else json.dumps(setting, sort_keys=True)
+
+
+def _group_key(row) -> tuple:
+    """Rows that differ only by the teacher's seed (and the recipe's seed, set from it)."""
+    if row["stage"] == "original":
+        return (_teacher(row), "original")
+    recipe = {k: v for k, v in (row.get("recipe") or {}).items() if k != "seed"}
+    return (_teacher(row), row["mixer"], json.dumps(row.get("options") or {}, sort_keys=True),
+            json.dumps(recipe, sort_keys=True), row["stage"], row["steps"])
+
+
+def arena_runs_markdown(runs) -> list[str]:
+    """The tables of linearized arena runs (one per metric): per task, mechanism and stage,
+    the test metric over the teachers' seeds (mean ± sd, range, n, seeds that solved it)
+    and how transfer compares with training the mechanism from scratch for as many
+    steps."""
+    lines = ["## Linearized arena models", ""]
+    for metric in sorted({r["metric"] for r in runs}):
+        lines += _arena_runs_table([r for r in runs if r["metric"] == metric], metric)
+    return lines
+
+
+def _arena_runs_table(runs, metric) -> list[str]:
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault(_group_key(r), []).append(r)
+    accuracy = metric == "accuracy"
+    settings_per_task: dict = {}
+    for r in runs:
+        settings_per_task.setdefault(r["task"], set()).add(_teacher(r))
+    scratch = {key[:4]: rows for key, rows in groups.items()
+               if len(key) > 2 and key[4] == "scratch"}
+
+    def order(item):
+        key, rows = item
+        first = rows[0]
+        stage = first["stage"]
+        mechanism = "" if stage == "original" else first["mixer"] + key[2]
+        return (first["task"], key[0], mechanism, key[3] if len(key) > 2 else "",
+                STAGES.index(stage) if stage in STAGES else len(STAGES))
+
+    lines = ["A trained softmax run linearized (transfer: attention transfer only; finetune: "
+             "transfer, then LoRA fine-tuning on the task) against the same mechanism trained "
+             "from scratch for as many steps. Test "
+             f"{metric}: mean ± standard deviation over the teachers' seeds (each "
+             "linearization and scratch run at its teacher's seed), and their range"
+             + (f"; solved: seeds at or above {SOLVED:g}" if accuracy else "")
+             + "; vs scratch: better or worse only where the gap between the means exceeds "
+             "the two standard deviations together" + (" and half a point" if accuracy else "")
+             + ", else within spread (one seed: not called).", "",
+             "| task | mixer | stage | steps | n | seeds | test | min – max | "
+             + ("solved | " if accuracy else "") + "vs scratch | params added |",
+             "|---" * (10 + accuracy) + "|"]
+    for key, rows in sorted(groups.items(), key=order):
+        first = rows[0]
+        rows = sorted(rows, key=lambda r: r.get("teacher_seed", 0))
+        values = spread(r["test"] for r in rows)
+        task = first["task"]
+        if len(settings_per_task[task]) > 1:  # several teachers of one task: name the first
+            task += f" (teacher {first['source']})"
+        seeds = [r.get("teacher_seed") for r in rows]
+        versus = "-"
+        if first["stage"] in ("transfer", "finetune") and key[:4] in scratch:
+            versus = call_difference(values, spread(r["test"] for r in scratch[key[:4]]),
+                                     first["higher_is_better"], min_gap(metric))
+        added = first.get("params_added")
+        mixer = first["mixer"] + _options_text(first.get("options"))
+        cells = [task, mixer, first["stage"], str(first["steps"]), str(values.n),
+                 ",".join("?" if s is None else str(s) for s in seeds),
+                 format_spread(values, metric), format_range(values, metric)]
+        if accuracy:
+            cells.append(f"{values.reached(SOLVED)} of {values.n}")
+        cells += [versus, "-" if added is None else f"{added:,}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def trained_tokens(row) -> int:

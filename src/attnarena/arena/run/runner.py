@@ -139,6 +139,35 @@ def _compress_runs(suite, store, store_path, out, device, rerun, log) -> int:
     return done
 
 
+def _linearize_runs(suite, store, store_path, out, device, rerun, log) -> int:
+    """The suite's [[linearize]] groups on its finished softmax runs, each teacher at its
+    own seed, each mechanism also trained from scratch; rows already stored are reused.
+    Returns the mechanisms linearized or reused."""
+    if not suite.linearize:
+        return 0
+    from attnarena.arena.deploy.linearize import linearize_run
+
+    done = 0
+    for planned in suite.runs:
+        run = store.run(planned.id)
+        if run is None or run["status"] != "done":
+            continue
+        for group in suite.linearize:
+            if not group.takes(planned):
+                continue
+            for config in group.configs(seed=planned.seed):
+                log(f"linearizing {planned.id} ({planned.task}, seed {planned.seed}) into "
+                    f"{config.mixer}")
+                rows = linearize_run(planned.id, config, store_path=store_path,
+                                     results_dir=out, device=device, rerun=rerun,
+                                     log=lambda line: None)
+                finetuned, scratch = rows[2], rows[3]
+                log(f"  {config.mixer}: test {finetuned['test']:.4f} after transfer and "
+                    f"fine-tuning, {scratch['test']:.4f} from scratch")
+                done += 1
+    return done
+
+
 def _train_runs(suite, store, out, env, owner, began, rerun, progress, log) -> dict:
     """Claim and train the suite's runs until each is finished, here or by another process.
     Returns {run_id: how}: "trained", "failed" or "diverged" (here), "reused" (finished
@@ -435,6 +464,8 @@ def run_suite(suite_name: str = "quick", *, store_path="results/arena.sqlite",
             run_speed(cfg, progress=progress, known=known, on_row=record)
         counts["compressed"] = _compress_runs(suite, store, store_path, out, device, rerun,
                                               log)
+        counts["linearized"] = _linearize_runs(suite, store, store_path, out, device, rerun,
+                                               log)
         if report:
             from attnarena.arena.report.publish import build_reports
 

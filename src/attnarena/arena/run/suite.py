@@ -23,6 +23,16 @@
     tasks = ["mqar"]               # optional
     recipes = [{method = "int8_dynamic"},
                {steps = [{method = "prune_heads", fraction = 0.5}, {method = "distill"}]}]
+    [[linearize]]                  # optional, after training: linearize the suite's softmax runs
+    mixers = ["hedgehog", "gla"]   # the mechanisms swapped in (options as "name(key=value)")
+    tasks = ["mqar"]               # optional: only these tasks' softmax runs (default: all)
+    steps = 150                    # optional: attention-transfer and fine-tuning steps each
+    transfer_steps = 150           # optional: stage 1 alone (overrides steps)
+    finetune_steps = 150           # optional: stage 2 alone
+    loss = "mse"                   # optional: stage 1's objective, mse or attention
+    Each teacher is linearized at its own seed, and each mechanism is also trained from
+    scratch for as many steps (``attnarena linearize --run``), so a suite of several seeds
+    gives the transfer-versus-scratch comparison with its spread.
 
 Tasks that read data find it under the data root given to ``load_suite`` (``attnarena
 run --data ROOT``): ``ROOT/<task>``, e.g. ``ROOT/text`` holding ``aclImdb``. ListOps and
@@ -75,6 +85,7 @@ class Suite:
     runs: list = field(default_factory=list)  # ResolvedRun, each resolved once
     speed: list = field(default_factory=list)  # SpeedConfig, one per pass
     compress: list = field(default_factory=list)  # CompressGroup
+    linearize: list = field(default_factory=list)  # LinearizeGroup
     notes: list = field(default_factory=list)  # what was left out, and why
 
 
@@ -110,6 +121,62 @@ def _compress_groups(groups) -> list[CompressGroup]:
                                                              "compress.mixers"),
             tasks=None if "tasks" not in group else _names(group["tasks"], list_tasks(),
                                                            "compress.tasks")))
+    return out
+
+
+@dataclass
+class LinearizeGroup:
+    """Mechanisms to linearize the suite's finished softmax runs of these tasks (None: all)
+    into, with the stages' steps and loss."""
+    mixers: list  # canonical mixer specs, options included
+    tasks: list | None = None
+    transfer_steps: int = 300
+    finetune_steps: int = 300
+    loss: str = "mse"
+
+    def takes(self, config) -> bool:
+        return config.mixer == "softmax" and (self.tasks is None or config.task in self.tasks)
+
+    def configs(self, seed: int) -> list:
+        """One ``LinearizeConfig`` per mechanism, at the teacher's ``seed``."""
+        from attnarena.linearize import LinearizeConfig
+        from attnarena.stack import parse_stack
+
+        out = []
+        for spec in self.mixers:
+            layers = parse_stack(spec)  # unknown names and options fail here
+            if len(layers) != 1:
+                raise ValueError(f"linearize.mixers: {spec!r} is a stack; linearization swaps "
+                                 "one mechanism into every layer (name one mechanism)")
+            out.append(LinearizeConfig(mixer=layers[0].name, options=dict(layers[0].options),
+                                       transfer_steps=self.transfer_steps,
+                                       finetune_steps=self.finetune_steps, loss=self.loss,
+                                       seed=seed))
+        return out
+
+
+LINEARIZE_KEYS = {"mixers", "tasks", "steps", "transfer_steps", "finetune_steps", "loss"}
+
+
+def _linearize_groups(groups) -> list[LinearizeGroup]:
+    if not isinstance(groups, list):
+        raise ValueError("linearize must be an array of tables ([[linearize]])")
+    out = []
+    for group in groups:
+        if not isinstance(group, dict):
+            raise ValueError(f"each [[linearize]] must be a table, got {group!r:.80}")
+        unknown_keys(group, LINEARIZE_KEYS, "linearize")
+        if "mixers" not in group:
+            raise ValueError("a [[linearize]] table needs mixers: the mechanisms to swap in")
+        steps = group.get("steps", 300)
+        made = LinearizeGroup(
+            mixers=_names(group["mixers"], list_mixers(), "linearize.mixers"),
+            tasks=None if "tasks" not in group else _names(group["tasks"], list_tasks(),
+                                                           "linearize.tasks"),
+            transfer_steps=group.get("transfer_steps", steps),
+            finetune_steps=group.get("finetune_steps", steps), loss=group.get("loss", "mse"))
+        made.configs(seed=0)  # names, options, steps and loss are checked here
+        out.append(made)
     return out
 
 
@@ -212,13 +279,14 @@ def count_runs(groups) -> int:
 
 
 def _build(data, mixer_filter, task_filter, device, data_root=None, max_runs=MAX_RUNS):
-    unknown_keys(data, {"name", "runs", "speed", "compress"}, "top-level")
+    unknown_keys(data, {"name", "runs", "speed", "compress", "linearize"}, "top-level")
     # names and patterns, each in its canonical form (unknown names fail here)
     mixer_filter = [canonical(name) for name in mixer_filter] if mixer_filter else None
     for name in task_filter or []:
         task_class(name)  # an unknown name fails here, with a did-you-mean
     suite = Suite(name=str(data.get("name", "custom")),
-                  compress=_compress_groups(data.get("compress", [])))
+                  compress=_compress_groups(data.get("compress", [])),
+                  linearize=_linearize_groups(data.get("linearize", [])))
     groups = data.get("runs", [])
     if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
         raise ValueError("runs must be an array of tables ([[runs]])")
