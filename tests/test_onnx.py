@@ -82,6 +82,37 @@ def test_a_graph_refuses_a_call_unlike_the_traced_one():
         export_onnx(copy.deepcopy(model).to(torch.bfloat16), lambda m: m(*args, **kwargs))
 
 
+class _Functions(torch.nn.Module):
+    """Functions whose ONNX forms the exporter registers, on one input."""
+
+    def forward(self, x):
+        return torch.nn.functional.logsigmoid(x), torch.expm1(x)
+
+
+def test_registered_onnx_forms_hold_where_torchs_export_loses_precision():
+    x = torch.cat([torch.linspace(-60, 30, 901), torch.logspace(-8, -1, 8),
+                   -torch.logspace(-8, -1, 8)])[None]
+    graph = export_onnx(_Functions(), lambda m: m(x))
+    for got, want in zip(graph(x), _Functions()(x)):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
+def test_a_gla_with_saturated_gates_exports():
+    """Trained gates reach pre-activations far below -18, where log(sigmoid(x)) in ONNX
+    Runtime stops following x."""
+    from attnarena.registry import create_mixer
+
+    torch.manual_seed(0)
+    mixer = create_mixer("gla", dim=32, heads=2, causal=True).eval()
+    with torch.no_grad():
+        mixer.gate[1].weight.mul_(20.0)
+        mixer.gate[1].bias.fill_(-25.0)
+    x = torch.randn(2, 40, 32)
+    assert float(mixer.gate(x).detach().min()) < -40
+    graph = export_onnx(mixer, lambda m: m(x))
+    torch.testing.assert_close(graph(x), mixer(x), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("mixer", ["softmax", "gla", "mamba2"])
 def test_onnx_runtime_methods_against_the_float_model(mixer):
     task, model = tiny(mixer)

@@ -291,21 +291,38 @@ _SYMBOLICS = []
 
 
 def _register_symbolics() -> None:
-    """ONNX forms of torch operators opset 17 lacks, registered once: expm1(x) as
-    tanh(x / 2) (exp(x) + 1), exact in real numbers and, unlike exp(x) - 1, accurate to a
-    few float32 roundings relative to the result near x = 0 too."""
+    """ONNX forms of torch operators that opset 17 lacks or exports inexactly, registered
+    once:
+
+    - expm1(x) as tanh(x / 2) (exp(x) + 1), exact in real numbers and, unlike exp(x) - 1,
+      accurate to a few float32 roundings relative to the result near x = 0 too;
+    - log_sigmoid(x) as min(x, 0) - log1p(exp(-|x|)): torch's own export, log(sigmoid(x)),
+      loses every x below about -18 in ONNX Runtime, whose sigmoid clamps its input there
+      (a gate's log decay of -22 became -18: a trained GLA's outputs moved by a fifth of
+      their scale)."""
     if _SYMBOLICS:
         return
 
+    def constant(g, value, like):
+        return g.op("CastLike", g.op("Constant", value_t=torch.tensor(value)), like)
+
     def expm1(g, x):
-        def constant(value):
-            return g.op("CastLike", g.op("Constant", value_t=torch.tensor(value)), x)
+        half = g.op("Tanh", g.op("Mul", x, constant(g, 0.5, x)))
+        return g.op("Mul", half, g.op("Add", g.op("Exp", x), constant(g, 1.0, x)))
 
-        half = g.op("Tanh", g.op("Mul", x, constant(0.5)))
-        return g.op("Mul", half, g.op("Add", g.op("Exp", x), constant(1.0)))
+    def log_sigmoid(g, x):
+        tail = g.op("Exp", g.op("Neg", g.op("Abs", x)))  # in (0, 1]: never overflows
+        # log(1 + t) as log(u) t / (u - 1) with u = 1 + t (t itself where u rounds to 1):
+        # accurate relative to the result for small t too (Goldberg's log1p)
+        u = g.op("Add", tail, constant(g, 1.0, x))
+        ratio = g.op("Div", g.op("Mul", g.op("Log", u), tail),
+                     g.op("Sub", u, constant(g, 1.0, x)))
+        log1p = g.op("Where", g.op("Equal", u, constant(g, 1.0, x)), tail, ratio)
+        return g.op("Sub", g.op("Min", x, constant(g, 0.0, x)), log1p)
 
-    torch.onnx.register_custom_op_symbolic("aten::expm1", expm1, OPSET)
-    _SYMBOLICS.append("aten::expm1")
+    for name, symbolic in (("aten::expm1", expm1), ("aten::log_sigmoid", log_sigmoid)):
+        torch.onnx.register_custom_op_symbolic(name, symbolic, OPSET)
+        _SYMBOLICS.append(name)
 
 
 @contextlib.contextmanager
