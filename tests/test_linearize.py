@@ -262,6 +262,7 @@ def test_a_suite_linearizes_its_softmax_runs_at_each_teachers_seed(tmp_path):
     ("tasks = [\"copy\"]", "a [[linearize]] table needs mixers"),
     ("mixers = [\"3*gla+softmax\"]", "is a stack; linearization swaps one mechanism"),
     ("mixers = [\"hedgehgo\"]", "hedgehog"),
+    ("mixers = [\"mamba\"]", "'mamba' cannot take over softmax attention's query"),
     ("mixers = [\"gla(rank=2)\"]", "rank"),
     ("mixers = [\"gla\"]\nsteps = -1", "transfer_steps"),
     ("mixers = [\"gla\"]\nloss = \"kl\"", "loss must be one of"),

@@ -128,7 +128,7 @@ def _compress_groups(groups) -> list[CompressGroup]:
 class LinearizeGroup:
     """Mechanisms to linearize the suite's finished softmax runs of these tasks (None: all)
     into, with the stages' steps and loss."""
-    mixers: list  # canonical mixer specs, options included
+    mixers: list  # mechanism names, options as "name(key=value)"
     tasks: list | None = None
     transfer_steps: int = 300
     finetune_steps: int = 300
@@ -148,6 +148,11 @@ class LinearizeGroup:
             if len(layers) != 1:
                 raise ValueError(f"linearize.mixers: {spec!r} is a stack; linearization swaps "
                                  "one mechanism into every layer (name one mechanism)")
+            if not mixer_info(layers[0].name).reuses_attention_weights:
+                able = [m for m in list_mixers() if mixer_info(m).reuses_attention_weights]
+                raise ValueError(f"linearize.mixers: {spec!r} cannot take over softmax "
+                                 "attention's query, key, value and output weights; mechanisms "
+                                 f"that can: {', '.join(able)}")
             out.append(LinearizeConfig(mixer=layers[0].name, options=dict(layers[0].options),
                                        transfer_steps=self.transfer_steps,
                                        finetune_steps=self.finetune_steps, loss=self.loss,
@@ -169,8 +174,10 @@ def _linearize_groups(groups) -> list[LinearizeGroup]:
         if "mixers" not in group:
             raise ValueError("a [[linearize]] table needs mixers: the mechanisms to swap in")
         steps = group.get("steps", 300)
+        able = [m for m in list_mixers()
+                if m != "softmax" and mixer_info(m).reuses_attention_weights]
         made = LinearizeGroup(
-            mixers=_names(group["mixers"], list_mixers(), "linearize.mixers"),
+            mixers=_names(group["mixers"], able, "linearize.mixers"),  # "all": those that can
             tasks=None if "tasks" not in group else _names(group["tasks"], list_tasks(),
                                                            "linearize.tasks"),
             transfer_steps=group.get("transfer_steps", steps),
