@@ -70,6 +70,24 @@ def test_gla_forms_equal_the_loop(s, form, dtype):
     close(state, ref_state, dtype)
 
 
+@given(shapes, st.sampled_from([torch.float32, torch.float64]), st.booleans())
+def test_gla_as_a_graph_holds_it_equals_the_loop(s, dtype, with_state):
+    """The form an exported graph runs (every length padded to whole chunks, the state
+    carried across chunks without a loop), called directly; ONNX export of it is tested in
+    test_onnx."""
+    from attnarena.ops.gated import _traced_chunks
+
+    q, k, v, g = tensors(s["B"], s["H"], s["L"], s["Dk"], s["Dv"], s["seed"])
+    log_g = -torch.rand(q.shape, generator=g, dtype=torch.float64) * s["strength"]
+    start = torch.randn(s["B"], s["H"], s["Dk"], s["Dv"], generator=g, dtype=torch.float64)
+    ref, ref_state = ops.gla(q, k, v, log_g=log_g, form="recurrent", return_state=True,
+                             initial_state=start if with_state else None)
+    out, state = _traced_chunks(q.to(dtype), k.to(dtype), v.to(dtype), log_g.to(dtype),
+                                start.to(dtype) if with_state else None, s["chunk"])
+    close(out, ref, dtype)
+    close(state, ref_state, dtype)
+
+
 @given(shapes, st.sampled_from(FORMS), st.sampled_from([torch.float32, torch.float64]))
 def test_scalar_decays_equal_the_loop(s, form, dtype):
     q, k, v, g = tensors(s["B"], s["H"], s["L"], s["Dk"], s["Dv"], s["seed"])

@@ -115,6 +115,8 @@ def gla(q, k, v, *, log_g, form="chunk", chunk_size=64, initial_state=None, retu
     log_g = log_g.to(q.dtype)
     if form == "recurrent":
         o, state = _recurrent(q, k, v, log_g, state)
+    elif tracing():  # a graph: chunks of chunk_size at every length, no loop to unroll
+        o, state = _traced_chunks(q, k, v, log_g, state, chunk_size)
     else:
         C = q.shape[2] if form == "parallel" else min(chunk_size, q.shape[2])
         o, state = _chunked(q, k, v, log_g, state, C, per_channel=True)
@@ -202,6 +204,49 @@ def _chunked(q, k, v, log_a, state, C, per_channel):
         S = end_decay[:, :, i] * S + writes[:, :, i]
     o = o + q_from_start @ torch.stack(before, dim=2)
     return o.reshape(B, H, n * C, Dv)[:, :, :L], S
+
+
+def _traced_chunks(q, k, v, g, state, C):
+    """The chunk form of per-channel gates as a graph holds it (ONNX export): the length
+    padded to a multiple of C whatever it is, every chunk's decays formed pairwise (exact
+    for any decay, as ``segment_sums``), and the state carried across chunks without a loop:
+    the state after chunk i is sum over j <= i of exp(total decay of chunks j+1..i) times
+    chunk j's writes, plus the initial state decayed by every chunk through i. Time and
+    memory grow as L C Dk + (L / C)^2 Dk Dv, where the parallel form's grow as L^2 Dk."""
+    B, H, L, Dk = q.shape
+    Dv = v.shape[-1]
+    pad = (C - L % C) % C
+    q, k, v, g = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v, g))
+    n = (L + pad) // C
+    qc, kc, vc, gc = (t.reshape(B, H, n, C, t.shape[-1]) for t in (q, k, v, g))
+    prefix = gc.cumsum(dim=3)
+    total = prefix[:, :, :, -1]  # (B, H, n, Dk): each chunk's log decay
+    q_from_start = qc * prefix.exp()
+    decay = _pairwise_decays(gc.transpose(-1, -2))  # (B, H, n, Dk, C, C)
+    # products and a sum rather than an einsum of three: ONNX Runtime's Einsum is slow
+    qt, kt = qc.transpose(-1, -2), kc.transpose(-1, -2)  # (B, H, n, Dk, C)
+    scores = (qt[..., :, None] * decay * kt[..., None, :]).sum(dim=3)
+    o = scores @ vc
+    writes = (kc * suffix_sums(gc, dim=3).exp()).transpose(-1, -2) @ vc  # (B, H, n, Dk, Dv)
+    between = _pairwise_decays(total.transpose(-1, -2))  # (B, H, Dk, n, n)
+    after = (between @ writes.transpose(2, 3)).transpose(2, 3)  # the state after each chunk
+    if state is not None:
+        after = after + total.cumsum(dim=2).exp()[..., None] * state[:, :, None]
+    else:
+        state = q.new_zeros(B, H, Dk, Dv)
+    before = torch.cat([state[:, :, None], after[:, :, :-1]], dim=2)
+    o = o + q_from_start @ before
+    return o.reshape(B, H, n * C, Dv)[:, :, :L], after[:, :, -1]
+
+
+def _pairwise_decays(x):
+    """exp(x[j+1] + ... + x[i]) for i >= j, 0 above, along the last dimension -> a new
+    trailing (i, j) pair: ``segment_sums(x, -1).exp()`` with products by 0/1 masks where
+    that has fills, which ONNX Runtime runs faster. Each exponent is summed over its own
+    span, so it stays accurate however strong the decays."""
+    n = x.shape[-1]
+    ones = torch.ones(n, n, dtype=x.dtype, device=x.device)
+    return (x[..., :, None] * ones.tril(-1)).cumsum(dim=-2).exp() * ones.tril()
 
 
 def _pairwise_scores(qc, kc, g):
