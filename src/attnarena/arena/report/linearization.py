@@ -10,6 +10,7 @@ from attnarena.arena.report.seeds import (SOLVED, call_difference, format_range,
 from attnarena.arena.report.style import (fmt, keep_ticks_within, label_log_axis,
                                           legend_outside, mixer_style, pyplot)
 
+
 def _speed_cells(row, lengths):
     """ms at each length, with the speed-up over the original timed in the same call
     where the row kept it; then peak MiB at each length."""
