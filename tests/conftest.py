@@ -74,19 +74,20 @@ def rng():
 
 
 def run_tiny_suite(tmp_path, mixers, train, model="dim = 16, depth = 1, heads = 2",
-                   **options):
+                   extra="", log=None, **options):
     """Write and run a small copy-task suite over ``mixers`` (by default dim 16, one layer,
-    2 heads) with the TOML ``train`` and ``model`` tables' entries; returns (store path, run
+    2 heads) with the TOML ``train`` and ``model`` tables' entries and ``extra`` TOML after
+    them (more keys of the run group, then other tables); returns (store path, run
     counts)."""
     from attnarena.arena.run.runner import run_suite
 
     suite = tmp_path / "s.toml"
     names = ", ".join(f'"{m}"' for m in mixers)
     suite.write_text(f'[[runs]]\ntasks = ["copy"]\nmixers = [{names}]\n'
-                     f'train = {{ {train} }}\nmodel = {{ {model} }}\n')
+                     f'train = {{ {train} }}\nmodel = {{ {model} }}\n{extra}')
     store = tmp_path / "a.sqlite"
     counts = run_suite(str(suite), store_path=store, out_dir=tmp_path, progress=False,
-                       log=lambda line: None, **options)
+                       log=log or (lambda line: None), **options)
     return store, counts
 
 

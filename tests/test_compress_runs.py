@@ -162,20 +162,15 @@ def test_cli_compress_refuses_bad_input_in_one_line(tmp_path, capsys):
 
 
 def test_a_suite_compresses_its_runs(tmp_path):
-    from attnarena.arena.run.runner import run_suite
-
-    suite = tmp_path / "s.toml"
-    suite.write_text('[[runs]]\ntasks = ["copy"]\nmixers = ["softmax", "mamba2"]\n'
-                     'train = { steps = 2, batch = 8, eval_every = 2 }\n'
-                     'model = { dim = 16, depth = 1, heads = 2 }\n'
-                     '[[compress]]\nrecipes = [{method = "int8_dynamic"},\n'
-                     '           {steps = [{method = "prune_heads"}, {method = "int_static"}]}]\n')
     lines = []
-    counts = run_suite(str(suite), store_path=tmp_path / "a.sqlite", out_dir=tmp_path,
-                       progress=False, log=lines.append)
+    store, counts = run_tiny_suite(
+        tmp_path, ["softmax", "mamba2"], "steps = 2, batch = 8, eval_every = 2",
+        extra='[[compress]]\nrecipes = [{method = "int8_dynamic"},\n'
+              '           {steps = [{method = "prune_heads"}, {method = "int_static"}]}]\n',
+        log=lines.append)
     assert counts["compressed"] == 3  # mamba2's heads cannot be pruned: noted, left out
     assert any("prune_heads + int_static left out" in line for line in lines)
-    rows = Store(tmp_path / "a.sqlite").compress_rows()
+    rows = Store(store).compress_rows()
     assert sorted(r["recipe"] for r in rows) == ["float", "float", "int8_dynamic",
                                                  "int8_dynamic", "prune_heads + int_static"]
 

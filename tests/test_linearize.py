@@ -226,22 +226,13 @@ def test_cli_linearize_an_arena_run_against_scratch(tmp_path, capsys):
 
 
 def test_a_suite_linearizes_its_softmax_runs_at_each_teachers_seed(tmp_path):
-    from attnarena.arena.run.runner import run_suite
-
-    suite = tmp_path / "s.toml"
-    suite.write_text('[[runs]]\ntasks = ["copy"]\nmixers = ["softmax", "linear"]\n'
-                     'seeds = [0, 1]\n'
-                     'train = { steps = 2, batch = 8, eval_every = 2 }\n'
-                     'model = { dim = 16, depth = 1, heads = 2 }\n'
-                     '[[linearize]]\nmixers = ["hedgehog"]\ntransfer_steps = 1\n'
-                     'finetune_steps = 2\n')
-    lines = []
-    counts = run_suite(str(suite), store_path=tmp_path / "a.sqlite", out_dir=tmp_path,
-                       progress=False, log=lines.append)
+    suite = ("seeds = [0, 1]\n[[linearize]]\nmixers = [\"hedgehog\"]\ntransfer_steps = 1\n"
+             "finetune_steps = 2\n")
+    store, counts = run_tiny_suite(tmp_path, ["softmax", "linear"],
+                                   "steps = 2, batch = 8, eval_every = 2", extra=suite)
     assert counts["linearized"] == 2  # the two softmax teachers; linear's runs are not
-    rows = Store(tmp_path / "a.sqlite").linearize_rows()
-    teachers = {r["id"]: r["seed"] for r in Store(tmp_path / "a.sqlite").runs()
-                if r["mixer"] == "softmax"}
+    rows = Store(store).linearize_rows()
+    teachers = {r["id"]: r["seed"] for r in Store(store).runs() if r["mixer"] == "softmax"}
     assert sorted((r["teacher_seed"], r["stage"]) for r in rows) == sorted(
         (seed, stage) for seed in (0, 1)
         for stage in ("original", "transfer", "finetune", "scratch"))
@@ -253,9 +244,9 @@ def test_a_suite_linearizes_its_softmax_runs_at_each_teachers_seed(tmp_path):
     board = (tmp_path / "leaderboard.md").read_text()
     assert "| copy | hedgehog | finetune | 3 | 2 | 0,1 |" in board
     # a second call reuses every stored row
-    again = run_suite(str(suite), store_path=tmp_path / "a.sqlite", out_dir=tmp_path,
-                      progress=False, log=lines.append)
-    assert again["linearized"] == 2 and len(Store(tmp_path / "a.sqlite").linearize_rows()) == 8
+    _, again = run_tiny_suite(tmp_path, ["softmax", "linear"],
+                              "steps = 2, batch = 8, eval_every = 2", extra=suite)
+    assert again["linearized"] == 2 and len(Store(store).linearize_rows()) == 8
 
 
 @pytest.mark.parametrize("table, message", [
