@@ -1,6 +1,6 @@
 """Time and peak memory of the fixed-state mechanisms run whole and run in pieces
 (``Mixer.streams``), softmax (SDPA) beside them, in one run: an inference forward (no
-gradients; pieces of ``stream_tokens``) or a training forward + backward (pieces of
+gradients; pieces of each mechanism's ``stream_tokens``) or a training forward + backward (pieces of
 ``train_rows`` rows, batch x tokens, recomputed in the backward pass):
 
     python benchmarks/streamed_forward.py [--lengths 1024,4096,16384] [--mixers linear,gla]
@@ -19,11 +19,12 @@ import argparse
 import torch
 
 from attnarena.arena.measure.speed import SpeedConfig, measure_case
-from attnarena.mixers.base import Mixer
 from attnarena.mixers.pieces import tokens_per_piece
 from attnarena.options import MixerSpec
+from attnarena.registry import create_mixer
 
 WHOLE = 1 << 40  # longer than any sequence: never in pieces
+_ABSENT = object()  # a class that inherits the attribute
 MIXERS = ["linear", "gla", "retention", "deltanet", "gated_deltanet", "mamba2", "mamba"]
 SIZE = {"fwd": "stream_tokens", "fwdbwd": "train_rows"}  # what sets each pass's pieces
 
@@ -44,13 +45,10 @@ def main(argv=None) -> None:
     cfg = SpeedConfig(mixers=["softmax"], lengths=lengths, pass_=args.pass_,
                       batch=args.batch, repeats=args.repeats)
     attribute = SIZE[args.pass_]
-    pieces = Mixer.stream_tokens if args.pass_ == "fwd" else args.train_rows
-    kept = getattr(Mixer, attribute)
-    tokens = pieces if args.pass_ == "fwd" else tokens_per_piece(pieces, args.batch)
     print(f"{args.pass_}, batch {args.batch}, {args.threads} thread(s)\n")
-    print(f"| mechanism | L | whole: ms (q1-q3) | whole: MiB | in pieces of {tokens}: "
+    print("| mechanism | L | whole: ms (q1-q3) | whole: MiB | piece tokens | in pieces: "
           "ms (q1-q3) | in pieces: MiB |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
 
     def cell(row):
         if row["status"] != "ok":
@@ -58,19 +56,29 @@ def main(argv=None) -> None:
         return (f"{row['median_ms']:.1f} ({row['q1_ms']:.1f}-{row['q3_ms']:.1f})",
                 f"{row['peak_mem_mb']:.1f}")
 
-    try:
-        for n in lengths:
-            soft = cell(measure_case(MixerSpec.parse("softmax"), n, cfg))
-            print(f"| softmax (SDPA) | {n} | {soft[0]} | {soft[1]} | | |", flush=True)
-            for name in args.mixers.split(","):
-                spec = MixerSpec.parse(name)
-                cells = []
+    for n in lengths:
+        soft = cell(measure_case(MixerSpec.parse("softmax"), n, cfg))
+        print(f"| softmax (SDPA) | {n} | {soft[0]} | {soft[1]} | | | |", flush=True)
+        for name in args.mixers.split(","):
+            spec = MixerSpec.parse(name)
+            # the mechanism's own class: a class may size its pieces itself (Mamba's
+            # wider intermediates take pieces of fewer tokens)
+            cls = type(create_mixer(spec.name, dim=64, heads=1, causal=True))
+            own = cls.__dict__.get(attribute, _ABSENT)
+            pieces = cls.stream_tokens if args.pass_ == "fwd" else args.train_rows
+            tokens = pieces if args.pass_ == "fwd" else tokens_per_piece(pieces, args.batch)
+            cells = []
+            try:
                 for size in (WHOLE, pieces):  # pieces start past 2 x the piece length
-                    setattr(Mixer, attribute, size)
+                    setattr(cls, attribute, size)
                     cells += cell(measure_case(spec, n, cfg))
-                print(f"| {name} | {n} | " + " | ".join(cells) + " |", flush=True)
-    finally:
-        setattr(Mixer, attribute, kept)
+            finally:
+                if own is _ABSENT:
+                    delattr(cls, attribute)
+                else:
+                    setattr(cls, attribute, own)
+            print(f"| {name} | {n} | {cells[0]} | {cells[1]} | {tokens} | {cells[2]} | "
+                  f"{cells[3]} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,11 @@ class Mamba(RecurrentMixer):
     chunk_size, scan.
     """
 
+    # inference in pieces: its intermediates are expand (2) times the width of the others'
+    # per token, so a piece has half as many tokens (the same time, a third less memory at
+    # 4,096 tokens: docs/speed.md)
+    stream_tokens = 256
+
     def __init__(self, dim, heads=1, causal=False, *, state_size=16, expand=2, conv_size=4,
                  dt_rank=None, form="chunk", chunk_size=16, scan="auto"):
         super().__init__(dim, heads, causal, form=form, chunk_size=chunk_size)
@@ -147,6 +152,8 @@ class Mamba2(RecurrentMixer):
 
     Options: state_size (N), expand, conv_size, form, chunk_size.
     """
+
+    stream_tokens = 256  # as Mamba's: intermediates expand (2) times as wide per token
 
     def __init__(self, dim, heads=1, causal=False, *, state_size=64, expand=2, conv_size=4,
                  form="chunk", chunk_size=64):
