@@ -88,6 +88,20 @@ def test_gla_as_a_graph_holds_it_equals_the_loop(s, dtype, with_state):
     close(state, ref_state, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gla_as_a_graph_holds_it_takes_a_full_reset(dtype):
+    """A gate of exp(-inf) = 0 (the state forgotten at that token) gives the recurrent
+    form's outputs, not NaN from -inf times a mask's 0."""
+    from attnarena.ops.gated import _traced_chunks
+
+    q, k, v, g = tensors(2, 2, 23, 3, 4, 7)
+    log_g = -torch.rand(q.shape, generator=g, dtype=torch.float64)
+    log_g[:, :, [0, 5, 6, 17]] = float("-inf")
+    ref = ops.gla(q, k, v, log_g=log_g, form="recurrent")
+    out, _ = _traced_chunks(q.to(dtype), k.to(dtype), v.to(dtype), log_g.to(dtype), None, 8)
+    close(out, ref, dtype)
+
+
 @given(shapes, st.sampled_from(FORMS), st.sampled_from([torch.float32, torch.float64]))
 def test_scalar_decays_equal_the_loop(s, form, dtype):
     q, k, v, g = tensors(s["B"], s["H"], s["L"], s["Dk"], s["Dv"], s["seed"])

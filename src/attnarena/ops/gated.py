@@ -175,13 +175,7 @@ def _chunked(q, k, v, log_a, state, C, per_channel):
         decay = segment_sums(g[..., 0], dim=-1).exp()  # (B, H, n, C, C)
         scores = (qc @ kc.transpose(-1, -2)) * decay
         k_to_end = kc * suffix_sums(g, dim=3).exp()
-    elif tracing():
-        # in a graph, every chunk the exact way (no branch on what the inputs decay):
-        # each channel's decay between every pair of positions, summed directly
-        span = segment_sums(g.movedim(3, -1), dim=-1)  # (B, H, n, Dk, C, C), -inf above
-        scores = torch.einsum("bhnid,bhnjd,bhndij->bhnij", qc, kc, span.exp())
-        k_to_end = kc * suffix_sums(g, dim=3).exp()
-    else:
+    else:  # (a graph runs _traced_chunks instead: no branch on what the inputs decay)
         # exp(P_i - P_j) = exp(P_i) exp(-P_j): one matmul, safe in chunks that decay by no
         # more than exp(-30). The few chunks that do are redone pairwise.
         k_back = kc * (-prefix).clamp(max=FACTOR_LIMIT).exp()
@@ -246,6 +240,7 @@ def _pairwise_decays(x):
     span, so it stays accurate however strong the decays."""
     n = x.shape[-1]
     ones = torch.ones(n, n, dtype=x.dtype, device=x.device)
+    x = x.clamp(min=torch.finfo(x.dtype).min)  # a decay of exp(-inf) (a reset) times 0 is 0
     return (x[..., :, None] * ones.tril(-1)).cumsum(dim=-2).exp() * ones.tril()
 
 
