@@ -254,6 +254,7 @@ def test_a_suite_linearizes_its_softmax_runs_at_each_teachers_seed(tmp_path):
     ("mixers = [\"3*gla+softmax\"]", "is a stack; linearization swaps one mechanism"),
     ("mixers = [\"hedgehgo\"]", "hedgehog"),
     ("mixers = [\"mamba\"]", "'mamba' cannot take over softmax attention's query"),
+    ("mixers = [\"softmax\"]", "softmax is what linearization starts from"),
     ("mixers = [\"gla(rank=2)\"]", "rank"),
     ("mixers = [\"gla\"]\nsteps = -1", "transfer_steps"),
     ("mixers = [\"gla\"]\nloss = \"kl\"", "loss must be one of"),

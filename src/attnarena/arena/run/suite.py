@@ -105,23 +105,32 @@ class CompressGroup:
 COMPRESS_KEYS = {"mixers", "tasks", "recipes"}
 
 
+def _tables(groups, name: str, keys) -> list[dict]:
+    """The tables of a suite's ``[[name]]`` array, each checked for unknown keys."""
+    if not isinstance(groups, list):
+        raise ValueError(f"{name} must be an array of tables ([[{name}]])")
+    for group in groups:
+        if not isinstance(group, dict):
+            raise ValueError(f"each [[{name}]] must be a table, got {group!r:.80}")
+        unknown_keys(group, keys, name)
+    return groups
+
+
+def _only_tasks(group: dict, name: str) -> list | None:
+    """A table's optional ``tasks`` (None: every task of the suite)."""
+    return None if "tasks" not in group else _names(group["tasks"], list_tasks(),
+                                                    f"{name}.tasks")
+
+
 def _compress_groups(groups) -> list[CompressGroup]:
     from attnarena.compress.recipe import recipes_from_tables
 
-    if not isinstance(groups, list):
-        raise ValueError("compress must be an array of tables ([[compress]])")
-    out = []
-    for group in groups:
-        if not isinstance(group, dict):
-            raise ValueError(f"each [[compress]] must be a table, got {group!r:.80}")
-        unknown_keys(group, COMPRESS_KEYS, "compress")
-        out.append(CompressGroup(
-            recipes=recipes_from_tables(group.get("recipes"), "a [[compress]] table"),
-            mixers=None if "mixers" not in group else _names(group["mixers"], list_mixers(),
-                                                             "compress.mixers"),
-            tasks=None if "tasks" not in group else _names(group["tasks"], list_tasks(),
-                                                           "compress.tasks")))
-    return out
+    return [CompressGroup(
+        recipes=recipes_from_tables(group.get("recipes"), "a [[compress]] table"),
+        mixers=None if "mixers" not in group else _names(group["mixers"], list_mixers(),
+                                                         "compress.mixers"),
+        tasks=_only_tasks(group, "compress"))
+        for group in _tables(groups, "compress", COMPRESS_KEYS)]
 
 
 @dataclass
@@ -148,11 +157,13 @@ class LinearizeGroup:
             if len(layers) != 1:
                 raise ValueError(f"linearize.mixers: {spec!r} is a stack; linearization swaps "
                                  "one mechanism into every layer (name one mechanism)")
-            if not mixer_info(layers[0].name).reuses_attention_weights:
-                able = [m for m in list_mixers() if mixer_info(m).reuses_attention_weights]
+            if layers[0].name == "softmax":
+                raise ValueError("linearize.mixers: softmax is what linearization starts from; "
+                                 "name the mechanisms that replace it")
+            if layers[0].name not in _taking_over():
                 raise ValueError(f"linearize.mixers: {spec!r} cannot take over softmax "
                                  "attention's query, key, value and output weights; mechanisms "
-                                 f"that can: {', '.join(able)}")
+                                 f"that can: {', '.join(_taking_over())}")
             out.append(LinearizeConfig(mixer=layers[0].name, options=dict(layers[0].options),
                                        transfer_steps=self.transfer_steps,
                                        finetune_steps=self.finetune_steps, loss=self.loss,
@@ -164,27 +175,24 @@ LINEARIZE_KEYS = {"mixers", "tasks", "steps", "transfer_steps", "finetune_steps"
 
 
 def _linearize_groups(groups) -> list[LinearizeGroup]:
-    if not isinstance(groups, list):
-        raise ValueError("linearize must be an array of tables ([[linearize]])")
     out = []
-    for group in groups:
-        if not isinstance(group, dict):
-            raise ValueError(f"each [[linearize]] must be a table, got {group!r:.80}")
-        unknown_keys(group, LINEARIZE_KEYS, "linearize")
+    for group in _tables(groups, "linearize", LINEARIZE_KEYS):
         if "mixers" not in group:
             raise ValueError("a [[linearize]] table needs mixers: the mechanisms to swap in")
         steps = group.get("steps", 300)
-        able = [m for m in list_mixers()
-                if m != "softmax" and mixer_info(m).reuses_attention_weights]
         made = LinearizeGroup(
-            mixers=_names(group["mixers"], able, "linearize.mixers"),  # "all": those that can
-            tasks=None if "tasks" not in group else _names(group["tasks"], list_tasks(),
-                                                           "linearize.tasks"),
+            mixers=_names(group["mixers"], _taking_over(), "linearize.mixers"),
+            tasks=_only_tasks(group, "linearize"),
             transfer_steps=group.get("transfer_steps", steps),
             finetune_steps=group.get("finetune_steps", steps), loss=group.get("loss", "mse"))
         made.configs(seed=0)  # names, options, steps and loss are checked here
         out.append(made)
     return out
+
+
+def _taking_over() -> list[str]:
+    """The mechanisms that can take over softmax attention's weights (linearization's)."""
+    return [m for m in list_mixers() if m != "softmax" and mixer_info(m).reuses_attention_weights]
 
 
 def builtin_suites() -> list[str]:
