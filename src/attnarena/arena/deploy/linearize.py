@@ -159,7 +159,6 @@ def linearize_pretrained(model, config, *, store_path="results/arena.sqlite",
     device = resolve_device(device)
     teacher = pretrained_subject(model, device, eval_sentences=eval_sentences,
                                  contexts=contexts, eval_tokens=eval_tokens)
-    teacher.check_takes_over(config.mixer)
     return linearize(teacher, config, label=str(model), store_path=store_path,
                      results_dir=results_dir, device=device, lengths=lengths, batch=batch,
                      rerun=rerun, log=log)
