@@ -97,6 +97,47 @@ def test_registered_onnx_forms_hold_where_torchs_export_loses_precision():
         torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
 
 
+class _Attention(torch.nn.Module):
+    """``F.scaled_dot_product_attention`` in each way a model calls it: key mask, float masks
+    (the lowest float: a row of padding alone gets uniform weights; -inf: zeros), a 4-D mask
+    under which padded queries see no key, causal, none, a scale given."""
+
+    def forward(self, x, mask):
+        F = torch.nn.functional
+        B, L, _ = x.shape
+        q, k, v = (t.reshape(B, L, 2, 4).transpose(1, 2) for t in x.chunk(3, dim=-1))
+        keys = mask[:, None, None, :]
+        pairs = mask[:, None, :, None] & keys  # a padded query sees nothing
+        additive = torch.zeros(B, 1, 1, L).masked_fill(~keys, float("-inf"))
+        lowest = torch.zeros(B, 1, 1, L).masked_fill(~keys, torch.finfo(x.dtype).min)
+        return (F.scaled_dot_product_attention(q, k, v, attn_mask=keys),
+                F.scaled_dot_product_attention(q, k, v, attn_mask=lowest),  # as transformers
+                F.scaled_dot_product_attention(q, k, v, attn_mask=pairs, scale=0.3),
+                F.scaled_dot_product_attention(q, k, v, attn_mask=additive),
+                F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                F.scaled_dot_product_attention(q, k, v))
+
+
+def test_attention_exports_as_torch_computes_it_without_a_pass_over_its_weights():
+    torch.manual_seed(0)
+    x = torch.randn(3, 12, 24) * 3
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, 7:] = False
+    mask[2] = False  # a sequence of padding alone: torch gives its queries zeros
+    graph = export_onnx(_Attention(), lambda m: m(x, mask))
+    assert "IsNaN" not in graph.operators()
+    for length in (12, 5, 30):
+        inputs = (torch.randn(3, length, 24) * 3, mask[:, :1].expand(3, length).clone())
+        inputs[1][1, length // 2:] = False
+        with torch.no_grad():
+            expected = _Attention()(*inputs)
+        got = graph(*inputs)
+        for out, want in zip(got, expected):
+            torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+        assert not got[0][2].any() and not got[2][2].any() and not got[3][2].any()
+        assert got[1][2].abs().amax() > 0.1  # uniform weights, as torch
+
+
 def test_a_gla_with_saturated_gates_exports():
     """Trained gates reach pre-activations far below -18, where log(sigmoid(x)) in ONNX
     Runtime stops following x."""

@@ -117,7 +117,7 @@ def softmax_attention(q, k, v, *, causal=False, mask=None, window=None, scale=No
         allowed = key_or_full if allowed is None else allowed & key_or_full
     if allowed is None:
         allowed = torch.ones(1, 1, L, S, dtype=torch.bool, device=q.device)
-    allowed = allowed.expand(torch.broadcast_shapes(allowed.shape, (1, 1, L, S)))
+    # left as broadcast: a key mask stays (B, 1, 1, S), and so do the steps below
     seen = allowed.any(-1, keepdim=True)
     # A row with no visible key would be NaN; let it attend anywhere and zero it below.
     attn_mask = allowed | ~seen  # boolean: True = attend
