@@ -278,11 +278,14 @@ def _error(reference: list, produced: list) -> float:
 
 def session(graph: bytes, threads: int | None = None):
     """An ONNX Runtime CPU session of ``graph`` with ``threads`` intra-op threads (default:
-    torch's, so the two are timed on the same cores)."""
+    torch's, so the two are timed on the same cores). Its idle threads sleep rather than
+    spin: spinning ones took the cores from the torch calls timed beside it (a torch
+    baseline ran 2x slower next to a two-thread session, inflating the speed-ups)."""
     ort = onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 4  # a failing run raises with the message
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
