@@ -207,15 +207,12 @@ def _chunked(q, k, v, beta, log_alpha, S, C):
     transition.diagonal(dim1=-2, dim2=-1).add_(1 if end_decay is None else end_decay[..., 0])
     writes = k_end_t @ U  # (B, H, n, Dk, Dv)
     del attend, W, U
-    # chunk-major once, so that every step of the loop reads contiguous (B H, Dk, .) slices
-    # (slicing chunk i out of (B, H, n, ...) copies it whenever B H > 1)
-    transition, writes = (t.reshape(B * H, n, Dk, -1).transpose(0, 1).contiguous()
-                          for t in (transition, writes))
     before = []
-    S = S.reshape(B * H, Dk, Dv)
     for i in range(n):
         before.append(S)
-        S = torch.baddbmm(writes[i], transition[i], S)
+        S = torch.baddbmm(writes[:, :, i].reshape(B * H, Dk, Dv),
+                          transition[:, :, i].reshape(B * H, Dk, Dk),
+                          S.reshape(B * H, Dk, Dv)).reshape(B, H, Dk, Dv)
     o = torch.baddbmm(within.reshape(flat, C, Dv), reads.reshape(flat, C, Dk),
-                      torch.stack(before, dim=1).reshape(flat, Dk, Dv)).reshape(B, H, n * C, Dv)
-    return o[:, :, :L], S.reshape(B, H, Dk, Dv)
+                      torch.stack(before, dim=2).reshape(flat, Dk, Dv)).reshape(B, H, n * C, Dv)
+    return o[:, :, :L], S
