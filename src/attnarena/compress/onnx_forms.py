@@ -27,21 +27,19 @@ def register_forms() -> None:
     if _SYMBOLICS:
         return
 
-    constant = _constant
-
     def expm1(g, x):
-        half = g.op("Tanh", g.op("Mul", x, constant(g, 0.5, x)))
-        return g.op("Mul", half, g.op("Add", g.op("Exp", x), constant(g, 1.0, x)))
+        half = g.op("Tanh", g.op("Mul", x, _constant(g, 0.5, x)))
+        return g.op("Mul", half, g.op("Add", g.op("Exp", x), _constant(g, 1.0, x)))
 
     def log_sigmoid(g, x):
         tail = g.op("Exp", g.op("Neg", g.op("Abs", x)))  # in (0, 1]: never overflows
         # log(1 + t) as log(u) t / (u - 1) with u = 1 + t (t itself where u rounds to 1):
         # accurate relative to the result for small t too (Goldberg's log1p)
-        u = g.op("Add", tail, constant(g, 1.0, x))
+        u = g.op("Add", tail, _constant(g, 1.0, x))
         ratio = g.op("Div", g.op("Mul", g.op("Log", u), tail),
-                     g.op("Sub", u, constant(g, 1.0, x)))
-        log1p = g.op("Where", g.op("Equal", u, constant(g, 1.0, x)), tail, ratio)
-        return g.op("Sub", g.op("Min", x, constant(g, 0.0, x)), log1p)
+                     g.op("Sub", u, _constant(g, 1.0, x)))
+        log1p = g.op("Where", g.op("Equal", u, _constant(g, 1.0, x)), tail, ratio)
+        return g.op("Sub", g.op("Min", x, _constant(g, 0.0, x)), log1p)
 
     for name, symbolic in (("aten::expm1", expm1), ("aten::log_sigmoid", log_sigmoid),
                            ("aten::scaled_dot_product_attention", _attention)):
@@ -117,7 +115,7 @@ def _attention(g, q, k, v, mask=None, dropout=None, causal=None, scale=None, gqa
         mask = g.op("Trilu", ones, upper_i=0)  # (L, S)
     if not _is_none(mask):
         lowest = constant(float(torch.finfo(torch.float32).min), scores)
-        if mask.type().scalarType() == "Bool":
+        if causal or mask.type().scalarType() == "Bool":
             mask = g.op("Where", mask, constant(0.0, scores), lowest)
             if not causal:
                 seen = g.op("Greater", g.op("ReduceMax", mask, axes_i=[-1], keepdims_i=1),
