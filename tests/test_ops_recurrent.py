@@ -137,6 +137,46 @@ def test_delta_rules_equal_the_loop(s, form, dtype, gated, beta_max):
     close(state, ref_state, dtype)
 
 
+@given(shapes, st.integers(1, 4), st.booleans(), st.booleans(), st.integers(1, 3))
+def test_delta_rules_without_gradients_run_in_blocks_that_equal_the_whole(s, blocks, gated,
+                                                                         start, n):
+    """Without gradients the chunk form runs over blocks of whole chunks, the state carried
+    from block to block: the loop's outputs and final state, and the chunk form run whole
+    (gradients recorded) to 1e-12, at block sizes that split the sequence anywhere."""
+    from attnarena.ops import delta
+    q, k, v, g = tensors(s["B"], s["H"], s["L"], s["Dk"], s["Dv"], s["seed"])
+    k = F.normalize(k, dim=-1)
+    beta = 2 * torch.rand(s["B"], s["H"], s["L"], generator=g, dtype=torch.float64)
+    log_alpha = -torch.rand(beta.shape, generator=g, dtype=torch.float64) * s["strength"]
+    state = (torch.randn(s["B"], s["H"], s["Dk"], s["Dv"], generator=g, dtype=torch.float64)
+             if start else None)
+    kw = dict(beta=beta, log_alpha=log_alpha if gated else None, chunk_size=s["chunk"],
+              initial_state=state, return_state=True)
+    if n > 1:  # DeltaProduct: n steps a token, the chunk spanning n x chunk_size steps
+        call = ops.delta_product
+        k = k[:, :, :, None].expand(-1, -1, -1, n, -1)
+        v = v[:, :, :, None].expand(-1, -1, -1, n, -1)
+        kw["beta"] = beta[..., None].expand(-1, -1, -1, n) / n
+    else:
+        call = ops.gated_delta_rule if gated else ops.delta_rule
+        if not gated:
+            del kw["log_alpha"]
+    ref, ref_state = call(q, k, v, form="recurrent", **kw)
+    whole, whole_state = call(q.requires_grad_(), k, v, form="chunk", **kw)
+    q = q.detach()
+    saved = delta.INFERENCE_BLOCK
+    delta.INFERENCE_BLOCK = blocks * s["chunk"] * n  # several blocks for most lengths
+    try:
+        with torch.no_grad():
+            out, out_state = call(q, k, v, form="chunk", **kw)
+    finally:
+        delta.INFERENCE_BLOCK = saved
+    close(out, ref, torch.float64)
+    close(out_state, ref_state, torch.float64)
+    torch.testing.assert_close(out, whole.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out_state, whole_state.detach(), rtol=1e-12, atol=1e-12)
+
+
 def loop_householder_product(q, k, v, beta, alpha, S):
     """DeltaProduct from its equations: S_t = alpha_t A_t S_{t-1} + B_t with the product
     A_t = H_tn ... H_t1 of generalized Householder matrices H_tj = I - beta_tj k_tj k_tj^T

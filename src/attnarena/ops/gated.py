@@ -273,9 +273,10 @@ def segment_sums(x, dim):
     n = x.shape[-1]
     expanded = x[..., None, :].expand(*x.shape, n).transpose(-1, -2)  # [..., i, j] = x[i]
     strictly_lower = torch.ones(n, n, dtype=torch.bool, device=x.device).tril(-1)
-    sums = expanded.masked_fill(~strictly_lower, 0).cumsum(dim=-2)
+    # one new tensor, then in place (autograd-safe: neither step's gradient reads values)
+    sums = expanded.masked_fill(~strictly_lower, 0).cumsum_(dim=-2)
     lower = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-    return sums.masked_fill(~lower, float("-inf"))
+    return sums.masked_fill_(~lower, float("-inf"))
 
 
 def suffix_sums(x, dim):
