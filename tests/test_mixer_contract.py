@@ -1,6 +1,8 @@
 """The shared mixer contract, run for every registered mixer and every pattern it declares."""
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import attnarena as aa
 from attnarena import ops
@@ -427,6 +429,25 @@ def test_huge_finite_inputs_stay_finite_or_are_refused(name, pattern):
             assert "overflowed" in str(error)
         else:
             assert torch.isfinite(y).all()
+
+
+@given(st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+       st.integers(0, 40), st.sampled_from([None, float("nan"), float("inf"), -float("inf")]),
+       st.sampled_from([0.0, 0.5, 1.0]), st.integers(0, 2**16))
+def test_the_finite_check_agrees_with_isfinite(dtype, n, special, huge, seed):
+    """The one-reduction check of finite inputs and outputs (a sum is finite only if every
+    entry is) answers as isfinite over every entry, sums that overflow included (a share
+    ``huge`` of the entries at the dtype's largest value)."""
+    from attnarena._validate import all_finite
+
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
+    if n:
+        t[torch.rand(n, generator=g) < huge] = torch.finfo(dtype).max
+        if special is not None:
+            t[int(torch.randint(n, (1,), generator=g))] = special
+    assert all_finite(t) == bool(torch.isfinite(t).all())
+    assert all_finite(t.reshape(1, n, 1)) == all_finite(t)
 
 
 @pytest.mark.parametrize("name, pattern", pattern_cases())

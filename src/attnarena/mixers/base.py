@@ -14,8 +14,8 @@ import weakref
 import torch
 from torch import nn
 
-from attnarena._validate import (NonFiniteError, check_finite, check_int, check_mask,
-                                 debug_checks_on, entering, inside)
+from attnarena._validate import (NonFiniteError, all_finite, check_finite, check_int,
+                                 check_mask, debug_checks_on, entering, inside)
 from attnarena.mixers.pieces import has_hooks, tokens_per_piece, train_in_pieces
 from attnarena.ops._checks import tracing
 from attnarena.registry import MixerInfo
@@ -112,7 +112,7 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
             if y is None:
                 y = self._forward(x, context, mask)
         # a direct call's output is checked once; inside a model, the loss catches divergence
-        if entry and not bool(torch.isfinite(y).all()):  # finite inputs: the dtype overflowed
+        if entry and not all_finite(y):  # finite inputs: the dtype overflowed
             raise NonFiniteError(f"mixer {self.info.name!r} overflowed {y.dtype}: finite inputs "
                                  f"(largest magnitude {float(x.detach().abs().max()):.3g}) gave "
                                  "NaN or infinite outputs; scale the inputs down (a norm "
@@ -217,10 +217,10 @@ class Mixer(nn.Module, metaclass=abc.ABCMeta):
         try:
             y_t, state = self._step(x_t, state)
         except ValueError:
-            if all(bool(torch.isfinite(t).all()) for t in _tensors(state)):
+            if all(all_finite(t) for t in _tensors(state)):
                 raise
             y_t = None
-        if y_t is None or not bool(torch.isfinite(y_t).all()):
+        if y_t is None or not all_finite(y_t):
             raise NonFiniteError(f"mixer {self.info.name!r} cannot decode from this state: it "
                                  "holds NaN or infinite values (x_t is finite); start the "
                                  "sequence again from init_state")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from attnarena._validate import entering
+from attnarena._validate import all_finite, entering
 from attnarena.ops.scan import associative_scan
 
 PREFIX_FORMS = ("parallel", "recurrent")
@@ -31,7 +31,7 @@ def _check(scores, values, mask):
                          f"and {tuple(getattr(values, 'shape', ()))}")
     if scores.shape[-1] == 0:
         raise ValueError("scores need at least one position")
-    if entering() and not bool(torch.isfinite(scores).all()):
+    if entering() and not all_finite(scores):
         raise ValueError("scores must be finite")
     if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
                              or mask.shape != scores.shape[:1] + scores.shape[-1:]):
