@@ -3,8 +3,10 @@
 Usage: python benchmarks/recurrent_forms.py [--length 16384] [--heads 4] [--head-dim 64]
 
 Prints, per kernel, the median time of each form, the chunk form's speed-up over the
-recurrent form, and the chunk form's arithmetic rate (matmul FLOPs it performs / time)
-next to this machine's float32 matmul throughput measured in the same run. About 30 s at
+recurrent form and over exact causal attention at the same shape (SDPA with
+``is_causal=True``, timed first in the same run), and the chunk form's arithmetic rate
+(matmul FLOPs it performs / time) next to this machine's float32 matmul throughput
+measured in the same run. About 30 s at
 the defaults on an idle 2-core AMD EPYC; each kernel's row prints as soon as it is timed.
 """
 from __future__ import annotations
@@ -34,6 +36,12 @@ def timed_range(fn, repeats):
 
 def timed(fn, repeats):
     return timed_range(fn, repeats)[0]
+
+
+def timed_sdpa(B, H, L, D, repeats):
+    """Median seconds of exact causal attention (SDPA, ``is_causal=True``) at this shape."""
+    q, k, v = (torch.randn(B, H, L, D) for _ in range(3))
+    return timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), repeats)
 
 
 def cases(B, H, L, D, N):
@@ -71,7 +79,7 @@ def cases(B, H, L, D, N):
     }
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--batch", type=int, default=1)
@@ -79,16 +87,18 @@ def main():
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--state", type=int, default=16, help="Mamba's state size")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     env = environment()
     peak = matmul_gflops()
     print(f"{env['hardware']}, {env['threads']} threads, torch {env['torch']}; "
           f"float32 matmul {peak:.1f} GFLOP/s")
     print(f"B={args.batch} H={args.heads} L={args.length} D={args.head_dim} "
           f"(Mamba: d={2 * args.heads * args.head_dim}, N={args.state}), causal, float32")
-    print(f"{'kernel':<18} {'chunk ms':>9} {'recurrent ms':>13} {'speed-up':>9} "
-          f"{'chunk GFLOP/s':>14} {'of matmul':>10}")
     with torch.no_grad():
+        sdpa = timed_sdpa(args.batch, args.heads, args.length, args.head_dim, args.repeats)
+        print(f"SDPA (is_causal=True): {sdpa * 1e3:.1f} ms")
+        print(f"{'kernel':<18} {'chunk ms':>9} {'recurrent ms':>13} {'speed-up':>9} "
+              f"{'vs SDPA':>8} {'chunk GFLOP/s':>14} {'of matmul':>10}")
         for name, (run, flops) in cases(args.batch, args.heads, args.length, args.head_dim,
                                         args.state).items():
             print(f"{name:<18} timing...", end="\r", flush=True)
@@ -97,7 +107,8 @@ def main():
             rate = "-" if flops is None else f"{flops / chunk / 1e9:.1f}"
             share = "-" if flops is None else f"{flops / chunk / 1e9 / peak:.0%}"
             print(f"{name:<18} {chunk * 1e3:9.1f} {recurrent * 1e3:13.1f} "
-                  f"{recurrent / chunk:8.1f}x {rate:>14} {share:>10}", flush=True)
+                  f"{recurrent / chunk:8.1f}x {sdpa / chunk:7.2f}x {rate:>14} {share:>10}",
+                  flush=True)
 
 
 if __name__ == "__main__":
