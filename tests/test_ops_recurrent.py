@@ -137,44 +137,71 @@ def test_delta_rules_equal_the_loop(s, form, dtype, gated, beta_max):
     close(state, ref_state, dtype)
 
 
-@given(shapes, st.integers(1, 4), st.booleans(), st.booleans(), st.integers(1, 3))
-def test_delta_rules_without_gradients_run_in_blocks_that_equal_the_whole(s, blocks, gated,
-                                                                         start, n):
-    """Without gradients the chunk form runs over blocks of whole chunks, the state carried
+def _block_cases(q, k, v, g, strength):
+    """Each chunked kernel as call(q, k, v, form, state) -> (o, state), its other inputs
+    drawn here (keys normalized and betas up to 2 for the delta rules)."""
+    B, H, L, _ = q.shape
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    log_g, log_a = -rand(*q.shape) * strength, -rand(B, H, L) * strength
+    log_decay, beta, gates = -rand(H) * strength, 2 * rand(B, H, L), torch.randn(
+        2, B, H, L, generator=g, dtype=torch.float64)
+    kn = F.normalize(k, dim=-1)
+    return {
+        "linear_attention": lambda q, k, v, **kw: ops.linear_attention(
+            q.abs(), k.abs(), v, causal=True, **kw),
+        "retention": lambda q, k, v, **kw: ops.retention(q, k, v, log_decay=log_decay, **kw),
+        "scalar_gated": lambda q, k, v, **kw: ops.scalar_gated(q, k, v, log_a=log_a, **kw),
+        "gla": lambda q, k, v, **kw: ops.gla(q, k, v, log_g=log_g, **kw),
+        "mlstm": lambda q, k, v, **kw: ops.mlstm(q, k, v, input_gate=gates[0],
+                                                 forget_gate=gates[1], **kw),
+        "delta_rule": lambda q, k, v, **kw: ops.delta_rule(q, kn, v, beta=beta, **kw),
+        "gated_delta_rule": lambda q, k, v, **kw: ops.gated_delta_rule(
+            q, kn, v, beta=beta, log_alpha=log_a, **kw),
+        "delta_product": lambda q, k, v, **kw: ops.delta_product(
+            q, torch.stack([kn, kn.flip(-1)], 3), torch.stack([v, -v], 3),
+            beta=torch.stack([beta, beta.flip(-1)], 3) / 2, log_alpha=log_a, **kw),
+    }
+
+
+BLOCKED = ["linear_attention", "retention", "scalar_gated", "gla", "mlstm", "delta_rule",
+           "gated_delta_rule", "delta_product"]
+
+
+@pytest.mark.parametrize("name", BLOCKED)
+@given(s=shapes, blocks=st.integers(1, 4), start=st.booleans())
+def test_chunk_forms_without_gradients_run_in_blocks_that_equal_the_whole(name, s, blocks,
+                                                                        start):
+    """Without gradients a chunk form runs over blocks of whole chunks, its state carried
     from block to block: the loop's outputs and final state, and the chunk form run whole
-    (gradients recorded) to 1e-12, at block sizes that split the sequence anywhere."""
-    from attnarena.ops import delta
+    (gradients recorded), at block sizes that split the sequence anywhere, from an empty
+    state or one an earlier call returned."""
+    from attnarena.ops import _blocks
+
     q, k, v, g = tensors(s["B"], s["H"], s["L"], s["Dk"], s["Dv"], s["seed"])
-    k = F.normalize(k, dim=-1)
-    beta = 2 * torch.rand(s["B"], s["H"], s["L"], generator=g, dtype=torch.float64)
-    log_alpha = -torch.rand(beta.shape, generator=g, dtype=torch.float64) * s["strength"]
-    state = (torch.randn(s["B"], s["H"], s["Dk"], s["Dv"], generator=g, dtype=torch.float64)
-             if start else None)
-    kw = dict(beta=beta, log_alpha=log_alpha if gated else None, chunk_size=s["chunk"],
-              initial_state=state, return_state=True)
-    if n > 1:  # DeltaProduct: n steps a token, the chunk spanning n x chunk_size steps
-        call = ops.delta_product
-        k = k[:, :, :, None].expand(-1, -1, -1, n, -1)
-        v = v[:, :, :, None].expand(-1, -1, -1, n, -1)
-        kw["beta"] = beta[..., None].expand(-1, -1, -1, n) / n
-    else:
-        call = ops.gated_delta_rule if gated else ops.delta_rule
-        if not gated:
-            del kw["log_alpha"]
+    call = _block_cases(q, k, v, g, s["strength"])[name]
+    state = call(q, k, v, form="recurrent", return_state=True)[1] if start else None
+    kw = dict(chunk_size=s["chunk"], initial_state=state, return_state=True)
     ref, ref_state = call(q, k, v, form="recurrent", **kw)
-    whole, whole_state = call(q.requires_grad_(), k, v, form="chunk", **kw)
-    q = q.detach()
-    saved = delta.INFERENCE_BLOCK
-    delta.INFERENCE_BLOCK = blocks * s["chunk"] * n  # several blocks for most lengths
+    whole, whole_state = call(q.clone().requires_grad_(), k, v, form="chunk", **kw)
+    saved = _blocks.INFERENCE_BLOCK
+    _blocks.INFERENCE_BLOCK = blocks * s["chunk"]  # several blocks for most lengths
     try:
         with torch.no_grad():
             out, out_state = call(q, k, v, form="chunk", **kw)
     finally:
-        delta.INFERENCE_BLOCK = saved
-    close(out, ref, torch.float64)
-    close(out_state, ref_state, torch.float64)
-    torch.testing.assert_close(out, whole.detach(), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(out_state, whole_state.detach(), rtol=1e-12, atol=1e-12)
+        _blocks.INFERENCE_BLOCK = saved
+    pairs = [(out, ref, whole)] + list(zip(_state_tensors(out_state), _state_tensors(ref_state),
+                                           _state_tensors(whole_state)))
+    for got, loop, unblocked in pairs:
+        close(got, loop, torch.float64)
+        close(got, unblocked.detach(), torch.float64)
+
+
+def _state_tensors(state):
+    return list(state) if isinstance(state, tuple) else [state]
 
 
 def loop_householder_product(q, k, v, beta, alpha, S):

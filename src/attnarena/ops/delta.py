@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from attnarena._validate import entering
+from attnarena.ops._blocks import in_blocks
 from attnarena.ops._checks import (check_chunk_size, check_form, check_qkv, check_state,
                                    compute_dtype)
 from attnarena.ops.gated import check_log_decay, segment_sums, suffix_sums
@@ -138,43 +139,14 @@ def _delta(q, k, v, beta, log_alpha, form, chunk_size, initial_state, return_sta
              else initial_state.to(dtype))
     if form == "recurrent":
         o, state = _recurrent(q, k, v, beta, log_alpha, state)
-    elif form == "chunk" and not _tracked(q, k, v, beta, log_alpha, state):
-        o, state = _chunked_blocks(q, k, v, beta, log_alpha, state, min(chunk_size, L))
+    elif form == "parallel":
+        o, state = _chunked(q, k, v, beta, log_alpha, state, L)
     else:
-        o, state = _chunked(q, k, v, beta, log_alpha, state,
-                            L if form == "parallel" else min(chunk_size, L))
+        C = min(chunk_size, L)
+        o, state = in_blocks(lambda parts, S: _chunked(*parts, S, C),
+                             (q, k, v, beta, log_alpha), state, C)
     o = o.to(out_dtype)
     return (o, state) if return_state else o
-
-
-INFERENCE_BLOCK = 1024  # tokens of one pass of the chunk form without gradients
-
-
-def _tracked(*tensors) -> bool:
-    """Whether autograd records an op over these tensors (None entries ignored)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in tensors)
-
-
-def _chunked_blocks(q, k, v, beta, log_alpha, S, C):
-    """The chunk form without gradients, over blocks of about ``INFERENCE_BLOCK`` tokens
-    (whole chunks) with the state carried from block to block: the same chunks and the same
-    arithmetic, so the same outputs. Each block's dozen intermediates (as large as the
-    block) are freed before the next block allocates its own, so the next reuses their
-    memory; over the whole sequence at once they are as large as the sequence, and glibc
-    hands such freed memory back to the system, so every call faulted ~200 MiB of fresh
-    pages in again at 16,384 tokens (about a third of the op's time)."""
-    L = q.shape[2]
-    block = max(C, INFERENCE_BLOCK // C * C)
-    if L <= block:
-        return _chunked(q, k, v, beta, log_alpha, S, C)
-    o = q.new_empty(*q.shape[:3], v.shape[-1])
-    for begin in range(0, L, block):
-        part = slice(begin, begin + block)
-        o[:, :, part], S = _chunked(q[:, :, part], k[:, :, part], v[:, :, part],
-                                    beta[:, :, part],
-                                    None if log_alpha is None else log_alpha[:, :, part], S, C)
-    return o, S
 
 
 def _recurrent(q, k, v, beta, log_alpha, S):

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from attnarena._validate import entering
+from attnarena.ops._blocks import in_blocks
 from attnarena.ops._checks import (check_chunk_size, check_form, check_qkv, check_state,
                                    compute_dtype, tracing)
 
@@ -92,8 +93,7 @@ def scalar_gated(q, k, v, *, log_a, form="chunk", chunk_size=64, initial_state=N
     if form == "recurrent":
         o, state = _recurrent(q, k, v, log_a[..., None], state)
     else:
-        C = L if form == "parallel" else min(chunk_size, L)  # short: one unpadded chunk
-        o, state = _chunked(q, k, v, log_a, state, C, per_channel=False)
+        o, state = _chunk_form(q, k, v, log_a, state, form, chunk_size, per_channel=False)
     o = o.to(out_dtype)
     return (o, state) if return_state else o
 
@@ -118,8 +118,7 @@ def gla(q, k, v, *, log_g, form="chunk", chunk_size=64, initial_state=None, retu
     elif tracing():  # a graph: chunks of one size at every length, no loop to unroll
         o, state = _traced_chunks(q, k, v, log_g, state, min(chunk_size, GRAPH_CHUNK))
     else:
-        C = q.shape[2] if form == "parallel" else min(chunk_size, q.shape[2])
-        o, state = _chunked(q, k, v, log_g, state, C, per_channel=True)
+        o, state = _chunk_form(q, k, v, log_g, state, form, chunk_size, per_channel=True)
     o = o.to(out_dtype)
     return (o, state) if return_state else o
 
@@ -154,6 +153,17 @@ def _recurrent(q, k, v, log_a, state):
         state = decay[:, :, t, :, None] * state + k[:, :, t, :, None] * v[:, :, t, None, :]
         outputs.append((q[:, :, t, None, :] @ state)[:, :, 0])
     return torch.stack(outputs, dim=2), state
+
+
+def _chunk_form(q, k, v, log_a, state, form, chunk_size, per_channel):
+    """The parallel form (one chunk) or the chunk form (in blocks without gradients); a
+    sequence shorter than a chunk is one unpadded chunk."""
+    L = q.shape[2]
+    if form == "parallel":
+        return _chunked(q, k, v, log_a, state, L, per_channel)
+    C = min(chunk_size, L)
+    return in_blocks(lambda parts, S: _chunked(*parts, S, C, per_channel), (q, k, v, log_a),
+                     state, C)
 
 
 def _chunked(q, k, v, log_a, state, C, per_channel):

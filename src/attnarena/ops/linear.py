@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnarena.ops._blocks import in_blocks
 from attnarena.ops._checks import (check_chunk_size, check_form, check_qkv, check_state,
                                    compute_dtype)
 
@@ -56,6 +57,9 @@ def linear_attention(q, k, v, *, causal, normalize=True, form="chunk", chunk_siz
 
     if form == "parallel":
         o, state = _parallel(q, k, v, causal, initial_state)
+    elif form == "chunk" and causal:
+        o, state = in_blocks(lambda parts, S: _chunk(*parts, True, S, chunk_size), (q, k, v),
+                             initial_state, min(chunk_size, L))
     elif form == "chunk":
         o, state = _chunk(q, k, v, causal, initial_state, chunk_size)
     else:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from attnarena._validate import entering
+from attnarena.ops._blocks import in_blocks
 from attnarena.ops._checks import check_chunk_size, check_form, check_qkv, compute_dtype
 from attnarena.ops.gated import segment_sums, suffix_sums
 
@@ -75,7 +76,13 @@ def mlstm(q, k, v, *, input_gate, forget_gate, form="chunk", chunk_size=64,
         h, S, m = _recurrent(q, k, v1, log_i, log_f, S, m)
     else:
         C = L if form == "parallel" else min(chunk_size, L)  # short: one unpadded chunk
-        h, S, m = _chunked(q, k, v1, log_i, log_f, S, m, C)
+
+        def run(parts, state):
+            h, *state = _chunked(*parts, *state, C)
+            return h, tuple(state)
+
+        h, (S, m) = (run((q, k, v1, log_i, log_f), (S, m)) if form == "parallel" else
+                     in_blocks(run, (q, k, v1, log_i, log_f), (S, m), C))
     h = h.to(out_dtype)
     return (h, (S, m)) if return_state else h
 
