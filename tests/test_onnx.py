@@ -154,6 +154,26 @@ def test_a_gla_with_saturated_gates_exports():
     torch.testing.assert_close(graph(x), mixer(x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["linear", "mlstm", "hedgehog"])
+def test_a_graph_traced_longer_than_a_block_runs_at_every_length(name, monkeypatch):
+    """Chunk forms without gradients run in blocks of a length fixed in Python; a graph
+    traced from a mixer over several blocks' worth of tokens (blocks of 16 here, nothing
+    recorded for autograd) still holds at other lengths (the exporter traces the parallel
+    form, which has no blocks)."""
+    from attnarena.ops import _blocks
+    from attnarena.registry import create_mixer
+
+    monkeypatch.setattr(_blocks, "INFERENCE_BLOCK", 16)
+    torch.manual_seed(0)
+    mixer = create_mixer(name, dim=32, heads=2, causal=True, chunk_size=8).eval()
+    mixer.requires_grad_(False)  # nothing recorded for autograd while tracing
+    x = torch.randn(2, 50, 32)
+    graph = export_onnx(mixer, lambda m: m(x))
+    for length in (50, 21, 77):
+        x = torch.randn(2, length, 32)
+        torch.testing.assert_close(graph(x), mixer(x), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("mixer", ["softmax", "gla", "mamba2"])
 def test_onnx_runtime_methods_against_the_float_model(mixer):
     task, model = tiny(mixer)
