@@ -212,10 +212,11 @@ def _chunked(q, k, v, beta, log_alpha, S, C):
     writes = k_end_t @ U  # (B, H, n, Dk, Dv)
     del attend, W, U
     before = []
-    for i in range(n):
+    # unbound once (see ops.gated): each chunk's slice has its own gradient, not one a step
+    # as large as all the chunks
+    for write_i, transition_i in zip(writes.unbind(2), transition.unbind(2)):
         before.append(S)
-        S = torch.baddbmm(writes[:, :, i].reshape(B * H, Dk, Dv),
-                          transition[:, :, i].reshape(B * H, Dk, Dk),
+        S = torch.baddbmm(write_i.reshape(B * H, Dk, Dv), transition_i.reshape(B * H, Dk, Dk),
                           S.reshape(B * H, Dk, Dv)).reshape(B, H, Dk, Dv)
     o = torch.baddbmm(within.reshape(flat, C, Dv), reads.reshape(flat, C, Dk),
                       torch.stack(before, dim=2).reshape(flat, Dk, Dv)).reshape(B, H, n * C, Dv)

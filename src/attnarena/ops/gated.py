@@ -203,9 +203,11 @@ def _chunked(q, k, v, log_a, state, C, per_channel):
     end_decay = total.transpose(-1, -2).exp()  # (B, H, n, Dk|1, 1)
     S = q.new_zeros(B, H, Dk, Dv) if state is None else state
     before = []
-    for i in range(n):
+    # unbound once: indexing chunk i of the whole tensor would give each step's gradient a
+    # zero-filled tensor as large as all the chunks in the backward pass
+    for decay_i, write_i in zip(end_decay.unbind(2), writes.unbind(2)):
         before.append(S)
-        S = end_decay[:, :, i] * S + writes[:, :, i]
+        S = decay_i * S + write_i
     o = o + q_from_start @ torch.stack(before, dim=2)
     return o.reshape(B, H, n * C, Dv)[:, :, :L], S
 

@@ -125,12 +125,14 @@ def _chunked(q, k, v1, log_i, log_f, S, m, C):
     writes = (kc * torch.exp(to_end - write_max[..., None])[..., None]).transpose(-1, -2) @ vc
 
     states, stabilizers = [], []
-    for c in range(n):
+    # unbound once (see ops.gated): no zero-filled gradient as large as all chunks a step
+    for total, top, write in zip(prefix[..., -1].unbind(2), write_max.unbind(2),
+                                 writes.unbind(2)):
         states.append(S)
         stabilizers.append(m)
-        m_new = torch.maximum(m + prefix[:, :, c, -1], write_max[:, :, c])
-        S = (torch.exp(m + prefix[:, :, c, -1] - m_new)[..., None, None] * S
-             + torch.exp(write_max[:, :, c] - m_new)[..., None, None] * writes[:, :, c])
+        m_new = torch.maximum(m + total, top)
+        S = (torch.exp(m + total - m_new)[..., None, None] * S
+             + torch.exp(top - m_new)[..., None, None] * write)
         m = m_new
     S_prev = torch.stack(states, dim=2)  # (B, H, n, Dk, Dv + 1)
     m_prev = torch.stack(stabilizers, dim=2)  # (B, H, n)

@@ -205,9 +205,10 @@ def _scan_group(u, delta, A, Bc, Cc, x, C):
         last = last.index_put(idx, stepped[:, -1])
     end_decay = end.exp()
     starts = []
-    for i in range(m):
+    # unbound once (see ops.gated): no zero-filled gradient as large as all chunks a step
+    for decay_i, last_i in zip(end_decay.unbind(2), last.unbind(2)):
         starts.append(x)
-        x = end_decay[:, :, i] * x + last[:, :, i]
+        x = decay_i * x + last_i
     starts = torch.stack(starts, dim=2)[:, :, :, None]  # (b, d, m, 1, n)
     states = apply(apply(acc, "add", starts), "mul", decay)
     if tracing() or bool(strong.any()):
