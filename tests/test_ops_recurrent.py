@@ -204,6 +204,22 @@ def _state_tensors(state):
     return list(state) if isinstance(state, tuple) else [state]
 
 
+@given(st.integers(0, 200), st.integers(1, 20), st.data())
+def test_spans_cover_the_length_in_groups_completing_the_first(length, size, data):
+    """The pieces a loop takes from one split: they add up to the length, and each ends
+    where a group of ``size`` ends (the first completes the group ``offset`` started) or
+    where the length does."""
+    from attnarena.ops._blocks import spans
+
+    offset = data.draw(st.integers(0, size - 1))
+    sizes = spans(length, size, offset)
+    assert sum(sizes) == length and all(n > 0 for n in sizes)
+    ends = [offset + sum(sizes[:i + 1]) for i in range(len(sizes))]
+    assert all(end % size == 0 for end in ends[:-1])
+    assert not sizes or ends[-1] % size == 0 or ends[-1] == offset + length
+    assert all(n <= size for n in sizes) and (not sizes or sizes[0] <= size - offset)
+
+
 def loop_householder_product(q, k, v, beta, alpha, S):
     """DeltaProduct from its equations: S_t = alpha_t A_t S_{t-1} + B_t with the product
     A_t = H_tn ... H_t1 of generalized Householder matrices H_tj = I - beta_tj k_tj k_tj^T

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from attnarena._validate import check_int
+from attnarena.ops._blocks import spans
 from attnarena.ops._checks import check_inner_model, check_state, compute_dtype
 from attnarena.ops.gated import check_log_decay, segment_sums
 
@@ -109,12 +110,11 @@ def _recurrent(q, k, v, lr, log_momentum, log_keep, state, b):
 
 def _chunked(q, k, v, lr, log_momentum, log_keep, state, b):
     W1, W2, S1, S2, W1s, W2s, offset = state
-    L, outputs, t = q.shape[2], [], 0
-    while t < L:
-        n = min(b - offset, L - t)  # the rest of the current mini-batch
-        qc, kc, vc, theta = q[:, :, t:t + n], k[:, :, t:t + n], v[:, :, t:t + n], \
-            lr[:, :, t:t + n]
-        g_keep, g_mom = log_keep[:, :, t:t + n], log_momentum[:, :, t:t + n]
+    outputs = []
+    sizes = spans(q.shape[2], b, offset)  # the first piece: the rest of the current batch
+    for qc, kc, vc, theta, g_keep, g_mom in zip(*(x.split(sizes, dim=2) for x in (
+            q, k, v, lr, log_keep, log_momentum))):
+        n = qc.shape[2]
         forget = segment_sums(g_keep, dim=-1).exp()  # a_tu over (u, t]
         carry = segment_sums(g_mom, dim=-1).exp()  # e_us over (s, u]
         decay = g_keep.cumsum(-1).exp()  # D_t
@@ -137,7 +137,7 @@ def _chunked(q, k, v, lr, log_momentum, log_keep, state, b):
         S1 = momentum[..., -1, None, None] * S1 - u.transpose(-1, -2) @ (step * kc)
         S2 = momentum[..., -1, None, None] * S2 - delta.transpose(-1, -2) @ (step * z)
         W1, W2 = W1_new, W2_new
-        offset, t = offset + n, t + n
+        offset += n
         if offset == b:
             W1s, W2s, offset = W1, W2, 0
     return torch.cat(outputs, dim=2), (W1, W2, S1, S2, W1s, W2s, offset)

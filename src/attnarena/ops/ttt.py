@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from attnarena._validate import check_int, entering
+from attnarena.ops._blocks import spans
 from attnarena.ops._checks import check_inner_model, check_qkv, check_state, compute_dtype
 
 TTT_FORMS = ("chunk", "recurrent")
@@ -93,16 +94,16 @@ def _primal(q, k, v, eta, start, grad, offset, b):
 
 
 def _dual(q, k, v, eta, start, grad, offset, b):
-    L, outputs, t = q.shape[2], [], 0
-    while t < L:
-        n = min(b - offset, L - t)  # the rest of the current mini-batch
-        qc, kc, vc, ec = (x[:, :, t:t + n] for x in (q, k, v, eta))
+    outputs = []
+    sizes = spans(q.shape[2], b, offset)  # the first piece: the rest of the current batch
+    for qc, kc, vc, ec in zip(*(x.split(sizes, dim=2) for x in (q, k, v, eta))):
+        n = qc.shape[2]
         errors = kc @ start - vc  # (B, H, n, Dv): e_s = S'^T k_s - v_s
         scaled = ec[..., None] * errors
         inner = (qc @ kc.transpose(-1, -2)).tril()  # q_t . k_s for s <= t
         outputs.append(qc @ (start - grad) - inner @ scaled)
         grad = grad + kc.transpose(-1, -2) @ scaled
-        offset, t = offset + n, t + n
+        offset += n
         if offset == b:
             start, grad, offset = start - grad, torch.zeros_like(grad), 0
     return torch.cat(outputs, dim=2), start, grad, offset
@@ -209,10 +210,10 @@ def _ln_primal(q, k, v, lr, token_eta, norm, state):
 
 def _ln_dual(q, k, v, lr, token_eta, norm, state):
     weight, bias, grad_w, grad_b, offset = state
-    b, L, outputs, t = token_eta.shape[0], q.shape[2], [], 0
-    while t < L:
-        n = min(b - offset, L - t)  # the rest of the current mini-batch
-        qc, kc, vc, lc = (x[:, :, t:t + n] for x in (q, k, v, lr))
+    b, outputs = token_eta.shape[0], []
+    sizes = spans(q.shape[2], b, offset)  # the first piece: the rest of the current batch
+    for qc, kc, vc, lc in zip(*(x.split(sizes, dim=2) for x in (q, k, v, lr))):
+        n = qc.shape[2]
         rates = token_eta[offset:offset + n, None]  # (n, 1)
         g = layer_norm_l2_grad(kc @ weight + bias[:, :, None], vc - kc, *norm)  # (B,H,n,D)
         scaled = lc[..., None] * g
@@ -223,7 +224,7 @@ def _ln_dual(q, k, v, lr, token_eta, norm, state):
         outputs.append(qc @ weight + bias[:, :, None] - rates * (earlier + reads @ scaled))
         grad_w = grad_w + kc.transpose(-1, -2) @ scaled
         grad_b = grad_b + scaled.sum(2)
-        offset, t = offset + n, t + n
+        offset += n
         if offset == b:
             rate = token_eta[b - 1]
             weight, bias = weight - rate * grad_w, bias - rate * grad_b
