@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from attnarena._validate import check_int
+from attnarena.ops._blocks import spans
 from attnarena.ops._checks import check_key_mask, check_qkv, compute_dtype
 
 VQ_FORMS = ("parallel", "chunk", "recurrent")
@@ -129,16 +130,17 @@ def _blocks(q, k_hat, v, keep, assigned, code_scores, W, causal):
         U_all = assigned.transpose(-1, -2) @ v
         n_all = assigned.sum(2)
     outputs = []
-    for start in range(0, L, W):
-        end = min(start + W, L)
-        qb, kb, vb = q[:, :, start:end], k_hat[:, :, start:end], v[:, :, start:end]
-        ab, cb = assigned[:, :, start:end], code_scores[:, :, start:end]
+    sizes = spans(L, W)
+    # split once: a slice a step would give each its own full-size gradient (ops._blocks)
+    for qb, kb, vb, ab, cb, kept in zip(*(t.split(sizes, dim=2) for t in (
+            q, k_hat, v, assigned, code_scores)), keep.split(sizes, dim=1)):
+        width = qb.shape[2]
         own_U, own_n = ab.transpose(-1, -2) @ vb, ab.sum(2)
         if not causal:
             U, n = U_all - own_U, n_all - own_n
-        allowed = keep[:, None, None, start:end]
+        allowed = kept[:, None, None, :]
         if causal:
-            allowed = allowed & torch.ones(end - start, end - start, dtype=torch.bool,
+            allowed = allowed & torch.ones(width, width, dtype=torch.bool,
                                            device=q.device).tril()
         scores = (qb @ kb.transpose(-1, -2)).masked_fill(~allowed, float("-inf"))
         # the largest score among the keys each query sees, in the block or the cache
