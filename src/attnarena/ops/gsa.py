@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from attnarena.ops._checks import check_chunk_size, check_form, check_qkv, check_state, \
-    compute_dtype
-from attnarena.ops.gated import check_log_decay, gla, segment_sums
+    compute_dtype, tracing
+from attnarena.ops.gated import FACTOR_LIMIT, check_log_decay, gla, segment_sums
 
 
 def gated_slot_attention(q, k, v, *, log_alpha, form="chunk", chunk_size=64,
@@ -89,15 +89,20 @@ def _read_keys(q, k, log_alpha, K, C):
         q, k = F.pad(q, (0, 0, 0, pad)), F.pad(k, (0, 0, 0, pad))
         log_alpha = F.pad(log_alpha, (0, 0, 0, pad))
     write = -torch.expm1(log_alpha)
+    causal = torch.ones(C, C, dtype=q.dtype, device=q.device).tril()
     scores = []
-    for start in range(0, L + pad, C):
-        qc, kc = q[:, :, start:start + C], k[:, :, start:start + C]
-        g = log_alpha[:, :, start:start + C]  # (B, H, C, m)
-        wc = write[:, :, start:start + C]
-        decay = segment_sums(g, dim=2).exp()  # (B, H, m, C, C): exp(sum over (j, t]), t >= j
+    # split once: a slice a step would give each its own full-size gradient (ops._blocks)
+    for qc, kc, g, wc in zip(*(t.split(C, dim=2) for t in (q, k, log_alpha, write))):
+        # g, wc: (B, H, C, m)
         prefix = g.cumsum(dim=2)  # (B, H, C, m): log decay from the chunk's start to t
         attend = qc @ kc.transpose(-1, -2)  # (B, H, C, C) = q_t . k_j
-        inner = torch.einsum("bhitj,bhji,bhtj->bhti", decay, wc, attend)
+        if tracing() or bool((prefix[:, :, -1] < -FACTOR_LIMIT).any()):
+            # a slot that decays by more than exp(-30) in the chunk: each decay summed over
+            # its own span (B, H, m, C, C), exact for any decay
+            decay = segment_sums(g, dim=2).exp()  # exp(sum over (j, t]), t >= j
+            inner = torch.einsum("bhitj,bhji,bhtj->bhti", decay, wc, attend)
+        else:  # exp(P_t - P_j) = exp(P_t) exp(-P_j), each factor within exp(+-30): a product
+            inner = prefix.exp() * ((attend * causal) @ (wc * (-prefix).exp()))
         scores.append(inner + prefix.exp() * (qc @ K.transpose(-1, -2)))
         to_end = (prefix[:, :, -1:] - prefix).exp() * wc  # (B, H, C, m)
         K = prefix[:, :, -1, :, None].exp() * K + to_end.transpose(-1, -2) @ kc
