@@ -162,13 +162,15 @@ class DeltaProduct(_DeltaBase):
     ``gated=True`` is Gated DeltaProduct: Gated DeltaNet's decay once per token and its
     output gate.
 
-    Options: householder, gated, negative_eigenvalues, conv_size, form, chunk_size.
+    Options: householder, gated, negative_eigenvalues, conv_size, form, chunk_size (tokens;
+    32 by default, so that a chunk holds 64 delta-rule steps at n_h = 2, the delta rule's
+    chunk: forward + backward at B4 L1024 took 329 ms in chunks of 64 tokens, 261 in 32).
     """
 
     pretrained_options = None  # n_h keys and values per token: no square k_proj, v_proj
 
     def __init__(self, dim, heads=1, causal=False, *, householder=2, gated=False,
-                 negative_eigenvalues=False, conv_size=4, form="chunk", chunk_size=64):
+                 negative_eigenvalues=False, conv_size=4, form="chunk", chunk_size=32):
         super().__init__(dim, heads, causal, conv_size=conv_size, form=form,
                          chunk_size=chunk_size, negative_eigenvalues=negative_eigenvalues)
         check_int(householder, "householder")
