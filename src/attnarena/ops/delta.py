@@ -139,10 +139,8 @@ def _delta(q, k, v, beta, log_alpha, form, chunk_size, initial_state, return_sta
              else initial_state.to(dtype))
     if form == "recurrent":
         o, state = _recurrent(q, k, v, beta, log_alpha, state)
-    elif form == "parallel":
-        o, state = _chunked(q, k, v, beta, log_alpha, state, L)
-    else:
-        C = min(chunk_size, L)
+    else:  # one chunk of the whole length is never cut into blocks
+        C = L if form == "parallel" else min(chunk_size, L)
         o, state = in_blocks(lambda parts, S: _chunked(*parts, S, C),
                              (q, k, v, beta, log_alpha), state, C)
     o = o.to(out_dtype)

@@ -156,12 +156,10 @@ def _recurrent(q, k, v, log_a, state):
 
 
 def _chunk_form(q, k, v, log_a, state, form, chunk_size, per_channel):
-    """The parallel form (one chunk) or the chunk form (in blocks without gradients); a
-    sequence shorter than a chunk is one unpadded chunk."""
+    """The parallel form (one chunk, never cut into blocks) or the chunk form (in blocks
+    without gradients); a sequence shorter than a chunk is one unpadded chunk."""
     L = q.shape[2]
-    if form == "parallel":
-        return _chunked(q, k, v, log_a, state, L, per_channel)
-    C = min(chunk_size, L)
+    C = L if form == "parallel" else min(chunk_size, L)
     return in_blocks(lambda parts, S: _chunked(*parts, S, C, per_channel), (q, k, v, log_a),
                      state, C)
 

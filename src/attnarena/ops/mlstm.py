@@ -81,8 +81,7 @@ def mlstm(q, k, v, *, input_gate, forget_gate, form="chunk", chunk_size=64,
             h, *state = _chunked(*parts, *state, C)
             return h, tuple(state)
 
-        h, (S, m) = (run((q, k, v1, log_i, log_f), (S, m)) if form == "parallel" else
-                     in_blocks(run, (q, k, v1, log_i, log_f), (S, m), C))
+        h, (S, m) = in_blocks(run, (q, k, v1, log_i, log_f), (S, m), C)
     h = h.to(out_dtype)
     return (h, (S, m)) if return_state else h
 

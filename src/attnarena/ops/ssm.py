@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from attnarena._validate import entering
-from attnarena.ops._blocks import spans
 from attnarena.ops._checks import check_chunk_size, check_state, compute_dtype, tracing
 
 FACTOR_LIMIT = 60.0
@@ -162,10 +161,10 @@ def _scan_recurrent(u, delta, A, Bc, Cc, x):
 def _scan_chunked(u, delta, A, Bc, Cc, x, C):
     b, d, L = u.shape
     ys = []
-    sizes = spans(L, max(C, GROUP_TOKENS // C * C))
+    step = max(C, GROUP_TOKENS // C * C)
     # split once: a slice a step would give each its own full-size gradient (ops._blocks)
-    for uc, dc, Bg, Cg in zip(u.split(sizes, 2), delta.split(sizes, 2),
-                              Bc.split(sizes, 2), Cc.split(sizes, 2)):
+    for uc, dc, Bg, Cg in zip(u.split(step, 2), delta.split(step, 2),
+                              Bc.split(step, 2), Cc.split(step, 2)):
         y, x = _scan_group(uc, dc, A, Bg, Cg, x, C)
         ys.append(y)
     return torch.cat(ys, dim=-1), x

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from attnarena._validate import check_int
-from attnarena.ops._blocks import spans
 from attnarena.ops._checks import check_key_mask, check_qkv, compute_dtype
 
 VQ_FORMS = ("parallel", "chunk", "recurrent")
@@ -130,10 +129,9 @@ def _blocks(q, k_hat, v, keep, assigned, code_scores, W, causal):
         U_all = assigned.transpose(-1, -2) @ v
         n_all = assigned.sum(2)
     outputs = []
-    sizes = spans(L, W)
     # split once: a slice a step would give each its own full-size gradient (ops._blocks)
-    for qb, kb, vb, ab, cb, kept in zip(*(t.split(sizes, dim=2) for t in (
-            q, k_hat, v, assigned, code_scores)), keep.split(sizes, dim=1)):
+    for qb, kb, vb, ab, cb, kept in zip(*(t.split(W, dim=2) for t in (
+            q, k_hat, v, assigned, code_scores)), keep.split(W, dim=1)):
         width = qb.shape[2]
         own_U, own_n = ab.transpose(-1, -2) @ vb, ab.sum(2)
         if not causal:
